@@ -1,0 +1,42 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# The CPU build of PyTorch is installed first unless CUDA=1 (then pip picks the default, CUDA, build).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+# Extra pip options for torch, e.g. TORCH_PIP_ARGS="--index-url <PyTorch CPU wheel index>" elsewhere.
+TORCH_PIP_ARGS ?=
+CUDA ?= 0
+PYTEST_WORKERS ?= 2
+
+STAMP := $(VENV)/.deqflow-installed
+
+.PHONY: install test demo lint clean bench
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	if [ "$(CUDA)" = "1" ]; then \
+	  $(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS) || $(BIN)/python -m pip install --quiet torch; \
+	else \
+	  $(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS); \
+	fi
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests
+
+demo: $(STAMP)
+	$(BIN)/deqflow demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python scripts/bench_export.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info outputs

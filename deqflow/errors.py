@@ -1,0 +1,22 @@
+"""Error types. Every bad input a user can give ends in one of these, with a message that says what
+was wrong and what to do; the CLI prints the message instead of a traceback."""
+
+
+class DeqflowError(Exception):
+    """Base class of every error deqflow raises on purpose."""
+
+
+class InputError(DeqflowError, ValueError):
+    """An argument or input array is unusable (wrong shape, size, dtype, NaN, mismatched pair)."""
+
+
+class CheckpointError(DeqflowError):
+    """A checkpoint is missing, corrupt, or does not match the model it is loaded into."""
+
+
+class FileFormatError(DeqflowError):
+    """A data file (.flo, KITTI PNG, PFM, image, ONNX, engine) is missing, truncated or malformed."""
+
+
+class MissingDependencyError(DeqflowError, ImportError):
+    """An optional library (tensorrt, pycuda, onnxruntime-gpu, tensorboard...) is needed but absent."""
