@@ -1,0 +1,5 @@
+import sys
+
+from deqflow.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""`deqflow` sub-commands backed by the PyTorch model (torch is imported inside `run`)."""

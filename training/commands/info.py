@@ -1,0 +1,18 @@
+HELP = "describe a checkpoint: format, variant, parameters, solver settings, metadata"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("checkpoint", help="official DEQ-Flow .pth or deqflow checkpoint")
+
+
+def run(args) -> int:
+    import json
+
+    from training.checkpoint import load_model
+
+    model, meta = load_model(args.checkpoint)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(json.dumps({"variant": model.cfg.variant, "parameters": n_params, "model_config": model.cfg.to_dict(),
+                      "meta": {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool, list, dict))}},
+                     indent=2, default=str))
+    return 0

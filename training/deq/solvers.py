@@ -1,0 +1,307 @@
+"""Batched fixed-point solvers for z = f(z): plain (damped) iteration, Anderson acceleration, Broyden.
+
+Conventions shared by all solvers (and by the official DEQ-Flow code, so step counts and residuals compare):
+- a step is one evaluation of f; `nstep` counts them and `max_iter` caps them;
+- the residual of an evaluation at x is ||f(x) - x||_2 per sample ("abs") and that divided by
+  ||f(x)||_2 + 1e-8 ("rel"); the estimate it is booked against is f(x) for plain iteration and Anderson
+  (the next iterate) and x itself for Broyden;
+- the returned z is, per sample, the estimate with the lowest residual in `stop_mode`, or the last one
+  with `return_final`; the solve stops once that residual is below `tol` for every sample (never when
+  tol <= 0) or an evaluation is NaN/Inf (reported in `stats.nonfinite`, never iterated on).
+Solvers run without autograd: gradients are attached afterwards by `training.deq.grad`. States of any
+shape (B, ...) are accepted and handled as flat (B, D) vectors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from deqflow.errors import InputError
+
+REL_EPS = 1e-8  # denominator guard of the relative residual (official value)
+STOP_MODES = ("abs", "rel")
+
+Func = Callable[[Tensor], Tensor]
+
+
+def _floats(t: Tensor) -> list[float | None]:
+    """Per-sample values as JSON-safe floats (None for NaN/Inf)."""
+    return [v if math.isfinite(v) else None for v in t.detach().double().cpu().tolist()]
+
+
+@dataclass
+class SolverStats:
+    """Convergence record of one solve (or of consecutive solves, see `concat`)."""
+
+    nstep: int  # function evaluations performed
+    abs_trace: Tensor  # (B, nstep) ||f(z) - z||
+    rel_trace: Tensor  # (B, nstep) ||f(z) - z|| / (||f(z)|| + 1e-8)
+    abs_lowest: Tensor  # (B,)
+    rel_lowest: Tensor  # (B,)
+    sradius: Tensor | None = None  # (B,) spectral radius of the Jacobian at the fixed point, when estimated
+    nonfinite: Tensor | None = None  # (B,) bool: the sample met NaN/Inf and the solve stopped there
+
+    @property
+    def final_abs(self) -> Tensor:
+        return self.abs_trace[:, -1]
+
+    @property
+    def final_rel(self) -> Tensor:
+        return self.rel_trace[:, -1]
+
+    @property
+    def has_nonfinite(self) -> bool:
+        return self.nonfinite is not None and bool(self.nonfinite.any())
+
+    def as_dict(self, traces: bool = False) -> dict:
+        """Plain-Python summary (per-sample lists) for logs and JSON reports."""
+        out: dict = {
+            "nstep": int(self.nstep),
+            "abs_lowest": _floats(self.abs_lowest),
+            "rel_lowest": _floats(self.rel_lowest),
+            "final_abs": _floats(self.final_abs),
+            "final_rel": _floats(self.final_rel),
+            "sradius": None if self.sradius is None else _floats(self.sradius),
+            "nonfinite": self.has_nonfinite,
+        }
+        if traces:
+            out["abs_trace"] = [_floats(row) for row in self.abs_trace]
+            out["rel_trace"] = [_floats(row) for row in self.rel_trace]
+        return out
+
+    @classmethod
+    def concat(cls, parts: Sequence[SolverStats]) -> SolverStats:
+        """Stats of consecutive solves (the segments of the sliced training core) as one record."""
+        if len(parts) == 1:
+            return parts[0]
+        flags = [p.nonfinite for p in parts if p.nonfinite is not None]
+        return cls(
+            nstep=sum(p.nstep for p in parts),
+            abs_trace=torch.cat([p.abs_trace for p in parts], dim=1),
+            rel_trace=torch.cat([p.rel_trace for p in parts], dim=1),
+            abs_lowest=torch.stack([p.abs_lowest for p in parts]).amin(0),
+            rel_lowest=torch.stack([p.rel_lowest for p in parts]).amin(0),
+            sradius=parts[-1].sradius,
+            nonfinite=torch.stack(flags).any(0) if flags else None,
+        )
+
+
+@dataclass
+class SolverResult:
+    z: Tensor  # fixed-point estimate, shape of z0
+    trajectory: list[Tensor] = field(default_factory=list)  # estimates at the requested `indexing` steps
+    stats: SolverStats | None = None
+
+
+class _Tracker:
+    """Residual bookkeeping shared by the solvers: traces, per-sample best estimate, snapshots, stop test."""
+
+    def __init__(self, x0: Tensor, *, max_iter: int, tol: float, stop_mode: str,
+                 indexing: Sequence[int] | None, return_final: bool) -> None:
+        if stop_mode not in STOP_MODES:
+            raise InputError(f"stop_mode must be one of {STOP_MODES}, got {stop_mode!r}")
+        if int(max_iter) < 1:
+            raise InputError(f"max_iter must be >= 1, got {max_iter}")
+        self.steps = [int(s) for s in (indexing or ())]
+        if any(s < 1 for s in self.steps):
+            raise InputError(f"indexing steps are 1-based and must be >= 1, got {self.steps}")
+        b = x0.shape[0]
+        inf = torch.full((b,), math.inf, dtype=x0.dtype, device=x0.device)
+        self.lowest = {"abs": inf, "rel": inf.clone()}
+        self.traces: dict[str, list[Tensor]] = {"abs": [], "rel": []}
+        self.nonfinite = torch.zeros(b, dtype=torch.bool, device=x0.device)
+        self.best = x0.clone()  # returned if no evaluation is finite; never alias the caller's z0
+        self.snapshots: dict[int, Tensor] = {}
+        self.max_iter, self.tol, self.mode = int(max_iter), float(tol), stop_mode
+        self.return_final = return_final
+        self.nstep = 0
+
+    def record(self, est: Tensor, fx: Tensor, x: Tensor) -> bool:
+        """Book one evaluation fx = f(x) against the estimate `est`; True means stop now."""
+        absr = (fx - x).norm(dim=1)
+        current = {"abs": absr, "rel": absr / (fx.norm(dim=1) + REL_EPS)}
+        for mode, res in current.items():
+            self.traces[mode].append(res)
+            improved = res < self.lowest[mode]  # False for NaN: a NaN never replaces a finite best
+            self.lowest[mode] = torch.where(improved, res, self.lowest[mode])
+            if mode == self.mode:
+                self.best = est if self.return_final else torch.where(improved[:, None], est, self.best)
+        self.nstep += 1
+        if self.nstep in self.steps:
+            self.snapshots[self.nstep] = self.best.clone()
+        bad = ~torch.isfinite(absr)
+        self.nonfinite |= bad
+        if self.nstep >= self.max_iter:
+            return True
+        stop = bad.any()
+        if self.tol > 0:
+            crit = current[self.mode] if self.return_final else self.lowest[self.mode]
+            stop = stop | (crit.amax() < self.tol)
+        return bool(stop)  # the one host sync per step that early stopping needs
+
+    def result(self, shape: torch.Size) -> SolverResult:
+        best = self.best.clone() if self.return_final else self.best  # don't pin a solver buffer
+        final = best.reshape(shape)
+        trajectory = [self.snapshots[s].reshape(shape) if s in self.snapshots else final for s in self.steps]
+        stats = SolverStats(
+            nstep=self.nstep,
+            abs_trace=torch.stack(self.traces["abs"], dim=1),
+            rel_trace=torch.stack(self.traces["rel"], dim=1),
+            abs_lowest=self.lowest["abs"],
+            rel_lowest=self.lowest["rel"],
+            nonfinite=self.nonfinite,
+        )
+        return SolverResult(z=final, trajectory=trajectory, stats=stats)
+
+
+def _flatten(f: Func, z0: Tensor) -> tuple[Func, Tensor]:
+    """View f and z0 on flat (B, D) vectors; checks that f keeps the state's shape."""
+    if not isinstance(z0, Tensor) or z0.dim() < 2 or z0.shape[0] < 1:
+        raise InputError(f"z0 must be a tensor of shape (B, ...) with a batch dimension, got "
+                         f"{tuple(z0.shape) if isinstance(z0, Tensor) else type(z0).__name__}")
+    if not z0.is_floating_point():
+        raise InputError(f"z0 must be a floating-point tensor, got {z0.dtype}")
+    shape = z0.shape
+
+    def flat_f(x: Tensor) -> Tensor:
+        out = f(x.view(shape))
+        if out.shape != shape:
+            raise InputError(f"f must return the state's shape {tuple(shape)}, got {tuple(out.shape)}")
+        return out.reshape(shape[0], -1)
+
+    return flat_f, z0.detach().reshape(shape[0], -1)
+
+
+@torch.no_grad()
+def fixed_point_iter(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "abs",
+                     indexing: Sequence[int] | None = None, return_final: bool = False,
+                     damping: float = 1.0) -> SolverResult:
+    """Plain iteration z <- (1-d) z + d f(z) (the official `naive_solver` when d = 1)."""
+    if not 0 < damping <= 1:
+        raise InputError(f"damping must be in (0, 1], got {damping}")
+    flat_f, x = _flatten(f, z0)
+    track = _Tracker(x, max_iter=max_iter, tol=tol, stop_mode=stop_mode, indexing=indexing,
+                     return_final=return_final)
+    while True:
+        fx = flat_f(x)
+        nxt = fx if damping == 1 else torch.lerp(x, fx, damping)
+        if track.record(nxt, fx, x):
+            break
+        x = nxt
+    return track.result(z0.shape)
+
+
+@torch.no_grad()
+def anderson(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "abs",
+             indexing: Sequence[int] | None = None, return_final: bool = False,
+             m: int = 6, lam: float = 1e-4, beta: float = 1.0) -> SolverResult:
+    """Anderson acceleration: the next iterate mixes the last m (x, f(x)) pairs with weights alpha that
+    minimise ||sum_i alpha_i g_i||^2 + reg ||alpha||^2 subject to sum_i alpha_i = 1, g_i = f(x_i) - x_i.
+
+    The constrained least squares is the bordered (n+1)x(n+1) system [[0, 1^T], [1, G G^T + reg I]]
+    [nu; alpha] = [1; 0], solved per sample; beta mixes f(x) (beta = 1) with x. Unlike the official code
+    (reg = lam), reg = lam * max_i ||g_i||^2 is relative: an absolute lam swamps G G^T once residuals
+    fall below sqrt(lam) and turns the mixing into plain averaging, which made Anderson slower than
+    plain iteration on slowly contracting maps even at tol 1e-3.
+    """
+    if m < 1 or lam <= 0 or not 0 < beta <= 1:
+        raise InputError(f"anderson needs m >= 1, lam > 0 and 0 < beta <= 1; got m={m}, lam={lam}, "
+                         f"beta={beta}")
+    flat_f, x = _flatten(f, z0)
+    track = _Tracker(x, max_iter=max_iter, tol=tol, stop_mode=stop_mode, indexing=indexing,
+                     return_final=return_final)
+    b, d = x.shape
+    m = min(m, int(max_iter))
+    xs = x.new_zeros(b, m, d)
+    tiny = torch.finfo(x.dtype).tiny
+    fs = x.new_zeros(b, m, d)
+    k = 0
+    while True:
+        fx = flat_f(x)
+        xs[:, k % m], fs[:, k % m] = x, fx
+        if track.record(fs[:, k % m], fx, x):
+            break
+        k += 1
+        n = min(k, m)
+        xw, fw = xs[:, :n], fs[:, :n]
+        g = fw - xw
+        system = x.new_zeros(b, n + 1, n + 1)
+        system[:, 0, 1:] = 1
+        system[:, 1:, 0] = 1
+        gram = torch.bmm(g, g.transpose(1, 2))
+        reg = (lam * gram.diagonal(dim1=1, dim2=2).amax(dim=1)).clamp_min(tiny)
+        system[:, 1:, 1:] = gram + reg[:, None, None] * torch.eye(n, dtype=x.dtype, device=x.device)
+        rhs = x.new_zeros(b, n + 1, 1)
+        rhs[:, 0] = 1
+        alpha = torch.linalg.solve(system, rhs)[:, 1:, 0].unsqueeze(1)  # (B, 1, n)
+        x = torch.bmm(alpha, fw)[:, 0]
+        if beta != 1:
+            x = beta * x + (1 - beta) * torch.bmm(alpha, xw)[:, 0]
+    return track.result(z0.shape)
+
+
+@torch.no_grad()
+def broyden(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "abs",
+            indexing: Sequence[int] | None = None, return_final: bool = False,
+            memory: int | None = None) -> SolverResult:
+    """Limited-memory "good" Broyden on g(z) = f(z) - z, full steps (no line search).
+
+    The inverse Jacobian of g is kept as -I + U V^T with at most `memory` rank-one terms (default:
+    max_iter, i.e. never forgetting, as in the official code; older terms are overwritten cyclically).
+    The first step is a plain fixed-point step. An update whose denominator vanishes is skipped.
+    """
+    flat_f, x = _flatten(f, z0)
+    track = _Tracker(x, max_iter=max_iter, tol=tol, stop_mode=stop_mode, indexing=indexing,
+                     return_final=return_final)
+    b, d = x.shape
+    size = int(memory or max_iter)
+    if size < 1:
+        raise InputError(f"broyden memory must be >= 1, got {memory}")
+    us = x.new_zeros(b, d, size)
+    vts = x.new_zeros(b, size, d)
+    fx = flat_f(x)
+    gx = fx - x
+    stop = track.record(x, fx, x)
+    count = 0
+    step = gx  # -(inverse Jacobian) g with the initial guess -I
+    while not stop:
+        x_new = x + step
+        fx = flat_f(x_new)
+        g_new = fx - x_new
+        if track.record(x_new, fx, x_new):
+            break
+        dx, dg = x_new - x, g_new - gx
+        n = min(count, size)
+        u_n, vt_n = us[:, :, :n], vts[:, :n]
+        vt = -dx + torch.einsum("bl,bld->bd", torch.einsum("bd,bdl->bl", dx, u_n), vt_n)  # dx^T J^-1
+        jdg = -dg + torch.einsum("bdl,bl->bd", u_n, torch.einsum("bld,bd->bl", vt_n, dg))  # J^-1 dg
+        u = (dx - jdg) / (vt * dg).sum(dim=1, keepdim=True)
+        ok = torch.isfinite(u).all(dim=1, keepdim=True)
+        us[:, :, count % size] = torch.where(ok, u, 0.0)
+        vts[:, count % size] = torch.where(ok, vt, 0.0)
+        count += 1
+        n = min(count, size)
+        x, gx = x_new, g_new
+        step = gx - torch.einsum("bdl,bl->bd", us[:, :, :n], torch.einsum("bld,bd->bl", vts[:, :n], gx))
+    return track.result(z0.shape)
+
+
+SOLVERS: dict[str, Callable[..., SolverResult]] = {
+    "fixed_point": fixed_point_iter,
+    "naive_solver": fixed_point_iter,  # official name
+    "anderson": anderson,
+    "broyden": broyden,
+}
+
+
+def get_solver(name: str) -> Callable[..., SolverResult]:
+    """Solver registered under `name`."""
+    try:
+        return SOLVERS[name]
+    except (KeyError, TypeError):
+        raise InputError(f"unknown DEQ solver {name!r}; choose one of {sorted(SOLVERS)}") from None

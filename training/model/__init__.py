@@ -1,0 +1,1 @@
+"""The DEQ-Flow network: encoders, correlation pyramid, update block, convex upsampling."""

@@ -1,0 +1,313 @@
+"""Training loop: AdamW + OneCycle, fixed-point-correction loss, resume, atomic checkpoints, NaN stop,
+tqdm progress, optional TensorBoard, periodic validation, DistributedDataParallel via torchrun
+(NCCL on GPU, gloo on CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from deqflow.checkpoint import make_payload, read_checkpoint_file, split_checkpoint, write_checkpoint
+from deqflow.errors import CheckpointError, DeqflowError, InputError, MissingDependencyError
+from training.checkpoint import load_state_dict_strict
+from training.config import ModelConfig
+from training.loss import fixed_point_correction_loss
+from training.model.deq_flow import DEQFlow
+from training.stages import STAGES
+
+
+class TrainingDiverged(DeqflowError):
+    """The loss or the gradients became NaN/Inf."""
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "synthetic"
+    output: str = "runs/deqflow"
+    data_root: str = "datasets"
+    num_steps: int | None = None  # None: the stage default
+    batch_size: int | None = None
+    lr: float | None = None
+    wdecay: float | None = None
+    gamma: float | None = None
+    image_size: tuple[int, int] | None = None
+    epsilon: float = 1e-8
+    clip: float = 1.0
+    seed: int = 1234
+    num_workers: int = 0
+    ckpt_every: int = 200
+    val_every: int = 1000
+    val_samples: int = 16
+    log_every: int = 10
+    resume: str | None = None  # a checkpoint path, or "auto" = <output>/last.pth when it exists
+    init: str | None = None  # start from these weights (new optimizer), e.g. the chairs result for things
+    tensorboard: bool = False
+    device: str = "cpu"
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def resolved(self) -> TrainConfig:
+        """Fill stage defaults for every option left at None."""
+        if self.stage not in STAGES:
+            raise InputError(f"unknown stage {self.stage!r}; choose one of {sorted(STAGES)}")
+        d = STAGES[self.stage]
+        return replace(
+            self,
+            num_steps=self.num_steps or d.num_steps, batch_size=self.batch_size or d.batch_size,
+            lr=self.lr or d.lr, wdecay=d.wdecay if self.wdecay is None else self.wdecay,
+            gamma=self.gamma or d.gamma, image_size=tuple(self.image_size or d.image_size))
+
+
+def _dist_info() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
+
+
+def _build_optimizer(model: torch.nn.Module, cfg: TrainConfig):
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.wdecay, eps=cfg.epsilon)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, cfg.num_steps + 100, pct_start=0.05,
+                                                cycle_momentum=False, anneal_strategy="linear")
+    return opt, sched
+
+
+def _infinite(loader: DataLoader, sampler, start_epoch: int):
+    epoch = start_epoch
+    while True:
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        yield from ((epoch, b) for b in loader)
+        epoch += 1
+
+
+def _unpack_batch(batch: Any, device: torch.device):
+    if isinstance(batch, dict):
+        items = (batch["image1"], batch["image2"], batch["flow"], batch["valid"])
+    else:
+        items = batch[:4]
+    return [t.to(device, non_blocking=True).float() for t in items]
+
+
+def _params_checksum(model: torch.nn.Module) -> torch.Tensor:
+    return torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg = cfg.resolved()
+        self.rank, self.local_rank, self.world = _dist_info()
+        self.distributed = self.world > 1
+        if self.distributed and not dist.is_initialized():
+            backend = "nccl" if cfg.device.startswith("cuda") else "gloo"
+            dist.init_process_group(backend=backend)
+        if cfg.device.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise InputError("--device cuda was asked for but no CUDA GPU is visible to PyTorch")
+            torch.cuda.set_device(self.local_rank)
+            self.device = torch.device("cuda", self.local_rank)
+        else:
+            self.device = torch.device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.out = Path(cfg.output)
+        self.is_main = self.rank == 0
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+
+        stage = STAGES[cfg.stage]
+        mcfg = cfg.model
+        mcfg.all_grad = mcfg.all_grad or stage.all_grad
+        self.model = DEQFlow(mcfg).to(self.device)
+        self.optimizer, self.scheduler = _build_optimizer(self.model, cfg)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=mcfg.mixed_precision and self.device.type == "cuda")
+        self.step, self.epoch = 0, 0
+        if cfg.init:
+            state, _, _ = split_checkpoint(read_checkpoint_file(cfg.init), cfg.init)
+            load_state_dict_strict(self.model, state, cfg.init)
+        resume = self._resume_path()
+        if resume is not None:
+            self._load_resume(resume)
+        self.ddp = (torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.local_rank] if self.device.type == "cuda" else None)
+            if self.distributed else self.model)
+        self.writer = self._tensorboard() if (cfg.tensorboard and self.is_main) else None
+
+    # ---------------------------------------------------------------- checkpoints
+    def _resume_path(self) -> Path | None:
+        if self.cfg.resume is None:
+            return None
+        if self.cfg.resume == "auto":
+            path = self.out / "last.pth"
+            return path if path.is_file() else None
+        path = Path(self.cfg.resume)
+        if not path.is_file():
+            raise CheckpointError(f"--resume {path}: no such checkpoint")
+        return path
+
+    def _load_resume(self, path: Path) -> None:
+        obj = read_checkpoint_file(path)
+        state, _, meta = split_checkpoint(obj, str(path))
+        for key in ("optimizer", "scheduler", "step"):
+            if key not in obj:
+                raise CheckpointError(f"{path} has no '{key}': it holds weights only; use --init to start from "
+                                      "its weights with a new optimizer")
+        load_state_dict_strict(self.model, state, str(path))
+        self.optimizer.load_state_dict(obj["optimizer"])
+        self.scheduler.load_state_dict(obj["scheduler"])
+        if "scaler" in obj and obj["scaler"]:
+            self.scaler.load_state_dict(obj["scaler"])
+        self.step = int(obj["step"])
+        self.epoch = int(obj.get("epoch", 0)) + 1
+        torch.manual_seed(self.cfg.seed + self.step)
+        if self.is_main:
+            print(f"resumed from {path} at step {self.step}")
+
+    def save(self, name: str = "last.pth", metrics: dict | None = None) -> Path:
+        cfg_dict = asdict(self.cfg)
+        cfg_dict["model"] = self.cfg.model.to_dict()
+        meta = {"variant": self.cfg.model.variant, "stage": self.cfg.stage, "step": self.step,
+                "train_config": json.loads(json.dumps(cfg_dict, default=list)), "metrics": metrics or {}}
+        payload = make_payload(self.model.state_dict(), self.cfg.model.to_dict(), meta,
+                               optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                               scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {},
+                               step=self.step, epoch=self.epoch)
+        return write_checkpoint(self.out / name, payload)
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise MissingDependencyError(
+                "--tensorboard needs the tensorboard package: pip install tensorboard") from None
+        return SummaryWriter(log_dir=str(self.out / "tensorboard"))
+
+    # ---------------------------------------------------------------- data
+    def _loader(self):
+        from training.data import build_training_set
+
+        dataset = build_training_set(self.cfg.stage, root=self.cfg.data_root, image_size=self.cfg.image_size,
+                                     seed=self.cfg.seed)
+        if len(dataset) < self.cfg.batch_size * self.world:
+            raise InputError(f"stage {self.cfg.stage}: {len(dataset)} samples is fewer than one batch")
+        if self.distributed:
+            sampler = DistributedSampler(dataset, shuffle=True, seed=self.cfg.seed, drop_last=True)
+        else:
+            gen = torch.Generator().manual_seed(self.cfg.seed + self.step)
+            sampler = RandomSampler(dataset, generator=gen)
+        loader = DataLoader(dataset, batch_size=self.cfg.batch_size, sampler=sampler, drop_last=True,
+                            num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda",
+                            persistent_workers=self.cfg.num_workers > 0)
+        return loader, sampler
+
+    # ---------------------------------------------------------------- loop
+    def train_mode(self) -> None:
+        self.model.train()
+        if STAGES[self.cfg.stage].freeze_bn:
+            self.model.freeze_bn()
+
+    def train_step(self, batch) -> dict[str, float]:
+        image1, image2, flow, valid = _unpack_batch(batch, self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self.ddp(image1, image2)
+        loss, metrics = fixed_point_correction_loss(out.flow_predictions, flow, valid, gamma=self.cfg.gamma)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss became {loss.item()} at step {self.step}; the last good checkpoint is "
+                                   f"{self.out / 'last.pth'} (resume with a lower --lr)")
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+        if not torch.isfinite(grad_norm) and not self.scaler.is_enabled():
+            raise TrainingDiverged(f"gradient norm became {grad_norm.item()} at step {self.step}")
+        self.scaler.step(self.optimizer)
+        self.scheduler.step()
+        self.scaler.update()
+        self.step += 1
+        metrics.update(loss=loss.item(), grad_norm=float(grad_norm), lr=self.scheduler.get_last_lr()[0],
+                       nstep=float(out.stats.nstep), abs_residual=float(out.stats.abs_lowest.mean()))
+        return metrics
+
+    def check_replicas(self) -> float:
+        """Max difference of the parameter checksum across DDP ranks (0 when replicas agree)."""
+        if not self.distributed:
+            return 0.0
+        local = _params_checksum(self.model).to(self.device)
+        gathered = [torch.zeros_like(local) for _ in range(self.world)]
+        dist.all_gather(gathered, local)
+        values = torch.cat(gathered)
+        return float((values.max() - values.min()).abs())
+
+    def fit(self) -> dict[str, float]:
+        cfg = self.cfg
+        loader, sampler = self._loader()
+        batches = _infinite(loader, sampler, self.epoch)
+        self.train_mode()
+        bar = tqdm(total=cfg.num_steps, initial=self.step, disable=not self.is_main, desc=f"train {cfg.stage}",
+                   dynamic_ncols=True)
+        running: dict[str, float] = {}
+        last: dict[str, float] = {}
+        t0 = time.time()
+        while self.step < cfg.num_steps:
+            self.epoch, batch = next(batches)
+            metrics = self.train_step(batch)
+            for k, v in metrics.items():
+                running[k] = running.get(k, 0.0) + v
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.num_steps:
+                n = cfg.log_every if self.step % cfg.log_every == 0 else max(1, self.step % cfg.log_every)
+                last = {k: v / n for k, v in running.items()}
+                running = {}
+                bar.set_postfix(loss=f"{last['loss']:.3f}", epe=f"{last['epe']:.2f}", it=f"{last['nstep']:.0f}")
+                if self.writer is not None:
+                    for k, v in last.items():
+                        self.writer.add_scalar(f"train/{k}", v, self.step)
+                if self.is_main:
+                    with open(self.out / "train_log.jsonl", "a") as fh:
+                        fh.write(json.dumps({"step": self.step, "time": round(time.time() - t0, 1), **last}) + "\n")
+            if self.step % cfg.val_every == 0 and self.is_main:
+                self._validate()
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.num_steps:
+                spread = self.check_replicas()
+                if self.is_main:
+                    self.save("last.pth", metrics=last)
+                    if self.distributed:
+                        (self.out / "replicas.json").write_text(json.dumps({"step": self.step,
+                                                                             "checksum_spread": spread}))
+        bar.close()
+        if self.is_main:
+            self.save("final.pth", metrics=last)
+        if self.writer is not None:
+            self.writer.close()
+        return last
+
+    def _validate(self) -> None:
+        from training.evaluate import validate
+
+        self.model.eval()
+        results = validate(self.model, STAGES[self.cfg.stage].validation, root=self.cfg.data_root,
+                           max_samples=self.cfg.val_samples, device=self.device, progress=False)
+        with open(self.out / "val_log.jsonl", "a") as fh:
+            fh.write(json.dumps({"step": self.step, **results}) + "\n")
+        if self.writer is not None:
+            for k, v in results.items():
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    self.writer.add_scalar(f"val/{k}", v, self.step)
+        tqdm.write(f"step {self.step} validation: " + ", ".join(f"{k} {v:.3f}" for k, v in results.items()
+                                                               if isinstance(v, float)))
+        self.train_mode()
+
+
+def train(cfg: TrainConfig) -> dict[str, float]:
+    trainer = Trainer(cfg)
+    try:
+        return trainer.fit()
+    finally:
+        if trainer.distributed and dist.is_initialized():
+            dist.destroy_process_group()
