@@ -15,6 +15,8 @@ COMMANDS: dict[str, str] = {
     "demo": "training.commands.demo",
     "infer": "training.commands.infer",
     "info": "training.commands.info",
+    "train": "training.commands.train",
+    "evaluate": "training.commands.evaluate",
 }
 
 

@@ -23,6 +23,7 @@ def add_arguments(p) -> None:
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--val-every", type=int, default=1000)
     p.add_argument("--val-samples", type=int, default=16)
+    p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--resume", default=None, help="checkpoint to resume (model, optimizer, scheduler, step) "
                    "or 'auto' for <output>/last.pth")
     p.add_argument("--init", default=None, help="start from these weights with a fresh optimizer")
@@ -53,7 +54,7 @@ def run(args) -> int:
                       num_steps=args.num_steps, batch_size=args.batch_size, lr=args.lr, wdecay=args.wdecay,
                       gamma=args.gamma, image_size=tuple(args.image_size) if args.image_size else None,
                       clip=args.clip, seed=args.seed, num_workers=args.num_workers, ckpt_every=args.ckpt_every,
-                      val_every=args.val_every, val_samples=args.val_samples, resume=args.resume, init=args.init,
+                      val_every=args.val_every, val_samples=args.val_samples, log_every=args.log_every, resume=args.resume, init=args.init,
                       tensorboard=args.tensorboard, device=args.device, model=model_cfg)
     train(cfg)
     return 0

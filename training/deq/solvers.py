@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -94,8 +94,8 @@ class SolverStats:
 @dataclass
 class SolverResult:
     z: Tensor  # fixed-point estimate, shape of z0
-    trajectory: list[Tensor] = field(default_factory=list)  # estimates at the requested `indexing` steps
-    stats: SolverStats | None = None
+    trajectory: list[Tensor]  # estimates at the requested `indexing` steps, in that order (may be empty)
+    stats: SolverStats
 
 
 class _Tracker:
