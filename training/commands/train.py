@@ -54,7 +54,8 @@ def run(args) -> int:
                       num_steps=args.num_steps, batch_size=args.batch_size, lr=args.lr, wdecay=args.wdecay,
                       gamma=args.gamma, image_size=tuple(args.image_size) if args.image_size else None,
                       clip=args.clip, seed=args.seed, num_workers=args.num_workers, ckpt_every=args.ckpt_every,
-                      val_every=args.val_every, val_samples=args.val_samples, log_every=args.log_every, resume=args.resume, init=args.init,
+                      val_every=args.val_every, val_samples=args.val_samples, log_every=args.log_every,
+                      resume=args.resume, init=args.init,
                       tensorboard=args.tensorboard, device=args.device, model=model_cfg)
     train(cfg)
     return 0
