@@ -14,11 +14,17 @@ import torch.nn.functional as F
 LOOKUPS = ("grid_sample", "gather")
 
 
+def accumulation_dtype(t: torch.Tensor) -> torch.dtype:
+    """float64 stays float64 (gradient checks); everything else (fp16, bf16, fp32) computes in float32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 def all_pairs_correlation(fmap1: torch.Tensor, fmap2: torch.Tensor) -> torch.Tensor:
     """(N,C,H,W) x (N,C,H,W) -> (N*H*W, 1, H, W): <f1(p), f2(q)> / sqrt(C) for every pair p, q."""
     n, c, h, w = fmap1.shape
-    f1 = fmap1.float().reshape(n, c, h * w)
-    f2 = fmap2.float().reshape(n, c, h * w)
+    dtype = accumulation_dtype(fmap1)
+    f1 = fmap1.to(dtype).reshape(n, c, h * w)
+    f2 = fmap2.to(dtype).reshape(n, c, h * w)
     corr = torch.matmul(f1.transpose(1, 2), f2) / (c**0.5)
     return corr.reshape(n * h * w, 1, h, w)
 
@@ -81,8 +87,9 @@ class CorrPyramid:
         n, _, h, w = coords.shape
         r = self.radius
         k = 2 * r + 1
-        centre = coords.permute(0, 2, 3, 1).reshape(n * h * w, 1, 1, 2).float()
-        offsets = window_offsets(r, coords.device, torch.float32).reshape(1, k, k, 2)
+        dtype = self.pyramid[0].dtype
+        centre = coords.permute(0, 2, 3, 1).reshape(n * h * w, 1, 1, 2).to(dtype)
+        offsets = window_offsets(r, coords.device, dtype).reshape(1, k, k, 2)
         sample = _sample_grid_sample if self.lookup == "grid_sample" else _sample_gather
         out = []
         for i, volume in enumerate(self.pyramid):

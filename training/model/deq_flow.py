@@ -18,7 +18,7 @@ from deqflow.padding import check_model_input_size
 from training.config import ModelConfig
 from training.deq import DEQ, SolverStats, StatePacker
 from training.deq.weight_norm import apply_weight_norm, fold_weight_norm, reset_weight_norm
-from training.model.corr import CorrPyramid
+from training.model.corr import CorrPyramid, accumulation_dtype
 from training.model.extractor import Encoder
 from training.model.update import UpdateBlock
 from training.model.upsample import convex_upsample
@@ -51,9 +51,9 @@ class FlowOutput:
     stats: SolverStats
 
 
-def coords_grid(n: int, h: int, w: int, device: torch.device) -> torch.Tensor:
-    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
-                            torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
+def coords_grid(n: int, h: int, w: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=dtype),
+                            torch.arange(w, device=device, dtype=dtype), indexing="ij")
     return torch.stack([xs, ys], dim=0).unsqueeze(0).expand(n, 2, h, w).contiguous()
 
 
@@ -118,10 +118,10 @@ class DEQFlow(nn.Module):
             fmaps = self.fnet(torch.cat([image1, image2], dim=0))
             inp = torch.relu(self.cnet(image1))
             attn = self.attn(inp) if self.attn is not None else None
-        fmap1, fmap2 = fmaps[:n].float(), fmaps[n:].float()
-        corr = CorrPyramid(fmap1, fmap2, self.cfg.corr_levels, self.cfg.corr_radius, lookup=self.lookup)
+        dtype = accumulation_dtype(image1)  # the DEQ state and the correlation stay in (at least) float32
+        corr = CorrPyramid(fmaps[:n], fmaps[n:], self.cfg.corr_levels, self.cfg.corr_radius, lookup=self.lookup)
         _, _, h, w = inp.shape
-        return PairContext(corr=corr, inp=inp, coords0=coords_grid(n, h, w, image1.device), attn=attn)
+        return PairContext(corr=corr, inp=inp, coords0=coords_grid(n, h, w, image1.device, dtype), attn=attn)
 
     def step(self, ctx: PairContext, net: torch.Tensor, coords1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One application of f: (hidden, coords1) -> (hidden', coords1 + delta)."""
@@ -130,19 +130,19 @@ class DEQFlow(nn.Module):
         corr = ctx.corr(coords1)
         with self._autocast(net.device):
             net, delta = self.update_block(net, ctx.inp, corr, coords1 - ctx.coords0, ctx.attn)
-        return net.float(), coords1 + delta.float()
+        return net.to(coords1.dtype), coords1 + delta.to(coords1.dtype)
 
     def decode(self, net: torch.Tensor, flow_low: torch.Tensor) -> torch.Tensor:
         """Convex-upsample the 1/8 flow with the mask predicted from the hidden state."""
         with self._autocast(net.device):
             mask = 0.25 * self.mask(net)
-        return convex_upsample(flow_low, mask.float())
+        return convex_upsample(flow_low, mask.to(flow_low.dtype))
 
     def initial_state(self, ctx: PairContext, flow_init: torch.Tensor | None = None,
                       cached_state: tuple[torch.Tensor, torch.Tensor] | None = None):
         """Zero hidden state at zero flow, or a warm start from `cached_state` and/or `flow_init`."""
         n, _, h, w = ctx.coords0.shape
-        net = torch.zeros(n, self.cfg.hidden_dim, h, w, device=ctx.inp.device)
+        net = torch.zeros(n, self.cfg.hidden_dim, h, w, device=ctx.inp.device, dtype=ctx.coords0.dtype)
         coords1 = ctx.coords0.clone()
         if cached_state is not None:
             hidden, flow = cached_state
