@@ -40,7 +40,7 @@ def read_checkpoint_file(path: str | os.PathLike) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors...
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        if "Unsupported global" in str(exc) or "Unsupported operand" in str(exc):
             raise CheckpointError(
                 f"{path} holds Python objects beyond tensors and plain containers; deqflow refuses to "
                 f"unpickle them (weights_only=True). Re-save the state_dict alone. ({msg})") from None

@@ -129,6 +129,7 @@ class Trainer:
         self.optimizer, self.scheduler = _build_optimizer(self.model, cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=mcfg.mixed_precision and self.device.type == "cuda")
         self.step, self.epoch = 0, 0
+        self.last_good: tuple[Path, int] | None = None  # (checkpoint, its step): named when training diverges
         if cfg.init:
             state, _, _ = split_checkpoint(read_checkpoint_file(cfg.init), cfg.init)
             load_state_dict_strict(self.model, state, cfg.init)
@@ -159,6 +160,12 @@ class Trainer:
             if key not in obj:
                 raise CheckpointError(f"{path} has no '{key}': it holds weights only; use --init to start from "
                                       "its weights with a new optimizer")
+        saved_total = obj["scheduler"].get("total_steps") if isinstance(obj["scheduler"], dict) else None
+        if saved_total is not None and saved_total != self.scheduler.total_steps:
+            # OneCycleLR keeps the saved length; a longer run would crash once the schedule ends.
+            raise CheckpointError(f"{path} was trained with --num-steps {saved_total - 100}, this run asks for "
+                                  f"{self.cfg.num_steps}: the one-cycle schedule cannot be changed on resume. "
+                                  "Resume with the same --num-steps, or start a new run with --init")
         load_state_dict_strict(self.model, state, str(path))
         self.optimizer.load_state_dict(obj["optimizer"])
         self.scheduler.load_state_dict(obj["scheduler"])
@@ -167,6 +174,7 @@ class Trainer:
         self.step = int(obj["step"])
         self.epoch = int(obj.get("epoch", 0)) + 1
         torch.manual_seed(self.cfg.seed + self.step)
+        self.last_good = (path, self.step)
         if self.is_main:
             print(f"resumed from {path} at step {self.step}")
 
@@ -218,14 +226,24 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         out = self.ddp(image1, image2)
         loss, metrics = fixed_point_correction_loss(out.flow_predictions, flow, valid, gamma=self.cfg.gamma)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss became {loss.item()} at step {self.step}; the last good checkpoint is "
-                                   f"{self.out / 'last.pth'} (resume with a lower --lr)")
+        bad = not bool(torch.isfinite(loss))
+        if self.distributed:  # every rank must stop, or the others wait in the gradient all-reduce forever
+            flag = torch.tensor([float(bad)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            bad = bool(flag.item() > 0)
+        if bad:
+            cause = "a non-finite value on another rank" if bool(torch.isfinite(loss)) else loss.item()
+            data = [name for name, t in (("image1", image1), ("image2", image2), ("ground-truth flow", flow),
+                                         ("valid mask", valid)) if not bool(torch.isfinite(t).all())]
+            hint = (f" The batch's {', '.join(data)} contains NaN/Inf: check the data." if data
+                    else " Resume with a lower --lr.")
+            raise TrainingDiverged(f"loss became {cause} at step {self.step + 1}; {self._last_good_text()}.{hint}")
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
         if not torch.isfinite(grad_norm) and not self.scaler.is_enabled():
-            raise TrainingDiverged(f"gradient norm became {grad_norm.item()} at step {self.step}")
+            raise TrainingDiverged(f"gradient norm became {grad_norm.item()} at step {self.step + 1}; "
+                                   f"{self._last_good_text()}. Resume with a lower --lr or --clip.")
         self.scaler.step(self.optimizer)
         self.scheduler.step()
         self.scaler.update()
@@ -233,6 +251,12 @@ class Trainer:
         metrics.update(loss=loss.item(), grad_norm=float(grad_norm), lr=self.scheduler.get_last_lr()[0],
                        nstep=float(out.stats.nstep), abs_residual=float(out.stats.abs_lowest.mean()))
         return metrics
+
+    def _last_good_text(self) -> str:
+        if self.last_good is None:
+            return "no checkpoint was saved before it (nothing to resume from)"
+        path, step = self.last_good
+        return f"the last good checkpoint is {path} (step {step})"
 
     def check_replicas(self) -> float:
         """Max difference of the parameter checksum across DDP ranks (0 when replicas agree)."""
@@ -271,8 +295,7 @@ class Trainer:
                 if self.is_main:
                     with open(self.out / "train_log.jsonl", "a") as fh:
                         fh.write(json.dumps({"step": self.step, "time": round(time.time() - t0, 1), **last}) + "\n")
-            if self.step % cfg.val_every == 0 and self.is_main:
-                self._validate()
+            # checkpoint before validating, so a failing validation never costs the steps since the last save
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.num_steps:
                 spread = self.check_replicas()
                 if self.is_main:
@@ -280,6 +303,9 @@ class Trainer:
                     if self.distributed:
                         (self.out / "replicas.json").write_text(json.dumps({"step": self.step,
                                                                              "checksum_spread": spread}))
+                self.last_good = (self.out / "last.pth", self.step)
+            if self.step % cfg.val_every == 0 and self.is_main:
+                self._validate()
         bar.close()
         if self.is_main:
             self.save("final.pth", metrics=last)
@@ -291,8 +317,9 @@ class Trainer:
         from training.evaluate import validate
 
         self.model.eval()
-        results = validate(self.model, STAGES[self.cfg.stage].validation, root=self.cfg.data_root,
-                           max_samples=self.cfg.val_samples, device=self.device, progress=False)
+        with self.model.solver_override(f_solver="fixed_point"):  # the official evaluation protocol
+            results = validate(self.model, STAGES[self.cfg.stage].validation, root=self.cfg.data_root,
+                               max_samples=self.cfg.val_samples, device=self.device, progress=False)
         with open(self.out / "val_log.jsonl", "a") as fh:
             fh.write(json.dumps({"step": self.step, **results}) + "\n")
         if self.writer is not None:

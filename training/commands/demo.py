@@ -49,5 +49,18 @@ def run(args) -> int:
     left, right, flow, valid = real_stereo_pair()
     print(f"checkpoint {ckpt} (DEQ-Flow-{model.cfg.variant}); "
           f"pair: Middlebury motorcycle {left.shape[1]}x{left.shape[0]}")
-    report_pair(model, left, right, Path(args.output), gt=(flow, valid), iters=args.iters, label="motorcycle")
+    summary = report_pair(model, left, right, Path(args.output), gt=(flow, valid), iters=args.iters,
+                          label="motorcycle")
+    print_baselines(left, right, flow, valid, summary["metrics"]["epe"])
     return 0
+
+
+def print_baselines(left, right, flow, valid, model_epe: float) -> None:
+    """The classical CPU yardsticks on the same pair (OpenCV)."""
+    from deqflow.metrics import flow_metrics
+    from training.baselines import opencv_flow
+
+    parts = [f"DEQ-Flow {model_epe:.3f}"]
+    for method in ("dis_medium", "farneback", "zero"):
+        parts.append(f"{method} {flow_metrics(opencv_flow(method, left, right), flow, valid)['epe']:.3f}")
+    print("  EPE on this pair: " + ", ".join(parts) + " px")

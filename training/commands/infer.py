@@ -1,4 +1,5 @@
-HELP = "estimate the flow of an image pair and write .flo, KITTI .png and colour pictures"
+HELP = ("estimate the flow of an image pair and write flow.flo, colour pictures (flow, panel, residual plot; "
+        "error map with --gt) and summary.json")
 
 
 def add_arguments(p) -> None:

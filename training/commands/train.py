@@ -4,6 +4,14 @@ STAGE_DEQ_KEYS = ("f_thres", "n_losses", "phantom_grad")
 
 
 def add_arguments(p) -> None:
+    # The DEQ/model flags live in torch-backed modules: add them only when `train` is used, so that
+    # building the `deqflow` parser (`deqflow --help`, the runtime commands) does not import torch.
+    from training.commands import add_arguments_lazily
+
+    add_arguments_lazily(p, _add_arguments)
+
+
+def _add_arguments(p) -> None:
     from training.commands.model_args import add_model_args
     from training.deq.args import add_deq_args
     from training.stages import STAGES

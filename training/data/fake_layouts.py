@@ -38,7 +38,7 @@ def _final_pass(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.rint(f), 0, 255).astype(np.uint8)
 
 
-def write_fake_chairs(root: str | os.PathLike, n: int = 4, size: Size = (64, 96), seed: int = 0) -> Path:
+def write_fake_chairs(root: str | os.PathLike, n: int = 4, size: Size = (128, 160), seed: int = 0) -> Path:
     """`<root>/FlyingChairs_release/data/NNNNN_{img1,img2}.ppm, NNNNN_flow.flo` and chairs_split.txt
     (the last max(1, n // 4) pairs are validation). Returns the FlyingChairs_release folder."""
     base = Path(root) / "FlyingChairs_release"
@@ -54,7 +54,7 @@ def write_fake_chairs(root: str | os.PathLike, n: int = 4, size: Size = (64, 96)
     return base
 
 
-def write_fake_things(root: str | os.PathLike, n_sequences: int = 2, n_frames: int = 4, size: Size = (64, 96),
+def write_fake_things(root: str | os.PathLike, n_sequences: int = 2, n_frames: int = 4, size: Size = (128, 160),
                       seed: int = 0) -> Path:
     """FlyingThings3D with TRAIN and TEST, sequences A/0000.., both cameras, clean and final passes,
     into_future and into_past PFM flows (3 channels). Frames are numbered from 0006 as in the release;
@@ -81,7 +81,7 @@ def write_fake_things(root: str | os.PathLike, n_sequences: int = 2, n_frames: i
     return base
 
 
-def write_fake_sintel(root: str | os.PathLike, n_scenes: int = 2, n_frames: int = 4, size: Size = (64, 96),
+def write_fake_sintel(root: str | os.PathLike, n_scenes: int = 2, n_frames: int = 4, size: Size = (128, 160),
                       seed: int = 0) -> Path:
     """MPI-Sintel: training and test, clean and final, frame_0001.png.., training/flow/<scene>/*.flo."""
     base = Path(root) / "Sintel"
@@ -106,7 +106,7 @@ def _lidar_mask(rng: np.random.Generator, size: Size) -> np.ndarray:
     return valid.astype(np.float32)
 
 
-def write_fake_kitti(root: str | os.PathLike, n: int = 4, size: Size = (64, 96), seed: int = 0) -> Path:
+def write_fake_kitti(root: str | os.PathLike, n: int = 4, size: Size = (128, 160), seed: int = 0) -> Path:
     """KITTI 2015: training/image_2/NNNNNN_{10,11}.png, sparse flow_occ and flow_noc 16-bit PNGs, and
     testing/image_2."""
     base = Path(root) / "KITTI"
@@ -123,7 +123,7 @@ def write_fake_kitti(root: str | os.PathLike, n: int = 4, size: Size = (64, 96),
     return base
 
 
-def write_fake_hd1k(root: str | os.PathLike, n_sequences: int = 2, n_frames: int = 4, size: Size = (64, 96),
+def write_fake_hd1k(root: str | os.PathLike, n_sequences: int = 2, n_frames: int = 4, size: Size = (128, 160),
                     seed: int = 0) -> Path:
     """HD1K: hd1k_input/image_2/SSSSSS_FFFF.png and sparse hd1k_flow_gt/flow_occ/SSSSSS_FFFF.png, one flow
     per frame (the last one all invalid, as it has no next frame)."""
@@ -142,7 +142,7 @@ def write_fake_hd1k(root: str | os.PathLike, n_sequences: int = 2, n_frames: int
     return base
 
 
-def write_fake_all(root: str | os.PathLike, size: Size = (64, 96), seed: int = 0) -> dict[str, Path]:
+def write_fake_all(root: str | os.PathLike, size: Size = (128, 160), seed: int = 0) -> dict[str, Path]:
     """Every standard layout under `root` with default counts -> {name: dataset folder}."""
     return {
         "chairs": write_fake_chairs(root, size=size, seed=seed),

@@ -8,6 +8,7 @@ solver, the exported ONNX graphs and the runtime's host-side solver.
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -93,6 +94,17 @@ class DEQFlow(nn.Module):
 
         self.cfg.deq = replace(self.cfg.deq, **changes)
         self.deq = DEQ(self.cfg.deq)
+
+    @contextmanager
+    def solver_override(self, **changes):
+        """Temporarily change solver settings, e.g. the official evaluation solver during validation."""
+        saved = self.cfg.deq
+        self.configure_deq(**changes)
+        try:
+            yield self
+        finally:
+            self.cfg.deq = saved
+            self.deq = DEQ(saved)
 
     def fold_weight_norm(self) -> None:
         """Replace the g/v weight-norm parameters by plain weights (same outputs; needed by export)."""
