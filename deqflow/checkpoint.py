@@ -90,6 +90,9 @@ def write_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint gets the usual permissions
     try:
         torch.save(dict(payload), tmp)
         os.replace(tmp, path)
