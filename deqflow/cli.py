@@ -13,10 +13,14 @@ from deqflow.errors import DeqflowError
 # name -> module defining HELP, add_arguments(parser) and run(args) -> int
 COMMANDS: dict[str, str] = {
     "demo": "training.commands.demo",
-    "infer": "training.commands.infer",
+    "infer": "runtime.commands.infer",
     "info": "training.commands.info",
     "train": "training.commands.train",
     "evaluate": "training.commands.evaluate",
+    "export": "export.commands",
+    "build": "runtime.commands.build",
+    "compare": "runtime.commands.compare",
+    "bench": "runtime.commands.bench",
 }
 
 

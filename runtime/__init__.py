@@ -1,0 +1,26 @@
+"""deqflow runtime: run exported DEQ-Flow models with TensorRT, ONNX Runtime or PyTorch behind one interface,
+check them against a float32 reference (`compare`) and track their latency (`bench`).
+
+Importing `runtime` (and every module in it) never imports torch, tensorrt, pycuda or onnxruntime: each
+backend imports its library when it is created, so deployment machines need only what they run.
+
+    from runtime import create_backend, prepare, SolverSettings
+    with create_backend("onnxruntime", "model.onnx", provider="cpu") as backend:
+        batch = prepare(rgb1, rgb2)                       # uint8 (H,W,3) -> padded float32 (1,3,H',W')
+        result = backend.infer(batch.image1, batch.image2)
+        flow = batch.unpad(result.flow)[0]                # (H,W,2)
+        result.iterations, result.residual
+"""
+
+from runtime.backends import BACKENDS, Backend, InferenceResult, TensorSpec, create_backend, parse_spec
+from runtime.errors import EngineMismatchError, ProfileError
+from runtime.modelfile import ModelFile, open_model_file
+from runtime.pipeline import FlowEstimator, PairFlow
+from runtime.preprocessing import PreparedBatch, load_image, prepare, real_pair, real_pairs, to_batch, unpad_flow
+from runtime.solver import SolverSettings, WarmState, solve
+
+__all__ = [
+    "BACKENDS", "Backend", "EngineMismatchError", "FlowEstimator", "InferenceResult", "ModelFile", "PairFlow",
+    "PreparedBatch", "ProfileError", "SolverSettings", "TensorSpec", "WarmState", "create_backend", "load_image",
+    "open_model_file", "parse_spec", "prepare", "real_pair", "real_pairs", "solve", "to_batch", "unpad_flow",
+]

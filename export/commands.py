@@ -1,0 +1,95 @@
+"""`deqflow export`: checkpoint -> ONNX (unrolled | loop | split), or `--check FILE...` on existing files."""
+
+from __future__ import annotations
+
+HELP = "export a checkpoint to ONNX (unrolled, Loop or split graphs) or check ONNX files (--check)"
+
+
+def add_arguments(p) -> None:
+    from export.config import DEFAULT_OPSET, DEFAULT_SIZE, LAYOUTS, LOOKUPS, PRECISIONS, STOP_MODES
+
+    p.add_argument("--check", nargs="+", metavar="FILE",
+                   help="only run the checks (onnx.checker, shape inference, TensorRT compatibility) on these "
+                        "ONNX files; exit status 1 when any check fails")
+    p.add_argument("--checkpoint", help="official DEQ-Flow .pth or deqflow checkpoint")
+    p.add_argument("--output", help="output .onnx (split: writes <stem>.encoder/.step/.decode.onnx)")
+    p.add_argument("--layout", choices=LAYOUTS, default="unrolled",
+                   help="unrolled: N steps written out; loop: one ONNX Loop; split: encoder + step + decode "
+                        "graphs driven by the host (default unrolled)")
+    p.add_argument("--iters", type=int, default=None,
+                   help="fixed-point steps (loop: the cap; split: recommended host cap); default: the model's "
+                        "evaluation iterations")
+    p.add_argument("--height", type=int, default=DEFAULT_SIZE[0],
+                   help=f"padded input height, a multiple of 8 (default {DEFAULT_SIZE[0]})")
+    p.add_argument("--width", type=int, default=DEFAULT_SIZE[1],
+                   help=f"padded input width, a multiple of 8 (default {DEFAULT_SIZE[1]})")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="mixed16: convolutions and GRU in float16 behind explicit Casts; coordinates, "
+                        "correlation, lookups, upsampling softmax and residual in float32")
+    p.add_argument("--lookup", choices=LOOKUPS, default="gather",
+                   help="correlation lookup: gather (fast on ONNX Runtime; GatherElements) or grid_sample "
+                        "(GridSample, native in TensorRT)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset, 17-19 (default 17)")
+    p.add_argument("--dynamic", action="store_true", help="dynamic batch/height/width")
+    p.add_argument("--min-shape", help="dynamic: smallest input, HxW or BxHxW or Bx3xHxW")
+    p.add_argument("--opt-shape", help="dynamic: typical input (default batch x height x width)")
+    p.add_argument("--max-shape", help="dynamic: largest input (default: the opt shape)")
+    p.add_argument("--tolerance", type=float, default=0.0,
+                   help="loop: end early once every sample's residual < T (condition output; TensorRT runs such "
+                        "while loops one iteration longer than ONNX Runtime, see the --check report); split: the "
+                        "host's stop rule. Default 0: always run all iterations")
+    p.add_argument("--stop-mode", choices=STOP_MODES, default=None,
+                   help="residual the tolerance applies to (default: the checkpoint's, usually abs)")
+    p.add_argument("--no-flow-init", dest="flow_init", action="store_false",
+                   help="leave out the flow_init (warm start) input")
+    p.add_argument("--simplify", action="store_true", help="simplify with onnxslim after export")
+    p.add_argument("--variant", help="expected variant (T, B, L, H, G); a checkpoint of another variant is refused")
+    p.add_argument("--verify", action="store_true",
+                   help="run the export on ONNX Runtime (CPU) and compare the flow with PyTorch")
+
+
+def run(args) -> int:
+    from deqflow.errors import InputError
+
+    if args.check:
+        from export.checks import check_files
+
+        reports = check_files(args.check)
+        for r in reports:
+            print(r.format())
+        failed = [r for r in reports if not r.ok]
+        if failed:
+            nodes = sorted({n for r in failed for n in r.trt.offending_nodes})
+            print(f"deqflow export: {len(failed)} of {len(reports)} file(s) failed the checks"
+                  + (f"; offending nodes: {', '.join(nodes)}" if nodes else ""))
+            return 1
+        return 0
+    if not args.checkpoint or not args.output:
+        raise InputError("deqflow export needs --checkpoint and --output (or --check FILE)")
+    from export.config import ExportConfig
+
+    cfg = ExportConfig(layout=args.layout, iters=args.iters, height=args.height, width=args.width,
+                       batch=args.batch, precision=args.precision, lookup=args.lookup, opset=args.opset,
+                       dynamic=args.dynamic, min_shape=args.min_shape, opt_shape=args.opt_shape,
+                       max_shape=args.max_shape, tolerance=args.tolerance, stop_mode=args.stop_mode,
+                       flow_init=args.flow_init, simplify=args.simplify, variant=args.variant, verify=args.verify)
+    from export.exporter import export_onnx
+
+    result = export_onnx(args.checkpoint, args.output, cfg)
+    meta = next(iter(result.metadata.values()))
+    print(f"exported DEQ-Flow-{meta.variant} ({cfg.layout}, {result.iterations} iterations, {cfg.precision}, "
+          f"lookup {cfg.lookup}, opset {cfg.opset}) in {result.export_seconds:.1f} s:")
+    for path, (part, n) in zip(result.paths, result.nodes.items()):
+        print(f"  {path}  [{part}: {n} nodes, {path.stat().st_size / 1e6:.1f} MB]")
+    if result.verify:
+        v = result.verify
+        print(f"  verified on ONNX Runtime CPU: max |flow diff| {v['max_abs_flow_diff']:.2e} px, "
+              f"iterations {v['iterations_onnx']} (PyTorch {v['iterations_torch']})")
+    for r in result.reports:
+        if not r.ok:
+            print(r.format())
+    if not result.ok:
+        print("deqflow export: the file was written but fails the TensorRT compatibility check (see above)")
+        return 1
+    return 0

@@ -1,0 +1,162 @@
+"""Self-describing model files: deqflow settings stored in the ONNX `metadata_props`, and their reader.
+
+The runtime (which must work without PyTorch) reads these to know the input convention, the solver and
+the layout of a file without guessing from tensor names. Only `onnx` is imported here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from deqflow.errors import FileFormatError
+
+PREFIX = "deqflow."
+FORMAT_VERSION = 1
+INPUT_RANGE = "0-255"  # official DEQ-Flow/RAFT convention: float RGB in 0..255, channels first
+PAD_MULTIPLE = 8
+
+
+@dataclass
+class ModelMetadata:
+    """What a deqflow ONNX file says about itself (one per file; the split layout has three files).
+
+    layout: 'unrolled' | 'loop' | 'split'; part: 'model' for unrolled/loop, else 'encoder'|'step'|'decode'.
+    parts: for split, {part: file name} of the sibling files (same folder).
+    iterations: unrolled: steps written out; loop: trip count M (the cap); split: recommended host cap.
+    tolerance: loop: early-exit threshold inside the graph (0 = never); split: recommended host stop rule.
+    context_names: split: encoder outputs that the step graph takes unchanged (besides net, coords1).
+    shape_hints: dynamic exports: {'min'|'opt'|'max': {input name: shape}}; static: the fixed shapes.
+    """
+
+    variant: str
+    layout: str
+    part: str
+    iterations: int
+    solver: str = "fixed_point"
+    tolerance: float = 0.0
+    stop_mode: str = "abs"
+    precision: str = "fp32"
+    lookup: str = "gather"
+    opset: int = 17
+    dynamic: bool = False
+    batch: int = 1
+    height: int = 0
+    width: int = 0
+    shape_hints: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    input_range: str = INPUT_RANGE
+    pad_multiple: int = PAD_MULTIPLE
+    flow_init: bool = True
+    hidden_dim: int = 0
+    corr_levels: int = 4
+    corr_radius: int = 4
+    parts: dict[str, str] = field(default_factory=dict)
+    context_names: list[str] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    checkpoint: str = ""
+    checkpoint_sha256: str = ""
+    toolkit_version: str = ""
+    exporter: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def to_props(self) -> dict[str, str]:
+        """Flat string key/values for `metadata_props` (JSON for lists and dicts)."""
+        out = {}
+        for k, v in asdict(self).items():
+            out[PREFIX + k] = json.dumps(v) if isinstance(v, (list, dict, bool)) else str(v)
+        return out
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str = "model") -> ModelMetadata:
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = PREFIX + f.name
+            if key not in props:
+                continue
+            raw = props[key]
+            try:
+                if f.type in ("int", int):
+                    values[f.name] = int(raw)
+                elif f.type in ("float", float):
+                    values[f.name] = float(raw)
+                elif f.type in ("str", str):
+                    values[f.name] = raw
+                else:
+                    values[f.name] = json.loads(raw)
+            except ValueError as exc:
+                raise FileFormatError(f"{source}: metadata {key}={raw!r} is malformed ({exc})") from None
+        missing = [n for n in ("variant", "layout", "part", "iterations") if n not in values]
+        if missing:
+            keys = ", ".join(PREFIX + m for m in missing)
+            raise FileFormatError(f"{source} carries no deqflow export metadata (missing {keys}); was it written "
+                                  "by `deqflow export`?")
+        version = int(values.get("format_version", FORMAT_VERSION))
+        if version > FORMAT_VERSION:
+            raise FileFormatError(f"{source}: metadata format {version} is newer than this toolkit understands "
+                                  f"({FORMAT_VERSION}); update deqflow")
+        return cls(**values)
+
+    def sibling_paths(self, path: str | os.PathLike) -> dict[str, Path]:
+        """Split layout: {part: path} of the three files, resolved next to `path`."""
+        folder = Path(path).parent
+        return {part: folder / name for part, name in self.parts.items()}
+
+
+def load_model_proto(path: str | os.PathLike, load_weights: bool = True):
+    """onnx.load with a FileFormatError for missing, empty, truncated or non-ONNX files."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError(f"ONNX file not found: {path}")
+    if path.stat().st_size == 0:
+        raise FileFormatError(f"{path} is empty (0 bytes), not an ONNX model")
+    try:
+        model = onnx.load(str(path), load_external_data=load_weights)
+    except (DecodeError, RuntimeError, ValueError, OSError, UnicodeDecodeError) as exc:
+        raise FileFormatError(f"{path} is not a readable ONNX model (corrupt or truncated?): "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    except Exception as exc:  # protobuf raises a few other types on garbage
+        raise FileFormatError(f"{path} is not a readable ONNX model: {type(exc).__name__}: {exc}") from None
+    if model.ir_version <= 0 or not model.opset_import or not model.graph.output:
+        raise FileFormatError(f"{path} is not an ONNX model (no IR version, opset or graph outputs: corrupt, "
+                              "truncated, or another file type)")
+    return model
+
+
+def read_metadata(path: str | os.PathLike) -> ModelMetadata:
+    """The deqflow metadata of an exported file (any layout/part). Raises FileFormatError if absent."""
+    model = load_model_proto(path, load_weights=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    return ModelMetadata.from_props(props, source=str(path))
+
+
+def split_paths(path: str | os.PathLike) -> dict[str, Path]:
+    """Paths of the split layout's encoder/step/decode files, from the base name given to the exporter
+    (`model.onnx` -> `model.encoder.onnx`, ...) or from any of the three files."""
+    path = Path(path)
+    if path.is_file():
+        meta = read_metadata(path)
+        if meta.layout != "split":
+            raise FileFormatError(f"{path} is a '{meta.layout}' export, not a split one")
+        return meta.sibling_paths(path)
+    candidates = split_part_names(path)
+    found = {part: path.parent / name for part, name in candidates.items()}
+    if not all(p.is_file() for p in found.values()):
+        missing = ", ".join(str(p) for p in found.values() if not p.is_file())
+        raise FileFormatError(f"no split export at {path}: missing {missing}")
+    return found
+
+
+def split_part_names(path: str | os.PathLike) -> dict[str, str]:
+    """`out/model.onnx` -> {'encoder': 'model.encoder.onnx', 'step': 'model.step.onnx', 'decode': ...}."""
+    from export.config import SPLIT_PARTS
+
+    p = Path(path)
+    stem = p.name[:-5] if p.name.endswith(".onnx") else p.name
+    return {part: f"{stem}.{part}.onnx" for part in SPLIT_PARTS}

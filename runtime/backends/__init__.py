@@ -1,0 +1,62 @@
+"""Backend registry: `torch` (PyTorch reference), `onnxruntime` (CPU / CUDA / TensorRT providers) and
+`tensorrt` (engines built from the ONNX exports). Modules are imported when a backend is created, and the
+backend modules themselves import torch / onnxruntime / tensorrt only inside their functions."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from runtime.backends.base import Backend, InferenceResult, TensorSpec
+from runtime.errors import InputError
+
+BACKENDS: dict[str, str] = {
+    "torch": "runtime.backends.torch_backend:TorchBackend",
+    "onnxruntime": "runtime.backends.onnxruntime_backend:OnnxRuntimeBackend",
+    "tensorrt": "runtime.backends.tensorrt_backend:TensorRTBackend",
+}
+ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
+
+
+def register_backend(name: str, target: str) -> None:
+    """Add a backend: `target` is 'module:ClassName' of a Backend subclass."""
+    BACKENDS[name] = target
+
+
+def backend_class(name: str) -> type[Backend]:
+    key = ALIASES.get(name, name)
+    if key not in BACKENDS:
+        raise InputError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    module_name, cls_name = BACKENDS[key].split(":")
+    return getattr(importlib.import_module(module_name), cls_name)
+
+
+def create_backend(name: str, model: Any, **options: Any) -> Backend:
+    """Instantiate backend `name` on `model` (checkpoint, ONNX file or engine); options go to its constructor."""
+    return backend_class(name)(model, **options)
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any], str]:
+    """'BACKEND[:PROVIDER]=PATH' -> (backend, options, path); e.g. 'onnxruntime:cuda=model.onnx',
+    'torch=ckpt.pth', 'tensorrt=model.onnx'."""
+    if "=" not in spec:
+        raise InputError(f"backend spec {spec!r} must look like BACKEND[:PROVIDER]=PATH, e.g. "
+                         "onnxruntime=model.onnx, onnxruntime:cuda=model.onnx, torch=ckpt.pth, tensorrt=model.onnx")
+    head, path = spec.split("=", 1)
+    name, _, provider = head.partition(":")
+    name = ALIASES.get(name.strip(), name.strip())
+    if name not in BACKENDS:
+        raise InputError(f"backend spec {spec!r}: unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    options: dict[str, Any] = {}
+    if provider:
+        if name == "onnxruntime":
+            options["provider"] = provider
+        elif name == "torch":
+            options["device"] = provider
+        else:
+            raise InputError(f"backend spec {spec!r}: only onnxruntime (provider) and torch (device) take a ':' option")
+    return name, options, path
+
+
+__all__ = ["ALIASES", "BACKENDS", "Backend", "InferenceResult", "TensorSpec", "backend_class", "create_backend",
+           "parse_spec", "register_backend"]

@@ -1,0 +1,158 @@
+"""The interface every backend implements, and the result it returns."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import InputError
+from runtime.preprocessing import check_model_inputs
+from runtime.solver import SolverSettings, WarmState
+
+
+@dataclass
+class TensorSpec:
+    """One model input: name, shape (ints; strings for dynamic axes), element type."""
+
+    name: str
+    shape: list
+    dtype: str = "float32"
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass
+class InferenceResult:
+    """Flow plus solver statistics of one `infer` call (padded size: unpad with the preprocessing padder)."""
+
+    flow: np.ndarray  # (N,2,H,W) float32
+    flow_low: np.ndarray | None  # (N,2,H/8,W/8)
+    iterations: int  # solver steps run (one count for the batch: it stops together)
+    residual: np.ndarray  # (N,) final ||f(z) - z|| (abs), NaN when the model does not output it
+    residual_rel: np.ndarray | None = None  # (N,) final relative residual
+    abs_trace: np.ndarray | None = None  # (N, iterations) when the solver runs on the host / in torch
+    rel_trace: np.ndarray | None = None
+    state: WarmState | None = None  # fixed point for warm-starting the next frame (split layout / torch)
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        """Named outputs for comparison (same names as the ONNX graphs)."""
+        out = {"flow": self.flow, "residual": np.asarray(self.residual, np.float32),
+               "iterations": np.array([self.iterations], np.int32)}
+        if self.flow_low is not None:
+            out["flow_low"] = self.flow_low
+        if self.residual_rel is not None:
+            out["residual_rel"] = np.asarray(self.residual_rel, np.float32)
+        return out
+
+    def stats(self) -> dict:
+        return {"iterations": int(self.iterations),
+                "final_abs_residual": [float(v) for v in np.asarray(self.residual).ravel()],
+                "final_rel_residual": None if self.residual_rel is None
+                else [float(v) for v in np.asarray(self.residual_rel).ravel()],
+                "seconds": self.seconds}
+
+
+class Backend(ABC):
+    """Load a model file, describe its inputs, infer, close. Subclasses set `name` and implement `_infer`.
+
+    `infer(image1, image2, flow_init=None, state=None)`: float32 (N,3,H,W) images in 0..255 with H, W
+    multiples of 8 (runtime.preprocessing.prepare pads them), optional flow_init (N,2,H/8,W/8) added to the
+    initial flow, optional warm-start `state` from a previous result (split layout / torch backend).
+    """
+
+    name: str = "backend"
+    supports_warm_start: bool = False
+
+    def __init__(self, model: Any, *, settings: SolverSettings | None = None) -> None:
+        self.model_path = model
+        self.settings = settings or SolverSettings()
+        self.levels = 4
+        self._closed = False
+
+    # ---- description
+    @property
+    @abstractmethod
+    def inputs(self) -> list[TensorSpec]:
+        """The model's inputs (name, shape, dtype)."""
+
+    def describe(self) -> dict:
+        """Backend, model and settings, JSON-ready."""
+        return {"backend": self.name, "model": str(self.model_path), "inputs": [s.as_dict() for s in self.inputs],
+                "settings": self.settings.as_dict(), "warm_start": self.supports_warm_start}
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+    # ---- inference
+    def infer(self, image1: np.ndarray, image2: np.ndarray, flow_init: np.ndarray | None = None, *,
+              state: WarmState | None = None) -> InferenceResult:
+        if self._closed:
+            raise InputError(f"{self.label}: infer() after close()")
+        check_model_inputs(image1, image2, flow_init, levels=self.levels)
+        if state is not None and not self.supports_warm_start:
+            raise InputError(f"{self.label}: warm start from a previous fixed point needs the split layout "
+                             "(export with --layout split) or the torch backend; this model runs its solver "
+                             "inside one graph (flow_init still works)")
+        t0 = time.perf_counter()
+        result = self._infer(np.ascontiguousarray(image1, np.float32), np.ascontiguousarray(image2, np.float32),
+                             None if flow_init is None else np.ascontiguousarray(flow_init, np.float32), state)
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    @abstractmethod
+    def _infer(self, image1: np.ndarray, image2: np.ndarray, flow_init: np.ndarray | None,
+               state: WarmState | None) -> InferenceResult: ...
+
+    def configure(self, settings: SolverSettings) -> SolverSettings:
+        """Change the solver settings (validated against the model); returns the resolved settings."""
+        self.settings = settings
+        self.resolved = self._resolve(settings)
+        return self.resolved
+
+    def _resolve(self, settings: SolverSettings) -> SolverSettings:
+        return settings
+
+    def close(self) -> None:
+        self._closed = True
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def resolve_for_file(settings: SolverSettings, file) -> SolverSettings:
+    """Settings for an ONNX export / engine: the split layout takes any (defaults from its metadata), a full
+    graph only what is baked into it."""
+    meta = file.main
+    if file.is_split:
+        method = meta.solver if meta.solver in ("fixed_point", "anderson") else "fixed_point"
+        return settings.with_defaults(meta.iterations, meta.tolerance, meta.stop_mode, method)
+    return graph_settings(settings, meta, str(file.path))
+
+
+def graph_settings(settings: SolverSettings, meta, path: str) -> SolverSettings:
+    """Resolved settings of an unrolled / Loop graph, whose solver is baked in: requests it cannot honour
+    are refused (rather than silently ignored)."""
+    where = f"{path} ({meta.layout}, {meta.iterations} iterations" + \
+        (f", tolerance {meta.tolerance:g} {meta.stop_mode})" if meta.tolerance > 0 else ")")
+    s = settings
+    if s.max_iter is not None and int(s.max_iter) != meta.iterations:
+        raise InputError(f"{where} cannot run {s.max_iter} iterations: re-export with --iters {s.max_iter}, or "
+                         "use the split layout (the host runs any number)")
+    if s.tol is not None and float(s.tol) != float(meta.tolerance) and not (s.tol <= 0 and meta.tolerance <= 0):
+        raise InputError(f"{where} cannot stop at tolerance {s.tol:g}: its stopping rule is in the graph; "
+                         "use the split layout or re-export the loop layout with --tolerance")
+    if s.method not in (None, "fixed_point") or not s.return_final:
+        raise InputError(f"{where} runs plain fixed-point steps and returns the last iterate; Anderson or "
+                         "lowest-residual selection needs the split layout")
+    return s.with_defaults(meta.iterations, meta.tolerance, meta.stop_mode, "fixed_point")

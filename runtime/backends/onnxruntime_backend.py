@@ -1,0 +1,295 @@
+"""ONNX Runtime backend: CPU, CUDA and TensorRT execution providers, IO binding, all three layouts.
+
+Unrolled / Loop exports run as one session. Split exports run as three sessions (encoder, step, decode)
+driven by the shared host solver (runtime.solver): stop on tolerance, warm start, Anderson. With IO
+binding the context (correlation pyramid, features) and the state stay on the provider's device between
+steps; only the (N,) residuals come back to the host each step.
+
+Provider notes (deployment.md section 4): the CUDA provider benchmarks convolution algorithms on its first
+run (EXHAUSTIVE), so warm up before timing; cuDNN 9 uses TF32 for convolutions unless NVIDIA_TF32_OVERRIDE=0
+is set in the environment (use_tf32=0 alone does not disable it); a `Loop` on the CUDA provider syncs with
+the host every iteration and blocks CUDA graphs, which need IO binding and a graph without Loop/If. The
+TensorRT provider caches engines and timing data (invalidate them when model, ORT, TensorRT or GPU change:
+the cache prefix here carries the model's sha256) and needs explicit min/opt/max shapes for dynamic inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.backends.base import Backend, InferenceResult, TensorSpec, resolve_for_file
+from runtime.errors import InputError, ProfileError, missing_dependency
+from runtime.modelfile import ModelFile, open_model_file
+from runtime.solver import SolverSettings, solve
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise missing_dependency("onnxruntime", "the onnxruntime backend", str(exc)) from None
+    return onnxruntime
+
+
+def shape_string(shapes: dict[str, list[int]]) -> str:
+    """{'image1': [1,3,440,1024], ...} -> 'image1:1x3x440x1024,...' (the TensorRT provider's profile format)."""
+    return ",".join(f"{name}:{'x'.join(str(int(d)) for d in shape)}" for name, shape in shapes.items())
+
+
+def provider_options(provider: str = "cpu", *, device_id: int = 0, fp16: bool = False, tf32: bool = False,
+                     cache_dir: str | os.PathLike | None = None, cache_prefix: str = "deqflow",
+                     profile: dict[str, dict[str, list[int]]] | None = None, cuda_graph: bool = False,
+                     workspace_mb: int | None = None, builder_optimization_level: int | None = None,
+                     gpu_mem_limit_mb: int | None = None) -> list:
+    """The `providers=` list for onnxruntime.InferenceSession, in priority order (pure: no onnxruntime import).
+
+    provider: 'cpu' | 'cuda' | 'tensorrt'. `profile`: {'min'|'opt'|'max': {input: shape}} (explicit TensorRT
+    profile shapes; all dynamic inputs must be listed). `cache_dir`: TensorRT engine + timing caches.
+    """
+    if provider not in PROVIDERS:
+        raise InputError(f"unknown onnxruntime provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+    if provider == "cpu":
+        return ["CPUExecutionProvider"]
+    cuda: dict[str, Any] = {"device_id": int(device_id), "cudnn_conv_algo_search": "EXHAUSTIVE",
+                            "do_copy_in_default_stream": True,  # must stay True for a Loop (loop.cc)
+                            "use_tf32": int(bool(tf32))}
+    if gpu_mem_limit_mb:
+        cuda["gpu_mem_limit"] = int(gpu_mem_limit_mb) << 20
+    if cuda_graph and provider == "cuda":
+        cuda["enable_cuda_graph"] = True
+    providers: list = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+    if provider == "cuda":
+        return providers
+    trt: dict[str, Any] = {"device_id": int(device_id), "trt_fp16_enable": bool(fp16),
+                           "trt_engine_cache_enable": cache_dir is not None,
+                           "trt_timing_cache_enable": cache_dir is not None}
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        trt.update(trt_engine_cache_path=str(cache_dir), trt_timing_cache_path=str(cache_dir),
+                   trt_engine_cache_prefix=cache_prefix)
+    if workspace_mb:
+        trt["trt_max_workspace_size"] = int(workspace_mb) << 20
+    if builder_optimization_level is not None:
+        trt["trt_builder_optimization_level"] = int(builder_optimization_level)
+    if cuda_graph:
+        trt["trt_cuda_graph_enable"] = True
+    if profile:
+        for key in ("min", "opt", "max"):
+            trt[f"trt_profile_{key}_shapes"] = shape_string(profile[key])
+    return [("TensorrtExecutionProvider", trt), *providers]
+
+
+def check_available(provider: str, available: list[str]) -> None:
+    """MissingDependencyError when the installed onnxruntime lacks the provider (e.g. the CPU-only wheel)."""
+    wanted = PROVIDERS[provider]
+    if wanted not in available:
+        raise missing_dependency("onnxruntime-gpu", f"the onnxruntime {provider} provider ({wanted})",
+                                 f"this onnxruntime offers {', '.join(available)}")
+
+
+def check_static_shape(what: str, spec_shape: list, actual: tuple, hints: dict | None = None,
+                       name: str = "image1") -> None:
+    """ProfileError when an input does not fit a static export (or the min/max hints of a dynamic one)."""
+    fixed = [d if isinstance(d, int) and d > 0 else None for d in spec_shape]
+    if len(fixed) == len(actual) and all(f is None or f == a for f, a in zip(fixed, actual)):
+        if hints and name in hints.get("min", {}):
+            lo, hi = hints["min"][name], hints["max"][name]
+            if not all(a_ >= lo_ and a_ <= hi_ for a_, lo_, hi_ in zip(actual, lo, hi)):
+                raise ProfileError(f"{what}: input {name} of shape {list(actual)} is outside the export's shape "
+                                   f"range min {lo} .. max {hi}; re-export with wider --min-shape/--max-shape")
+        return
+    want = "x".join(str(d) if isinstance(d, int) and d > 0 else "?" for d in spec_shape)
+    raise ProfileError(f"{what}: input {name} has shape {'x'.join(map(str, actual))}, but the model was exported "
+                       f"for {want}. Export it at this size (deqflow export --height H --width W, sizes padded to "
+                       "a multiple of 8) or with --dynamic")
+
+
+class _Session:
+    """One InferenceSession with IO binding on its provider's device."""
+
+    def __init__(self, ort, path: Path, providers: list, *, threads: int | None, optimization: str,
+                 device: str, device_id: int, io_binding: bool) -> None:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimization]
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        self.ort, self.path = ort, path
+        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        self.device, self.device_id, self.io_binding = device, device_id, io_binding
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def value(self, x: Any):
+        """numpy -> OrtValue on the session's device (CPU values share the numpy buffer)."""
+        if isinstance(x, self.ort.OrtValue):
+            return x
+        return self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x), self.device, self.device_id)
+
+    def run(self, feeds: dict[str, Any], outputs: list[str] | None = None) -> dict[str, Any]:
+        """Feeds (numpy or OrtValue) -> {name: OrtValue} with IO binding, or numpy without it."""
+        outputs = outputs or self.output_names
+        if not self.io_binding:
+            host = {k: (v.numpy() if isinstance(v, self.ort.OrtValue) else v) for k, v in feeds.items()
+                    if k in self.inputs}
+            return dict(zip(outputs, self.session.run(outputs, host)))
+        binding = self.session.io_binding()
+        for name, v in feeds.items():
+            if name in self.inputs:
+                binding.bind_ortvalue_input(name, self.value(v))
+        for name in outputs:
+            binding.bind_output(name, self.device, self.device_id)
+        self.session.run_with_iobinding(binding)
+        return dict(zip(outputs, binding.get_outputs()))
+
+    @staticmethod
+    def host(x: Any) -> np.ndarray:
+        return x if isinstance(x, np.ndarray) else x.numpy()
+
+
+class OrtStepParts:
+    """StepParts (runtime.solver) over the three sessions of a split export."""
+
+    def __init__(self, encoder: _Session, step: _Session, decode: _Session, context: list[str], hidden_dim: int):
+        self.encoder, self.step_session, self.decoder = encoder, step, decode
+        self.context, self.hidden_dim = context, hidden_dim
+
+    def encode(self, image1, image2):
+        out = self.encoder.run({"image1": image1, "image2": image2}, self.context)
+        return out, self.encoder.host(out["coords0"])
+
+    def step(self, ctx, net, coords1):
+        out = self.step_session.run({**ctx, "net": net, "coords1": coords1},
+                                    ["net_next", "coords1_next", "residual", "residual_rel"])
+        return (out["net_next"], out["coords1_next"], self.step_session.host(out["residual"]),
+                self.step_session.host(out["residual_rel"]))
+
+    def decode(self, ctx, net, coords1):
+        out = self.decoder.run({"net": net, "coords1": coords1, "coords0": ctx["coords0"]}, ["flow", "flow_low"])
+        return self.decoder.host(out["flow"]), self.decoder.host(out["flow_low"])
+
+    def to_host(self, x):
+        return self.step_session.host(x)
+
+    def from_host(self, x):
+        return self.step_session.value(x) if self.step_session.io_binding else x
+
+
+class OnnxRuntimeBackend(Backend):
+    """`onnxruntime` backend. Options: provider ('cpu' | 'cuda' | 'tensorrt'), device_id, threads,
+    io_binding (default on), optimization ('disable'|'basic'|'extended'|'all'), fp16 (TensorRT provider),
+    tf32, cache_dir (TensorRT provider engine/timing caches), profile (explicit min/opt/max shapes; default
+    from the export's shape hints), cuda_graph, workspace_mb."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model: str | os.PathLike | ModelFile, *, settings: SolverSettings | None = None,
+                 provider: str = "cpu", device_id: int = 0, threads: int | None = None, io_binding: bool = True,
+                 optimization: str = "all", fp16: bool = False, tf32: bool = False,
+                 cache_dir: str | os.PathLike | None = None, profile: dict | None = None, cuda_graph: bool = False,
+                 workspace_mb: int | None = None) -> None:
+        super().__init__(model, settings=settings)
+        if optimization not in OPTIMIZATION_LEVELS:
+            raise InputError(f"optimization must be one of {OPTIMIZATION_LEVELS}, got {optimization!r}")
+        self.file = model if isinstance(model, ModelFile) else open_model_file(model)
+        if self.file.kind != "onnx":
+            raise InputError(f"the onnxruntime backend runs ONNX exports; {self.file.path} is a {self.file.kind} "
+                             "(use --backend torch for checkpoints, tensorrt for engines)")
+        meta = self.file.main
+        self.meta, self.levels = meta, meta.corr_levels
+        if cuda_graph and self.file.layout == "loop":
+            raise InputError("CUDA graphs need a graph without Loop/If (deployment.md 4.4): use the unrolled or "
+                             "split layout, or drop cuda_graph")
+        ort = import_onnxruntime()
+        check_available(provider, ort.get_available_providers())
+        self.provider = provider
+        prefix = "deqflow_" + (meta.checkpoint_sha256[:12] or hashlib.sha256(
+            str(self.file.path).encode()).hexdigest()[:12])
+        hints = profile or (meta.shape_hints if meta.dynamic else None)
+        device = "cpu" if provider == "cpu" else "cuda"
+        self.sessions: dict[str, _Session] = {}
+        for part, path in self.file.parts.items():
+            part_profile = hints if (hints and part in ("model", "encoder")) else None
+            if part_profile and part == "encoder":
+                part_profile = {k: {n: s for n, s in v.items() if n != "flow_init"} for k, v in part_profile.items()}
+            providers = provider_options(provider, device_id=device_id, fp16=fp16, tf32=tf32, cache_dir=cache_dir,
+                                         cache_prefix=f"{prefix}_{part}", profile=part_profile,
+                                         cuda_graph=cuda_graph, workspace_mb=workspace_mb)
+            self.sessions[part] = _Session(ort, path, providers, threads=threads, optimization=optimization,
+                                           device=device, device_id=device_id, io_binding=io_binding)
+        first = self.sessions.get("model") or self.sessions["encoder"]
+        self._inputs = [TensorSpec(i.name, list(i.shape), _dtype(i.type)) for i in first.session.get_inputs()]
+        if self.file.is_split:
+            self.supports_warm_start = True
+            step = self.sessions["step"]
+            hidden = meta.hidden_dim or int(step.inputs["net"].shape[1])
+            self.parts = OrtStepParts(self.sessions["encoder"], step, self.sessions["decode"],
+                                      list(meta.context_names), hidden)
+        self.configure(self.settings)
+
+    def _resolve(self, settings: SolverSettings) -> SolverSettings:
+        return resolve_for_file(settings, self.file)
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def label(self) -> str:
+        return f"onnxruntime:{self.provider}" + (f" ({self.file.layout})" if self.file.layout else "")
+
+    def describe(self) -> dict:
+        out = super().describe()
+        out.update(provider=self.provider, layout=self.file.layout, precision=self.meta.precision,
+                   model_file=self.file.describe(),
+                   providers_in_use={k: s.session.get_providers() for k, s in self.sessions.items()},
+                   resolved_settings=self.resolved.as_dict())
+        return out
+
+    def _check_shape(self, image1: np.ndarray) -> None:
+        spec = self._inputs[0]
+        hints = self.meta.shape_hints if (self.meta.dynamic and self.provider == "tensorrt") else None
+        check_static_shape(str(self.file.path), spec.shape, tuple(image1.shape), hints, spec.name)
+
+    def _infer(self, image1, image2, flow_init, state) -> InferenceResult:
+        self._check_shape(image1)
+        if self.file.is_split:
+            r = solve(self.parts, image1, image2, self.resolved, flow_init, state)
+            return InferenceResult(flow=r.flow, flow_low=r.flow_low, iterations=r.stats.iterations,
+                                   residual=r.stats.final_abs, residual_rel=r.stats.final_rel,
+                                   abs_trace=r.stats.abs_trace, rel_trace=r.stats.rel_trace, state=r.state,
+                                   timings=r.timings)
+        session = self.sessions["model"]
+        feeds = {"image1": image1, "image2": image2}
+        if "flow_init" in session.inputs:
+            n, _, h, w = image1.shape
+            feeds["flow_init"] = flow_init if flow_init is not None else np.zeros((n, 2, h // 8, w // 8), np.float32)
+        elif flow_init is not None:
+            raise InputError(f"{self.file.path} was exported without a flow_init input (--no-flow-init)")
+        out = {k: session.host(v) for k, v in session.run(feeds).items()}
+        iterations = int(out["iterations"].ravel()[0]) if "iterations" in out else int(self.meta.iterations)
+        n = image1.shape[0]
+        return InferenceResult(flow=out["flow"], flow_low=out.get("flow_low"), iterations=iterations,
+                               residual=out.get("residual", np.full(n, np.nan, np.float32)),
+                               residual_rel=out.get("residual_rel"))
+
+    def close(self) -> None:
+        self.sessions.clear()
+        super().close()
+
+
+def _dtype(onnx_type: str) -> str:
+    return {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int32)": "int32",
+            "tensor(int64)": "int64"}.get(onnx_type, onnx_type)

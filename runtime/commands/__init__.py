@@ -1,0 +1,1 @@
+"""`deqflow build | infer | compare | bench`: the runtime's sub-commands (no torch at import)."""

@@ -1,0 +1,93 @@
+"""`deqflow build`: a TensorRT engine (or the three engines of a split export) from a deqflow ONNX export."""
+
+from __future__ import annotations
+
+HELP = ("build a TensorRT engine from a deqflow ONNX export (profiles, precision, TF32, timing cache); split "
+        "exports give <stem>.encoder/.step/.decode engines")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--onnx", required=True, help="ONNX export (a split export by its base name or any part)")
+    p.add_argument("--output", required=True, help="engine file, e.g. model.engine (+ model.engine.json)")
+    p.add_argument("--shape", default=None, help="static image shape HxW or BxHxW (default: the export's)")
+    p.add_argument("--min-shape", default=None, help="dynamic exports: profile minimum (HxW / BxHxW)")
+    p.add_argument("--opt-shape", default=None, help="dynamic exports: profile optimum")
+    p.add_argument("--max-shape", default=None, help="dynamic exports: profile maximum")
+    p.add_argument("--precision", choices=["fp32", "fp16", "graph"], default="fp32",
+                   help="fp32; fp16 = TensorRT 10 builder flag (weak typing); graph = strongly typed, precision from "
+                        "the ONNX (a --precision mixed16 export; the only way on TensorRT 11)")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 (off by default: float32 engines stay float32)")
+    p.add_argument("--timing-cache", default=None, help="timing cache file, read before and updated after the build")
+    p.add_argument("--workspace-mb", type=int, default=None)
+    p.add_argument("--optimization-level", type=int, default=None, help="builder optimization level 0..5")
+    p.add_argument("--cache-dir", default=None, help="also keep the engine in this engine cache")
+    p.add_argument("--device-id", type=int, default=0)
+    p.add_argument("--verbose", action="store_true")
+
+
+def build_settings_from_args(args, file):
+    """BuildSettings (validated without TensorRT) for the export `file`."""
+    from runtime.errors import InputError
+    from runtime.tensorrt_engine import BuildSettings, image_profiles, parse_shape_arg
+
+    meta = file.main
+    dyn_args = [args.min_shape, args.opt_shape, args.max_shape]
+    profiles = {}
+    if meta.dynamic:
+        if file.is_split:
+            raise InputError("build TensorRT engines of the split layout from a static export (one engine per "
+                             "resolution): re-export without --dynamic")
+        hints = meta.shape_hints
+        opt_arg = args.opt_shape or args.shape
+        opt = parse_shape_arg(opt_arg) if opt_arg else hints["opt"]["image1"]
+        lo = parse_shape_arg(args.min_shape) if args.min_shape else hints["min"]["image1"]
+        hi = parse_shape_arg(args.max_shape) if args.max_shape else hints["max"]["image1"]
+        profiles = image_profiles(lo, opt, hi, flow_init=bool(meta.flow_init))
+    else:
+        if any(dyn_args):
+            raise InputError(f"{file.path} is a static export ({meta.batch}x3x{meta.height}x{meta.width}); "
+                             "--min/--opt/--max-shape need a --dynamic export")
+        if args.shape:
+            want = parse_shape_arg(args.shape, meta.batch)
+            have = [meta.batch, 3, meta.height, meta.width]
+            if want != have:
+                raise InputError(f"{file.path} was exported for {'x'.join(map(str, have))}, not "
+                                 f"{'x'.join(map(str, want))}: export at that size (or with --dynamic)")
+    settings = BuildSettings(profiles=profiles, precision=args.precision, tf32=args.tf32,
+                             workspace_mb=args.workspace_mb, optimization_level=args.optimization_level,
+                             timing_cache=args.timing_cache)
+    settings.validate(None, meta.precision)
+    return settings
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from runtime.errors import InputError
+    from runtime.modelfile import open_model_file
+    from runtime.tensorrt_engine import EngineCache, build_engine, import_tensorrt, split_engine_paths, write_engine
+
+    file = open_model_file(args.onnx)
+    if file.kind != "onnx":
+        raise InputError(f"--onnx must be a deqflow ONNX export, got a {file.kind}: {args.onnx}")
+    out = Path(args.output)
+    if out.suffix.lower() not in (".engine", ".plan", ".trt"):
+        raise InputError(f"--output {out} should end in .engine (or .plan)")
+    settings = build_settings_from_args(args, file)
+    trt = import_tensorrt()  # the one clear error on machines without TensorRT
+    settings.validate(trt.__version__, file.main.precision)
+    targets = split_engine_paths(out) if file.is_split else {"model": out}
+    cache = EngineCache(args.cache_dir) if args.cache_dir else None
+    import time
+
+    for part, onnx_path in file.parts.items():
+        t0 = time.perf_counter()
+        part_settings = settings if part in ("model", "encoder") else type(settings)(**{**settings.__dict__,
+                                                                                          "profiles": {}})
+        plan, info = build_engine(onnx_path, part_settings, cache=cache, device_id=args.device_id,
+                                  verbose=args.verbose)
+        info["build_seconds"] = round(time.perf_counter() - t0, 2)
+        write_engine(targets[part], plan, info)
+        print(f"built {targets[part]} ({len(plan) / 2**20:.1f} MiB, TensorRT {info['tensorrt']}, {info['gpu']}, "
+              f"{settings.precision}, TF32 {'on' if settings.tf32 else 'off'}, {info['build_seconds']} s)")
+    return 0

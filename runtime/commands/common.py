@@ -1,0 +1,110 @@
+"""Argument groups and helpers shared by the runtime commands."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from runtime.errors import InputError
+from runtime.solver import SolverSettings
+
+
+def add_solver_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("solver (default: the model's own settings)")
+    g.add_argument("--iters", type=int, default=None, help="solver iterations (cap when a tolerance is set)")
+    g.add_argument("--tol", type=float, default=None, help="stop when every sample's residual is below this "
+                   "(split layout / torch; <= 0 never stops early)")
+    g.add_argument("--stop-mode", choices=["abs", "rel"], default=None, help="residual used by --tol")
+    g.add_argument("--solver", choices=["fixed_point", "anderson", "broyden"], default=None,
+                   help="fixed-point method (anderson: host-side Anderson acceleration for the split layout)")
+    g.add_argument("--lowest-residual", action="store_true",
+                   help="return each sample's lowest-residual iterate instead of the last (split / torch)")
+
+
+def settings_from_args(args: argparse.Namespace) -> SolverSettings:
+    return SolverSettings(max_iter=args.iters, tol=args.tol, stop_mode=args.stop_mode, method=args.solver,
+                          return_final=not getattr(args, "lowest_residual", False))
+
+
+def add_backend_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("backend options")
+    g.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu",
+                   help="onnxruntime execution provider")
+    g.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    g.add_argument("--device-id", type=int, default=0, help="GPU index (onnxruntime cuda/tensorrt, tensorrt)")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads (torch, onnxruntime CPU)")
+    g.add_argument("--cuda-graph", action="store_true", help="capture CUDA graphs (tensorrt, onnxruntime GPU)")
+    g.add_argument("--cache-dir", default=None, help="TensorRT engine/timing cache folder")
+    g.add_argument("--fp16", action="store_true", help="onnxruntime TensorRT provider: trt_fp16_enable")
+    g.add_argument("--rebuild", action="store_true",
+                   help="tensorrt: rebuild an engine made by another TensorRT version / GPU from its ONNX file")
+
+
+def backend_options(name: str, args: argparse.Namespace, extra: dict | None = None) -> dict[str, Any]:
+    """Constructor options of backend `name` from the parsed flags (spec options in `extra` win)."""
+    extra = dict(extra or {})
+    if name == "torch":
+        opts = {"device": getattr(args, "device", "cpu"), "threads": getattr(args, "threads", None)}
+    elif name == "onnxruntime":
+        opts = {"provider": getattr(args, "provider", "cpu"), "device_id": getattr(args, "device_id", 0),
+                "threads": getattr(args, "threads", None), "cuda_graph": getattr(args, "cuda_graph", False),
+                "cache_dir": getattr(args, "cache_dir", None), "fp16": getattr(args, "fp16", False)}
+    else:
+        opts = {"device_id": getattr(args, "device_id", 0), "cuda_graph": getattr(args, "cuda_graph", False),
+                "cache_dir": getattr(args, "cache_dir", None), "rebuild": getattr(args, "rebuild", False)}
+    opts.update(extra)
+    return opts
+
+
+def spec_label(name: str, options: dict, path: str) -> str:
+    """A stable label for reports: 'torch:cpu', 'onnxruntime:cpu (split)', 'tensorrt (unrolled)'."""
+    from runtime.modelfile import open_model_file
+
+    if name == "torch":
+        return f"torch:{options.get('device', 'cpu')}"
+    try:
+        layout = open_model_file(path).layout
+    except Exception:
+        layout = None
+    head = f"onnxruntime:{options.get('provider', 'cpu')}" if name == "onnxruntime" else name
+    return head + (f" ({layout})" if layout else "")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    parts = str(text).lower().replace(",", "x").split("x")
+    try:
+        h, w = (int(v) for v in parts)
+    except ValueError:
+        raise InputError(f"size {text!r} must look like HxW, e.g. 128x160") from None
+    if h < 1 or w < 1:
+        raise InputError(f"size {text!r} must be positive")
+    return h, w
+
+
+def default_size(paths: list[str], fallback: tuple[int, int] = (128, 160)) -> tuple[int, int]:
+    """The static size of the first ONNX export / engine among `paths` (else `fallback`)."""
+    from runtime.modelfile import open_model_file
+
+    for p in paths:
+        try:
+            f = open_model_file(p)
+        except Exception:
+            continue
+        if f.main is not None and f.main.height and f.main.width:
+            return int(f.main.height), int(f.main.width)
+    return fallback
+
+
+def model_defaults(paths: list[str]) -> dict[str, Any] | None:
+    """Solver settings baked into the first ONNX export / engine among `paths` (iterations, tolerance)."""
+    from runtime.modelfile import open_model_file
+
+    for p in paths:
+        try:
+            f = open_model_file(p)
+        except Exception:
+            continue
+        if f.main is not None:
+            return {"max_iter": int(f.main.iterations), "tol": float(f.main.tolerance), "stop_mode": f.main.stop_mode,
+                    "layout": f.layout}
+    return None

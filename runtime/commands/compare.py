@@ -1,0 +1,120 @@
+"""`deqflow compare`: candidate backends against one float32 reference; JSON + Markdown report, golden files."""
+
+from __future__ import annotations
+
+HELP = ("compare backends (onnxruntime, tensorrt, ...) against one float32 reference on real image pairs: "
+        "max abs error, EPE mean/p99, Fl-all disagreement, NaN/Inf, pass/fail per tolerance tier")
+
+
+def add_arguments(p) -> None:
+    from runtime.commands.common import add_backend_options, add_solver_args
+
+    p.add_argument("--reference", default=None, help="BACKEND[:OPTION]=PATH (default: torch=<--checkpoint>)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint of the default torch reference")
+    p.add_argument("--candidate", action="append", default=[], metavar="SPEC",
+                   help="BACKEND[:OPTION]=PATH, repeatable: onnxruntime=m.onnx, onnxruntime:cuda=m.onnx, "
+                        "onnxruntime:tensorrt=m.onnx, tensorrt=m.onnx, torch:cuda=ckpt.pth")
+    p.add_argument("--golden", default=None, help="use this golden .npz (inputs + reference outputs) as reference")
+    p.add_argument("--save-golden", default=None, help="save the inputs and reference outputs to this .npz")
+    p.add_argument("--inputs", default="real", help="real (Middlebury motorcycle crops; default), random, or a "
+                   "golden .npz whose inputs to use")
+    p.add_argument("--size", default=None, help="HxW of generated inputs (default: the first export's size)")
+    p.add_argument("--pairs", type=int, default=2, help="number of generated pairs (1-4)")
+    p.add_argument("--tier", choices=["auto", "float32", "float16"], default="auto",
+                   help="tolerance tier (auto: float16 for mixed16 exports / fp16 engines)")
+    p.add_argument("--output", default="compare", help="folder for compare.json and compare.md")
+    p.add_argument("--pad-mode", choices=["sintel", "kitti"], default="sintel")
+    add_solver_args(p)
+    add_backend_options(p)
+
+
+def run(args) -> int:
+    import json
+    from pathlib import Path
+
+    from runtime.backends import create_backend, parse_spec
+    from runtime.commands.common import backend_options, default_size, model_defaults, parse_size, settings_from_args
+    from runtime.compare import compare, load_golden, save_golden
+    from runtime.errors import InputError
+    from runtime.preprocessing import random_pair, real_pairs
+
+    specs = [parse_spec(s) for s in args.candidate]
+    golden = load_golden(args.golden) if args.golden else None
+    if golden is None:
+        if args.reference:
+            ref_spec = parse_spec(args.reference)
+        elif args.checkpoint:
+            ref_spec = ("torch", {}, args.checkpoint)
+        else:
+            raise InputError("give a reference: --checkpoint CKPT (torch float32), --reference SPEC or --golden FILE")
+    if not specs and not args.save_golden:
+        raise InputError("nothing to compare: add --candidate SPEC (or --save-golden FILE to only save the reference)")
+    settings = settings_from_args(args)
+    baked = model_defaults([path for _, _, path in specs])
+    if golden is not None and golden.meta.get("settings"):
+        gs = golden.meta["settings"]
+        baked = {"max_iter": gs.get("max_iter"), "tol": gs.get("tol"), "stop_mode": gs.get("stop_mode")}
+    if baked:
+        settings = settings.with_defaults(baked["max_iter"] if settings.max_iter is None else settings.max_iter,
+                                          baked["tol"] if settings.tol is None else settings.tol,
+                                          settings.stop_mode or baked["stop_mode"] or "abs", settings.method or
+                                          "fixed_point")
+    if golden is not None:
+        pairs, label = golden.pairs, f"golden {args.golden}"
+    elif args.inputs.endswith(".npz"):
+        pairs, label = load_golden(args.inputs).pairs, f"inputs of {args.inputs}"
+    else:
+        size = parse_size(args.size) if args.size else default_size([path for _, _, path in specs])
+        if args.inputs == "real":
+            pairs, label = real_pairs(size, args.pairs), "real (Middlebury 2014 motorcycle, resized/cropped)"
+        elif args.inputs == "random":
+            pairs, label = [random_pair(size, seed=i) for i in range(args.pairs)], "random (smooth noise, shifted)"
+        else:
+            raise InputError(f"--inputs must be real, random or a .npz file, got {args.inputs!r}")
+    reference = None
+    if golden is None:
+        name, opts, path = ref_spec
+        reference = create_backend(name, path, settings=settings, **backend_options(name, args, opts))
+    candidates = []
+    try:
+        for name, opts, path in specs:
+            candidates.append(create_backend(name, path, settings=settings, **backend_options(name, args, opts)))
+        if args.save_golden and reference is not None:
+            from runtime.compare import Golden, run_outputs
+
+            outs, _ = run_outputs(reference, pairs, args.pad_mode)
+            meta = {"label": reference.label, "reference": reference.describe(),
+                    "settings": getattr(reference, "resolved", settings).as_dict(),
+                    "pad_mode": args.pad_mode, "inputs": label}
+            save_golden(args.save_golden, pairs, outs, meta)
+            print(f"saved golden inputs/outputs to {args.save_golden}")
+            golden = Golden(pairs, outs, {**meta, "label": reference.label})
+        report = compare(reference, candidates, pairs, golden=golden, tier=args.tier, pad_mode=args.pad_mode,
+                         settings=settings.as_dict(), inputs_label=label)
+        if reference is not None:
+            report.reference = {"label": reference.label, **reference.describe()}
+    finally:
+        for b in [reference, *candidates]:
+            if b is not None:
+                b.close()
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(report.to_json())
+    (out / "compare.md").write_text(report.to_markdown())
+    for c in report.candidates:
+        if c.get("error"):
+            print(f"{c['label']}: ERROR {c['error']}")
+            continue
+        f = c["metrics"]["flow"]
+        verdict = "PASS" if c["passed"] else "FAIL"
+        print(f"{c['label']} vs {report.reference['label']}: {verdict} ({c['tier']}): flow max "
+              f"abs {_f(f.get('max_abs'))} px, EPE mean {_f(f.get('epe_mean'))} / p99 {_f(f.get('epe_p99'))}, Fl-all "
+              f"diff {_f(f.get('fl_all_pct'))} %, iterations {c['iterations_reference']} / "
+              f"{c['iterations_candidate']}, "
+              f"NaN/Inf {c['nonfinite']}; smallest passing tolerance {json.dumps(c['min_tolerance'])}")
+    print(f"wrote {out / 'compare.json'} and {out / 'compare.md'}")
+    return 0 if report.passed else 1
+
+
+def _f(x) -> str:
+    return "NaN/Inf" if x is None else f"{x:.3g}"

@@ -1,0 +1,50 @@
+"""uint8 images in, (H,W,2) flow out: preprocessing + a backend + warm-start bookkeeping for sequences."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.backends.base import Backend, InferenceResult
+from runtime.preprocessing import prepare
+from runtime.solver import WarmState
+
+
+@dataclass
+class PairFlow:
+    flow: np.ndarray  # (H,W,2) float32 at the input size (padding removed)
+    result: InferenceResult  # padded outputs and solver statistics
+    warm: bool  # whether this pair started from the previous fixed point
+
+    @property
+    def iterations(self) -> int:
+        return self.result.iterations
+
+
+class FlowEstimator:
+    """Run a backend on image pairs with the shared preprocessing. With `warm_start`, each call starts from
+    the fixed point of the previous call (video: frame t -> t+1 after t-1 -> t); `reset()` forgets it."""
+
+    def __init__(self, backend: Backend, *, pad_mode: str = "sintel", warm_start: bool = False) -> None:
+        if warm_start and not backend.supports_warm_start:
+            from runtime.errors import InputError
+
+            raise InputError(f"{backend.label}: --warm-start needs the split layout (export with --layout split) "
+                             "or the torch backend; this model runs its whole solver inside one graph")
+        self.backend, self.pad_mode, self.warm_start = backend, pad_mode, warm_start
+        self._state: WarmState | None = None
+
+    def reset(self) -> None:
+        self._state = None
+
+    def __call__(self, image1: np.ndarray, image2: np.ndarray) -> PairFlow:
+        batch = prepare(image1, image2, self.pad_mode)
+        state = self._state if self.warm_start else None
+        if state is not None and tuple(np.shape(state.flow_low))[2:] != (batch.image1.shape[2] // 8,
+                                                                      batch.image1.shape[3] // 8):
+            state = None  # the frame size changed: start cold
+        result = self.backend.infer(batch.image1, batch.image2, state=state)
+        if self.warm_start:
+            self._state = result.state
+        return PairFlow(flow=batch.unpad(result.flow)[0], result=result, warm=state is not None)

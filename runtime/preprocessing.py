@@ -1,0 +1,243 @@
+"""Preprocessing shared by every backend: image loading, batching, padding to a multiple of 8, unpadding.
+
+Convention (official DEQ-Flow/RAFT, and the `input_range` of deqflow's ONNX metadata): float32 RGB in
+0..255, channels first (N,3,H,W), H and W multiples of 8, replicate padding ('sintel' centres it, 'kitti'
+pads at the bottom). Also the real image pairs used by `compare` and `bench` by default, and the frame
+sources of `infer` (a pair, a folder of frames, a video file). numpy + OpenCV only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deqflow.image_io import read_image, to_model_input
+from deqflow.padding import InputPadder, check_model_input_size
+from runtime.errors import FileFormatError, InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+
+__all__ = ["PreparedBatch", "check_model_inputs", "frame_source", "load_image", "prepare", "real_pair",
+           "real_pairs", "to_batch", "unpad_flow"]
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """uint8 RGB (H,W,3) from any 8/16-bit image file (deqflow.image_io.read_image)."""
+    return read_image(path)
+
+
+def to_batch(images: Sequence[np.ndarray] | np.ndarray, name: str = "image") -> np.ndarray:
+    """One (H,W,3) uint8 image or a list of them (same size) -> float32 (N,3,H,W) in 0..255."""
+    if isinstance(images, np.ndarray) and images.ndim == 3:
+        images = [images]
+    arrays = [to_model_input(np.asarray(img), f"{name}[{i}]") for i, img in enumerate(images)]
+    if not arrays:
+        raise InputError(f"{name}: empty batch")
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise InputError(f"{name}: every image of a batch must have the same size, got "
+                         f"{sorted(s[2:] for s in shapes)}")
+    return np.concatenate(arrays, axis=0)
+
+
+@dataclass
+class PreparedBatch:
+    """Padded model inputs and the padder that undoes the padding."""
+
+    image1: np.ndarray  # (N,3,Hp,Wp) float32 0..255
+    image2: np.ndarray
+    padder: InputPadder
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.padder.height, self.padder.width
+
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        return self.padder.padded_size
+
+    def unpad(self, flow: np.ndarray) -> np.ndarray:
+        return unpad_flow(flow, self.padder)
+
+
+def prepare(image1, image2, pad_mode: str = "sintel") -> PreparedBatch:
+    """uint8 RGB images (one (H,W,3) each, or lists for a batch) -> padded float32 (N,3,Hp,Wp) pairs."""
+    b1, b2 = to_batch(image1, "image1"), to_batch(image2, "image2")
+    if b1.shape != b2.shape:
+        raise InputError(f"image1 and image2 must have the same shape, got {b1.shape[2:]} and {b2.shape[2:]} "
+                         "(resize or crop one of them)")
+    padder = InputPadder(b1.shape, mode=pad_mode)
+    p1, p2 = padder.pad(b1, b2)
+    return PreparedBatch(np.ascontiguousarray(p1, dtype=np.float32), np.ascontiguousarray(p2, dtype=np.float32),
+                         padder)
+
+
+def unpad_flow(flow: np.ndarray, padder: InputPadder) -> np.ndarray:
+    """(N,2,Hp,Wp) padded model flow -> (N,H,W,2) float32 at the input size (flow files use (H,W,2))."""
+    flow = np.asarray(flow)
+    if flow.ndim != 4 or flow.shape[1] != 2:
+        raise InputError(f"flow must have shape (N,2,H,W), got {flow.shape}")
+    return np.ascontiguousarray(padder.unpad(flow).transpose(0, 2, 3, 1), dtype=np.float32)
+
+
+def check_model_inputs(image1: np.ndarray, image2: np.ndarray, flow_init: np.ndarray | None = None,
+                       levels: int = 4) -> None:
+    """The checks every backend runs before inference: shapes, size, dtype, finite values, 0..255 range."""
+    for name, img in (("image1", image1), ("image2", image2)):
+        if not hasattr(img, "shape") or len(img.shape) != 4 or img.shape[1] != 3:
+            raise InputError(f"{name} must be an array of shape (N,3,H,W) (RGB, channels first, 0..255), got "
+                             f"{getattr(img, 'shape', type(img).__name__)}; use runtime.preprocessing.prepare "
+                             "to convert and pad images")
+    if tuple(image1.shape) != tuple(image2.shape):
+        raise InputError(f"image1 and image2 differ in shape: {tuple(image1.shape)} vs {tuple(image2.shape)}")
+    n, _, h, w = image1.shape
+    check_model_input_size(int(h), int(w), levels=levels)
+    if isinstance(image1, np.ndarray):
+        for name, img in (("image1", image1), ("image2", image2)):
+            if not np.issubdtype(img.dtype, np.floating):
+                raise InputError(f"{name} must be float32 in 0..255, got {img.dtype} (use to_batch/prepare)")
+            if not np.isfinite(img).all():
+                raise InputError(f"{name} contains NaN or Inf values")
+            if img.min() < -1e-3:
+                raise InputError(f"{name} must be in 0..255 (official DEQ-Flow convention); got minimum "
+                                 f"{float(img.min()):.3f}. For [-1,1] inputs use (x + 1) * 127.5")
+    if flow_init is not None:
+        expected = (n, 2, h // 8, w // 8)
+        if tuple(flow_init.shape) != expected:
+            raise InputError(f"flow_init must have shape {expected} (1/8 resolution), got {tuple(flow_init.shape)}")
+
+
+# --- real image pairs (Middlebury 2014 motorcycle, shipped with scikit-image) ------------------------
+
+
+def _motorcycle():
+    from skimage import data
+
+    return data.stereo_motorcycle()
+
+
+def real_pair(size: tuple[int, int] = (128, 160), zoom: float = 1.0, offset: tuple[float, float] = (0.5, 0.5)):
+    """A real photographed pair at `size` (H,W): the Middlebury 'motorcycle' stereo pair resized (INTER_AREA)
+    to cover `size` x `zoom`, then cropped at `offset` (fractions of the slack). Returns (image1, image2,
+    flow (H,W,2), valid (H,W)): a rectified stereo pair is a flow pair with flow (-d, 0), disparity scaled."""
+    import cv2
+
+    left, right, disp = _motorcycle()
+    h, w = int(size[0]), int(size[1])
+    if h < 8 or w < 8:
+        raise InputError(f"real_pair: size {size} is too small")
+    scale = max(h / left.shape[0], w / left.shape[1]) * float(zoom)
+    sh, sw = max(h, round(left.shape[0] * scale)), max(w, round(left.shape[1] * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    l2 = cv2.resize(left, (sw, sh), interpolation=interp)
+    r2 = cv2.resize(right, (sw, sh), interpolation=interp)
+    valid = np.isfinite(disp)
+    d = cv2.resize(np.where(valid, disp, 0).astype(np.float32), (sw, sh), interpolation=cv2.INTER_NEAREST)
+    v = cv2.resize(valid.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST) > 0
+    y0, x0 = round((sh - h) * offset[0]), round((sw - w) * offset[1])
+    rows, cols = slice(y0, y0 + h), slice(x0, x0 + w)
+    flow = np.zeros((h, w, 2), np.float32)
+    flow[..., 0] = np.where(v[rows, cols], -d[rows, cols] * (sw / left.shape[1]), 0)
+    return (np.ascontiguousarray(l2[rows, cols]), np.ascontiguousarray(r2[rows, cols]), flow,
+            v[rows, cols].astype(np.float32))
+
+
+REAL_PAIR_VIEWS = ((1.0, (0.5, 0.5)), (2.0, (0.4, 0.45)), (1.5, (0.8, 0.2)), (3.0, (0.5, 0.6)))
+
+
+def real_pairs(size: tuple[int, int] = (128, 160), count: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`count` real pairs at `size`: different zooms and crops of the motorcycle pair."""
+    if not 1 <= count <= len(REAL_PAIR_VIEWS):
+        raise InputError(f"real_pairs: count must be 1..{len(REAL_PAIR_VIEWS)}, got {count}")
+    return [real_pair(size, zoom, off)[:2] for zoom, off in REAL_PAIR_VIEWS[:count]]
+
+
+def random_pair(size: tuple[int, int] = (128, 160), seed: int = 0, shift: tuple[int, int] = (3, -5)):
+    """A smooth random image and a shifted copy (uint8 RGB): the generated-input option of compare/bench."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    h, w = int(size[0]), int(size[1])
+    base = rng.random((h // 4 + 1, w // 4 + 1, 3)).astype(np.float32)
+    img = np.clip(cv2.resize(base, (w, h), interpolation=cv2.INTER_LINEAR) * 255, 0, 255).astype(np.uint8)
+    return img, np.ascontiguousarray(np.roll(img, shift, axis=(0, 1)))
+
+
+# --- frame sources for `deqflow infer` --------------------------------------------------------------
+
+
+def _natural_key(name: str):
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+@dataclass
+class Frame:
+    index: int
+    name: str
+    rgb: np.ndarray  # uint8 (H,W,3)
+
+
+class FrameSource:
+    """Frames of a folder (image files in natural order) or a video file (OpenCV), read lazily."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileFormatError(f"input not found: {self.path}")
+        if self.path.is_dir():
+            self.kind = "folder"
+            self.files = sorted((p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+                                key=lambda p: _natural_key(p.name))
+            if len(self.files) < 2:
+                raise InputError(f"{self.path} holds {len(self.files)} image file(s) ({', '.join(IMAGE_SUFFIXES)}); "
+                                 "a sequence needs at least 2 frames")
+            self.fps = 0.0
+        else:
+            self.kind = "video"
+            self.files = []
+            import cv2
+
+            cap = cv2.VideoCapture(str(self.path))
+            ok = cap.isOpened()
+            self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0) if ok else 0.0
+            self._count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if ok else 0
+            cap.release()
+            if not ok:
+                raise FileFormatError(f"OpenCV cannot open {self.path} as a video (unsupported container/codec, "
+                                      "or not a video)")
+
+    def __len__(self) -> int:
+        return len(self.files) if self.kind == "folder" else self._count
+
+    def __iter__(self) -> Iterator[Frame]:
+        if self.kind == "folder":
+            for i, p in enumerate(self.files):
+                yield Frame(i, p.stem, read_image(p))
+            return
+        import cv2
+
+        cap = cv2.VideoCapture(str(self.path))
+        try:
+            i = 0
+            while True:
+                ok, bgr = cap.read()
+                if not ok:
+                    break
+                if bgr.ndim == 2:
+                    bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
+                yield Frame(i, f"{i:06d}", np.ascontiguousarray(bgr[:, :, 2::-1]))
+                i += 1
+        finally:
+            cap.release()
+        if i < 2:
+            raise InputError(f"{self.path}: decoded {i} frame(s); a sequence needs at least 2")
+
+
+def frame_source(path: str | os.PathLike) -> FrameSource:
+    return FrameSource(path)
