@@ -223,7 +223,7 @@ def main(argv=None) -> int:
     report["summary"] = summary
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    Path(args.markdown).write_text(markdown(report, argv))
+    Path(args.markdown).write_text(markdown(report, sys.argv[1:] if argv is None else argv))
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.out} and {args.markdown}")
     return 0
