@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from deqflow.checkpoint import sha256_file
 from deqflow.image_io import atomic_write_bytes
 from runtime.errors import EngineMismatchError, FileFormatError, InputError, ProfileError, missing_dependency
 
@@ -49,14 +50,6 @@ def trt_major(version: str) -> int:
         return int(str(version).split(".")[0])
     except ValueError:
         return 0
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- settings, cache key, profiles (pure) ----------------------------------------------------------------
