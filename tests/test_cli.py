@@ -157,6 +157,7 @@ def test_demo_without_a_checkpoint(tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)  # no checkpoints/ here, and the shipped name is not in the checkout either
     monkeypatch.setattr(demo, "DEFAULT_CHECKPOINT", "checkpoints/not-shipped-in-this-test.pth")
+    monkeypatch.setattr(demo, "SNAPSHOT_CHECKPOINT", "checkpoints/no-snapshot-in-this-test.pth")
     assert main(["demo"]) == 0
     assert "no checkpoint yet" in capsys.readouterr().out
     assert not (tmp_path / "outputs").exists()

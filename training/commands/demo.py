@@ -1,6 +1,8 @@
 HELP = "run the shipped checkpoint on a real photographed pair with ground truth (Middlebury motorcycle)"
 
 DEFAULT_CHECKPOINT = "checkpoints/deqflow-T-synthetic.pth"
+# While the shipped model is still training, its committed training state stands in (clearly labelled).
+SNAPSHOT_CHECKPOINT = "checkpoints/in-progress/synthetic-T-last.pth"
 
 
 def add_arguments(p) -> None:
@@ -9,12 +11,12 @@ def add_arguments(p) -> None:
     p.add_argument("--iters", type=int, default=None)
 
 
-def shipped_checkpoint():
-    """Path of the checkpoint shipped in the repository (or None if not there)."""
+def shipped_checkpoint(name: str | None = None):
+    """Path of a checkpoint committed in the repository (or None if not there)."""
     from pathlib import Path
 
     for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        path = base / DEFAULT_CHECKPOINT
+        path = base / (name or DEFAULT_CHECKPOINT)
         if path.is_file():
             return path
     return None
@@ -41,11 +43,18 @@ def run(args) -> int:
     from training.reporting import report_pair
 
     ckpt = args.checkpoint or shipped_checkpoint()
+    snapshot = False
+    if ckpt is None:
+        ckpt = shipped_checkpoint(SNAPSHOT_CHECKPOINT)
+        snapshot = ckpt is not None
     if ckpt is None:
         print(f"no checkpoint yet: {DEFAULT_CHECKPOINT} is not in this checkout "
               "(it ships with the training issue); pass --checkpoint PATH to use another")
         return 0
     model, meta = load_model(ckpt)
+    if snapshot:
+        print(f"note: {DEFAULT_CHECKPOINT} is not shipped yet; using the training snapshot at step "
+              f"{meta.get('step', '?')} ({SNAPSHOT_CHECKPOINT}), not the final model")
     left, right, flow, valid = real_stereo_pair()
     print(f"checkpoint {ckpt} (DEQ-Flow-{model.cfg.variant}); "
           f"pair: Middlebury motorcycle {left.shape[1]}x{left.shape[0]}")
