@@ -25,13 +25,6 @@ DEQFLOW = Path(sys.executable).with_name("deqflow")
 COMMANDS = ("demo", "infer", "info", "train", "evaluate")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:

@@ -23,13 +23,6 @@ SETS = ["chairs", "things_clean", "things_final", "sintel_clean", "sintel_final"
 SIZE = (132, 164)  # >= 128 for 4 pyramid levels; not a multiple of 8, so padding matters
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import onnx
 import pytest
-import torch
 
 import export.exporter as exporter
 from deqflow.cli import main
@@ -16,13 +15,6 @@ from export import export_onnx, read_metadata, split_paths
 OFFICIAL = Path(__file__).resolve().parent / "fixtures" / "official" / "official-T-seed2.pth"
 SMALL = {"height": 128, "width": 160, "iters": 2}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_variant_mismatch_is_refused(tmp_path, capsys):

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from deqflow.cli import main
 from deqflow.errors import InputError
@@ -20,13 +19,6 @@ CKPT = ROOT / "tests" / "fixtures" / "official" / "official-T-seed2.pth"
 GOLDEN = ROOT / "tests" / "fixtures" / "golden" / "motorcycle-128x160-official-T-seed2-it8.npz"
 ITERS = 8
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the 2 cores are shared: 2 threads contend and run several times slower
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

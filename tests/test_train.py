@@ -20,14 +20,6 @@ from training.train import TrainConfig, Trainer, TrainingDiverged
 ENC = (16, 24, 32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """2 cores shared with other work: one intra-op thread avoids oversubscription (10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _cfg(tmp_path, name="run", **kw) -> TrainConfig:
     deq = DEQConfig(f_solver="fixed_point", f_max_iter=4, n_states=2)
