@@ -156,3 +156,18 @@ def graph_settings(settings: SolverSettings, meta, path: str) -> SolverSettings:
         raise InputError(f"{where} runs plain fixed-point steps and returns the last iterate; Anderson or "
                          "lowest-residual selection needs the split layout")
     return s.with_defaults(meta.iterations, meta.tolerance, meta.stop_mode, "fixed_point")
+
+
+class ExportedModelBackend(Backend):
+    """A backend running an exported model file (ONNX layouts or engines): the solver settings it can honour
+    come from the file's metadata, and its inputs are read from the file by the subclass (`self._inputs`)."""
+
+    file: Any
+    _inputs: list[TensorSpec]
+
+    def _resolve(self, settings: SolverSettings) -> SolverSettings:
+        return resolve_for_file(settings, self.file)
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs

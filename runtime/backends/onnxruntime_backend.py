@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import Backend, InferenceResult, TensorSpec, resolve_for_file
+from runtime.backends.base import ExportedModelBackend, InferenceResult, TensorSpec
 from runtime.errors import InputError, ProfileError, missing_dependency
 from runtime.modelfile import ModelFile, open_model_file
 from runtime.solver import SolverSettings, solve
@@ -187,7 +187,7 @@ class OrtStepParts:
         return self.step_session.value(x) if self.step_session.io_binding else x
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(ExportedModelBackend):
     """`onnxruntime` backend. Options: provider ('cpu' | 'cuda' | 'tensorrt'), device_id, threads,
     io_binding (default on), optimization ('disable'|'basic'|'extended'|'all'), fp16 (TensorRT provider),
     tf32, cache_dir (TensorRT provider engine/timing caches), profile (explicit min/opt/max shapes; default
@@ -238,13 +238,6 @@ class OnnxRuntimeBackend(Backend):
             self.parts = OrtStepParts(self.sessions["encoder"], step, self.sessions["decode"],
                                       list(meta.context_names), hidden)
         self.configure(self.settings)
-
-    def _resolve(self, settings: SolverSettings) -> SolverSettings:
-        return resolve_for_file(settings, self.file)
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
 
     @property
     def label(self) -> str:

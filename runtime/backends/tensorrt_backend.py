@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import Backend, InferenceResult, TensorSpec, resolve_for_file
+from runtime.backends.base import ExportedModelBackend, InferenceResult, TensorSpec
 from runtime.errors import EngineMismatchError, InputError
 from runtime.modelfile import ModelFile, open_model_file
 from runtime.solver import SolverSettings, WarmState, solve
@@ -59,7 +59,7 @@ class TrtStepParts:
         return self.memory.upload(np.ascontiguousarray(x, np.float32))
 
 
-class TensorRTBackend(Backend):
+class TensorRTBackend(ExportedModelBackend):
     """`tensorrt` backend. model: an ONNX export (engines built or taken from the cache) or an engine from
     `deqflow build`. Options: device_id, memory ('auto' | 'torch' | 'cuda-python' | 'pycuda'), cuda_graph,
     build (BuildSettings: precision, tf32, workspace, timing cache, profiles), cache_dir, rebuild (rebuild an
@@ -114,13 +114,6 @@ class TensorRTBackend(Backend):
             self.supports_warm_start = True
             self.parts = TrtStepParts(self.runners, self.memory, list(meta.context_names), meta.hidden_dim)
         self.configure(self.settings)
-
-    def _resolve(self, settings: SolverSettings) -> SolverSettings:
-        return resolve_for_file(settings, self.file)
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
 
     @property
     def label(self) -> str:
