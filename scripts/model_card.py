@@ -1,5 +1,7 @@
 """Numbers for the shipped checkpoint's model card: held-out synthetic scenes and the real Middlebury pair,
-against zero flow and OpenCV's Farneback and DIS (medium preset), all with the same metric code.
+against zero flow and OpenCV's Farneback and DIS (medium preset), all with the same metric code; plus the
+accuracy and relative residual after k plain fixed-point iterations (does the solve converge, and is the
+fixed point at least as good as the early iterates?), as JSON, a Markdown table and a picture.
 
     python scripts/model_card.py --checkpoint checkpoints/deqflow-T-synthetic.pth --output docs/model_card.json
 """
@@ -21,9 +23,10 @@ from training.checkpoint import load_model
 from training.commands.demo import real_stereo_pair
 from training.data import SyntheticFlowDataset
 from training.evaluate import HELDOUT_SEED, SYNTHETIC_EVAL_SIZE
-from training.inference import estimate_flow
+from training.inference import estimate_flow, flow_trajectory
 
 BASELINES = ("zero", "farneback", "dis_medium")
+SWEEP_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 36, 48, 72)
 
 
 def _to_hwc(t: torch.Tensor) -> np.ndarray:
@@ -47,11 +50,62 @@ def evaluate_pairs(model, pairs, desc: str) -> dict[str, dict[str, float]]:
     return out
 
 
+def iteration_sweep(model, pairs, desc: str) -> dict[str, list[float]]:
+    """Per-pixel EPE after k cold-start fixed-point iterations (k in SWEEP_STEPS), and the mean relative
+    residual at each k."""
+    accs = {k: FlowMetricAccumulator() for k in SWEEP_STEPS}
+    residuals = []
+    for img1, img2, flow, valid in tqdm(pairs, desc=desc):
+        flows, res = flow_trajectory(model, img1, img2, SWEEP_STEPS)
+        residuals.append([res[k - 1] for k in SWEEP_STEPS])
+        for k in SWEEP_STEPS:
+            accs[k].add(flows[k], flow, valid)
+    return {"steps": list(SWEEP_STEPS), "epe": [float(accs[k].summary()["epe_per_pixel"]) for k in SWEEP_STEPS],
+            "rel_residual": [float(v) for v in np.mean(residuals, axis=0)]}
+
+
+def sweep_plot(sweeps: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, sw in sweeps.items():
+        ax1.plot(sw["steps"], sw["epe"], marker="o", label=name)
+        ax2.semilogy(sw["steps"], sw["rel_residual"], marker="o", label=name)
+    ax1.set(xscale="log", xlabel="fixed-point iterations (cold start)", ylabel="EPE (px)", title="accuracy")
+    ax2.set(xscale="log", xlabel="fixed-point iterations (cold start)", ylabel="||f(z)-z|| / ||f(z)||",
+            title="relative residual")
+    for ax in (ax1, ax2):
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(results: dict) -> str:
+    names = ("deqflow", "dis_medium", "farneback", "zero")
+    lines = ["| EPE per pixel (px) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for key, label in (("synthetic_heldout", "held-out synthetic"), ("middlebury_motorcycle", "Middlebury motorcycle")):
+        lines.append(f"| {label} | " + " | ".join(f"{results[key][n]['epe_per_pixel']:.3f}" for n in names) + " |")
+    lines += ["", "| iterations k | " + " | ".join(str(k) for k in SWEEP_STEPS) + " |",
+              "|---|" + "---:|" * len(SWEEP_STEPS)]
+    for key, sw in results["iteration_sweep"].items():
+        lines.append(f"| EPE, {key} | " + " | ".join(f"{v:.3f}" for v in sw["epe"]) + " |")
+        lines.append(f"| rel. residual, {key} | " + " | ".join(f"{v:.1e}" for v in sw["rel_residual"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--samples", type=int, default=32)
-    ap.add_argument("--output", default="docs/model_card.json")
+    ap.add_argument("--output", default="docs/model_card.json",
+                    help="JSON; the Markdown table and the sweep picture go next to it (.md, .png)")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the EPE/residual-vs-iterations sweep")
     args = ap.parse_args()
     model, meta = load_model(args.checkpoint)
     model.configure_deq(f_solver="fixed_point")
@@ -67,6 +121,12 @@ def main() -> None:
         "synthetic_heldout": evaluate_pairs(model, synthetic, "synthetic held-out"),
         "middlebury_motorcycle": evaluate_pairs(model, [(left, right, flow, valid)], "motorcycle"),
     }
+    if not args.no_sweep:
+        results["iteration_sweep"] = {
+            "synthetic": iteration_sweep(model, synthetic, "sweep synthetic"),
+            "motorcycle": iteration_sweep(model, [(left, right, flow, valid)], "sweep motorcycle")}
+        sweep_plot(results["iteration_sweep"], Path(args.output).with_suffix(".png"))
+        Path(args.output).with_suffix(".md").write_text(markdown(results))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(results, indent=2))
     for name in ("synthetic_heldout", "middlebury_motorcycle"):
