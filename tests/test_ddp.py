@@ -1,5 +1,5 @@
 """Multi-process training on CPU: torchrun with 2 gloo processes keeps the replicas identical; the replica
-check notices replicas that differ; a NaN on one rank stops every rank."""
+check notices replicas that differ; logged metrics are averaged over ranks; a NaN on one rank stops every rank."""
 
 import json
 import os
@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 from training.checkpoint import load_model
@@ -73,6 +74,7 @@ CHECK_SCRIPT = textwrap.dedent("""
             with torch.no_grad():
                 model[1].weight[0, 0] += 1e-4
         differ = Trainer.check_replicas(fake)
+        logged = Trainer.mean_over_ranks(fake, {"loss": 1.0 + 2 * rank, "epe": 10.0 * rank, "lr": 4e-4})
         # only rank 1 meets a NaN: both ranks must stop (rank 0 would otherwise wait in backward forever)
         flow = torch.zeros(1, 2, 8, 8)
         pred = flow + (float("nan") if rank == 1 else 1.0)
@@ -85,7 +87,7 @@ CHECK_SCRIPT = textwrap.dedent("""
         except Exception as exc:
             stop = "went on: " + repr(exc)
         with open(out + str(rank), "w") as fh:
-            json.dump({"same": same, "differ": differ, "stop": stop}, fh)
+            json.dump({"same": same, "differ": differ, "stop": stop, "logged": logged}, fh)
         dist.destroy_process_group()
 
 
@@ -105,5 +107,6 @@ def test_replica_check_and_divergence_stop_work_across_ranks(tmp_path):
     for r in ranks:
         assert r["same"] == 0.0
         assert abs(r["differ"] - 1e-4) < 1e-6
+        assert r["logged"] == pytest.approx({"loss": 2.0, "epe": 5.0, "lr": 4e-4})  # the global batch's mean
     assert ranks[1]["stop"].startswith("loss became nan at step 7; LAST")
     assert ranks[0]["stop"].startswith("loss became a non-finite value on another rank at step 7; LAST")

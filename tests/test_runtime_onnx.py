@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CKPT = ROOT / "tests" / "fixtures" / "official" / "official-T-seed2.pth"
 GOLDEN = ROOT / "tests" / "fixtures" / "golden" / "motorcycle-128x160-official-T-seed2-it8.npz"
 ITERS = 8
+# the shipped, trained checkpoint and its golden outputs (same pair, size and settings)
+SHIPPED = ROOT / "checkpoints" / "deqflow-T-synthetic.pth"
+SHIPPED_GOLDEN = ROOT / "tests" / "fixtures" / "golden" / "motorcycle-128x160-deqflow-T-synthetic-it8.npz"
 
 
 
@@ -75,6 +78,51 @@ def test_backends_reproduce_the_golden_outputs(backend, exports):
     assert err <= 1e-4, f"{backend}: max |flow - golden| = {err:.3g} px"  # measured: 0 (torch), 8e-6 (ORT)
     assert float(np.abs(r.flow_low - ref["flow_low"]).max()) <= 1e-4
     assert r.residual[0] == pytest.approx(float(ref["residual"][0]), rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def shipped_exports(tmp_path_factory) -> dict[str, Path]:
+    from export import export_onnx
+
+    base = tmp_path_factory.mktemp("onnx_shipped")
+    return {layout: export_onnx(SHIPPED, base / f"shipped_{layout}.onnx", layout=layout, height=128, width=160,
+                                iters=ITERS) for layout in ("split", "unrolled")}
+
+
+def test_shipped_golden_file_belongs_to_the_shipped_checkpoint():
+    from deqflow.checkpoint import sha256_file
+
+    assert SHIPPED_GOLDEN.stat().st_size < 1_000_000
+    g = load_golden(SHIPPED_GOLDEN)
+    assert g.meta["reference"]["checkpoint_sha256"] == sha256_file(SHIPPED), "regenerate it (docs/runtime.md)"
+    assert g.meta["settings"]["max_iter"] == ITERS and g.meta["settings"]["tol"] == 0.0
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime-split", "onnxruntime-unrolled"])
+def test_backends_reproduce_the_shipped_golden_outputs(backend, shipped_exports):
+    """The trained model's flow on the real pair, frozen: any change to the model code, the export or the
+    runtime that moves it by more than 1e-4 px fails here."""
+    from deqflow.metrics import flow_metrics
+
+    g = load_golden(SHIPPED_GOLDEN)
+    (a, b), ref = g.pairs[0], g.outputs[0]
+    settings = SolverSettings(max_iter=ITERS, tol=0.0)
+    if backend == "torch":
+        be = create_backend("torch", SHIPPED, settings=settings)
+    else:
+        layout = backend.split("-")[1]
+        be = _ort(shipped_exports[layout], settings=settings if layout == "split" else None)
+    with be:
+        batch = prepare(a, b)
+        r = be.infer(batch.image1, batch.image2)
+    assert r.iterations == ITERS
+    err = float(np.abs(r.flow - ref["flow"]).max())
+    assert err <= 1e-4, f"{backend}: max |flow - golden| = {err:.3g} px"
+    assert float(np.abs(r.flow_low - ref["flow_low"]).max()) <= 1e-4
+    # a trained model: the flow is the scene's mostly-horizontal disparity (to the left), not noise
+    flow = r.flow[0].transpose(1, 2, 0)
+    assert float(np.median(flow[..., 0])) < -3.0 and abs(float(np.median(flow[..., 1]))) < 1.0
+    assert flow_metrics(flow, ref["flow"][0].transpose(1, 2, 0))["epe"] <= 1e-4
 
 
 # --- host solver on the split export vs PyTorch ------------------------------------------------------------

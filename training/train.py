@@ -258,6 +258,16 @@ class Trainer:
         path, step = self.last_good
         return f"the last good checkpoint is {path} (step {step})"
 
+    def mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        """Average logged metrics over the DDP ranks, so the log describes the global batch, not rank 0's share.
+        Every rank reaches the logging step together, so the collective cannot deadlock."""
+        if not self.distributed or not values:
+            return values
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return dict(zip(keys, (t / self.world).tolist()))
+
     def check_replicas(self) -> float:
         """Max difference of the parameter checksum across DDP ranks (0 when replicas agree)."""
         if not self.distributed:
@@ -286,7 +296,7 @@ class Trainer:
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.num_steps:
                 n = cfg.log_every if self.step % cfg.log_every == 0 else max(1, self.step % cfg.log_every)
-                last = {k: v / n for k, v in running.items()}
+                last = self.mean_over_ranks({k: v / n for k, v in running.items()})
                 running = {}
                 bar.set_postfix(loss=f"{last['loss']:.3f}", epe=f"{last['epe']:.2f}", it=f"{last['nstep']:.0f}")
                 if self.writer is not None:
