@@ -1,5 +1,6 @@
 """ONNX Runtime (CPU provider) against PyTorch for every export layout and lookup, on real and synthetic
-image pairs, with a random-weight model, the official-format fixture and the shipped checkpoint. Float32: max |flow difference| <= 1e-3 px at full resolution."""
+image pairs, with a random-weight model, the official-format fixture and the shipped checkpoint.
+Float32: max |flow difference| <= 1e-3 px at full resolution."""
 
 import os
 from pathlib import Path
