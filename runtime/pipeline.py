@@ -8,7 +8,7 @@ import numpy as np
 
 from runtime.backends.base import Backend, InferenceResult
 from runtime.preprocessing import prepare
-from runtime.solver import WarmState
+from runtime.solver import WarmState, forward_warp_state
 
 
 @dataclass
@@ -24,15 +24,18 @@ class PairFlow:
 
 class FlowEstimator:
     """Run a backend on image pairs with the shared preprocessing. With `warm_start`, each call starts from
-    the fixed point of the previous call (video: frame t -> t+1 after t-1 -> t); `reset()` forgets it."""
+    the fixed point of the previous call (video: frame t -> t+1 after t-1 -> t), moved along its own flow first
+    when `forward_warp` (see `forward_warp_state`); `reset()` forgets it."""
 
-    def __init__(self, backend: Backend, *, pad_mode: str = "sintel", warm_start: bool = False) -> None:
+    def __init__(self, backend: Backend, *, pad_mode: str = "sintel", warm_start: bool = False,
+                 forward_warp: bool = True) -> None:
         if warm_start and not backend.supports_warm_start:
             from runtime.errors import InputError
 
             raise InputError(f"{backend.label}: --warm-start needs the split layout (export with --layout split) "
                              "or the torch backend; this model runs its whole solver inside one graph")
         self.backend, self.pad_mode, self.warm_start = backend, pad_mode, warm_start
+        self.forward_warp = forward_warp
         self._state: WarmState | None = None
 
     def reset(self) -> None:
@@ -46,5 +49,5 @@ class FlowEstimator:
             state = None  # the frame size changed: start cold
         result = self.backend.infer(batch.image1, batch.image2, state=state)
         if self.warm_start:
-            self._state = result.state
+            self._state = forward_warp_state(result.state) if self.forward_warp else result.state
         return PairFlow(flow=batch.unpad(result.flow)[0], result=result, warm=state is not None)

@@ -85,6 +85,55 @@ class WarmState:
     flow_low: Any
 
 
+def _host(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor (the torch backend's state), possibly on the GPU
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def forward_warp_state(state: WarmState) -> WarmState:
+    """Carry a solved frame's fixed point along its own flow, for the next pair of a video.
+
+    The fixed point of pair t-1 -> t describes the scene at frame t-1; the next pair starts at frame t, where
+    everything has moved by that flow (constant velocity). Every cell of the 1/8 grid is moved to its rounded
+    landing cell, taking its flow and hidden state with it; where several land on one cell the largest motion
+    wins (a moving object usually occludes what is behind it); cells nothing lands on (disocclusions) take
+    the state of the nearest landing point, as the official Sintel warm start's nearest-neighbour
+    `forward_interpolate` does. Cells whose flow leaves the image are dropped. Returns numpy arrays (every
+    backend accepts them).
+    """
+    from scipy.spatial import cKDTree
+
+    flow, hidden = _host(state.flow_low).astype(np.float32), _host(state.hidden).astype(np.float32)
+    if flow.ndim != 4 or flow.shape[1] != 2 or hidden.ndim != 4 or hidden.shape[2:] != flow.shape[2:]:
+        raise InputError(f"warm-start state must be hidden (N,C,h,w) and flow (N,2,h,w), got {hidden.shape} / "
+                         f"{flow.shape}")
+    n, c, h, w = hidden.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    out_flow, out_hidden = np.empty_like(flow), np.empty_like(hidden)
+    for i in range(n):
+        x1, y1 = (xs + flow[i, 0]).ravel(), (ys + flow[i, 1]).ravel()
+        tx, ty = np.rint(x1).astype(np.int64), np.rint(y1).astype(np.int64)
+        inside = np.flatnonzero((tx >= 0) & (tx < w) & (ty >= 0) & (ty < h))
+        if inside.size == 0:  # everything left the image: nothing to carry over
+            out_flow[i], out_hidden[i] = flow[i], hidden[i]
+            continue
+        target = ty[inside] * w + tx[inside]
+        magnitude = np.hypot(flow[i, 0].ravel(), flow[i, 1].ravel())[inside]
+        order = np.lexsort((-magnitude, target))  # by landing cell, largest motion first
+        cells, first = np.unique(target[order], return_index=True)
+        src = np.full(h * w, -1, np.int64)
+        src[cells] = inside[order[first]]
+        holes = np.flatnonzero(src < 0)
+        if holes.size:
+            _, nearest = cKDTree(np.stack([x1[inside], y1[inside]], axis=1)).query(
+                np.stack([xs.ravel()[holes], ys.ravel()[holes]], axis=1))
+            src[holes] = inside[nearest]
+        out_flow[i] = flow[i].reshape(2, -1)[:, src].reshape(2, h, w)
+        out_hidden[i] = hidden[i].reshape(c, -1)[:, src].reshape(c, h, w)
+    return WarmState(hidden=out_hidden, flow_low=out_flow)
+
+
 @dataclass
 class SolveStats:
     iterations: int

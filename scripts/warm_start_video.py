@@ -4,7 +4,8 @@
 The runtime path: the checkpoint exported as the split layout, run by ONNX Runtime CPU with the host solver
 (runtime.solver) and a residual stop rule. Each pair t -> t+1 is solved
 - cold: hidden state 0, flow 0 (what every graph layout does);
-- warm: from the fixed point of pair t-1 -> t (DEQ fixed-point reuse; the chain runs through the video);
+- reuse: from the fixed point of pair t-1 -> t as it is (DEQ fixed-point reuse; the chain runs through the video);
+- forward: from that fixed point moved along its own flow (runtime.solver.forward_warp_state);
 each with plain fixed-point iteration and with host-side Anderson acceleration. Accuracy is measured two ways:
 EPE against the synthetic ground truth, and the distance (mean EPE) to the pair's own fixed point (a cold solve
 of --ref-iters steps), i.e. whether warm and cold solve the same equation equally well. Per-iteration EPE
@@ -31,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DOCS = ROOT / "docs"
 CURVE_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24)
+STARTS = ("cold", "reuse", "forward")
 
 
 def parse_args(argv=None):
@@ -84,9 +86,9 @@ def main(argv=None) -> int:
             rec = {"pair": i, "gt_magnitude": float(np.linalg.norm(gt, axis=-1).mean()),
                    "reference_epe_gt": flow_metrics(ref, gt)["epe"]}
             for method in ("fixed_point", "anderson"):
-                for start in ("cold", "warm"):
+                for start in STARTS:
                     key = f"{start}_{method}"
-                    state = states.get(key) if start == "warm" else None
+                    state = warm_state(states.get(key), start)
                     r = solve(batch, rule[method], state)
                     states[key] = r.state
                     flow = batch.unpad(r.flow)[0]
@@ -96,38 +98,38 @@ def main(argv=None) -> int:
                                 "final_residual": float(r.residual[0]),
                                 "final_rel_residual": float(r.residual_rel[0])}
             if not args.no_curves and i > 0:
-                prev = frames[-1]["_state"]
                 rec["curve"] = {}
-                for start, state in (("cold", None), ("warm", prev)):
+                for start in STARTS:
+                    state = warm_state(frames[-1]["_state"], start)
                     rec["curve"][start] = [flow_metrics(batch.unpad(solve(batch, fixed(k), state).flow)[0], gt)["epe"]
                                            for k in CURVE_STEPS]
-            rec["_state"] = states["warm_fixed_point"]
+            rec["_state"] = states["cold_fixed_point"]  # curves start from the same (cold-solved) previous state
             frames.append(rec)
-            cf, wf = rec["cold_fixed_point"], rec["warm_fixed_point"]
-            ca, wa = rec["cold_anderson"], rec["warm_anderson"]
-            print(f"pair {i}: cold {cf['iterations']} / warm {wf['iterations']} iterations (anderson "
-                  f"{ca['iterations']} / {wa['iterations']}), EPE gt {cf['epe_gt']:.3f} / {wf['epe_gt']:.3f}",
-                  flush=True)
+            print(f"pair {i}: iterations " + ", ".join(
+                f"{start} {rec[f'{start}_fixed_point']['iterations']}/{rec[f'{start}_anderson']['iterations']}"
+                for start in STARTS) + " (fixed point/anderson), EPE gt " + ", ".join(
+                f"{start} {rec[f'{start}_fixed_point']['epe_gt']:.3f}" for start in STARTS), flush=True)
         be.close()
     for rec in frames:
         rec.pop("_state")
-    later = frames[1:]  # pair 0 has no previous fixed point: both starts are cold
+    later = frames[1:]  # pair 0 has no previous fixed point: every start is cold
 
     def mean(key, field):
         return float(np.mean([r[key][field] for r in later]))
 
     summary = {}
     for method in ("fixed_point", "anderson"):
-        c, wm = f"cold_{method}", f"warm_{method}"
-        summary[method] = {
-            "iterations_cold": mean(c, "iterations"), "iterations_warm": mean(wm, "iterations"),
-            "iteration_ratio": mean(wm, "iterations") / mean(c, "iterations"),
-            "seconds_cold": mean(c, "seconds"), "seconds_warm": mean(wm, "seconds"),
-            "time_ratio": mean(wm, "seconds") / mean(c, "seconds"),
-            "epe_gt_cold": mean(c, "epe_gt"), "epe_gt_warm": mean(wm, "epe_gt"),
-            "to_fixed_point_cold": mean(c, "to_fixed_point"), "to_fixed_point_warm": mean(wm, "to_fixed_point")}
+        c = f"cold_{method}"
+        summary[method] = {"iterations_cold": mean(c, "iterations"), "seconds_cold": mean(c, "seconds"),
+                           "epe_gt_cold": mean(c, "epe_gt"), "to_fixed_point_cold": mean(c, "to_fixed_point")}
+        for start in STARTS[1:]:
+            wm = f"{start}_{method}"
+            summary[method][start] = {
+                "iterations": mean(wm, "iterations"), "iteration_ratio": mean(wm, "iterations") / mean(c, "iterations"),
+                "seconds": mean(wm, "seconds"), "time_ratio": mean(wm, "seconds") / mean(c, "seconds"),
+                "epe_gt": mean(wm, "epe_gt"), "to_fixed_point": mean(wm, "to_fixed_point")}
     if not args.no_curves:
-        curves = {s: np.mean([r["curve"][s] for r in later], axis=0).tolist() for s in ("cold", "warm")}
+        curves = {s: np.mean([r["curve"][s] for r in later], axis=0).tolist() for s in STARTS}
         target = summary["fixed_point"]["epe_gt_cold"]
         reach = {s: next((k for k, e in zip(CURVE_STEPS, curves[s]) if e <= target + 0.02), None) for s in curves}
         summary["curves"] = {"steps": list(CURVE_STEPS), **curves,
@@ -143,11 +145,23 @@ def main(argv=None) -> int:
     plot(out, docs / f"warm_start_{args.label}.png")
     (docs / "warm_start.md").write_text(markdown(sorted(docs.glob("warm_start_*.json"))))
     s = summary["fixed_point"]
-    print(f"{args.label}: warm/cold iterations {s['iterations_warm']:.2f}/{s['iterations_cold']:.2f} = "
-          f"{s['iteration_ratio']:.2f}x, time {s['time_ratio']:.2f}x, EPE gt {s['epe_gt_warm']:.3f} vs "
-          f"{s['epe_gt_cold']:.3f}, distance to the fixed point {s['to_fixed_point_warm']:.3f} vs "
-          f"{s['to_fixed_point_cold']:.3f}")
+    for start in STARTS[1:]:
+        w = s[start]
+        print(f"{args.label} ({start}): warm/cold iterations {w['iterations']:.2f}/{s['iterations_cold']:.2f} = "
+              f"{w['iteration_ratio']:.2f}x, time {w['time_ratio']:.2f}x, EPE gt {w['epe_gt']:.3f} vs "
+              f"{s['epe_gt_cold']:.3f}, distance to the fixed point {w['to_fixed_point']:.3f} vs "
+              f"{s['to_fixed_point_cold']:.3f}")
     return 0
+
+
+def warm_state(previous, start: str):
+    """The initial state of a pair: none (cold), the previous pair's fixed point as it is (reuse), or moved
+    along its own flow (forward, the runtime's default)."""
+    from runtime.solver import forward_warp_state
+
+    if start == "cold" or previous is None:
+        return None
+    return forward_warp_state(previous) if start == "forward" else previous
 
 
 def plot(out: dict, path: Path) -> None:
@@ -160,19 +174,20 @@ def plot(out: dict, path: Path) -> None:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 2 if has_curves else 1, 1)
     x = [p["pair"] for p in pairs]
-    for key, style in (("cold_fixed_point", "o-"), ("warm_fixed_point", "o--"), ("cold_anderson", "s-"),
-                       ("warm_anderson", "s--")):
-        ax.plot(x, [p[key]["iterations"] for p in pairs], style, label=key.replace("_", " "))
+    for method, marker in (("fixed_point", "o"), ("anderson", "s")):
+        for start, line in zip(STARTS, ("-", "--", ":")):
+            key = f"{start}_{method}"
+            ax.plot(x, [p[key]["iterations"] for p in pairs], marker + line, label=f"{start}, {method}")
     r = out["rule"]
     ax.set_xlabel("frame pair")
     ax.set_ylabel("solver iterations")
     ax.set_title(f"{out['label']}: stop at {r['stop_mode']} residual < {r['tol']:g}")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     if has_curves:
         c = out["summary"]["curves"]
         ax2 = fig.add_subplot(1, 2, 2)
-        ax2.plot(c["steps"], c["cold"], "o-", label="cold start")
-        ax2.plot(c["steps"], c["warm"], "o--", label="warm start (previous fixed point)")
+        for start, line in zip(STARTS, ("o-", "o--", "o:")):
+            ax2.plot(c["steps"], c[start], line, label=f"{start} start")
         ax2.set_xlabel("fixed-point iterations")
         ax2.set_ylabel("EPE vs ground truth (px), mean over pairs 1..")
         ax2.set_title("accuracy per iteration")
@@ -184,28 +199,31 @@ def plot(out: dict, path: Path) -> None:
 def markdown(paths) -> str:
     lines = ["# Warm start on a smooth synthetic video", "",
              "Generated by `scripts/warm_start_video.py` (see its docstring); means over pairs 1.. (pair 0 has no "
-             "previous fixed point). Backend: ONNX Runtime CPU, split layout, host solver. 'to fixed point' = mean "
-             "EPE between the result and the pair's own fixed point (cold solve of many steps).", "",
-             "| run | checkpoint | size, frames | stop rule | method | iterations cold -> warm (ratio) | time ratio "
-             "| EPE vs GT cold / warm (px) | to fixed point cold / warm (px) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for p in paths:
-        d = json.loads(Path(p).read_text())
+             "previous fixed point). Backend: ONNX Runtime CPU, split layout, host solver. Starts: `reuse` = the "
+             "previous pair's fixed point as it is, `forward` = moved along its own flow first "
+             "(`runtime.solver.forward_warp_state`, the runtime's default). 'to fixed point' = mean EPE between "
+             "the result and the pair's own fixed point (cold solve of many steps).", "",
+             "| run | checkpoint | size, frames | stop rule | method | start | iterations cold -> warm (ratio) "
+             "| time ratio | EPE vs GT cold / warm (px) | to fixed point cold / warm (px) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    for d in docs:
         r = d["rule"]
-        for method, s in ((m, d["summary"][m]) for m in ("fixed_point", "anderson")):
-            lines.append(f"| {d['label']} | {d['checkpoint']} | {d['size'][0]}x{d['size'][1]}, {d['frames']} | "
-                         f"{r['stop_mode']} < {r['tol']:g} (cap {r['max_iter']}) | {method} | "
-                         f"{s['iterations_cold']:.1f} -> {s['iterations_warm']:.1f} ({s['iteration_ratio']:.2f}x) | "
-                         f"{s['time_ratio']:.2f}x | {s['epe_gt_cold']:.3f} / {s['epe_gt_warm']:.3f} | "
-                         f"{s['to_fixed_point_cold']:.3f} / {s['to_fixed_point_warm']:.3f} |")
-    for p in paths:
-        d = json.loads(Path(p).read_text())
+        for method in ("fixed_point", "anderson"):
+            s = d["summary"][method]
+            for start in STARTS[1:]:
+                w = s[start]
+                lines.append(f"| {d['label']} | {d['checkpoint']} | {d['size'][0]}x{d['size'][1]}, {d['frames']} | "
+                             f"{r['stop_mode']} < {r['tol']:g} (cap {r['max_iter']}) | {method} | {start} | "
+                             f"{s['iterations_cold']:.1f} -> {w['iterations']:.1f} ({w['iteration_ratio']:.2f}x) | "
+                             f"{w['time_ratio']:.2f}x | {s['epe_gt_cold']:.3f} / {w['epe_gt']:.3f} | "
+                             f"{s['to_fixed_point_cold']:.3f} / {w['to_fixed_point']:.3f} |")
+    for d in docs:
         if "curves" in d["summary"]:
             c = d["summary"]["curves"]
-            cold, warm = (", ".join(f"{v:.2f}" for v in c[k]) for k in ("cold", "warm"))
+            parts = "; ".join(f"{start} " + ", ".join(f"{v:.2f}" for v in c[start]) for start in STARTS)
             lines += ["", f"{d['label']}: mean EPE vs GT after k iterations (k = {', '.join(map(str, c['steps']))}): "
-                      f"cold {cold}; warm {warm}. "
-                      f"Steps to reach the cold rule's accuracy + 0.02 px: "
+                      f"{parts}. Steps to reach the cold rule's accuracy + 0.02 px: "
                       f"{json.dumps(c['steps_to_cold_rule_accuracy_plus_0.02px'])}."]
     return "\n".join(lines) + "\n"
 

@@ -412,3 +412,41 @@ def test_versions_are_json_ready():
     v = version_info()
     json.dumps(v)
     assert v["toolkit"] and v["numpy"] and "gpu" in v and "tensorrt" in v
+
+
+def test_forward_warp_moves_the_state_with_its_flow():
+    """A 2x2 block moving 2 cells right: its flow and hidden state land 2 cells right (over the static
+    background, which it occludes); the uncovered cells take the nearest landing point's (background) state."""
+    from runtime.solver import WarmState, forward_warp_state
+
+    flow = np.zeros((2, 2, 6, 8), np.float32)
+    flow[0, 0, 2:4, 1:3] = 2.0
+    flow[1, 1] = -10.0  # sample 2: everything leaves the image through the top
+    hidden = np.zeros((2, 3, 6, 8), np.float32)
+    hidden[0, :, 2:4, 1:3] = 7.0
+    hidden[1] = np.arange(48, dtype=np.float32).reshape(6, 8)
+    out = forward_warp_state(WarmState(hidden, flow))
+    expect = np.zeros((6, 8), np.float32)
+    expect[2:4, 3:5] = 2.0
+    np.testing.assert_array_equal(out.flow_low[0, 0], expect)
+    np.testing.assert_array_equal(out.hidden[0, 1], expect * 3.5)
+    np.testing.assert_array_equal(out.flow_low[0, 1], 0.0)
+    # nothing lands inside: the state is kept as it was rather than invented
+    np.testing.assert_array_equal(out.hidden[1], hidden[1])
+    np.testing.assert_array_equal(out.flow_low[1], flow[1])
+
+
+def test_forward_warp_accepts_torch_tensors_and_checks_shapes():
+    import torch
+
+    from runtime.solver import WarmState, forward_warp_state
+
+    flow = torch.zeros(1, 2, 4, 5)
+    flow[0, 1, 0, 0] = 1.0  # cell (0,0) moves down one onto the static cell (1,0): larger motion wins there
+    hidden = torch.arange(20, dtype=torch.float32).reshape(1, 1, 4, 5)
+    out = forward_warp_state(WarmState(hidden, flow))
+    assert isinstance(out.hidden, np.ndarray)
+    assert out.hidden[0, 0, 1, 0] == 0.0 and out.flow_low[0, 1, 1, 0] == 1.0
+    assert out.hidden[0, 0, 0, 0] in (0.0, 1.0)  # the uncovered cell: a nearest landing point's state
+    with pytest.raises(InputError, match="warm-start state"):
+        forward_warp_state(WarmState(np.zeros((1, 3, 4, 5)), np.zeros((1, 2, 4, 6))))

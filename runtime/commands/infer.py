@@ -48,6 +48,9 @@ def add_arguments(p) -> None:
     o.add_argument("--no-resume", action="store_true", help="recompute frames whose outputs already exist")
     p.add_argument("--warm-start", action="store_true",
                    help="start each frame from the previous frame's fixed point (split layout or torch backend)")
+    p.add_argument("--warm-start-mode", choices=["forward", "reuse"], default="forward",
+                   help="forward: move the previous fixed point along its own flow first (default); "
+                        "reuse: start from it unchanged")
     p.add_argument("--pad-mode", choices=["sintel", "kitti"], default="sintel")
     add_solver_args(p)
     add_backend_options(p)
@@ -196,7 +199,8 @@ def run_sequence(args, formats: list[str]) -> int:
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "frames.jsonl"
-    estimator = FlowEstimator(backend, pad_mode=args.pad_mode, warm_start=args.warm_start)
+    estimator = FlowEstimator(backend, pad_mode=args.pad_mode, warm_start=args.warm_start,
+                              forward_warp=args.warm_start_mode == "forward")
     limit = args.max_frames
     done = skipped = 0
     records = []
@@ -243,6 +247,7 @@ def run_sequence(args, formats: list[str]) -> int:
     finally:
         backend.close()
     summary = {"input": str(args.folder or args.video), "backend": backend.label, "warm_start": args.warm_start,
+               "warm_start_mode": args.warm_start_mode if args.warm_start else None,
                "frames_computed": done, "frames_skipped": skipped, "formats": formats,
                "seconds": round(time.perf_counter() - t_start, 3)}
     if records:
