@@ -150,10 +150,23 @@ def test_demo_without_a_checkpoint(tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)  # no checkpoints/ here, and the shipped name is not in the checkout either
     monkeypatch.setattr(demo, "DEFAULT_CHECKPOINT", "checkpoints/not-shipped-in-this-test.pth")
-    monkeypatch.setattr(demo, "SNAPSHOT_CHECKPOINT", "checkpoints/no-snapshot-in-this-test.pth")
-    assert main(["demo"]) == 0
-    assert "no checkpoint yet" in capsys.readouterr().out
+    assert main(["demo"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not-shipped-in-this-test.pth is not in this checkout" in err[0]
     assert not (tmp_path / "outputs").exists()
+
+
+def test_the_shipped_checkpoint_is_in_the_repository():
+    """make demo, the export parity tests and the golden regression tests all run on it."""
+    from training.checkpoint import load_model
+    from training.commands.demo import DEFAULT_CHECKPOINT, shipped_checkpoint
+
+    path = shipped_checkpoint()
+    assert path is not None, f"{DEFAULT_CHECKPOINT} is missing"
+    model, meta = load_model(path)
+    assert model.cfg.variant == "T" and meta["stage"] == "synthetic"
+    assert [p["phase"] for p in meta["training_phases"]] == [1, 2]
+    assert path.stat().st_size < 8_000_000
 
 
 def test_demo_with_a_checkpoint(tiny_checkpoint, tmp_path, capsys):

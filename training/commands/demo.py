@@ -1,8 +1,6 @@
 HELP = "run the shipped checkpoint on a real photographed pair with ground truth (Middlebury motorcycle)"
 
 DEFAULT_CHECKPOINT = "checkpoints/deqflow-T-synthetic.pth"
-# While the shipped model is still training, its committed training state stands in (clearly labelled).
-SNAPSHOT_CHECKPOINT = "checkpoints/in-progress/synthetic-T-last.pth"
 
 
 def add_arguments(p) -> None:
@@ -39,22 +37,15 @@ def real_stereo_pair():
 def run(args) -> int:
     from pathlib import Path
 
+    from deqflow.errors import CheckpointError
     from training.checkpoint import load_model
     from training.reporting import report_pair
 
     ckpt = args.checkpoint or shipped_checkpoint()
-    snapshot = False
     if ckpt is None:
-        ckpt = shipped_checkpoint(SNAPSHOT_CHECKPOINT)
-        snapshot = ckpt is not None
-    if ckpt is None:
-        print(f"no checkpoint yet: {DEFAULT_CHECKPOINT} is not in this checkout "
-              "(it ships with the training issue); pass --checkpoint PATH to use another")
-        return 0
+        raise CheckpointError(f"{DEFAULT_CHECKPOINT} is not in this checkout (it is committed in the repository: "
+                              "restore it with `git checkout -- checkpoints`), or pass --checkpoint PATH")
     model, meta = load_model(ckpt)
-    if snapshot:
-        print(f"note: {DEFAULT_CHECKPOINT} is not shipped yet; using the training snapshot at step "
-              f"{meta.get('step', '?')} ({SNAPSHOT_CHECKPOINT}), not the final model")
     left, right, flow, valid = real_stereo_pair()
     print(f"checkpoint {ckpt} (DEQ-Flow-{model.cfg.variant}); "
           f"pair: Middlebury motorcycle {left.shape[1]}x{left.shape[0]}")
