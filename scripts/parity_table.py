@@ -1,0 +1,52 @@
+#!/usr/bin/env python
+"""Max |flow difference| between ONNX Runtime CPU and PyTorch for every export layout and correlation lookup of
+one checkpoint, on the real Middlebury pair (no early stop, same iteration count). The tests assert the same
+thing (tests/test_export_parity.py); this prints the numbers.
+
+    python scripts/parity_table.py --checkpoint checkpoints/deqflow-T-synthetic.pth --size 128x160 --iters 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv=None) -> int:
+    from export import export_onnx
+    from runtime import SolverSettings, create_backend, prepare
+    from runtime.commands.common import parse_size
+    from runtime.preprocessing import real_pair
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", default="checkpoints/deqflow-T-synthetic.pth")
+    ap.add_argument("--size", default="128x160")
+    ap.add_argument("--iters", type=int, default=10)
+    args = ap.parse_args(argv)
+    h, w = parse_size(args.size)
+    a, b, _, _ = real_pair((h, w))
+    batch = prepare(a, b)
+    settings = SolverSettings(max_iter=args.iters, tol=0.0)
+    with create_backend("torch", args.checkpoint, settings=settings) as ref_backend:
+        ref = ref_backend.infer(batch.image1, batch.image2).flow
+    print("| layout | lookup | max abs flow diff vs torch (px) | iterations |\n|---|---|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for lookup in ("gather", "grid_sample"):
+            for layout in ("unrolled", "loop", "split"):
+                path = Path(tmp) / f"{layout}_{lookup}.onnx"
+                export_onnx(args.checkpoint, path, layout=layout, lookup=lookup, height=h, width=w, iters=args.iters)
+                with create_backend("onnxruntime", path, threads=1,
+                                    settings=settings if layout == "split" else None) as be:
+                    r = be.infer(batch.image1, batch.image2)
+                print(f"| {layout} | {lookup} | {float(np.abs(r.flow - ref).max()):.2e} | {r.iterations} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
