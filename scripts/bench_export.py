@@ -5,7 +5,7 @@ Per export: file size, node count, export time, ONNX Runtime session-creation ti
 image pair, and ONNX Runtime CPU latency against PyTorch eager (the model's forward with the plain
 fixed-point solver, no early stop) at the same size, iterations and thread count. Latencies are medians over
 interleaved rounds (each round runs every candidate once, in a rotating order), so background load (this
-machine shares its CPU with a training run) hits all candidates alike; ratios are taken within the run.
+machine shares its CPU with other work) hits all candidates alike; ratios are taken within the run.
 
     python scripts/bench_export.py                       # 256x320, 24 iterations, 1 thread
     python scripts/bench_export.py --threads 1 2 --repeats 9 --mixed16
@@ -28,7 +28,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DEFAULT_CKPT = ROOT / "tests" / "fixtures" / "official" / "official-T-seed2.pth"
+DEFAULT_CKPT = ROOT / "checkpoints" / "deqflow-T-synthetic.pth"
 
 
 def parse_args(argv=None):
@@ -235,7 +235,7 @@ def markdown(report: dict, argv) -> str:
     lines = [
         "# Export benchmark (ONNX Runtime CPU vs PyTorch eager CPU)", "",
         f"`{cmd}` - {s['checkpoint']}, {s['height']}x{s['width']}, {s['iterations']} fixed-point iterations, "
-        f"{s['input']}; {env['cpu']} ({env['cpus']} cores, shared with a background training run: load average "
+        f"{s['input']}; {env['cpu']} ({env['cpus']} cores; load average "
         f"{env['loadavg_start'][0]:.1f} -> {env['loadavg_end'][0]:.1f}); torch {env['torch']}, onnxruntime "
         f"{env['onnxruntime']}; {env['date']}.", "",
         "Latency: median of interleaved rounds (each round runs every candidate once), same thread count for "
@@ -274,9 +274,9 @@ NOTES = """Notes
   step's weights as its own initializers: with them as outer-scope values, ONNX Runtime skipped its NCHWc
   layout transformation inside the body (generic FusedConv path, ~13 % slower in a first version). The split
   layout runs one session call per step from Python (plus the context passed in each time).
-- Threads: both PyTorch and ONNX Runtime get the same intra-op thread count. This 2-core machine also runs a
-  training job; with 2 threads both fight it for cores (PyTorch's OpenMP pool suffers most), so the 1-thread
-  rows are the fair comparison.
+- Threads: both PyTorch and ONNX Runtime get the same intra-op thread count. On a 2-core machine the 2-thread
+  rows use every core, so any other load (see the load average above) hits them hardest (PyTorch's OpenMP
+  pool suffers most); the 1-thread rows are the steadier comparison.
 - Mixed float16: the graph holds explicit Casts (TensorRT 11 strong typing). ONNX Runtime's CPU provider fuses
   or removes many of them and runs much of the graph in float32, so its EPE mostly reflects float16 weights;
   PyTorch's float16 modules do the float16 arithmetic and are the closer proxy for a GPU. No GPU, TensorRT or

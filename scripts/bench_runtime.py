@@ -13,13 +13,14 @@ Writes JSON (--out), a Markdown table (--markdown) and a bar chart (--png).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DEFAULT_CKPT = ROOT / "tests" / "fixtures" / "official" / "official-T-seed2.pth"
+DEFAULT_CKPT = ROOT / "checkpoints" / "deqflow-T-synthetic.pth"
 
 
 def parse_args(argv=None):
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
     v = out["versions"]
     md = [f"Runtime latency, {out['checkpoint']} (DEQ-Flow-T), {args.iters} fixed-point iterations, no early stop, "
           f"batch 1, real image pair; median of {args.runs} interleaved runs after {args.warmup} warm-up "
-          f"({v['cpu']}, {v['cpu_count']} cores shared with a training run; torch {v['torch']}, onnxruntime "
+          f"({v['cpu']}, {v['cpu_count']} cores, load average {os.getloadavg()[0]:.1f} at the end; torch {v['torch']}, onnxruntime "
           f"{v['onnxruntime']}). Command: `python scripts/bench_runtime.py {' '.join(sys.argv[1:])}`.", "", *table]
     Path(args.markdown).write_text("\n".join(md) + "\n")
     if args.png:

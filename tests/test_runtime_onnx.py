@@ -164,6 +164,28 @@ def test_split_anderson_and_flow_init_match_torch(exports):
     assert float(np.abs(rt.flow - ro.flow).max()) <= 1e-3
 
 
+def test_split_sessions_do_not_spin_between_runs(exports):
+    """The split layout's three sessions must not busy-wait after a run (their spinning pools stole the next
+    session's cores: 2x slower on 2 cores); single-graph layouts keep ONNX Runtime's default unless asked."""
+    key = "session.intra_op.allow_spinning"
+
+    def entry(options):
+        try:
+            return options.get_session_config_entry(key)
+        except Exception:  # not set: ONNX Runtime's default
+            return None
+
+    def spinning(backend):
+        return {part: entry(s.options) for part, s in backend.sessions.items()}
+
+    with _ort(exports["split"]) as split, _ort(exports["unrolled"]) as unrolled, \
+            _ort(exports["unrolled"], spinning=False) as quiet, _ort(exports["split"], spinning=True) as busy:
+        assert spinning(split) == {"encoder": "0", "step": "0", "decode": "0"}
+        assert spinning(unrolled) == {"model": None}
+        assert spinning(quiet) == {"model": "0"}
+        assert set(spinning(busy).values()) == {"1"}
+
+
 def test_clear_errors_for_what_a_model_cannot_do(exports):
     with pytest.raises(InputError, match="re-export with --iters 5"):
         _ort(exports["unrolled"], settings=SolverSettings(max_iter=5))

@@ -116,8 +116,10 @@ class _Session:
     """One InferenceSession with IO binding on its provider's device."""
 
     def __init__(self, ort, path: Path, providers: list, *, threads: int | None, optimization: str,
-                 device: str, device_id: int, io_binding: bool) -> None:
+                 device: str, device_id: int, io_binding: bool, spinning: bool | None = None) -> None:
         opts = ort.SessionOptions()
+        if spinning is not None:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         opts.log_severity_level = 3
         opts.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -126,7 +128,7 @@ class _Session:
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimization]
         if threads:
             opts.intra_op_num_threads = int(threads)
-        self.ort, self.path = ort, path
+        self.ort, self.path, self.options = ort, path, opts
         self.session = ort.InferenceSession(str(path), opts, providers=providers)
         self.device, self.device_id, self.io_binding = device, device_id, io_binding
         self.inputs = {i.name: i for i in self.session.get_inputs()}
@@ -191,7 +193,10 @@ class OnnxRuntimeBackend(ExportedModelBackend):
     """`onnxruntime` backend. Options: provider ('cpu' | 'cuda' | 'tensorrt'), device_id, threads,
     io_binding (default on), optimization ('disable'|'basic'|'extended'|'all'), fp16 (TensorRT provider),
     tf32, cache_dir (TensorRT provider engine/timing caches), profile (explicit min/opt/max shapes; default
-    from the export's shape hints), cuda_graph, workspace_mb."""
+    from the export's shape hints), cuda_graph, workspace_mb, spinning (intra-op worker threads busy-wait
+    between runs; None = off for the split layout, ONNX Runtime's default (on) otherwise: the split layout's
+    three sessions each keep a pool, and a pool spinning after its run steals the cores the next session and
+    the host solver need: 2.0x slower on 2 cores with 2 threads, measured)."""
 
     name = "onnxruntime"
 
@@ -199,7 +204,7 @@ class OnnxRuntimeBackend(ExportedModelBackend):
                  provider: str = "cpu", device_id: int = 0, threads: int | None = None, io_binding: bool = True,
                  optimization: str = "all", fp16: bool = False, tf32: bool = False,
                  cache_dir: str | os.PathLike | None = None, profile: dict | None = None, cuda_graph: bool = False,
-                 workspace_mb: int | None = None) -> None:
+                 workspace_mb: int | None = None, spinning: bool | None = None) -> None:
         super().__init__(model, settings=settings)
         if optimization not in OPTIMIZATION_LEVELS:
             raise InputError(f"optimization must be one of {OPTIMIZATION_LEVELS}, got {optimization!r}")
@@ -220,6 +225,8 @@ class OnnxRuntimeBackend(ExportedModelBackend):
         hints = profile or (meta.shape_hints if meta.dynamic else None)
         device = "cpu" if provider == "cpu" else "cuda"
         self.sessions: dict[str, _Session] = {}
+        if spinning is None and self.file.is_split:
+            spinning = False
         for part, path in self.file.parts.items():
             part_profile = hints if (hints and part in ("model", "encoder")) else None
             if part_profile and part == "encoder":
@@ -228,7 +235,8 @@ class OnnxRuntimeBackend(ExportedModelBackend):
                                          cache_prefix=f"{prefix}_{part}", profile=part_profile,
                                          cuda_graph=cuda_graph, workspace_mb=workspace_mb)
             self.sessions[part] = _Session(ort, path, providers, threads=threads, optimization=optimization,
-                                           device=device, device_id=device_id, io_binding=io_binding)
+                                           device=device, device_id=device_id, io_binding=io_binding,
+                                           spinning=spinning)
         first = self.sessions.get("model") or self.sessions["encoder"]
         self._inputs = [TensorSpec(i.name, list(i.shape), _dtype(i.type)) for i in first.session.get_inputs()]
         if self.file.is_split:
