@@ -92,7 +92,8 @@ def main(argv=None) -> int:
     v = out["versions"]
     md = [f"Runtime latency, {out['checkpoint']} (DEQ-Flow-T), {args.iters} fixed-point iterations, no early stop, "
           f"batch 1, real image pair; median of {args.runs} interleaved runs after {args.warmup} warm-up "
-          f"({v['cpu']}, {v['cpu_count']} cores, load average {os.getloadavg()[0]:.1f} at the end; torch {v['torch']}, onnxruntime "
+          f"({v['cpu']}, {v['cpu_count']} cores, load average {os.getloadavg()[0]:.1f} at the end; "
+          f"torch {v['torch']}, onnxruntime "
           f"{v['onnxruntime']}). Command: `python scripts/bench_runtime.py {' '.join(sys.argv[1:])}`.", "", *table]
     Path(args.markdown).write_text("\n".join(md) + "\n")
     if args.png:
