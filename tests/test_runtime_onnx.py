@@ -186,6 +186,20 @@ def test_split_sessions_do_not_spin_between_runs(exports):
         assert set(spinning(busy).values()) == {"1"}
 
 
+def test_low_memory_sessions_give_the_same_flow(exports):
+    from runtime.preprocessing import real_pair
+
+    a, b, _, _ = real_pair((128, 160))
+    batch = prepare(a, b)
+    with _ort(exports["split"]) as normal, _ort(exports["split"], low_memory=True) as low:
+        assert all(not s.options.enable_cpu_mem_arena and not s.options.enable_mem_pattern
+                   for s in low.sessions.values())
+        assert all(s.options.enable_cpu_mem_arena for s in normal.sessions.values())
+        r_normal, r_low = normal.infer(batch.image1, batch.image2), low.infer(batch.image1, batch.image2)
+    assert r_low.iterations == r_normal.iterations
+    assert float(np.abs(r_low.flow - r_normal.flow).max()) <= 1e-5
+
+
 def test_clear_errors_for_what_a_model_cannot_do(exports):
     with pytest.raises(InputError, match="re-export with --iters 5"):
         _ort(exports["unrolled"], settings=SolverSettings(max_iter=5))

@@ -48,9 +48,9 @@ def add_arguments(p) -> None:
     o.add_argument("--no-resume", action="store_true", help="recompute frames whose outputs already exist")
     p.add_argument("--warm-start", action="store_true",
                    help="start each frame from the previous frame's fixed point (split layout or torch backend)")
-    p.add_argument("--warm-start-mode", choices=["forward", "reuse"], default="forward",
-                   help="forward: move the previous fixed point along its own flow first (default); "
-                        "reuse: start from it unchanged")
+    p.add_argument("--warm-start-mode", choices=["reuse", "forward"], default="reuse",
+                   help="reuse: start from the previous fixed point unchanged (default, measured better: "
+                        "docs/warm_start.md); forward: move it along its own flow first")
     p.add_argument("--pad-mode", choices=["sintel", "kitti"], default="sintel")
     add_solver_args(p)
     add_backend_options(p)
