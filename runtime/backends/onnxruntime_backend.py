@@ -201,8 +201,8 @@ class OnnxRuntimeBackend(ExportedModelBackend):
     between runs; None = off for the split layout, ONNX Runtime's default (on) otherwise: the split layout's
     three sessions each keep a pool, and a pool spinning after its run steals the cores the next session and
     the host solver need: 2.0x slower on 2 cores with 2 threads, measured), low_memory (CPU: no memory arena
-    and no memory pattern; at 440x1024 the unrolled graph's peak host memory grows by 1.2 instead of 2.6 GB and
-    the split layout's by 1.2 instead of 2.0 GB, at 10-30 % more latency)."""
+    and no memory pattern; at 440x1024 the unrolled graph's host memory grows by 1.1 instead of 2.7 GB and the
+    split layout's by 1.1 instead of 2.0 GB, at 25-40 % more latency)."""
 
     name = "onnxruntime"
 
