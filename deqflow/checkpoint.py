@@ -36,6 +36,11 @@ def read_checkpoint_file(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch's zip format, or a legacy pickle (protocol 2+)
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: it is neither a zip archive (torch.save) "
+                              f"nor a pickle (it starts with {head!r})")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors...
