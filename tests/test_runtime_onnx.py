@@ -200,6 +200,19 @@ def test_low_memory_sessions_give_the_same_flow(exports):
     assert float(np.abs(r_low.flow - r_normal.flow).max()) <= 1e-5
 
 
+def test_graph_without_flow_init_refuses_one(tmp_path):
+    from export import export_onnx
+
+    path = tmp_path / "no_init.onnx"
+    export_onnx(CKPT, path, layout="unrolled", height=128, width=160, iters=2, flow_init=False)
+    image = np.zeros((1, 3, 128, 160), np.float32)
+    with _ort(path) as backend:
+        assert [i.name for i in backend.inputs] == ["image1", "image2"]
+        assert backend.infer(image, image).iterations == 2
+        with pytest.raises(InputError, match="without a flow_init input"):
+            backend.infer(image, image, np.zeros((1, 2, 16, 20), np.float32))
+
+
 def test_clear_errors_for_what_a_model_cannot_do(exports):
     with pytest.raises(InputError, match="re-export with --iters 5"):
         _ort(exports["unrolled"], settings=SolverSettings(max_iter=5))

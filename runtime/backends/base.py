@@ -11,7 +11,7 @@ import numpy as np
 
 from runtime.errors import InputError
 from runtime.preprocessing import check_model_inputs
-from runtime.solver import SolverSettings, WarmState
+from runtime.solver import SolverSettings, WarmState, solve
 
 
 @dataclass
@@ -171,3 +171,30 @@ class ExportedModelBackend(Backend):
     @property
     def inputs(self) -> list[TensorSpec]:
         return self._inputs
+
+    def _solve_split(self, image1: np.ndarray, image2: np.ndarray, flow_init: np.ndarray | None,
+                     state: WarmState | None) -> InferenceResult:
+        """Split layout: the shared host solver over the subclass's encoder / step / decode (`self.parts`)."""
+        r = solve(self.parts, image1, image2, self.resolved, flow_init, state)
+        return InferenceResult(flow=r.flow, flow_low=r.flow_low, iterations=r.stats.iterations,
+                               residual=r.stats.final_abs, residual_rel=r.stats.final_rel,
+                               abs_trace=r.stats.abs_trace, rel_trace=r.stats.rel_trace, state=r.state,
+                               timings=r.timings)
+
+    def _graph_feeds(self, input_names, image1: np.ndarray, image2: np.ndarray,
+                     flow_init: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Feeds of a whole-solver graph (unrolled / Loop): zeros for its optional flow_init input."""
+        feeds = {"image1": image1, "image2": image2}
+        if "flow_init" in input_names:
+            n, _, h, w = image1.shape
+            feeds["flow_init"] = flow_init if flow_init is not None else np.zeros((n, 2, h // 8, w // 8), np.float32)
+        elif flow_init is not None:
+            raise InputError(f"{self.file.path} was exported without a flow_init input (--no-flow-init)")
+        return feeds
+
+    def _graph_result(self, out: dict[str, np.ndarray], n: int) -> InferenceResult:
+        """InferenceResult from a whole-solver graph's host outputs (iteration count from the graph or metadata)."""
+        iterations = int(out["iterations"].ravel()[0]) if "iterations" in out else int(self.file.main.iterations)
+        return InferenceResult(flow=out["flow"], flow_low=out.get("flow_low"), iterations=iterations,
+                               residual=out.get("residual", np.full(n, np.nan, np.float32)),
+                               residual_rel=out.get("residual_rel"))

@@ -25,7 +25,7 @@ import numpy as np
 from runtime.backends.base import ExportedModelBackend, InferenceResult, TensorSpec
 from runtime.errors import InputError, ProfileError, missing_dependency
 from runtime.modelfile import ModelFile, open_model_file
-from runtime.solver import SolverSettings, solve
+from runtime.solver import SolverSettings
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
@@ -273,24 +273,10 @@ class OnnxRuntimeBackend(ExportedModelBackend):
     def _infer(self, image1, image2, flow_init, state) -> InferenceResult:
         self._check_shape(image1)
         if self.file.is_split:
-            r = solve(self.parts, image1, image2, self.resolved, flow_init, state)
-            return InferenceResult(flow=r.flow, flow_low=r.flow_low, iterations=r.stats.iterations,
-                                   residual=r.stats.final_abs, residual_rel=r.stats.final_rel,
-                                   abs_trace=r.stats.abs_trace, rel_trace=r.stats.rel_trace, state=r.state,
-                                   timings=r.timings)
+            return self._solve_split(image1, image2, flow_init, state)
         session = self.sessions["model"]
-        feeds = {"image1": image1, "image2": image2}
-        if "flow_init" in session.inputs:
-            n, _, h, w = image1.shape
-            feeds["flow_init"] = flow_init if flow_init is not None else np.zeros((n, 2, h // 8, w // 8), np.float32)
-        elif flow_init is not None:
-            raise InputError(f"{self.file.path} was exported without a flow_init input (--no-flow-init)")
-        out = {k: session.host(v) for k, v in session.run(feeds).items()}
-        iterations = int(out["iterations"].ravel()[0]) if "iterations" in out else int(self.meta.iterations)
-        n = image1.shape[0]
-        return InferenceResult(flow=out["flow"], flow_low=out.get("flow_low"), iterations=iterations,
-                               residual=out.get("residual", np.full(n, np.nan, np.float32)),
-                               residual_rel=out.get("residual_rel"))
+        feeds = self._graph_feeds(session.inputs, image1, image2, flow_init)
+        return self._graph_result({k: session.host(v) for k, v in session.run(feeds).items()}, image1.shape[0])
 
     def close(self) -> None:
         self.sessions.clear()

@@ -10,14 +10,13 @@ Not exercised on a GPU in this repository's CI: see docs/runtime.md ("GPU") for 
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import numpy as np
 
 from runtime.backends.base import ExportedModelBackend, InferenceResult, TensorSpec
 from runtime.errors import EngineMismatchError, InputError
 from runtime.modelfile import ModelFile, open_model_file
-from runtime.solver import SolverSettings, WarmState, solve
+from runtime.solver import SolverSettings, WarmState
 from runtime.tensorrt_engine import (
     BuildSettings,
     EngineCache,
@@ -129,22 +128,11 @@ class TensorRTBackend(ExportedModelBackend):
 
     def _infer(self, image1, image2, flow_init, state: WarmState | None) -> InferenceResult:
         if self.file.is_split:
-            r = solve(self.parts, image1, image2, self.resolved, flow_init, state)
-            return InferenceResult(flow=r.flow, flow_low=r.flow_low, iterations=r.stats.iterations,
-                                   residual=r.stats.final_abs, residual_rel=r.stats.final_rel,
-                                   abs_trace=r.stats.abs_trace, rel_trace=r.stats.rel_trace, state=r.state,
-                                   timings=r.timings)
+            return self._solve_split(image1, image2, flow_init, state)
         runner = self.runners["model"]
-        feeds: dict[str, Any] = {"image1": image1, "image2": image2}
-        if "flow_init" in runner.inputs:
-            n, _, h, w = image1.shape
-            feeds["flow_init"] = flow_init if flow_init is not None else np.zeros((n, 2, h // 8, w // 8), np.float32)
+        feeds = self._graph_feeds(runner.inputs, image1, image2, flow_init)
         out = {k: self.memory.download(v) for k, v in runner.run(feeds).items()}
-        n = image1.shape[0]
-        iterations = int(out["iterations"].ravel()[0]) if "iterations" in out else int(self.meta.iterations)
-        return InferenceResult(flow=out["flow"], flow_low=out.get("flow_low"), iterations=iterations,
-                               residual=out.get("residual", np.full(n, np.nan, np.float32)),
-                               residual_rel=out.get("residual_rel"))
+        return self._graph_result(out, image1.shape[0])
 
     def close(self) -> None:
         self.runners.clear()
