@@ -85,12 +85,6 @@ class WarmState:
     flow_low: Any
 
 
-def _host(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):  # a torch tensor (the torch backend's state), possibly on the GPU
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
 def forward_warp_state(state: WarmState) -> WarmState:
     """Carry a solved frame's fixed point along its own flow, for the next pair of a video.
 
@@ -104,7 +98,7 @@ def forward_warp_state(state: WarmState) -> WarmState:
     """
     from scipy.spatial import cKDTree
 
-    flow, hidden = _host(state.flow_low).astype(np.float32), _host(state.hidden).astype(np.float32)
+    flow, hidden = as_numpy(state.flow_low).astype(np.float32), as_numpy(state.hidden).astype(np.float32)
     if flow.ndim != 4 or flow.shape[1] != 2 or hidden.ndim != 4 or hidden.shape[2:] != flow.shape[2:]:
         raise InputError(f"warm-start state must be hidden (N,C,h,w) and flow (N,2,h,w), got {hidden.shape} / "
                          f"{flow.shape}")

@@ -24,16 +24,20 @@ SHIPPED_GOLDEN = ROOT / "tests" / "fixtures" / "golden" / "motorcycle-128x160-de
 
 
 
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory) -> dict[str, Path]:
+def _export_layouts(checkpoint: Path, base: Path) -> dict[str, Path]:
+    """The split and unrolled exports of a checkpoint at the golden files' size and iteration count."""
     from export import export_onnx
 
-    base = tmp_path_factory.mktemp("onnx")
     out = {}
     for layout in ("split", "unrolled"):
-        export_onnx(CKPT, base / f"m_{layout}.onnx", layout=layout, height=128, width=160, iters=ITERS)
         out[layout] = base / f"m_{layout}.onnx"
+        export_onnx(checkpoint, out[layout], layout=layout, height=128, width=160, iters=ITERS)
     return out
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory) -> dict[str, Path]:
+    return _export_layouts(CKPT, tmp_path_factory.mktemp("onnx"))
 
 
 @pytest.fixture(scope="module")
@@ -60,19 +64,24 @@ def test_golden_file_is_small_and_self_describing():
     assert float(np.abs(g.outputs[0]["flow"]).mean()) > 0.3  # a non-trivial flow
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnxruntime-split", "onnxruntime-unrolled"])
-def test_backends_reproduce_the_golden_outputs(backend, exports):
-    g = load_golden(GOLDEN)
+def _run_golden(backend: str, checkpoint: Path, exports: dict[str, Path], golden: Path):
+    """Run `backend` ('torch' or 'onnxruntime-<layout>') on a golden file's pair: (result, reference outputs)."""
+    g = load_golden(golden)
     (a, b), ref = g.pairs[0], g.outputs[0]
     settings = SolverSettings(max_iter=ITERS, tol=0.0)
     if backend == "torch":
-        be = create_backend("torch", CKPT, settings=settings)
+        be = create_backend("torch", checkpoint, settings=settings)
     else:
         layout = backend.split("-")[1]
         be = _ort(exports[layout], settings=settings if layout == "split" else None)
     with be:
         batch = prepare(a, b)
-        r = be.infer(batch.image1, batch.image2)
+        return be.infer(batch.image1, batch.image2), ref
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime-split", "onnxruntime-unrolled"])
+def test_backends_reproduce_the_golden_outputs(backend, exports):
+    r, ref = _run_golden(backend, CKPT, exports, GOLDEN)
     assert r.iterations == ITERS
     err = float(np.abs(r.flow - ref["flow"]).max())
     assert err <= 1e-4, f"{backend}: max |flow - golden| = {err:.3g} px"  # measured: 0 (torch), 8e-6 (ORT)
@@ -82,14 +91,7 @@ def test_backends_reproduce_the_golden_outputs(backend, exports):
 
 @pytest.fixture(scope="module")
 def shipped_exports(tmp_path_factory) -> dict[str, Path]:
-    from export import export_onnx
-
-    base = tmp_path_factory.mktemp("onnx_shipped")
-    out = {}
-    for layout in ("split", "unrolled"):
-        out[layout] = base / f"shipped_{layout}.onnx"
-        export_onnx(SHIPPED, out[layout], layout=layout, height=128, width=160, iters=ITERS)
-    return out
+    return _export_layouts(SHIPPED, tmp_path_factory.mktemp("onnx_shipped"))
 
 
 def test_shipped_golden_file_belongs_to_the_shipped_checkpoint():
@@ -107,17 +109,7 @@ def test_backends_reproduce_the_shipped_golden_outputs(backend, shipped_exports)
     runtime that moves it by more than 1e-4 px fails here."""
     from deqflow.metrics import flow_metrics
 
-    g = load_golden(SHIPPED_GOLDEN)
-    (a, b), ref = g.pairs[0], g.outputs[0]
-    settings = SolverSettings(max_iter=ITERS, tol=0.0)
-    if backend == "torch":
-        be = create_backend("torch", SHIPPED, settings=settings)
-    else:
-        layout = backend.split("-")[1]
-        be = _ort(shipped_exports[layout], settings=settings if layout == "split" else None)
-    with be:
-        batch = prepare(a, b)
-        r = be.infer(batch.image1, batch.image2)
+    r, ref = _run_golden(backend, SHIPPED, shipped_exports, SHIPPED_GOLDEN)
     assert r.iterations == ITERS
     err = float(np.abs(r.flow - ref["flow"]).max())
     assert err <= 1e-4, f"{backend}: max |flow - golden| = {err:.3g} px"

@@ -9,8 +9,7 @@ import torch
 
 from deqflow.image_io import pair_to_batch
 from deqflow.padding import InputPadder
-from training.deq import SolverStats
-from training.deq.weight_norm import reset_weight_norm
+from training.deq import SolverStats, fixed_point_iter
 from training.model.deq_flow import DEQFlow
 
 
@@ -21,13 +20,20 @@ class PairResult:
     state: tuple[torch.Tensor, torch.Tensor]  # fixed point (hidden, flow_low) on the padded grid
 
 
+def _padded_tensors(image1: np.ndarray, image2: np.ndarray, pad_mode: str,
+                    device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor, InputPadder]:
+    """(H,W,3) uint8 RGB pair -> padded float (1,3,Hp,Wp) tensors and the padder that undoes it."""
+    batch1, batch2 = pair_to_batch(image1, image2)
+    padder = InputPadder(batch1.shape, mode=pad_mode)
+    t1, t2 = (torch.from_numpy(np.ascontiguousarray(b)).to(device) for b in padder.pad(batch1, batch2))
+    return t1, t2, padder
+
+
 @torch.no_grad()
 def estimate_flow(model: DEQFlow, image1: np.ndarray, image2: np.ndarray, *, iters: int | None = None,
                   pad_mode: str = "sintel", cached_state=None, device: str | torch.device = "cpu") -> PairResult:
     """image1, image2: (H,W,3) uint8 RGB. Pads to a multiple of 8 (replicate), runs, unpads."""
-    batch1, batch2 = pair_to_batch(image1, image2)
-    padder = InputPadder(batch1.shape, mode=pad_mode)
-    t1, t2 = (torch.from_numpy(np.ascontiguousarray(b)).to(device) for b in padder.pad(batch1, batch2))
+    t1, t2, padder = _padded_tensors(image1, image2, pad_mode, device)
     out = model(t1, t2, iters=iters, cached_state=cached_state)
     flow = padder.unpad(out.flow_up)[0].permute(1, 2, 0).cpu().numpy().astype(np.float32)
     return PairResult(flow=flow, stats=out.stats, state=out.state)
@@ -37,28 +43,20 @@ def estimate_flow(model: DEQFlow, image1: np.ndarray, image2: np.ndarray, *, ite
 def flow_trajectory(model: DEQFlow, image1: np.ndarray, image2: np.ndarray, steps: list[int] | tuple[int, ...],
                     *, pad_mode: str = "sintel") -> tuple[dict[int, np.ndarray], list[float]]:
     """Plain fixed-point iteration from the cold start, no early stop: the full-resolution flow after each
-    k in `steps`, and the relative residual ||f(z)-z|| / ||f(z)|| of every step up to max(steps).
+    k in `steps`, and the relative residual ||f(z)-z|| / (||f(z)|| + 1e-8) of every step up to max(steps).
 
-    One solve serves every k, so "accuracy after k iterations" curves cost one run, not one run per k.
+    One solve serves every k (the solver's snapshots at `indexing`), so "accuracy after k iterations" curves
+    cost one run, not one run per k.
     """
     if not steps or min(steps) < 1:
         raise ValueError(f"steps must be positive iteration counts, got {steps}")
-    batch1, batch2 = pair_to_batch(image1, image2)
-    padder = InputPadder(batch1.shape, mode=pad_mode)
-    t1, t2 = (torch.from_numpy(np.ascontiguousarray(b)) for b in padder.pad(batch1, batch2))
-    t1, t2 = model.check_inputs(t1, t2)
-    if model.cfg.wnorm:
-        reset_weight_norm(model.update_block)
-    ctx = model.encode(t1, t2)
-    net, coords1 = model.initial_state(ctx)
-    wanted, flows, residuals = set(steps), {}, []
-    for k in range(1, max(steps) + 1):
-        new_net, new_coords = model.step(ctx, net, coords1)
-        diff = torch.cat([(new_net - net).flatten(), (new_coords - coords1).flatten()]).norm()
-        size = torch.cat([new_net.flatten(), new_coords.flatten()]).norm()
-        residuals.append(float(diff / size.clamp_min(1e-12)))
-        net, coords1 = new_net, new_coords
-        if k in wanted:
-            up = model.decode(net, coords1 - ctx.coords0)
-            flows[k] = padder.unpad(up)[0].permute(1, 2, 0).numpy().astype(np.float32)
-    return flows, residuals
+    t1, t2, padder = _padded_tensors(image1, image2, pad_mode)
+    ctx, packer, f, z0 = model.fixed_point_problem(t1, t2)
+    wanted = sorted(set(steps))
+    solved = fixed_point_iter(f, z0, max_iter=wanted[-1], tol=0.0, indexing=wanted, return_final=True)
+    flows = {}
+    for k, z in zip(wanted, solved.trajectory):
+        net, coords1 = packer.unpack(z)
+        up = model.decode(net, coords1 - ctx.coords0)
+        flows[k] = padder.unpad(up)[0].permute(1, 2, 0).numpy().astype(np.float32)
+    return flows, solved.stats.rel_trace[0].tolist()

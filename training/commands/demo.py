@@ -9,12 +9,12 @@ def add_arguments(p) -> None:
     p.add_argument("--iters", type=int, default=None)
 
 
-def shipped_checkpoint(name: str | None = None):
-    """Path of a checkpoint committed in the repository (or None if not there)."""
+def shipped_checkpoint():
+    """Path of the checkpoint committed in the repository (or None if not there)."""
     from pathlib import Path
 
     for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        path = base / (name or DEFAULT_CHECKPOINT)
+        path = base / DEFAULT_CHECKPOINT
         if path.is_file():
             return path
     return None

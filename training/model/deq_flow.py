@@ -176,6 +176,19 @@ class DEQFlow(nn.Module):
         iters overrides the evaluation iteration cap (default f_max_iter * eval_factor); training uses
         f_max_iter and the sampled-state schedule of the DEQ config.
         """
+        ctx, packer, f, z0 = self.fixed_point_problem(image1, image2, flow_init, cached_state)
+        states, stats = self.deq(f, z0, training=self.training, max_iter=iters)
+        decoded = [packer.unpack(z) for z in states]
+        flows = [self.decode(h, c - ctx.coords0) for h, c in decoded]
+        net_final, coords_final = decoded[-1]
+        flow_low = coords_final - ctx.coords0
+        return FlowOutput(flow_predictions=flows, flow_low=flow_low, flow_up=flows[-1],
+                          state=(net_final.detach(), flow_low.detach()), stats=stats)
+
+    def fixed_point_problem(self, image1: torch.Tensor, image2: torch.Tensor, flow_init: torch.Tensor | None = None,
+                            cached_state: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """The equation forward() solves: (ctx, packer, f, z0) with f acting on packed (hidden, coords1) states.
+        Shared with analysis code that runs a solver of its own (training.inference.flow_trajectory)."""
         image1, image2 = self.check_inputs(image1, image2)
         if self.cfg.wnorm:
             reset_weight_norm(self.update_block)  # once per forward, not per solver step
@@ -186,13 +199,7 @@ class DEQFlow(nn.Module):
         def f(z: torch.Tensor) -> torch.Tensor:
             return packer.pack(*self.step(ctx, *packer.unpack(z)))
 
-        states, stats = self.deq(f, packer.pack(net, coords1), training=self.training, max_iter=iters)
-        decoded = [packer.unpack(z) for z in states]
-        flows = [self.decode(h, c - ctx.coords0) for h, c in decoded]
-        net_final, coords_final = decoded[-1]
-        flow_low = coords_final - ctx.coords0
-        return FlowOutput(flow_predictions=flows, flow_low=flow_low, flow_up=flows[-1],
-                          state=(net_final.detach(), flow_low.detach()), stats=stats)
+        return ctx, packer, f, packer.pack(net, coords1)
 
     def check_inputs(self, image1: torch.Tensor, image2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Clear errors for inputs the network cannot handle (instead of NaN or a shape traceback)."""
