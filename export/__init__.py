@@ -1,15 +1,16 @@
 """DEQ-Flow -> ONNX export: unrolled, Loop and split layouts, fp32 / mixed fp16, checks and metadata.
 
-Importing this package does not import torch: the metadata reader and the checks (export.metadata,
-export.checks, export.trt_compat) serve the runtime on machines without PyTorch. `export_onnx` imports
-the torch-side exporter when called.
+Importing this package does not import torch: the checks (export.checks, export.trt_compat) run on
+machines without PyTorch, and the model-file metadata they read is deqflow.model_metadata (shared with the
+runtime). `export_onnx` imports the torch-side exporter when called.
 """
 
 from __future__ import annotations
 
+from deqflow.model_metadata import LAYOUTS, ModelMetadata, read_metadata, split_paths
+from deqflow.shapes import ImageShape, ShapeHints
 from export.checks import CheckReport, check_files, check_model
-from export.config import LAYOUTS, LOOKUPS, PRECISIONS, ExportConfig, ImageShape, ShapeHints
-from export.metadata import ModelMetadata, read_metadata, split_paths
+from export.config import LOOKUPS, PRECISIONS, ExportConfig
 from export.trt_compat import TrtIssue, TrtReport, trt_compatibility
 
 

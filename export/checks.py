@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deqflow.errors import MissingDependencyError
-from export.metadata import ModelMetadata, load_model_proto
+from deqflow.model_metadata import ModelMetadata, load_model_proto
 from export.trt_compat import TrtReport, trt_compatibility
 
 _PROTO_LIMIT = 2**31 - 1  # models above 2 GB must be checked by path (external data)
@@ -137,7 +137,7 @@ def _first_line(exc: BaseException) -> str:
 
 def check_files(paths: list[str | os.PathLike]) -> list[CheckReport]:
     """Check each file; a split export's base name (`model.onnx`) expands to its three parts."""
-    from export.metadata import split_paths
+    from deqflow.model_metadata import split_paths
 
     out = []
     for p in paths:

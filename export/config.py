@@ -3,87 +3,30 @@
 Why the limits:
 - opset 17-19 only: GridSample needs opset >= 16, the TorchScript exporter stops at 17-18 in practice, and at
   opset 20 ONNX renamed GridSample's modes ('bilinear' -> 'linear'), which TensorRT's ONNX parser does not know
-  and silently replaces by *nearest* sampling (deployment.md section 2.3).
+  and silently replaces by *nearest* sampling.
 - sizes: the network works on images padded to a multiple of 8 and needs H, W >= 8 * 2**corr_levels (below
   that the coarsest correlation level is one pixel wide and the model returns NaN).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
 
 from deqflow.errors import InputError
-from deqflow.padding import check_model_input_size
+from deqflow.model_metadata import LAYOUTS
+from deqflow.padding import check_model_input_size, min_size_for_levels
+from deqflow.shapes import ImageShape, ShapeHints
+from deqflow.solver_spec import STOP_MODES
 
-LAYOUTS = ("unrolled", "loop", "split")
 PRECISIONS = ("fp32", "mixed16")
 LOOKUPS = ("gather", "grid_sample")
-STOP_MODES = ("abs", "rel")
 OPSET_MIN, OPSET_MAX, DEFAULT_OPSET = 17, 19, 17
 DEFAULT_SIZE = (440, 1024)  # (H, W): Sintel/KITTI-like; one graph (and TensorRT engine) per resolution
-SPLIT_PARTS = ("encoder", "step", "decode")
-
-
-@dataclass(frozen=True)
-class ImageShape:
-    """Batch and padded image size of the `image1`/`image2` inputs."""
-
-    batch: int
-    height: int
-    width: int
-
-    def __str__(self) -> str:
-        return f"{self.batch}x3x{self.height}x{self.width}"
-
-    def as_list(self) -> list[int]:
-        return [self.batch, 3, self.height, self.width]
-
-    @classmethod
-    def parse(cls, text: str | ImageShape | tuple | list, default_batch: int = 1) -> ImageShape:
-        """'HxW', 'BxHxW' or 'Bx3xHxW' (also a tuple/list of those numbers)."""
-        if isinstance(text, ImageShape):
-            return text
-        if isinstance(text, (tuple, list)):
-            parts = [int(v) for v in text]
-        else:
-            if not re.fullmatch(r"\s*\d+(\s*[xX,]\s*\d+){1,3}\s*", str(text)):
-                raise InputError(f"shape {text!r} must look like HxW, BxHxW or Bx3xHxW (e.g. 1x3x440x1024)")
-            parts = [int(v) for v in re.split(r"\s*[xX,]\s*", str(text).strip())]
-        if len(parts) == 2:
-            parts = [default_batch, *parts]
-        elif len(parts) == 4:
-            if parts[1] != 3:
-                raise InputError(f"shape {text!r}: images have 3 channels (RGB), got {parts[1]}")
-            parts = [parts[0], parts[2], parts[3]]
-        elif len(parts) != 3:
-            raise InputError(f"shape {text!r} must look like HxW, BxHxW or Bx3xHxW")
-        return cls(*parts)
-
-
-@dataclass(frozen=True)
-class ShapeHints:
-    """min/opt/max image shapes of a dynamic export (TensorRT optimization profile; ORT TensorRT EP)."""
-
-    min: ImageShape
-    opt: ImageShape
-    max: ImageShape
-
-    def per_input(self, flow_init: bool = True) -> dict[str, dict[str, list[int]]]:
-        """{'min': {'image1': [..], 'image2': [..], 'flow_init': [..]}, 'opt': ..., 'max': ...}."""
-        out: dict[str, dict[str, list[int]]] = {}
-        for key in ("min", "opt", "max"):
-            s: ImageShape = getattr(self, key)
-            shapes = {"image1": s.as_list(), "image2": s.as_list()}
-            if flow_init:
-                shapes["flow_init"] = [s.batch, 2, s.height // 8, s.width // 8]
-            out[key] = shapes
-        return out
 
 
 @dataclass
 class ExportConfig:
-    """Everything `export_onnx` needs besides the weights. Defaults follow deployment.md section 1."""
+    """Everything `export_onnx` needs besides the weights."""
 
     layout: str = "unrolled"
     iters: int | None = None  # None: the model's evaluation iterations (cfg.deq.eval_max_iter)
@@ -138,22 +81,16 @@ class ExportConfig:
         """The validated min/opt/max shapes of a dynamic export (None when static)."""
         if not self.dynamic:
             return None
-        from deqflow.padding import min_size_for_levels
-
         lo = min_size_for_levels(self.levels)
         opt = ImageShape.parse(self.opt_shape, self.batch) if self.opt_shape is not None \
             else ImageShape(self.batch, self.height, self.width)
         mn = ImageShape.parse(self.min_shape, 1) if self.min_shape is not None else ImageShape(1, lo, lo)
         mx = ImageShape.parse(self.max_shape, opt.batch) if self.max_shape is not None else opt
         for name, s in (("min", mn), ("opt", opt), ("max", mx)):
-            if s.batch < 1:
-                raise InputError(f"{name} shape {s}: batch must be >= 1")
             check_size(s.height, s.width, self.levels, what=f"{name} shape")
-        for a, b, what in ((mn, opt, "min > opt"), (opt, mx, "opt > max")):
-            if a.batch > b.batch or a.height > b.height or a.width > b.width:
-                raise InputError(f"shape hints must satisfy min <= opt <= max in every dimension ({what}: "
-                                 f"min {mn}, opt {opt}, max {mx})")
-        return ShapeHints(mn, opt, mx)
+        hints = ShapeHints(mn, opt, mx)
+        hints.check_order()
+        return hints
 
     def with_changes(self, **changes) -> ExportConfig:
         return replace(self, **changes)

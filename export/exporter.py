@@ -22,10 +22,10 @@ import torch
 
 from deqflow import __version__
 from deqflow.errors import CheckpointError, DeqflowError, InputError
+from deqflow.model_metadata import ModelMetadata, split_part_names
 from export.checks import CheckReport, check_model, count_nodes, simplify
 from export.compose import Parts, build_loop, build_split, build_unrolled
 from export.config import ExportConfig, check_size
-from export.metadata import ModelMetadata, split_part_names
 from export.wrappers import DecodePart, EncoderPart, StepPart, ctx_names, prepare, reference_solve
 from training.model.deq_flow import DEQFlow
 
@@ -152,7 +152,7 @@ def _attach(proto: onnx.ModelProto, meta: ModelMetadata) -> None:
     onnx.helper.set_model_props(proto, meta.to_props())
     proto.producer_name, proto.producer_version = "deqflow", __version__
     proto.doc_string = (f"deqflow {meta.layout} export ({meta.part}) of DEQ-Flow-{meta.variant}: read the "
-                        "metadata_props (export.metadata.read_metadata) for the input convention and solver.")
+                        "metadata_props (deqflow.model_metadata.read_metadata) for the input convention and solver.")
 
 
 def atomic_save(files: list[tuple[Path, onnx.ModelProto]]) -> None:

@@ -75,9 +75,9 @@ def device_memory_used_mb() -> float | None:
                 return (total - free) / 2**20
         except RuntimeError:
             return None
-    from runtime.tensorrt_engine import _import_cudart
+    from runtime.tensorrt.memory import import_cudart
 
-    cudart = _import_cudart()
+    cudart = import_cudart()
     if cudart is None:
         return None
     try:

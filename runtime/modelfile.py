@@ -1,9 +1,9 @@
 """What a model file is: a PyTorch checkpoint, an ONNX export (unrolled / loop / split) or a TensorRT engine.
 
-ONNX exports describe themselves through the deqflow metadata in `metadata_props` (written by `deqflow
-export`, read with `export.metadata`, which needs only `onnx`). A split export is three files
-(`model.encoder.onnx`, `model.step.onnx`, `model.decode.onnx`); any of them, or the base name `model.onnx`
-given to the exporter, names the whole set.
+ONNX exports describe themselves through the deqflow metadata in `metadata_props` (deqflow.model_metadata,
+which needs only `onnx`); engines carry the same metadata in their JSON sidecar. A split export is three
+files (`model.encoder.onnx`, `model.step.onnx`, `model.decode.onnx`); any of them, or the base name
+`model.onnx` given to the exporter, names the whole set (likewise `model.engine` for split engines).
 """
 
 from __future__ import annotations
@@ -11,13 +11,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from deqflow.model_metadata import (
+    CHECKPOINT_SUFFIXES,
+    ENGINE_SUFFIXES,
+    FULL_LAYOUTS,
+    ONNX_SUFFIX,
+    ModelMetadata,
+    read_metadata,
+    split_paths,
+)
 from runtime.errors import FileFormatError, InputError
-
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".tar")
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-FULL_LAYOUTS = ("unrolled", "loop")
+from runtime.tensorrt.cache import engine_metadata, split_engine_paths
 
 
 @dataclass
@@ -28,16 +33,22 @@ class ModelFile:
     kind: str
     layout: str | None = None
     parts: dict[str, Path] = field(default_factory=dict)  # {'model': p} or {'encoder','step','decode'}
-    metadata: dict[str, Any] = field(default_factory=dict)  # part -> export.metadata.ModelMetadata
+    metadata: dict[str, ModelMetadata] = field(default_factory=dict)  # part -> its metadata (none: checkpoint)
 
     @property
     def is_split(self) -> bool:
         return self.layout == "split"
 
     @property
-    def main(self) -> Any:
+    def main(self) -> ModelMetadata | None:
         """Metadata of the file that carries the solver settings (the model, or the split step)."""
         return self.metadata.get("model") or self.metadata.get("step")
+
+    def exported(self) -> ModelMetadata:
+        """`main` of an ONNX export or engine (InputError for a checkpoint, which has no export metadata)."""
+        if self.main is None:
+            raise InputError(f"{self.path} is a {self.kind}, not an exported model (ONNX export or engine)")
+        return self.main
 
     def describe(self) -> dict:
         m = self.main
@@ -50,13 +61,6 @@ class ModelFile:
         return out
 
 
-def read_onnx_metadata(path: str | os.PathLike):
-    """export.metadata.read_metadata (the exporter's own reader; FileFormatError when absent)."""
-    from export.metadata import read_metadata
-
-    return read_metadata(path)
-
-
 def open_model_file(path: str | os.PathLike) -> ModelFile:
     """Resolve `path` into a ModelFile; FileFormatError for missing files or ONNX files without metadata."""
     p = Path(path)
@@ -66,21 +70,22 @@ def open_model_file(path: str | os.PathLike) -> ModelFile:
             raise FileFormatError(f"checkpoint not found: {p}")
         return ModelFile(path=p, kind="checkpoint", parts={"model": p})
     if suffix in ENGINE_SUFFIXES:
-        from runtime.tensorrt_engine import resolve_engine_file
-
-        return resolve_engine_file(p)
-    if suffix != ".onnx":
+        return open_engine(p)
+    if suffix != ONNX_SUFFIX:
         raise InputError(f"cannot tell what {p} is from its extension: expected a checkpoint "
-                         f"({', '.join(CHECKPOINT_SUFFIXES)}), an ONNX export (.onnx) or a TensorRT engine "
+                         f"({', '.join(CHECKPOINT_SUFFIXES)}), an ONNX export ({ONNX_SUFFIX}) or a TensorRT engine "
                          f"({', '.join(ENGINE_SUFFIXES)})")
+    return open_onnx(p)
+
+
+def open_onnx(p: Path) -> ModelFile:
+    """An ONNX export: one full-layout file, or the split set named by any of its files or its base name."""
     if p.is_file():
-        meta = read_onnx_metadata(p)
+        meta = read_metadata(p)
         if meta.layout in FULL_LAYOUTS:
             return ModelFile(path=p, kind="onnx", layout=meta.layout, parts={"model": p}, metadata={"model": meta})
         if meta.layout != "split":
             raise FileFormatError(f"{p}: unknown layout {meta.layout!r} in its deqflow metadata")
-    from export.metadata import split_paths
-
     try:
         parts = split_paths(p)
     except FileFormatError:
@@ -88,7 +93,28 @@ def open_model_file(path: str | os.PathLike) -> ModelFile:
             raise FileFormatError(f"model file not found: {p} (nor a split export {p.stem}.encoder.onnx / "
                                   f".step.onnx / .decode.onnx beside it)") from None
         raise
-    metas = {part: read_onnx_metadata(q) for part, q in parts.items()}
+    metas = {part: read_metadata(q) for part, q in parts.items()}
+    check_split_set(p, parts, metas)
+    return ModelFile(path=p, kind="onnx", layout="split", parts=dict(parts), metadata=metas)
+
+
+def open_engine(path: Path) -> ModelFile:
+    """A TensorRT engine (`model.engine`) or a split set (`model.encoder.engine`, ... beside it)."""
+    if path.is_file():
+        meta = engine_metadata(path)
+        return ModelFile(path=path, kind="engine", layout=meta.layout, parts={"model": path},
+                         metadata={"model": meta})
+    parts = split_engine_paths(path)
+    if not all(p.is_file() for p in parts.values()):
+        stem, suffix = path.name[: -len(path.suffix)], path.suffix
+        raise FileFormatError(f"engine not found: {path} (nor a split set {stem}.encoder{suffix} / "
+                              f".step / .decode beside it)")
+    return ModelFile(path=path, kind="engine", layout="split", parts=parts,
+                     metadata={part: engine_metadata(p) for part, p in parts.items()})
+
+
+def check_split_set(p: Path, parts: dict[str, Path], metas: dict[str, ModelMetadata]) -> None:
+    """FileFormatError unless the three files are the matching parts of one split export."""
     for part, m in metas.items():
         if m.layout != "split" or m.part != part:
             raise FileFormatError(f"{parts[part]} should be the '{part}' part of a split export, but its metadata "
@@ -97,4 +123,3 @@ def open_model_file(path: str | os.PathLike) -> ModelFile:
     if len(shas) > 1:
         raise FileFormatError(f"the split files beside {p} come from different checkpoints ({sorted(shas)}); "
                               "re-export them together")
-    return ModelFile(path=p, kind="onnx", layout="split", parts=dict(parts), metadata=metas)

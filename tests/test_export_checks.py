@@ -11,9 +11,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from deqflow.cli import main
 from deqflow.errors import FileFormatError, InputError
+from deqflow.model_metadata import ModelMetadata, read_metadata, split_paths
+from deqflow.shapes import ImageShape
 from export.checks import check_files, check_model
-from export.config import ExportConfig, ImageShape, check_opset
-from export.metadata import ModelMetadata, read_metadata, split_paths
+from export.config import ExportConfig, check_opset
 from export.trt_compat import trt_compatibility
 
 vi = helper.make_tensor_value_info
@@ -195,7 +196,7 @@ def test_settings_validation():
 
 
 def test_export_package_imports_without_torch():
-    code = ("import sys, export, export.metadata, export.checks, export.trt_compat, export.config, export.compose;"
+    code = ("import sys, export, export.checks, export.trt_compat, export.config, export.compose;"
             "from export import read_metadata, check_model;"
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

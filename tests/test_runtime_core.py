@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 RUNTIME_MODULES = [
     "runtime", "runtime.backends", "runtime.backends.base", "runtime.backends.torch_backend",
-    "runtime.backends.onnxruntime_backend", "runtime.backends.tensorrt_backend", "runtime.tensorrt_engine",
+    "runtime.backends.onnxruntime_backend", "runtime.backends.tensorrt_backend", "runtime.tensorrt.build",
+    "runtime.tensorrt.cache", "runtime.tensorrt.memory", "runtime.tensorrt.runner",
     "runtime.preprocessing", "runtime.solver", "runtime.compare", "runtime.bench", "runtime.pipeline",
     "runtime.modelfile", "runtime.versions", "runtime.commands.infer", "runtime.commands.build",
     "runtime.commands.compare", "runtime.commands.bench", "runtime.commands.common",
@@ -255,7 +256,8 @@ def test_onnxruntime_provider_options_and_missing_gpu_provider():
 
 
 def test_trt_engine_cache_key():
-    from runtime.tensorrt_engine import BuildSettings, engine_cache_key
+    from runtime.tensorrt.build import BuildSettings
+    from runtime.tensorrt.cache import engine_cache_key
 
     s = BuildSettings(profiles={}, precision="fp32")
     base = engine_cache_key("a" * 64, "10.9.0", "NVIDIA H100", s, "9.0")
@@ -272,7 +274,9 @@ def test_trt_engine_cache_key():
 
 
 def test_trt_profile_checks_and_build_settings():
-    from runtime.tensorrt_engine import BuildSettings, check_profile, image_profiles, parse_shape_arg
+    from deqflow.shapes import image_profiles, parse_shape_arg
+    from runtime.tensorrt.build import BuildSettings
+    from runtime.tensorrt.runner import check_profile
 
     profile = {"image1": ([1, 3, 128, 128], [1, 3, 440, 1024], [2, 3, 512, 1024])}
     check_profile({"image1": (2, 3, 440, 1024)}, profile)
@@ -299,7 +303,7 @@ def test_trt_profile_checks_and_build_settings():
 
 
 def test_trt_engine_compatibility_messages():
-    from runtime.tensorrt_engine import check_engine_compat
+    from runtime.tensorrt.cache import check_engine_compat
 
     info = {"tensorrt": "10.3.0", "gpu": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0", "onnx": "m.onnx"}
     check_engine_compat(info, "10.3.0", "NVIDIA A100-SXM4-80GB", "8.0")
@@ -317,7 +321,7 @@ def test_tensorrt_absent_gives_one_clear_error(tmp_path):
         pytest.skip("tensorrt is installed here")
     except ImportError:
         pass
-    from runtime.tensorrt_engine import import_tensorrt
+    from runtime.tensorrt import import_tensorrt
 
     with pytest.raises(MissingDependencyError) as exc:
         import_tensorrt()

@@ -18,11 +18,6 @@ BACKENDS: dict[str, str] = {
 ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
 
 
-def register_backend(name: str, target: str) -> None:
-    """Add a backend: `target` is 'module:ClassName' of a Backend subclass."""
-    BACKENDS[name] = target
-
-
 def backend_class(name: str) -> type[Backend]:
     key = ALIASES.get(name, name)
     if key not in BACKENDS:
@@ -59,4 +54,4 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any], str]:
 
 
 __all__ = ["ALIASES", "BACKENDS", "Backend", "InferenceResult", "TensorSpec", "backend_class", "create_backend",
-           "parse_spec", "register_backend"]
+           "parse_spec"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -9,9 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from deqflow.model_metadata import ModelMetadata
 from runtime.errors import InputError
+from runtime.modelfile import ModelFile, open_model_file
 from runtime.preprocessing import check_model_inputs
-from runtime.solver import SolverSettings, WarmState, solve
+from runtime.solver import SolverSettings, StepParts, WarmState, solve
 
 
 @dataclass
@@ -65,14 +68,23 @@ class Backend(ABC):
     `infer(image1, image2, flow_init=None, state=None)`: float32 (N,3,H,W) images in 0..255 with H, W
     multiples of 8 (runtime.preprocessing.prepare pads them), optional flow_init (N,2,H/8,W/8) added to the
     initial flow, optional warm-start `state` from a previous result (split layout / torch backend).
+
+    Every attribute callers read is declared here: `settings` (as asked), `resolved` (what runs: the asked
+    settings completed and checked against the model by `configure`), `levels` (correlation levels, which
+    set the smallest input size) and `supports_warm_start`.
     """
 
     name: str = "backend"
     supports_warm_start: bool = False
+    model_path: Any
+    settings: SolverSettings
+    resolved: SolverSettings
+    levels: int
 
     def __init__(self, model: Any, *, settings: SolverSettings | None = None) -> None:
         self.model_path = model
         self.settings = settings or SolverSettings()
+        self.resolved = self.settings  # until the subclass calls configure() on its loaded model
         self.levels = 4
         self._closed = False
 
@@ -130,17 +142,17 @@ class Backend(ABC):
         self.close()
 
 
-def resolve_for_file(settings: SolverSettings, file) -> SolverSettings:
+def resolve_for_file(settings: SolverSettings, file: ModelFile) -> SolverSettings:
     """Settings for an ONNX export / engine: the split layout takes any (defaults from its metadata), a full
     graph only what is baked into it."""
-    meta = file.main
+    meta = file.exported()
     if file.is_split:
         method = meta.solver if meta.solver in ("fixed_point", "anderson") else "fixed_point"
         return settings.with_defaults(meta.iterations, meta.tolerance, meta.stop_mode, method)
     return graph_settings(settings, meta, str(file.path))
 
 
-def graph_settings(settings: SolverSettings, meta, path: str) -> SolverSettings:
+def graph_settings(settings: SolverSettings, meta: ModelMetadata, path: str) -> SolverSettings:
     """Resolved settings of an unrolled / Loop graph, whose solver is baked in: requests it cannot honour
     are refused (rather than silently ignored)."""
     where = f"{path} ({meta.layout}, {meta.iterations} iterations" + \
@@ -159,11 +171,38 @@ def graph_settings(settings: SolverSettings, meta, path: str) -> SolverSettings:
 
 
 class ExportedModelBackend(Backend):
-    """A backend running an exported model file (ONNX layouts or engines): the solver settings it can honour
-    come from the file's metadata, and its inputs are read from the file by the subclass (`self._inputs`)."""
+    """A backend running an exported model file (ONNX layouts or engines). The constructor of a subclass
+    wires a loader (sessions or engines for the file's parts) to a runner (`attach_runner`): one graph, or
+    the split layout's encoder / step / decode under the shared host solver (`parts`). The solver settings
+    it can honour come from the file's metadata."""
 
-    file: Any
-    _inputs: list[TensorSpec]
+    kinds: tuple[str, ...] = ("onnx", "engine")
+    """The model-file kinds this backend runs."""
+    file: ModelFile
+    meta: ModelMetadata
+    parts: StepParts | None
+    """Split layout: the encoder / step / decode the host solver drives; None for a whole-solver graph."""
+
+    def __init__(self, model: str | os.PathLike | ModelFile, *, settings: SolverSettings | None = None) -> None:
+        super().__init__(model, settings=settings)
+        self.file = model if isinstance(model, ModelFile) else open_model_file(model)
+        if self.file.kind not in self.kinds:
+            raise InputError(self.wrong_kind(self.file))
+        self.meta = self.file.exported()
+        self.levels = self.meta.corr_levels
+        self.parts = None
+        self._inputs: list[TensorSpec] = []
+
+    @classmethod
+    def wrong_kind(cls, file: ModelFile) -> str:
+        """The message for a model file this backend cannot run."""
+        return f"the {cls.name} backend runs {' or '.join(cls.kinds)} files; {file.path} is a {file.kind}"
+
+    def attach_runner(self, inputs: list[TensorSpec], parts: StepParts | None) -> None:
+        """Finish construction: the model's inputs, the split layout's parts (None: one graph), the settings."""
+        self._inputs, self.parts = inputs, parts
+        self.supports_warm_start = parts is not None
+        self.configure(self.settings)
 
     def _resolve(self, settings: SolverSettings) -> SolverSettings:
         return resolve_for_file(settings, self.file)
@@ -175,6 +214,8 @@ class ExportedModelBackend(Backend):
     def _solve_split(self, image1: np.ndarray, image2: np.ndarray, flow_init: np.ndarray | None,
                      state: WarmState | None) -> InferenceResult:
         """Split layout: the shared host solver over the subclass's encoder / step / decode (`self.parts`)."""
+        if self.parts is None:
+            raise InputError(f"{self.file.path} is a {self.file.layout} export, not a split one")
         r = solve(self.parts, image1, image2, self.resolved, flow_init, state)
         return InferenceResult(flow=r.flow, flow_low=r.flow_low, iterations=r.stats.iterations,
                                residual=r.stats.final_abs, residual_rel=r.stats.final_rel,
@@ -194,7 +235,7 @@ class ExportedModelBackend(Backend):
 
     def _graph_result(self, out: dict[str, np.ndarray], n: int) -> InferenceResult:
         """InferenceResult from a whole-solver graph's host outputs (iteration count from the graph or metadata)."""
-        iterations = int(out["iterations"].ravel()[0]) if "iterations" in out else int(self.file.main.iterations)
+        iterations = int(out["iterations"].ravel()[0]) if "iterations" in out else int(self.meta.iterations)
         return InferenceResult(flow=out["flow"], flow_low=out.get("flow_low"), iterations=iterations,
                                residual=out.get("residual", np.full(n, np.nan, np.float32)),
                                residual_rel=out.get("residual_rel"))

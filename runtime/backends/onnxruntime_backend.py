@@ -5,26 +5,28 @@ driven by the shared host solver (runtime.solver): stop on tolerance, warm start
 binding the context (correlation pyramid, features) and the state stay on the provider's device between
 steps; only the (N,) residuals come back to the host each step.
 
-Provider notes (deployment.md section 4): the CUDA provider benchmarks convolution algorithms on its first
-run (EXHAUSTIVE), so warm up before timing; cuDNN 9 uses TF32 for convolutions unless NVIDIA_TF32_OVERRIDE=0
-is set in the environment (use_tf32=0 alone does not disable it); a `Loop` on the CUDA provider syncs with
-the host every iteration and blocks CUDA graphs, which need IO binding and a graph without Loop/If. The
-TensorRT provider caches engines and timing data (invalidate them when model, ORT, TensorRT or GPU change:
-the cache prefix here carries the model's sha256) and needs explicit min/opt/max shapes for dynamic inputs.
+Provider notes: the CUDA provider benchmarks convolution algorithms on its first run (EXHAUSTIVE), so warm
+up before timing; cuDNN 9 uses TF32 for convolutions unless NVIDIA_TF32_OVERRIDE=0 is set in the
+environment (use_tf32=0 alone does not disable it); a `Loop` on the CUDA provider syncs with the host every
+iteration and blocks CUDA graphs, which need IO binding and a graph without Loop/If. The TensorRT provider
+caches engines and timing data (the cache prefix here carries the model's sha256, so another model never
+hits a stale engine) and needs explicit min/opt/max shapes for dynamic inputs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from deqflow.shapes import ShapeProfiles
 from runtime.backends.base import ExportedModelBackend, InferenceResult, TensorSpec
 from runtime.errors import InputError, ProfileError, missing_dependency
-from runtime.modelfile import ModelFile, open_model_file
+from runtime.modelfile import ModelFile
 from runtime.solver import SolverSettings
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -59,7 +61,7 @@ def provider_options(provider: str = "cpu", *, device_id: int = 0, fp16: bool = 
     if provider == "cpu":
         return ["CPUExecutionProvider"]
     cuda: dict[str, Any] = {"device_id": int(device_id), "cudnn_conv_algo_search": "EXHAUSTIVE",
-                            "do_copy_in_default_stream": True,  # must stay True for a Loop (loop.cc)
+                            "do_copy_in_default_stream": True,  # a Loop's subgraph copies need it
                             "use_tf32": int(bool(tf32))}
     if gpu_mem_limit_mb:
         cuda["gpu_mem_limit"] = int(gpu_mem_limit_mb) << 20
@@ -112,28 +114,95 @@ def check_static_shape(what: str, spec_shape: list, actual: tuple, hints: dict |
                        "a multiple of 8) or with --dynamic")
 
 
-class _Session:
-    """One InferenceSession with IO binding on its provider's device."""
+def create_session(ort, path: str | os.PathLike, providers: list, *, threads: int | None = None,
+                   optimization: str = "all", spinning: bool | None = None, low_memory: bool = False):
+    """The one place this backend creates an onnxruntime.InferenceSession (quiet log, graph optimization
+    level, intra-op threads, spinning, memory arena)."""
+    opts = ort.SessionOptions()
+    if low_memory:  # allocate per tensor instead of a growing arena and pre-planned pattern
+        opts.enable_cpu_mem_arena = False
+        opts.enable_mem_pattern = False
+    if spinning is not None:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimization]
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    return ort.InferenceSession(str(path), opts, providers=providers)
 
-    def __init__(self, ort, path: Path, providers: list, *, threads: int | None, optimization: str,
-                 device: str, device_id: int, io_binding: bool, spinning: bool | None = None,
-                 low_memory: bool = False) -> None:
-        opts = ort.SessionOptions()
-        if low_memory:  # allocate per tensor instead of a growing arena and pre-planned pattern
-            opts.enable_cpu_mem_arena = False
-            opts.enable_mem_pattern = False
-        if spinning is not None:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        opts.log_severity_level = 3
-        opts.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimization]
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        self.ort, self.path, self.options = ort, path, opts
-        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+
+@dataclass
+class SessionSettings:
+    """How the sessions of an export are created: provider and its options, threads, optimization, IO binding.
+
+    spinning: intra-op worker threads busy-wait between runs; None = off for the split layout (its three
+    sessions each keep a thread pool, and a pool spinning after its run takes the cores the next session and
+    the host solver need), ONNX Runtime's default (on) otherwise. low_memory (CPU): no memory arena and no
+    memory pattern: less host memory for some latency (docs/runtime.md has the measurements).
+    """
+
+    provider: str = "cpu"
+    device_id: int = 0
+    threads: int | None = None
+    io_binding: bool = True
+    optimization: str = "all"
+    fp16: bool = False
+    tf32: bool = False
+    cache_dir: str | os.PathLike | None = None
+    profile: ShapeProfiles | None = None
+    cuda_graph: bool = False
+    workspace_mb: int | None = None
+    spinning: bool | None = None
+    low_memory: bool = False
+
+    @property
+    def device(self) -> str:
+        return "cpu" if self.provider == "cpu" else "cuda"
+
+    def validate(self, file: ModelFile) -> None:
+        if self.optimization not in OPTIMIZATION_LEVELS:
+            raise InputError(f"optimization must be one of {OPTIMIZATION_LEVELS}, got {self.optimization!r}")
+        if self.provider not in PROVIDERS:
+            raise InputError(f"unknown onnxruntime provider {self.provider!r}; choose one of {', '.join(PROVIDERS)}")
+        if self.cuda_graph and file.layout == "loop":
+            raise InputError("CUDA graphs need a graph without Loop/If: use the unrolled or split layout, or drop "
+                             "cuda_graph")
+
+
+def load_sessions(file: ModelFile, s: SessionSettings) -> dict[str, _Session]:
+    """The loader: one session per part of `file` (the image inputs of the model / encoder get the profile)."""
+    ort = import_onnxruntime()
+    check_available(s.provider, ort.get_available_providers())
+    meta = file.exported()
+    prefix = "deqflow_" + (meta.checkpoint_sha256[:12] or hashlib.sha256(str(file.path).encode()).hexdigest()[:12])
+    hints = s.profile or (meta.shape_hints if meta.dynamic else None)
+    spinning = False if s.spinning is None and file.is_split else s.spinning
+    sessions = {}
+    for part, path in file.parts.items():
+        part_profile = hints if (hints and part in ("model", "encoder")) else None
+        if part_profile and part == "encoder":
+            part_profile = {k: {n: v for n, v in shapes.items() if n != "flow_init"}
+                            for k, shapes in part_profile.items()}
+        providers = provider_options(s.provider, device_id=s.device_id, fp16=s.fp16, tf32=s.tf32,
+                                     cache_dir=s.cache_dir, cache_prefix=f"{prefix}_{part}", profile=part_profile,
+                                     cuda_graph=s.cuda_graph, workspace_mb=s.workspace_mb)
+        session = create_session(ort, path, providers, threads=s.threads, optimization=s.optimization,
+                                 spinning=spinning, low_memory=s.low_memory)
+        sessions[part] = _Session(ort, path, session, device=s.device, device_id=s.device_id,
+                                  io_binding=s.io_binding)
+    return sessions
+
+
+class _Session:
+    """One InferenceSession run with IO binding on its provider's device (or with host arrays)."""
+
+    def __init__(self, ort, path: Path, session, *, device: str, device_id: int, io_binding: bool) -> None:
+        self.ort, self.path, self.session = ort, path, session
+        self.options = session.get_session_options()
         self.device, self.device_id, self.io_binding = device, device_id, io_binding
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -194,64 +263,42 @@ class OrtStepParts:
 
 
 class OnnxRuntimeBackend(ExportedModelBackend):
-    """`onnxruntime` backend. Options: provider ('cpu' | 'cuda' | 'tensorrt'), device_id, threads,
-    io_binding (default on), optimization ('disable'|'basic'|'extended'|'all'), fp16 (TensorRT provider),
-    tf32, cache_dir (TensorRT provider engine/timing caches), profile (explicit min/opt/max shapes; default
-    from the export's shape hints), cuda_graph, workspace_mb, spinning (intra-op worker threads busy-wait
-    between runs; None = off for the split layout, ONNX Runtime's default (on) otherwise: the split layout's
-    three sessions each keep a pool, and a pool spinning after its run steals the cores the next session and
-    the host solver need: 2.0x slower on 2 cores with 2 threads, measured), low_memory (CPU: no memory arena
-    and no memory pattern; at 440x1024 the unrolled graph's host memory grows by 1.1 instead of 2.7 GB and the
-    split layout's by 1.1 instead of 2.0 GB, at 25-40 % more latency)."""
+    """`onnxruntime` backend. Options (SessionSettings): provider ('cpu' | 'cuda' | 'tensorrt'), device_id,
+    threads, io_binding (default on), optimization ('disable'|'basic'|'extended'|'all'), fp16 (TensorRT
+    provider), tf32, cache_dir (TensorRT provider engine/timing caches), profile (explicit min/opt/max shapes;
+    default from the export's shape hints), cuda_graph, workspace_mb, spinning, low_memory."""
 
     name = "onnxruntime"
+    kinds = ("onnx",)
 
     def __init__(self, model: str | os.PathLike | ModelFile, *, settings: SolverSettings | None = None,
                  provider: str = "cpu", device_id: int = 0, threads: int | None = None, io_binding: bool = True,
                  optimization: str = "all", fp16: bool = False, tf32: bool = False,
-                 cache_dir: str | os.PathLike | None = None, profile: dict | None = None, cuda_graph: bool = False,
-                 workspace_mb: int | None = None, spinning: bool | None = None, low_memory: bool = False) -> None:
+                 cache_dir: str | os.PathLike | None = None, profile: ShapeProfiles | None = None,
+                 cuda_graph: bool = False, workspace_mb: int | None = None, spinning: bool | None = None,
+                 low_memory: bool = False) -> None:
         super().__init__(model, settings=settings)
-        if optimization not in OPTIMIZATION_LEVELS:
-            raise InputError(f"optimization must be one of {OPTIMIZATION_LEVELS}, got {optimization!r}")
-        self.file = model if isinstance(model, ModelFile) else open_model_file(model)
-        if self.file.kind != "onnx":
-            raise InputError(f"the onnxruntime backend runs ONNX exports; {self.file.path} is a {self.file.kind} "
-                             "(use --backend torch for checkpoints, tensorrt for engines)")
-        meta = self.file.main
-        self.meta, self.levels = meta, meta.corr_levels
-        if cuda_graph and self.file.layout == "loop":
-            raise InputError("CUDA graphs need a graph without Loop/If (deployment.md 4.4): use the unrolled or "
-                             "split layout, or drop cuda_graph")
-        ort = import_onnxruntime()
-        check_available(provider, ort.get_available_providers())
+        session_settings = SessionSettings(
+            provider=provider, device_id=device_id, threads=threads, io_binding=io_binding, optimization=optimization,
+            fp16=fp16, tf32=tf32, cache_dir=cache_dir, profile=profile, cuda_graph=cuda_graph,
+            workspace_mb=workspace_mb, spinning=spinning, low_memory=low_memory)
+        session_settings.validate(self.file)
         self.provider = provider
-        prefix = "deqflow_" + (meta.checkpoint_sha256[:12] or hashlib.sha256(
-            str(self.file.path).encode()).hexdigest()[:12])
-        hints = profile or (meta.shape_hints if meta.dynamic else None)
-        device = "cpu" if provider == "cpu" else "cuda"
-        self.sessions: dict[str, _Session] = {}
-        if spinning is None and self.file.is_split:
-            spinning = False
-        for part, path in self.file.parts.items():
-            part_profile = hints if (hints and part in ("model", "encoder")) else None
-            if part_profile and part == "encoder":
-                part_profile = {k: {n: s for n, s in v.items() if n != "flow_init"} for k, v in part_profile.items()}
-            providers = provider_options(provider, device_id=device_id, fp16=fp16, tf32=tf32, cache_dir=cache_dir,
-                                         cache_prefix=f"{prefix}_{part}", profile=part_profile,
-                                         cuda_graph=cuda_graph, workspace_mb=workspace_mb)
-            self.sessions[part] = _Session(ort, path, providers, threads=threads, optimization=optimization,
-                                           device=device, device_id=device_id, io_binding=io_binding,
-                                           spinning=spinning, low_memory=low_memory)
+        self.sessions = load_sessions(self.file, session_settings)
         first = self.sessions.get("model") or self.sessions["encoder"]
-        self._inputs = [TensorSpec(i.name, list(i.shape), _dtype(i.type)) for i in first.session.get_inputs()]
-        if self.file.is_split:
-            self.supports_warm_start = True
-            step = self.sessions["step"]
-            hidden = meta.hidden_dim or int(step.inputs["net"].shape[1])
-            self.parts = OrtStepParts(self.sessions["encoder"], step, self.sessions["decode"],
-                                      list(meta.context_names), hidden)
-        self.configure(self.settings)
+        inputs = [TensorSpec(i.name, list(i.shape), _dtype(i.type)) for i in first.session.get_inputs()]
+        self.attach_runner(inputs, self._split_parts() if self.file.is_split else None)
+
+    @classmethod
+    def wrong_kind(cls, file: ModelFile) -> str:
+        return (f"the onnxruntime backend runs ONNX exports; {file.path} is a {file.kind} (use --backend torch "
+                "for checkpoints, tensorrt for engines)")
+
+    def _split_parts(self) -> OrtStepParts:
+        step = self.sessions["step"]
+        hidden = self.meta.hidden_dim or int(step.inputs["net"].shape[1])
+        return OrtStepParts(self.sessions["encoder"], step, self.sessions["decode"], list(self.meta.context_names),
+                            hidden)
 
     @property
     def label(self) -> str:

@@ -2,40 +2,34 @@
 
 Full layouts (unrolled / loop) run as one engine; the split layout runs three engines under the shared host
 solver (tolerance stop, warm start, Anderson), the context staying on the GPU between steps. Device memory
-comes from torch CUDA tensors (zero-copy), cuda-python or pycuda (runtime.tensorrt_engine.device_memory).
+comes from cuda-python, torch CUDA tensors or pycuda (runtime.tensorrt.memory.device_memory).
 
 Not exercised on a GPU in this repository's CI: see docs/runtime.md ("GPU") for what has been measured.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
 
 from runtime.backends.base import ExportedModelBackend, InferenceResult, TensorSpec
 from runtime.errors import EngineMismatchError, InputError
-from runtime.modelfile import ModelFile, open_model_file
+from runtime.modelfile import ModelFile
 from runtime.solver import SolverSettings, WarmState
-from runtime.tensorrt_engine import (
-    BuildSettings,
-    EngineCache,
-    TrtRunner,
-    build_engine,
-    check_engine_compat,
-    deserialize,
-    device_memory,
-    gpu_identity,
-    import_tensorrt,
-    profiles_from_metadata,
-    read_sidecar,
-)
+from runtime.tensorrt import import_tensorrt
+from runtime.tensorrt.build import BuildSettings, build_engine, profiles_from_metadata
+from runtime.tensorrt.cache import EngineCache, check_engine_compat, read_sidecar
+from runtime.tensorrt.memory import DeviceMemory, device_memory, gpu_identity
+from runtime.tensorrt.runner import TrtRunner, deserialize
 
 
 class TrtStepParts:
     """StepParts (runtime.solver) over the encoder / step / decode engines."""
 
-    def __init__(self, runners: dict[str, TrtRunner], memory, context: list[str], hidden_dim: int) -> None:
+    def __init__(self, runners: dict[str, TrtRunner], memory: DeviceMemory, context: list[str],
+                 hidden_dim: int) -> None:
         self.runners, self.memory, self.context, self.hidden_dim = runners, memory, context, hidden_dim
 
     def encode(self, image1, image2):
@@ -58,9 +52,53 @@ class TrtStepParts:
         return self.memory.upload(np.ascontiguousarray(x, np.float32))
 
 
+@dataclasses.dataclass
+class EngineLoader:
+    """The loader: a serialized engine per part of an export, built (through the engine cache) from its ONNX
+    file, or read from a `deqflow build` engine after checking it matches this TensorRT and GPU (rebuilt from
+    its ONNX file instead when `rebuild`)."""
+
+    file: ModelFile
+    build: BuildSettings | None = None
+    cache_dir: str | os.PathLike | None = None
+    rebuild: bool = False
+    device_id: int = 0
+    verbose: bool = False
+
+    def __call__(self, part: str) -> bytes:
+        path = self.file.parts[part]
+        return self._from_onnx(part) if self.file.kind == "onnx" else self._from_engine(path)
+
+    def _from_onnx(self, part: str) -> bytes:
+        trt, meta = import_tensorrt(), self.file.exported()
+        settings = dataclasses.replace(self.build) if self.build else BuildSettings()
+        if not settings.profiles and meta.dynamic:
+            names = ["image1", "image2"] + (["flow_init"] if meta.flow_init else [])
+            settings.profiles = profiles_from_metadata(meta, names)
+        settings.validate(trt.__version__, self.file.metadata[part].precision)
+        plan, _ = build_engine(self.file.parts[part], settings, cache=EngineCache(self.cache_dir),
+                               device_id=self.device_id, verbose=self.verbose)
+        return plan
+
+    def _from_engine(self, path) -> bytes:
+        trt = import_tensorrt()
+        info = read_sidecar(path)
+        gpu, cc = gpu_identity(self.device_id)
+        try:
+            check_engine_compat(info, trt.__version__, gpu, cc, str(path))
+        except EngineMismatchError:
+            onnx = info.get("onnx")
+            if not (self.rebuild and onnx and os.path.isfile(onnx)):
+                raise
+            plan, _ = build_engine(onnx, BuildSettings(**info.get("build", {})), cache=EngineCache(self.cache_dir),
+                                   device_id=self.device_id)
+            return plan
+        return path.read_bytes()
+
+
 class TensorRTBackend(ExportedModelBackend):
     """`tensorrt` backend. model: an ONNX export (engines built or taken from the cache) or an engine from
-    `deqflow build`. Options: device_id, memory ('auto' | 'torch' | 'cuda-python' | 'pycuda'), cuda_graph,
+    `deqflow build`. Options: device_id, memory ('auto' | 'cuda-python' | 'torch' | 'pycuda'), cuda_graph,
     build (BuildSettings: precision, tf32, workspace, timing cache, profiles), cache_dir, rebuild (rebuild an
     engine made by another TensorRT version / for another GPU from its ONNX file instead of refusing it)."""
 
@@ -71,48 +109,24 @@ class TensorRTBackend(ExportedModelBackend):
                  build: BuildSettings | None = None, cache_dir: str | os.PathLike | None = None,
                  rebuild: bool = False, verbose: bool = False) -> None:
         super().__init__(model, settings=settings)
-        self.file = model if isinstance(model, ModelFile) else open_model_file(model)
-        if self.file.kind == "checkpoint":
-            raise InputError("the tensorrt backend runs ONNX exports or engines; export the checkpoint first "
-                             "(deqflow export --layout split|unrolled) or use --backend torch")
-        meta = self.file.main
-        self.meta, self.levels = meta, meta.corr_levels
-        if self.file.is_split and meta.dynamic:
+        if self.file.is_split and self.meta.dynamic:
             raise InputError("build TensorRT engines of the split layout from a static export (one engine per "
-                             "resolution, deployment.md section 1): re-export without --dynamic")
-        trt = import_tensorrt()
+                             "resolution): re-export without --dynamic")
+        import_tensorrt()  # the one clear error on machines without TensorRT
         self.memory = device_memory(memory, device_id)
-        gpu, cc = gpu_identity(device_id)
-        self.runners: dict[str, TrtRunner] = {}
-        for part, path in self.file.parts.items():
-            if self.file.kind == "onnx":
-                settings_b = BuildSettings(**{**(build.__dict__ if build else {})})
-                if not settings_b.profiles and meta.dynamic:
-                    names = ["image1", "image2"] + (["flow_init"] if meta.flow_init else [])
-                    settings_b.profiles = profiles_from_metadata(meta, names)
-                settings_b.validate(trt.__version__, self.file.metadata[part].precision)
-                plan, _ = build_engine(path, settings_b, cache=EngineCache(cache_dir), device_id=device_id,
-                                       verbose=verbose)
-            else:
-                info = read_sidecar(path)
-                try:
-                    check_engine_compat(info, trt.__version__, gpu, cc, str(path))
-                except EngineMismatchError:
-                    onnx = info.get("onnx")
-                    if not (rebuild and onnx and os.path.isfile(onnx)):
-                        raise
-                    stored = BuildSettings(**info.get("build", {}))
-                    plan, _ = build_engine(onnx, stored, cache=EngineCache(cache_dir), device_id=device_id)
-                else:
-                    plan = path.read_bytes()
-            self.runners[part] = TrtRunner(deserialize(plan, str(path)), self.memory, name=f"{path}",
-                                           cuda_graph=cuda_graph)
+        load = EngineLoader(self.file, build, cache_dir, rebuild, device_id, verbose)
+        self.runners = {part: TrtRunner(deserialize(load(part), str(path)), self.memory, name=str(path),
+                                        cuda_graph=cuda_graph) for part, path in self.file.parts.items()}
         first = self.runners.get("model") or self.runners["encoder"]
-        self._inputs = [TensorSpec(n, first.profile[n][1], str(first.dtypes[n])) for n in first.inputs]
-        if self.file.is_split:
-            self.supports_warm_start = True
-            self.parts = TrtStepParts(self.runners, self.memory, list(meta.context_names), meta.hidden_dim)
-        self.configure(self.settings)
+        inputs = [TensorSpec(n, first.profile[n][1], str(first.dtypes[n])) for n in first.inputs]
+        parts = TrtStepParts(self.runners, self.memory, list(self.meta.context_names), self.meta.hidden_dim) \
+            if self.file.is_split else None
+        self.attach_runner(inputs, parts)
+
+    @classmethod
+    def wrong_kind(cls, file: ModelFile) -> str:
+        return ("the tensorrt backend runs ONNX exports or engines; export the checkpoint first "
+                "(deqflow export --layout split|unrolled) or use --backend torch")
 
     @property
     def label(self) -> str:

@@ -25,34 +25,39 @@ def add_arguments(p) -> None:
     p.add_argument("--verbose", action="store_true")
 
 
+def _dynamic_profiles(args, file, meta):
+    """Profiles of a dynamic export: the --min/--opt/--max-shape arguments over the export's shape hints."""
+    from deqflow.shapes import ImageShape, ShapeHints
+    from runtime.errors import InputError
+
+    if file.is_split:
+        raise InputError("build TensorRT engines of the split layout from a static export (one engine per "
+                         "resolution): re-export without --dynamic")
+    opt_arg = args.opt_shape or args.shape
+    given = {"min": args.min_shape, "opt": opt_arg, "max": args.max_shape}
+    shapes = {k: ImageShape.parse(v).check_padded() if v else ImageShape.parse(meta.shape_hints[k]["image1"])
+              for k, v in given.items()}
+    return ShapeHints(**shapes).per_input(flow_init=bool(meta.flow_init))
+
+
 def build_settings_from_args(args, file):
     """BuildSettings (validated without TensorRT) for the export `file`."""
+    from deqflow.shapes import ImageShape, parse_shape_arg
     from runtime.errors import InputError
-    from runtime.tensorrt_engine import BuildSettings, image_profiles, parse_shape_arg
+    from runtime.tensorrt.build import BuildSettings
 
-    meta = file.main
-    dyn_args = [args.min_shape, args.opt_shape, args.max_shape]
+    meta = file.exported()
     profiles = {}
     if meta.dynamic:
-        if file.is_split:
-            raise InputError("build TensorRT engines of the split layout from a static export (one engine per "
-                             "resolution): re-export without --dynamic")
-        hints = meta.shape_hints
-        opt_arg = args.opt_shape or args.shape
-        opt = parse_shape_arg(opt_arg) if opt_arg else hints["opt"]["image1"]
-        lo = parse_shape_arg(args.min_shape) if args.min_shape else hints["min"]["image1"]
-        hi = parse_shape_arg(args.max_shape) if args.max_shape else hints["max"]["image1"]
-        profiles = image_profiles(lo, opt, hi, flow_init=bool(meta.flow_init))
+        profiles = _dynamic_profiles(args, file, meta)
     else:
-        if any(dyn_args):
-            raise InputError(f"{file.path} is a static export ({meta.batch}x3x{meta.height}x{meta.width}); "
-                             "--min/--opt/--max-shape need a --dynamic export")
-        if args.shape:
-            want = parse_shape_arg(args.shape, meta.batch)
-            have = [meta.batch, 3, meta.height, meta.width]
-            if want != have:
-                raise InputError(f"{file.path} was exported for {'x'.join(map(str, have))}, not "
-                                 f"{'x'.join(map(str, want))}: export at that size (or with --dynamic)")
+        static = ImageShape(meta.batch, meta.height, meta.width)
+        if any([args.min_shape, args.opt_shape, args.max_shape]):
+            raise InputError(f"{file.path} is a static export ({static}); --min/--opt/--max-shape need a "
+                             "--dynamic export")
+        if args.shape and parse_shape_arg(args.shape, meta.batch) != static.as_list():
+            raise InputError(f"{file.path} was exported for {static}, not "
+                             f"{ImageShape.parse(args.shape, meta.batch)}: export at that size (or with --dynamic)")
     settings = BuildSettings(profiles=profiles, precision=args.precision, tf32=args.tf32,
                              workspace_mb=args.workspace_mb, optimization_level=args.optimization_level,
                              timing_cache=args.timing_cache)
@@ -61,29 +66,32 @@ def build_settings_from_args(args, file):
 
 
 def run(args) -> int:
+    import dataclasses
+    import time
     from pathlib import Path
 
+    from deqflow.model_metadata import ENGINE_SUFFIXES
     from runtime.errors import InputError
     from runtime.modelfile import open_model_file
-    from runtime.tensorrt_engine import EngineCache, build_engine, import_tensorrt, split_engine_paths, write_engine
+    from runtime.tensorrt import import_tensorrt
+    from runtime.tensorrt.build import build_engine
+    from runtime.tensorrt.cache import EngineCache, split_engine_paths, write_engine
 
     file = open_model_file(args.onnx)
     if file.kind != "onnx":
         raise InputError(f"--onnx must be a deqflow ONNX export, got a {file.kind}: {args.onnx}")
     out = Path(args.output)
-    if out.suffix.lower() not in (".engine", ".plan", ".trt"):
-        raise InputError(f"--output {out} should end in .engine (or .plan)")
+    if out.suffix.lower() not in ENGINE_SUFFIXES:
+        raise InputError(f"--output {out} should end in {' or '.join(ENGINE_SUFFIXES)}")
     settings = build_settings_from_args(args, file)
     trt = import_tensorrt()  # the one clear error on machines without TensorRT
-    settings.validate(trt.__version__, file.main.precision)
+    settings.validate(trt.__version__, file.exported().precision)
     targets = split_engine_paths(out) if file.is_split else {"model": out}
     cache = EngineCache(args.cache_dir) if args.cache_dir else None
-    import time
-
     for part, onnx_path in file.parts.items():
         t0 = time.perf_counter()
-        part_settings = settings if part in ("model", "encoder") else type(settings)(**{**settings.__dict__,
-                                                                                          "profiles": {}})
+        # only the image inputs (model / encoder) are dynamic: the step and decode graphs take no profile
+        part_settings = settings if part in ("model", "encoder") else dataclasses.replace(settings, profiles={})
         plan, info = build_engine(onnx_path, part_settings, cache=cache, device_id=args.device_id,
                                   verbose=args.verbose)
         info["build_seconds"] = round(time.perf_counter() - t0, 2)

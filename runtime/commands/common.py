@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from runtime.errors import InputError
+import deqflow.shapes
 from runtime.solver import SolverSettings
 
 
@@ -75,14 +75,7 @@ def spec_label(name: str, options: dict, path: str) -> str:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    parts = str(text).lower().replace(",", "x").split("x")
-    try:
-        h, w = (int(v) for v in parts)
-    except ValueError:
-        raise InputError(f"size {text!r} must look like HxW, e.g. 128x160") from None
-    if h < 1 or w < 1:
-        raise InputError(f"size {text!r} must be positive")
-    return h, w
+    return deqflow.shapes.parse_size(text)
 
 
 def default_size(paths: list[str], fallback: tuple[int, int] = (128, 160)) -> tuple[int, int]:

@@ -144,7 +144,7 @@ def run_pair(args) -> int:
     summary: dict = {"label": "pair", "backend": backend.label, "size": list(img1.shape[:2]),
                      "seconds": round(seconds, 3), "iterations": int(r.iterations),
                      "final_abs_residual": float(np.max(r.residual)), "final_rel_residual": residual_rel,
-                     "settings": backend.resolved.as_dict() if hasattr(backend, "resolved") else {}}
+                     "settings": backend.resolved.as_dict()}
     if gt is not None:
         gt_flow, gt_valid = gt
         metrics = flow_metrics(flow, gt_flow, gt_valid)

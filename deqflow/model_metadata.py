@@ -1,23 +1,39 @@
-"""Self-describing model files: deqflow settings stored in the ONNX `metadata_props`, and their reader.
+"""Self-describing model files: the deqflow settings stored in an ONNX file's `metadata_props`, their typed
+schema, reader and the naming of split exports and engines.
 
-The runtime (which must work without PyTorch) reads these to know the input convention, the solver and
-the layout of a file without guessing from tensor names. Only `onnx` is imported here.
+Written by `deqflow export`, read by the export checks and the runtime, which knows from them the input
+convention, the solver and the layout of a file without guessing from tensor names. Torch-free; `onnx` is
+imported only to read a file.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 from deqflow.errors import FileFormatError
+from deqflow.shapes import ShapeProfiles
+
+if typing.TYPE_CHECKING:
+    import onnx
 
 PREFIX = "deqflow."
 FORMAT_VERSION = 1
 INPUT_RANGE = "0-255"  # official DEQ-Flow/RAFT convention: float RGB in 0..255, channels first
 PAD_MULTIPLE = 8
+
+LAYOUTS = ("unrolled", "loop", "split")
+FULL_LAYOUTS = ("unrolled", "loop")
+"""Layouts whose one graph runs the whole solver (part 'model')."""
+SPLIT_PARTS = ("encoder", "step", "decode")
+"""The files of the split layout, in run order."""
+ONNX_SUFFIX = ".onnx"
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".tar")
+REQUIRED = ("variant", "layout", "part", "iterations")
 
 
 @dataclass
@@ -46,7 +62,7 @@ class ModelMetadata:
     batch: int = 1
     height: int = 0
     width: int = 0
-    shape_hints: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    shape_hints: ShapeProfiles = field(default_factory=dict)
     input_range: str = INPUT_RANGE
     pad_multiple: int = PAD_MULTIPLE
     flow_init: bool = True
@@ -64,32 +80,17 @@ class ModelMetadata:
     format_version: int = FORMAT_VERSION
 
     def to_props(self) -> dict[str, str]:
-        """Flat string key/values for `metadata_props` (JSON for lists and dicts)."""
-        out = {}
-        for k, v in asdict(self).items():
-            out[PREFIX + k] = json.dumps(v) if isinstance(v, (list, dict, bool)) else str(v)
-        return out
+        """Flat string key/values for `metadata_props` (JSON for lists, dicts and booleans)."""
+        return {PREFIX + k: json.dumps(v) if isinstance(v, (list, dict, bool)) else str(v)
+                for k, v in asdict(self).items()}
 
     @classmethod
     def from_props(cls, props: dict[str, str], source: str = "model") -> ModelMetadata:
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            key = PREFIX + f.name
-            if key not in props:
-                continue
-            raw = props[key]
-            try:
-                if f.type in ("int", int):
-                    values[f.name] = int(raw)
-                elif f.type in ("float", float):
-                    values[f.name] = float(raw)
-                elif f.type in ("str", str):
-                    values[f.name] = raw
-                else:
-                    values[f.name] = json.loads(raw)
-            except ValueError as exc:
-                raise FileFormatError(f"{source}: metadata {key}={raw!r} is malformed ({exc})") from None
-        missing = [n for n in ("variant", "layout", "part", "iterations") if n not in values]
+        """The metadata in `props` (FileFormatError when absent, malformed or from a newer toolkit)."""
+        types = typing.get_type_hints(cls)
+        values = {f.name: _parse_value(types[f.name], props[PREFIX + f.name], f"{source}: metadata {PREFIX}{f.name}")
+                  for f in fields(cls) if PREFIX + f.name in props}
+        missing = [n for n in REQUIRED if n not in values]
         if missing:
             keys = ", ".join(PREFIX + m for m in missing)
             raise FileFormatError(f"{source} carries no deqflow export metadata (missing {keys}); was it written "
@@ -106,7 +107,21 @@ class ModelMetadata:
         return {part: folder / name for part, name in self.parts.items()}
 
 
-def load_model_proto(path: str | os.PathLike, load_weights: bool = True):
+def _parse_value(kind: type, raw: str, where: str) -> int | float | str | bool | list | dict:
+    """One metadata string as the schema's type: int / float / str as written, the rest as JSON."""
+    try:
+        if kind in (int, float, str):
+            return kind(raw)
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise FileFormatError(f"{where}={raw!r} is malformed ({exc})") from None
+    expected = typing.get_origin(kind) or kind
+    if not isinstance(value, expected):
+        raise FileFormatError(f"{where}={raw!r} is malformed (expected {expected.__name__})")
+    return value
+
+
+def load_model_proto(path: str | os.PathLike, load_weights: bool = True) -> onnx.ModelProto:
     """onnx.load with a FileFormatError for missing, empty, truncated or non-ONNX files."""
     import onnx
     from google.protobuf.message import DecodeError
@@ -136,6 +151,14 @@ def read_metadata(path: str | os.PathLike) -> ModelMetadata:
     return ModelMetadata.from_props(props, source=str(path))
 
 
+def split_part_names(path: str | os.PathLike, suffix: str = ONNX_SUFFIX) -> dict[str, str]:
+    """`out/model.onnx` -> {'encoder': 'model.encoder.onnx', 'step': 'model.step.onnx', 'decode': ...};
+    with suffix '.engine': `model.engine` -> 'model.encoder.engine', ..."""
+    name = Path(path).name
+    stem = name[: -len(suffix)] if suffix and name.endswith(suffix) else name
+    return {part: f"{stem}.{part}{suffix}" for part in SPLIT_PARTS}
+
+
 def split_paths(path: str | os.PathLike) -> dict[str, Path]:
     """Paths of the split layout's encoder/step/decode files, from the base name given to the exporter
     (`model.onnx` -> `model.encoder.onnx`, ...) or from any of the three files."""
@@ -145,18 +168,8 @@ def split_paths(path: str | os.PathLike) -> dict[str, Path]:
         if meta.layout != "split":
             raise FileFormatError(f"{path} is a '{meta.layout}' export, not a split one")
         return meta.sibling_paths(path)
-    candidates = split_part_names(path)
-    found = {part: path.parent / name for part, name in candidates.items()}
+    found = {part: path.parent / name for part, name in split_part_names(path).items()}
     if not all(p.is_file() for p in found.values()):
         missing = ", ".join(str(p) for p in found.values() if not p.is_file())
         raise FileFormatError(f"no split export at {path}: missing {missing}")
     return found
-
-
-def split_part_names(path: str | os.PathLike) -> dict[str, str]:
-    """`out/model.onnx` -> {'encoder': 'model.encoder.onnx', 'step': 'model.step.onnx', 'decode': ...}."""
-    from export.config import SPLIT_PARTS
-
-    p = Path(path)
-    stem = p.name[:-5] if p.name.endswith(".onnx") else p.name
-    return {part: f"{stem}.{part}.onnx" for part in SPLIT_PARTS}
