@@ -97,16 +97,40 @@ def test_tensorrt_engine_cache_cuda_graph_and_profile_error(exports, tmp_path):
 
 
 @needs_trt
-def test_deqflow_build_writes_an_engine_that_loads(exports, tmp_path):
+@pytest.mark.parametrize("layout", ["unrolled", "split"])
+def test_deqflow_build_writes_an_engine_that_loads(exports, layout, tmp_path):
     from deqflow.cli import main
-    from runtime import create_backend
+    from runtime import SolverSettings, create_backend
 
     engine = tmp_path / "m.engine"
-    assert main(["build", "--onnx", str(exports["unrolled"]), "--output", str(engine), "--timing-cache",
+    assert main(["build", "--onnx", str(exports[layout]), "--output", str(engine), "--timing-cache",
                  str(tmp_path / "timing.cache")]) == 0
-    assert engine.is_file() and (tmp_path / "m.engine.json").is_file() and (tmp_path / "timing.cache").is_file()
-    with create_backend("tensorrt", engine) as be:
+    parts = ["m"] if layout == "unrolled" else ["m.encoder", "m.step", "m.decode"]
+    assert all((tmp_path / f"{p}.engine").is_file() and (tmp_path / f"{p}.engine.json").is_file() for p in parts)
+    assert (tmp_path / "timing.cache").is_file()
+    settings = SolverSettings(max_iter=8, tol=0.0) if layout == "split" else None
+    with create_backend("tensorrt", engine, settings=settings) as be:
         _golden_check(be, 1e-3)
+
+
+@needs_trt
+@pytest.mark.parametrize("memory", ["cuda-python", "torch", "pycuda"])
+def test_tensorrt_memory_providers_give_the_golden_flow(exports, memory, tmp_path):
+    from runtime import SolverSettings, create_backend
+    from runtime.errors import MissingDependencyError
+
+    module = {"cuda-python": "cuda", "torch": "torch", "pycuda": "pycuda"}[memory]
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{memory} is not installed")
+    try:
+        be = create_backend("tensorrt", exports["split"], settings=SolverSettings(max_iter=8, tol=0.0),
+                            cache_dir=tmp_path, memory=memory, cuda_graph=True)
+    except MissingDependencyError as exc:  # e.g. a CPU-only torch
+        pytest.skip(str(exc))
+    with be:
+        assert be.memory.kind == memory
+        _golden_check(be, 1e-3)
+        _golden_check(be, 1e-3)  # second run: replayed CUDA graphs (or the eager fallback)
 
 
 @needs_trt

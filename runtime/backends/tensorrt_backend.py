@@ -4,7 +4,7 @@ Full layouts (unrolled / loop) run as one engine; the split layout runs three en
 solver (tolerance stop, warm start, Anderson), the context staying on the GPU between steps. Device memory
 comes from cuda-python, torch CUDA tensors or pycuda (runtime.tensorrt.memory.device_memory).
 
-Not exercised on a GPU in this repository's CI: see docs/runtime.md ("GPU") for what has been measured.
+Not yet run on a GPU in this repository: docs/runtime.md ("GPU") says what has been checked and what to run first.
 """
 
 from __future__ import annotations

@@ -58,6 +58,7 @@ def add_arguments(p) -> None:
 
 def make_backend(args):
     """The backend chosen by --backend / --checkpoint / --model, with the solver flags."""
+    from deqflow.model_metadata import ENGINE_SUFFIXES
     from runtime.backends import create_backend
     from runtime.commands.common import backend_options, settings_from_args
     from runtime.errors import InputError
@@ -69,7 +70,7 @@ def make_backend(args):
         if args.checkpoint:
             name = "torch"
         else:
-            name = "tensorrt" if Path(args.model).suffix.lower() in (".engine", ".plan", ".trt") else "onnxruntime"
+            name = "tensorrt" if Path(args.model).suffix.lower() in ENGINE_SUFFIXES else "onnxruntime"
     if name == "torch" and not args.checkpoint:
         raise InputError("--backend torch needs --checkpoint")
     if name != "torch" and not args.model:
