@@ -61,7 +61,7 @@ def provider_options(provider: str = "cpu", *, device_id: int = 0, fp16: bool = 
     if provider == "cpu":
         return ["CPUExecutionProvider"]
     cuda: dict[str, Any] = {"device_id": int(device_id), "cudnn_conv_algo_search": "EXHAUSTIVE",
-                            "do_copy_in_default_stream": True,  # a Loop's subgraph copies need it
+                            "do_copy_in_default_stream": True,  # a Loop on CUDA needs copies on the compute stream
                             "use_tf32": int(bool(tf32))}
     if gpu_mem_limit_mb:
         cuda["gpu_mem_limit"] = int(gpu_mem_limit_mb) << 20
