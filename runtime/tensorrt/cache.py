@@ -15,6 +15,7 @@ from deqflow.checkpoint import sha256_file
 from deqflow.image_io import atomic_write_bytes
 from deqflow.model_metadata import ModelMetadata, read_metadata, split_part_names
 from runtime.errors import EngineMismatchError, FileFormatError
+from runtime.versions import version_info
 
 SIDECAR_FORMAT = "deqflow-tensorrt-engine"
 SIDECAR_VERSION = 1
@@ -43,8 +44,6 @@ def sidecar_path(engine: str | os.PathLike) -> Path:
 
 def sidecar_info(onnx_path: str | os.PathLike, build: dict, trt_version: str, gpu: str, cc: str, key: str) -> dict:
     """The sidecar of an engine built from `onnx_path` with the build settings `build` (their key_dict)."""
-    from runtime.versions import version_info
-
     meta = read_metadata(onnx_path)
     return {"format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION, "tensorrt": trt_version, "gpu": gpu,
             "compute_capability": cc, "onnx": str(onnx_path), "onnx_sha256": sha256_file(onnx_path),
