@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the command modules import their dependencies when run
+    from deqflow.model_metadata import ModelMetadata
+    from deqflow.shapes import ShapeProfiles
+    from runtime.modelfile import ModelFile
+    from runtime.tensorrt.build import BuildSettings
+
 HELP = ("build a TensorRT engine from a deqflow ONNX export (profiles, precision, TF32, timing cache); split "
         "exports give <stem>.encoder/.step/.decode engines")
 
 
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--onnx", required=True, help="ONNX export (a split export by its base name or any part)")
     p.add_argument("--output", required=True, help="engine file, e.g. model.engine (+ model.engine.json)")
     p.add_argument("--shape", default=None, help="static image shape HxW or BxHxW (default: the export's)")
@@ -25,7 +34,7 @@ def add_arguments(p) -> None:
     p.add_argument("--verbose", action="store_true")
 
 
-def _dynamic_profiles(args, file, meta):
+def _dynamic_profiles(args: argparse.Namespace, file: ModelFile, meta: ModelMetadata) -> ShapeProfiles:
     """Profiles of a dynamic export: the --min/--opt/--max-shape arguments over the export's shape hints."""
     from deqflow.shapes import ImageShape, ShapeHints
     from runtime.errors import InputError
@@ -40,14 +49,14 @@ def _dynamic_profiles(args, file, meta):
     return ShapeHints(**shapes).per_input(flow_init=bool(meta.flow_init))
 
 
-def build_settings_from_args(args, file):
+def build_settings_from_args(args: argparse.Namespace, file: ModelFile) -> BuildSettings:
     """BuildSettings (validated without TensorRT) for the export `file`."""
     from deqflow.shapes import ImageShape, parse_shape_arg
     from runtime.errors import InputError
     from runtime.tensorrt.build import BuildSettings
 
     meta = file.exported()
-    profiles = {}
+    profiles: ShapeProfiles = {}
     if meta.dynamic:
         profiles = _dynamic_profiles(args, file, meta)
     else:
@@ -65,7 +74,7 @@ def build_settings_from_args(args, file):
     return settings
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import dataclasses
     import time
     from pathlib import Path
