@@ -30,6 +30,8 @@ FULL_LAYOUTS = ("unrolled", "loop")
 """Layouts whose one graph runs the whole solver (part 'model')."""
 SPLIT_PARTS = ("encoder", "step", "decode")
 """The files of the split layout, in run order."""
+IMAGE_PARTS = ("model", "encoder")
+"""The parts that take the images (the only inputs with dynamic shapes, hence with a shape profile)."""
 ONNX_SUFFIX = ".onnx"
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".tar")

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from deqflow.model_metadata import IMAGE_PARTS
 from deqflow.shapes import ShapeProfiles
 from runtime.backends.base import ExportedModelBackend, InferenceResult, TensorSpec
 from runtime.errors import InputError, ProfileError, missing_dependency
@@ -183,7 +184,7 @@ def load_sessions(file: ModelFile, s: SessionSettings) -> dict[str, _Session]:
     spinning = False if s.spinning is None and file.is_split else s.spinning
     sessions = {}
     for part, path in file.parts.items():
-        part_profile = hints if (hints and part in ("model", "encoder")) else None
+        part_profile = hints if (hints and part in IMAGE_PARTS) else None
         if part_profile and part == "encoder":
             part_profile = {k: {n: v for n, v in shapes.items() if n != "flow_init"}
                             for k, shapes in part_profile.items()}

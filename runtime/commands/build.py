@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from deqflow.model_metadata import ENGINE_SUFFIXES
+    from deqflow.model_metadata import ENGINE_SUFFIXES, IMAGE_PARTS
     from runtime.errors import InputError
     from runtime.modelfile import open_model_file
     from runtime.tensorrt import import_tensorrt
@@ -99,8 +99,7 @@ def run(args: argparse.Namespace) -> int:
     cache = EngineCache(args.cache_dir) if args.cache_dir else None
     for part, onnx_path in file.parts.items():
         t0 = time.perf_counter()
-        # only the image inputs (model / encoder) are dynamic: the step and decode graphs take no profile
-        part_settings = settings if part in ("model", "encoder") else dataclasses.replace(settings, profiles={})
+        part_settings = settings if part in IMAGE_PARTS else dataclasses.replace(settings, profiles={})
         plan, info = build_engine(onnx_path, part_settings, cache=cache, device_id=args.device_id,
                                   verbose=args.verbose)
         info["build_seconds"] = round(time.perf_counter() - t0, 2)
