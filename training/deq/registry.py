@@ -23,7 +23,7 @@ class Solver(Protocol):
     """What every registered solver provides: its name, its options dataclass and the solve."""
 
     name: str
-    options_type: type
+    options_type: type[SolverOptions]
 
     def __call__(self, f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "abs",
                  indexing: Sequence[int] | None = None, return_final: bool = False,
@@ -36,7 +36,7 @@ class RegisteredSolver:
     (checked on registration); `options` None means that dataclass's defaults."""
 
     name: str
-    options_type: type
+    options_type: type[SolverOptions]
     algorithm: Callable[..., SolverResult]
 
     def __post_init__(self) -> None:
