@@ -139,8 +139,8 @@ def test_sradius_mode_and_power_iteration():
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"f_solver": "newton"}, "unknown DEQ solver"),
-    ({"b_solver": "lbfgs"}, "unknown DEQ solver"),
+    ({"f_solver": "newton"}, "f_solver: unknown solver 'newton'"),
+    ({"b_solver": "lbfgs"}, "b_solver: unknown solver 'lbfgs'"),
     ({"n_states": 50}, "n_states"),
     ({"n_states": 2, "phantom_grad": (1, 2, 3)}, "phantom_grad"),
     ({"phantom_grad": (0,)}, "phantom_grad"),
@@ -151,7 +151,10 @@ def test_sradius_mode_and_power_iteration():
     ({"core": "unrolled"}, "core"),
     ({"eval_factor": 0.0}, "evaluation"),
     ({"tau": 0.0}, "tau"),
-    ({"anderson_lam": 0.0}, "anderson_lam"),
+    ({"anderson_lam": 0.0}, "anderson lam"),
+    ({"anderson_m": 0}, "anderson m"),
+    ({"damping": 1.5}, "damping"),
+    ({"broyden_memory": -1}, "broyden memory"),
 ])
 def test_config_validation(changes, message):
     with pytest.raises(InputError, match=message):
@@ -172,12 +175,12 @@ def test_official_flags():
     assert deq_config_from_args(p.parse_args([])) == DEQConfig()
     ns = p.parse_args("--wnorm --f_solver naive_solver --f_thres 36 --f_eps 1e-4 --b_stop_mode rel "
                       "--eval_f_thres 90 --indexing_core --ift --n_losses 6 --phantom_grad 3 --tau 0.8 "
-                      "--sup_all --sradius_mode --anderson_m 5 --return_final".split())
+                      "--sup_all --sradius_mode --anderson_m 5 --broyden_memory 7 --return_final".split())
     cfg = deq_config_from_args(ns)
     assert (cfg.f_solver, cfg.f_max_iter, cfg.f_tol, cfg.b_stop_mode) == ("naive_solver", 36, 1e-4, "rel")
     assert (cfg.eval_max_iter, cfg.core, cfg.ift, cfg.n_states) == (90, "indexing", True, 6)
     assert (cfg.phantom_grad, cfg.tau, cfg.sup_all, cfg.sradius_mode) == ((3,), 0.8, True, True)
-    assert (cfg.anderson_m, cfg.return_final) == (5, True)
+    assert (cfg.anderson_m, cfg.broyden_memory, cfg.return_final) == (5, 7, True)
     ns = p.parse_args("--indexing 4 9 --phantom_grad 1 2 3".split())
     assert deq_config_from_args(ns).indexing == (4, 9)
 

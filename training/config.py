@@ -11,7 +11,7 @@ from training.deq.config import DEQConfig
 
 @dataclass(frozen=True)
 class VariantDims:
-    """Layer widths of one official variant (official-deqflow.md, variant table)."""
+    """Layer widths of one official DEQ-Flow variant (the official code's per-variant settings)."""
 
     hidden_dim: int  # GRU hidden state = context dim
     feature_dim: int  # feature-encoder output channels
@@ -48,7 +48,7 @@ class ModelConfig:
     corr_levels: int = 4
     corr_radius: int = 4
     # Residual-stage widths of both encoders; every official variant uses (64, 96, 128). Narrower
-    # encoders (e.g. (32, 48, 64)) train about 3x faster on a CPU.
+    # encoders (e.g. (32, 48, 64)) make small CPU training runs practical.
     encoder_dims: tuple[int, int, int] = (64, 96, 128)
     deq: DEQConfig = field(default_factory=DEQConfig)
 

@@ -1,8 +1,9 @@
 """The PyTorch reference backend: the DEQFlow model itself, with its own solver (training.deq.solvers).
 
 Imports torch and `training` only when instantiated, so `runtime` stays importable without PyTorch.
-Defaults: iterations, tolerance and stop mode from the checkpoint's solver settings; TF32 off on CUDA
-(a float32 reference must be float32: deployment.md 5.4). Warm start passes the previous frame's fixed
+Defaults: iterations, tolerance, stop mode and solver from the checkpoint's solver settings; each call
+passes the resolved settings to DEQFlow.forward as per-call overrides (the model's config is left as it
+is). TF32 off on CUDA (a float32 reference must be float32). Warm start passes the previous frame's fixed
 point as DEQFlow's `cached_state`.
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from deqflow.solver_spec import AndersonOptions, canonical_solver
 from runtime.backends.base import Backend, InferenceResult, TensorSpec
 from runtime.errors import InputError, missing_dependency
 from runtime.solver import SolverSettings, WarmState
@@ -58,8 +60,7 @@ class TorchBackend(Backend):
 
     def _resolve(self, settings: SolverSettings) -> SolverSettings:
         deq = self.model.cfg.deq
-        method = "fixed_point" if deq.f_solver == "naive_solver" else deq.f_solver
-        return settings.with_defaults(deq.eval_max_iter, deq.f_tol, deq.f_stop_mode, method)
+        return settings.with_defaults(deq.eval_max_iter, deq.f_tol, deq.f_stop_mode, canonical_solver(deq.f_solver))
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -86,12 +87,14 @@ class TorchBackend(Backend):
         t1, t2 = self._tensor(image1), self._tensor(image2)
         cached = None if state is None else (self._tensor(state.hidden), self._tensor(state.flow_low))
         init = None if flow_init is None else self._tensor(flow_init)
-        changes = {"f_solver": s.method, "f_tol": s.tol, "f_stop_mode": s.stop_mode, "return_final": s.return_final}
+        options = None  # the model's own options for the other solvers
         if s.method == "anderson":
-            changes.update(anderson_m=s.anderson_m, anderson_lam=s.anderson_lam, anderson_beta=s.anderson_beta)
+            options = AndersonOptions(m=s.anderson_m, lam=s.anderson_lam, beta=s.anderson_beta)
         try:
-            with torch.no_grad(), self.model.solver_override(**changes):
-                out = self.model(t1, t2, flow_init=init, cached_state=cached, iters=s.max_iter)
+            with torch.no_grad():
+                out = self.model(t1, t2, flow_init=init, cached_state=cached, iters=s.max_iter, solver=s.method,
+                                 tol=s.tol, stop_mode=s.stop_mode, return_final=s.return_final,
+                                 solver_options=options)
         except ValueError as exc:
             raise InputError(f"torch backend: {exc}") from None
         if self.device.type == "cuda":

@@ -1,43 +1,48 @@
 """Generic deep-equilibrium engine: solvers, implicit/phantom gradients, DEQ cores, weight norm.
 
-Knows nothing about optical flow: any f mapping a (B, ...) state to the same shape works.
+Knows nothing about optical flow: any f mapping a (B, ...) state to the same shape works. Names are
+loaded on first use (PEP 562), so `training.deq.config` and `training.deq.args` import without torch.
 """
 
-from training.deq.args import add_deq_args, deq_config_from_args
-from training.deq.config import DEQConfig
-from training.deq.core import DEQ
-from training.deq.grad import attach_ift, attach_phantom
-from training.deq.jacobian import estimate_spectral_radius
-from training.deq.solvers import (
-    SOLVERS,
-    SolverResult,
-    SolverStats,
-    anderson,
-    broyden,
-    fixed_point_iter,
-    get_solver,
-)
-from training.deq.state import StatePacker
-from training.deq.weight_norm import apply_weight_norm, fold_weight_norm, has_weight_norm, reset_weight_norm
+from __future__ import annotations
 
-__all__ = [
-    "DEQ",
-    "SOLVERS",
-    "DEQConfig",
-    "SolverResult",
-    "SolverStats",
-    "StatePacker",
-    "add_deq_args",
-    "anderson",
-    "apply_weight_norm",
-    "attach_ift",
-    "attach_phantom",
-    "broyden",
-    "deq_config_from_args",
-    "estimate_spectral_radius",
-    "fixed_point_iter",
-    "fold_weight_norm",
-    "get_solver",
-    "has_weight_norm",
-    "reset_weight_norm",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "add_deq_args": "args",
+    "deq_config_from_args": "args",
+    "DEQConfig": "config",
+    "SolveOverrides": "config",
+    "SolveSettings": "config",
+    "DEQ": "core",
+    "attach_ift": "grad",
+    "attach_phantom": "grad",
+    "estimate_spectral_radius": "jacobian",
+    "SOLVERS": "registry",
+    "Solver": "registry",
+    "get_solver": "registry",
+    "SolverResult": "solvers",
+    "SolverStats": "solvers",
+    "anderson": "solvers",
+    "broyden": "solvers",
+    "fixed_point_iter": "solvers",
+    "StatePacker": "state",
+    "apply_weight_norm": "weight_norm",
+    "fold_weight_norm": "weight_norm",
+    "has_weight_norm": "weight_norm",
+    "reset_weight_norm": "weight_norm",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,11 +1,11 @@
-"""Command-line flags of the DEQ engine, with the official DEQ-Flow names and defaults."""
+"""Command-line flags of the DEQ engine, with the official DEQ-Flow names and defaults (torch-free)."""
 
 from __future__ import annotations
 
 import argparse
 
+from deqflow.solver_spec import SOLVER_NAMES, STOP_MODES
 from training.deq.config import DEQConfig
-from training.deq.solvers import SOLVERS
 
 
 def add_deq_args(parser: argparse.ArgumentParser) -> None:
@@ -14,15 +14,15 @@ def add_deq_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("DEQ")
     g.add_argument("--wnorm", action="store_true",
                    help="weight norm on the update block (official flag; the model config decides)")
-    g.add_argument("--f_solver", default=d.f_solver, choices=sorted(SOLVERS), help="forward solver")
-    g.add_argument("--b_solver", default=d.b_solver, choices=sorted(SOLVERS), help="IFT backward solver")
+    g.add_argument("--f_solver", default=d.f_solver, choices=sorted(SOLVER_NAMES), help="forward solver")
+    g.add_argument("--b_solver", default=d.b_solver, choices=sorted(SOLVER_NAMES), help="IFT backward solver")
     g.add_argument("--f_thres", type=int, default=d.f_max_iter, help="forward solver max steps")
     g.add_argument("--b_thres", type=int, default=d.b_max_iter, help="backward solver max steps")
     g.add_argument("--f_eps", type=float, default=d.f_tol,
                    help="forward stop tolerance (<= 0: no early stop)")
     g.add_argument("--b_eps", type=float, default=d.b_tol, help="backward stop tolerance")
-    g.add_argument("--f_stop_mode", default=d.f_stop_mode, choices=["abs", "rel"])
-    g.add_argument("--b_stop_mode", default=d.b_stop_mode, choices=["abs", "rel"])
+    g.add_argument("--f_stop_mode", default=d.f_stop_mode, choices=STOP_MODES)
+    g.add_argument("--b_stop_mode", default=d.b_stop_mode, choices=STOP_MODES)
     g.add_argument("--eval_factor", type=float, default=d.eval_factor,
                    help="test steps = f_thres * eval_factor")
     g.add_argument("--eval_f_thres", type=int, default=d.eval_f_max_iter,
@@ -44,6 +44,8 @@ def add_deq_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--anderson_m", type=int, default=d.anderson_m, help="Anderson window")
     g.add_argument("--anderson_lam", type=float, default=d.anderson_lam, help="Anderson regularisation")
     g.add_argument("--anderson_beta", type=float, default=d.anderson_beta, help="Anderson mixing")
+    g.add_argument("--broyden_memory", type=int, default=d.broyden_memory,
+                   help="Broyden rank-one terms kept (0: the solve's iteration cap)")
     g.add_argument("--return_final", action="store_true",
                    help="return the last iterate instead of the lowest-residual one")
 
@@ -70,6 +72,6 @@ def deq_config_from_args(ns: argparse.Namespace) -> DEQConfig:
         core="indexing" if get("indexing_core", False) else "sliced",
         return_final=bool(get("return_final", d.return_final)), damping=get("damping", d.damping),
         anderson_m=get("anderson_m", d.anderson_m), anderson_lam=get("anderson_lam", d.anderson_lam),
-        anderson_beta=get("anderson_beta", d.anderson_beta),
+        anderson_beta=get("anderson_beta", d.anderson_beta), broyden_memory=get("broyden_memory", d.broyden_memory),
         sradius_mode=bool(get("sradius_mode", d.sradius_mode)),
     )

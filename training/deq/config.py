@@ -1,14 +1,59 @@
-"""Typed DEQ settings: the official DEQ-Flow flags (`--f_thres`, `--n_losses`, ...) with descriptive names."""
+"""Typed DEQ settings: the official DEQ-Flow flags (`--f_thres`, `--n_losses`, ...) with descriptive names.
+
+Torch-free (solver names, stop modes and options come from deqflow.solver_spec), so configs and checkpoint
+metadata can be read and validated where PyTorch is not installed.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from deqflow.errors import InputError
-from training.deq.solvers import anderson, fixed_point_iter, get_solver
+from deqflow.solver_spec import (
+    SOLVER_OPTIONS,
+    AndersonOptions,
+    BroydenOptions,
+    FixedPointOptions,
+    canonical_solver,
+    check_stop_mode,
+)
 
-STOP_MODES = ("abs", "rel")
 CORES = ("sliced", "indexing")
+
+SolverOptions = FixedPointOptions | AndersonOptions | BroydenOptions
+
+OPTION_FIELDS: dict[str, dict[str, str]] = {
+    "fixed_point": {"damping": "damping"},
+    "anderson": {"m": "anderson_m", "lam": "anderson_lam", "beta": "anderson_beta"},
+    "broyden": {"memory": "broyden_memory"},
+}
+"""Canonical solver name -> {option field of its options dataclass: DEQConfig field holding it}."""
+
+
+@dataclass(frozen=True)
+class SolveOverrides:
+    """Per-call changes to the forward solve (None keeps the DEQConfig value); the config is not touched.
+
+    `options` must be the options dataclass of the solver used (deqflow.solver_spec.SOLVER_OPTIONS); left
+    None, that solver's options come from the config.
+    """
+
+    solver: str | None = None
+    tol: float | None = None
+    stop_mode: str | None = None
+    return_final: bool | None = None
+    options: SolverOptions | None = None
+
+
+@dataclass(frozen=True)
+class SolveSettings:
+    """Everything one solver run needs besides f, z0, the step cap and the snapshot steps."""
+
+    solver: str  # canonical name
+    tol: float
+    stop_mode: str
+    return_final: bool
+    options: SolverOptions  # an instance of SOLVER_OPTIONS[solver]
 
 
 @dataclass
@@ -39,9 +84,10 @@ class DEQConfig:
     core: str = "sliced"  # "sliced" | "indexing" (--indexing_core)
     return_final: bool = False  # return the last iterate instead of the lowest-residual one
     damping: float = 1.0  # fixed-point damping: z <- (1-d) z + d f(z)
-    anderson_m: int = 6
-    anderson_lam: float = 1e-4
-    anderson_beta: float = 1.0
+    anderson_m: int = 6  # Anderson window
+    anderson_lam: float = 1e-4  # Anderson regularisation
+    anderson_beta: float = 1.0  # Anderson mixing
+    broyden_memory: int = 0  # Broyden rank-one terms kept; 0 = the solve's iteration cap
     sradius_mode: bool = False  # --sradius_mode: estimate the Jacobian spectral radius at eval
 
     def __post_init__(self) -> None:
@@ -61,19 +107,25 @@ class DEQConfig:
 
     def validate(self) -> None:
         """Raise InputError naming the first unusable setting."""
-        get_solver(self.f_solver)
-        get_solver(self.b_solver)
-        for name in ("f_max_iter", "b_max_iter", "n_states", "anderson_m"):
+        for name in ("f_solver", "b_solver", "f_stop_mode", "b_stop_mode"):
+            check = canonical_solver if name.endswith("solver") else check_stop_mode
+            try:
+                check(getattr(self, name))
+            except InputError as exc:
+                raise InputError(f"DEQ {name}: {exc}") from None
+        for name in ("f_max_iter", "b_max_iter", "n_states"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"DEQ {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("f_stop_mode", "b_stop_mode"):
-            if getattr(self, name) not in STOP_MODES:
-                raise InputError(f"DEQ {name} must be one of {STOP_MODES}, got {getattr(self, name)!r}")
         if self.core not in CORES:
             raise InputError(f"DEQ core must be one of {CORES}, got {self.core!r}")
         if self.eval_f_max_iter < 0 or self.eval_factor <= 0 or self.eval_max_iter < 1:
             raise InputError(f"evaluation iterations must be >= 1: eval_f_max_iter={self.eval_f_max_iter}, "
                              f"eval_factor={self.eval_factor}, f_max_iter={self.f_max_iter}")
+        self._validate_schedule()
+        for solver in SOLVER_OPTIONS:
+            self.solver_options(solver).validate()
+
+    def _validate_schedule(self) -> None:
         if self.n_states > self.f_max_iter:
             raise InputError(f"n_states ({self.n_states}) cannot exceed f_max_iter ({self.f_max_iter}): "
                              "each sampled state needs at least one solver step")
@@ -89,13 +141,6 @@ class DEQConfig:
                              f"term), each >= 1; got {list(self.phantom_grad)}")
         if not 0 < self.tau <= 1:
             raise InputError(f"tau must be in (0, 1], got {self.tau}")
-        if not 0 < self.damping <= 1:
-            raise InputError(f"damping must be in (0, 1], got {self.damping}")
-        if self.anderson_lam <= 0:
-            raise InputError(f"anderson_lam must be > 0 (it keeps the mixing system non-singular), "
-                             f"got {self.anderson_lam}")
-        if not 0 < self.anderson_beta <= 1:
-            raise InputError(f"anderson_beta must be in (0, 1], got {self.anderson_beta}")
 
     def grad_steps(self) -> tuple[int, ...]:
         """Phantom steps of each gradient term (a single value is shared by all terms)."""
@@ -103,11 +148,27 @@ class DEQConfig:
             return self.phantom_grad * self.n_terms
         return self.phantom_grad
 
-    def solver_kwargs(self, name: str) -> dict:
-        """Solver-specific options for the solver registered as `name`."""
-        fn = get_solver(name)
-        if fn is fixed_point_iter:
-            return {"damping": self.damping}
-        if fn is anderson:
-            return {"m": self.anderson_m, "lam": self.anderson_lam, "beta": self.anderson_beta}
-        return {}
+    def solver_options(self, name: str) -> SolverOptions:
+        """The options dataclass of solver `name` (aliases accepted), filled from this config."""
+        solver = canonical_solver(name)
+        values = {option: getattr(self, field) for option, field in OPTION_FIELDS[solver].items()}
+        return SOLVER_OPTIONS[solver](**values)
+
+    def forward_solve(self, overrides: SolveOverrides | None = None) -> SolveSettings:
+        """Settings of the forward solve: this config's, changed by `overrides` (validated)."""
+        o = overrides or SolveOverrides()
+        solver = canonical_solver(self.f_solver if o.solver is None else o.solver)
+        options = self.solver_options(solver) if o.options is None else o.options
+        if type(options) is not SOLVER_OPTIONS[solver]:
+            raise InputError(f"solver {solver!r} takes {SOLVER_OPTIONS[solver].__name__}, "
+                             f"got {type(options).__name__}")
+        options.validate()
+        stop_mode = check_stop_mode(self.f_stop_mode if o.stop_mode is None else o.stop_mode)
+        return SolveSettings(solver=solver, tol=float(self.f_tol if o.tol is None else o.tol),
+                             stop_mode=stop_mode, options=options,
+                             return_final=bool(self.return_final if o.return_final is None else o.return_final))
+
+    def backward_solve(self) -> SolveSettings:
+        """Settings of the IFT adjoint solve (b_* fields; the lowest-residual estimate is returned)."""
+        return SolveSettings(solver=canonical_solver(self.b_solver), tol=self.b_tol, stop_mode=self.b_stop_mode,
+                             return_final=False, options=self.solver_options(self.b_solver))

@@ -9,7 +9,8 @@ Training follows the official DEQ-Flow v2.0 cores:
   (k+1) * (f_max_iter // n_states), or `indexing` + [f_max_iter].
 E.g. n_states=2, f_max_iter=24: sliced segments [12, 12], indexing steps [12, 24].
 Evaluation: one no-grad solve of `max_iter` (default cfg.eval_max_iter) steps, returning [z*].
-Both return (list of states, SolverStats), so the loss code sees one structure.
+Both return (list of states, SolverStats), so the loss code sees one structure. A call may change the
+forward solve (solver, tolerance, stop mode, options) through SolveOverrides without touching the config.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import torch
 from torch import Tensor
 
 from deqflow.errors import InputError
-from training.deq.config import DEQConfig
+from training.deq.config import DEQConfig, SolveOverrides, SolveSettings
 from training.deq.grad import attach_ift, attach_phantom
 from training.deq.jacobian import estimate_spectral_radius
-from training.deq.solvers import Func, SolverResult, SolverStats, get_solver
+from training.deq.registry import run_solver
+from training.deq.solvers import Func, SolverStats
 
 
 class DEQ:
@@ -30,7 +32,6 @@ class DEQ:
     def __init__(self, cfg: DEQConfig) -> None:
         cfg.validate()
         self.cfg = cfg
-        self.f_solver = get_solver(cfg.f_solver)
         self.backward_stats: SolverStats | None = None  # the last IFT backward solve, when cfg.ift
 
     def schedule(self, max_iter: int | None = None) -> list[int]:
@@ -56,34 +57,31 @@ class DEQ:
         return [b - a for a, b in zip(steps, steps[1:])]
 
     def __call__(self, f: Func, z0: Tensor, *, training: bool, max_iter: int | None = None,
-                 return_trajectory: bool = False) -> tuple[list[Tensor], SolverStats]:
+                 return_trajectory: bool = False,
+                 overrides: SolveOverrides | None = None) -> tuple[list[Tensor], SolverStats]:
         """Solve and return (states, stats).
 
         training: the sampled states with gradients (n_terms of them; k per term with sup_all).
         eval: [z*]; with return_trajectory, the estimates at the indexing-core steps of the evaluation
         budget, the last being z*, so the training loss can be computed on them.
-        max_iter overrides f_max_iter (training) or eval_max_iter (eval).
+        max_iter overrides f_max_iter (training) or eval_max_iter (eval); `overrides` changes the forward
+        solve of this call only (the IFT backward solve keeps the b_* settings).
         """
         if max_iter is not None and int(max_iter) < 1:
             raise InputError(f"max_iter must be >= 1, got {max_iter}")
+        solve = self.cfg.forward_solve(overrides)
         if not training:
-            return self._evaluate(f, z0, max_iter, return_trajectory)
+            return self._evaluate(f, z0, solve, max_iter, return_trajectory)
         if self.cfg.core == "sliced":
-            return self._train_sliced(f, z0, max_iter)
-        return self._train_indexing(f, z0, max_iter)
+            return self._train_sliced(f, z0, solve, max_iter)
+        return self._train_indexing(f, z0, solve, max_iter)
 
-    def _solve(self, f: Func, z0: Tensor, max_iter: int, indexing: list[int] | None = None) -> SolverResult:
-        cfg = self.cfg
-        return self.f_solver(f, z0, max_iter=max_iter, tol=cfg.f_tol, stop_mode=cfg.f_stop_mode,
-                             indexing=indexing, return_final=cfg.return_final,
-                             **cfg.solver_kwargs(cfg.f_solver))
-
-    def _evaluate(self, f: Func, z0: Tensor, max_iter: int | None,
+    def _evaluate(self, f: Func, z0: Tensor, solve: SolveSettings, max_iter: int | None,
                   return_trajectory: bool) -> tuple[list[Tensor], SolverStats]:
         total = self.cfg.eval_max_iter if max_iter is None else int(max_iter)
         steps = self._absolute_steps(total) if return_trajectory else None
         with torch.no_grad():
-            result = self._solve(f, z0, total, indexing=steps)
+            result = run_solver(solve, f, z0, max_iter=total, indexing=steps)
         if self.cfg.sradius_mode:
             result.stats.sradius = estimate_spectral_radius(f, result.z)
         states = [*result.trajectory[:-1], result.z] if return_trajectory else [result.z]
@@ -92,31 +90,33 @@ class DEQ:
     def _gradient_term(self, f: Func, z: Tensor, k: int, last: bool) -> list[Tensor]:
         cfg = self.cfg
         if last and cfg.ift:
-            return [attach_ift(f, z, solver=cfg.b_solver, max_iter=cfg.b_max_iter, tol=cfg.b_tol,
-                               stop_mode=cfg.b_stop_mode, safe=cfg.safe_ift,
-                               solver_kwargs=cfg.solver_kwargs(cfg.b_solver),
+            back = cfg.backward_solve()
+            return [attach_ift(f, z, solver=back.solver, max_iter=cfg.b_max_iter, tol=back.tol,
+                               stop_mode=back.stop_mode, safe=cfg.safe_ift, options=back.options,
                                on_backward=self._keep_backward)]
         return attach_phantom(f, z, k=k, tau=cfg.tau, sup_all=cfg.sup_all)
 
     def _keep_backward(self, stats: SolverStats) -> None:
         self.backward_stats = stats
 
-    def _train_sliced(self, f: Func, z0: Tensor, max_iter: int | None) -> tuple[list[Tensor], SolverStats]:
+    def _train_sliced(self, f: Func, z0: Tensor, solve: SolveSettings,
+                      max_iter: int | None) -> tuple[list[Tensor], SolverStats]:
         segments = self.schedule(max_iter)
         states: list[Tensor] = []
         parts: list[SolverStats] = []
         z = z0
         for i, (length, k) in enumerate(zip(segments, self.cfg.grad_steps())):
-            result = self._solve(f, z, length)
+            result = run_solver(solve, f, z, max_iter=length)
             parts.append(result.stats)
             terms = self._gradient_term(f, result.z, k, last=i == len(segments) - 1)
             states += terms
             z = terms[-1]  # the next segment continues from the gradient-carrying state
         return states, SolverStats.concat(parts)
 
-    def _train_indexing(self, f: Func, z0: Tensor, max_iter: int | None) -> tuple[list[Tensor], SolverStats]:
+    def _train_indexing(self, f: Func, z0: Tensor, solve: SolveSettings,
+                        max_iter: int | None) -> tuple[list[Tensor], SolverStats]:
         steps = self.schedule(max_iter)
-        result = self._solve(f, z0, steps[-1], indexing=steps)
+        result = run_solver(solve, f, z0, max_iter=steps[-1], indexing=steps)
         states: list[Tensor] = []
         for i, (z, k) in enumerate(zip(result.trajectory, self.cfg.grad_steps())):
             states += self._gradient_term(f, z, k, last=i == len(steps) - 1)

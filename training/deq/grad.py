@@ -15,16 +15,18 @@ import torch
 from torch import Tensor, autograd
 
 from deqflow.errors import InputError
-from training.deq.solvers import Func, SolverStats, get_solver
+from training.deq.config import SolverOptions
+from training.deq.registry import Solver, get_solver
+from training.deq.solvers import Func, SolverStats
 
 
-def attach_ift(f: Func, z_star: Tensor, *, solver: str | Callable = "broyden", max_iter: int = 40,
+def attach_ift(f: Func, z_star: Tensor, *, solver: str | Solver = "broyden", max_iter: int = 40,
                tol: float = 1e-3, stop_mode: str = "abs", safe: bool = False,
-               solver_kwargs: dict | None = None,
+               options: SolverOptions | None = None,
                on_backward: Callable[[SolverStats], None] | None = None) -> Tensor:
     """new_z = f(z_star) carrying the exact implicit gradient (see module docstring).
 
-    The adjoint fixed point is solved with `solver` (a registry name or solver function) from y = 0.
+    The adjoint fixed point is solved with `solver` (a registry name or entry) and its `options` from y = 0.
     safe=False reuses new_z's own graph for the vector-Jacobian products (no extra evaluation of f); the
     hook sees its own inner products and passes them through, so it stays valid for repeated backward
     calls (retain_graph) and for torch.autograd.grad. safe=True instead evaluates f at z_star once more
@@ -58,7 +60,7 @@ def attach_ift(f: Func, z_star: Tensor, *, solver: str | Callable = "broyden", m
                 return autograd.grad(f_jac, z_jac, y, retain_graph=True)[0] + grad
 
             result = solve(adjoint, grad.new_zeros(grad.shape), max_iter=max_iter, tol=tol,
-                           stop_mode=stop_mode, **(solver_kwargs or {}))
+                           stop_mode=stop_mode, options=options)
         finally:
             busy = False
         if on_backward is not None:

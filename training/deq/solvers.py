@@ -3,7 +3,7 @@
 Conventions shared by all solvers (and by the official DEQ-Flow code, so step counts and residuals compare):
 - a step is one evaluation of f; `nstep` counts them and `max_iter` caps them;
 - the residual of an evaluation at x is ||f(x) - x||_2 per sample ("abs") and that divided by
-  ||f(x)||_2 + 1e-8 ("rel"); the estimate it is booked against is f(x) for plain iteration and Anderson
+  ||f(x)||_2 + REL_EPS ("rel"); the estimate it is booked against is f(x) for plain iteration and Anderson
   (the next iterate) and x itself for Broyden;
 - the returned z is, per sample, the estimate with the lowest residual in `stop_mode`, or the last one
   with `return_final`; the solve stops once that residual is below `tol` for every sample (never when
@@ -22,9 +22,7 @@ import torch
 from torch import Tensor
 
 from deqflow.errors import InputError
-
-REL_EPS = 1e-8  # denominator guard of the relative residual (official value)
-STOP_MODES = ("abs", "rel")
+from deqflow.solver_spec import REL_EPS, AndersonOptions, BroydenOptions, FixedPointOptions, check_stop_mode
 
 Func = Callable[[Tensor], Tensor]
 
@@ -40,7 +38,7 @@ class SolverStats:
 
     nstep: int  # function evaluations performed
     abs_trace: Tensor  # (B, nstep) ||f(z) - z||
-    rel_trace: Tensor  # (B, nstep) ||f(z) - z|| / (||f(z)|| + 1e-8)
+    rel_trace: Tensor  # (B, nstep) ||f(z) - z|| / (||f(z)|| + REL_EPS)
     abs_lowest: Tensor  # (B,)
     rel_lowest: Tensor  # (B,)
     sradius: Tensor | None = None  # (B,) spectral radius of the Jacobian at the fixed point, when estimated
@@ -103,8 +101,7 @@ class _Tracker:
 
     def __init__(self, x0: Tensor, *, max_iter: int, tol: float, stop_mode: str,
                  indexing: Sequence[int] | None, return_final: bool) -> None:
-        if stop_mode not in STOP_MODES:
-            raise InputError(f"stop_mode must be one of {STOP_MODES}, got {stop_mode!r}")
+        check_stop_mode(stop_mode, "stop_mode")
         if int(max_iter) < 1:
             raise InputError(f"max_iter must be >= 1, got {max_iter}")
         self.steps = [int(s) for s in (indexing or ())]
@@ -182,8 +179,7 @@ def fixed_point_iter(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mod
                      indexing: Sequence[int] | None = None, return_final: bool = False,
                      damping: float = 1.0) -> SolverResult:
     """Plain iteration z <- (1-d) z + d f(z) (the official `naive_solver` when d = 1)."""
-    if not 0 < damping <= 1:
-        raise InputError(f"damping must be in (0, 1], got {damping}")
+    FixedPointOptions(damping=damping).validate()
     flat_f, x = _flatten(f, z0)
     track = _Tracker(x, max_iter=max_iter, tol=tol, stop_mode=stop_mode, indexing=indexing,
                      return_final=return_final)
@@ -206,12 +202,10 @@ def anderson(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str =
     The constrained least squares is the bordered (n+1)x(n+1) system [[0, 1^T], [1, G G^T + reg I]]
     [nu; alpha] = [1; 0], solved per sample; beta mixes f(x) (beta = 1) with x. Unlike the official code
     (reg = lam), reg = lam * max_i ||g_i||^2 is relative: an absolute lam swamps G G^T once residuals
-    fall below sqrt(lam) and turns the mixing into plain averaging, which made Anderson slower than
+    fall below sqrt(lam) and turns the mixing into plain averaging, which can make Anderson slower than
     plain iteration on slowly contracting maps even at tol 1e-3.
     """
-    if m < 1 or lam <= 0 or not 0 < beta <= 1:
-        raise InputError(f"anderson needs m >= 1, lam > 0 and 0 < beta <= 1; got m={m}, lam={lam}, "
-                         f"beta={beta}")
+    AndersonOptions(m=m, lam=lam, beta=beta).validate()
     flat_f, x = _flatten(f, z0)
     track = _Tracker(x, max_iter=max_iter, tol=tol, stop_mode=stop_mode, indexing=indexing,
                      return_final=return_final)
@@ -248,20 +242,19 @@ def anderson(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str =
 @torch.no_grad()
 def broyden(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "abs",
             indexing: Sequence[int] | None = None, return_final: bool = False,
-            memory: int | None = None) -> SolverResult:
+            memory: int = 0) -> SolverResult:
     """Limited-memory "good" Broyden on g(z) = f(z) - z, full steps (no line search).
 
-    The inverse Jacobian of g is kept as -I + U V^T with at most `memory` rank-one terms (default:
-    max_iter, i.e. never forgetting, as in the official code; older terms are overwritten cyclically).
+    The inverse Jacobian of g is kept as -I + U V^T with at most `memory` rank-one terms (0: max_iter,
+    i.e. never forgetting, as in the official code; older terms are overwritten cyclically).
     The first step is a plain fixed-point step. An update whose denominator vanishes is skipped.
     """
+    BroydenOptions(memory=memory).validate()
     flat_f, x = _flatten(f, z0)
     track = _Tracker(x, max_iter=max_iter, tol=tol, stop_mode=stop_mode, indexing=indexing,
                      return_final=return_final)
     b, d = x.shape
-    size = int(memory or max_iter)
-    if size < 1:
-        raise InputError(f"broyden memory must be >= 1, got {memory}")
+    size = int(memory) or int(max_iter)
     us = x.new_zeros(b, d, size)
     vts = x.new_zeros(b, size, d)
     fx = flat_f(x)
@@ -290,18 +283,3 @@ def broyden(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = 
         step = gx - torch.einsum("bdl,bl->bd", us[:, :, :n], torch.einsum("bld,bd->bl", vts[:, :n], gx))
     return track.result(z0.shape)
 
-
-SOLVERS: dict[str, Callable[..., SolverResult]] = {
-    "fixed_point": fixed_point_iter,
-    "naive_solver": fixed_point_iter,  # official name
-    "anderson": anderson,
-    "broyden": broyden,
-}
-
-
-def get_solver(name: str) -> Callable[..., SolverResult]:
-    """Solver registered under `name`."""
-    try:
-        return SOLVERS[name]
-    except (KeyError, TypeError):
-        raise InputError(f"unknown DEQ solver {name!r}; choose one of {sorted(SOLVERS)}") from None

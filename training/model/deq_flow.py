@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -17,7 +17,10 @@ from torch import nn
 from deqflow.errors import InputError
 from deqflow.padding import check_model_input_size
 from training.config import ModelConfig
-from training.deq import DEQ, SolverStats, StatePacker
+from training.deq.config import SolveOverrides, SolverOptions
+from training.deq.core import DEQ
+from training.deq.solvers import SolverStats
+from training.deq.state import StatePacker
 from training.deq.weight_norm import apply_weight_norm, fold_weight_norm, reset_weight_norm
 from training.model.corr import CorrPyramid, accumulation_dtype
 from training.model.extractor import Encoder
@@ -89,15 +92,15 @@ class DEQFlow(nn.Module):
 
     # ------------------------------------------------------------------ configuration
     def configure_deq(self, **changes) -> None:
-        """Change solver settings (e.g. f_solver, f_tol, eval_f_max_iter) after construction."""
-        from dataclasses import replace
-
+        """Change the model's default solver settings (DEQConfig fields, e.g. f_solver, f_tol,
+        eval_f_max_iter). To change one call only, pass solver/tol/iters/... to forward instead."""
         self.cfg.deq = replace(self.cfg.deq, **changes)
         self.deq = DEQ(self.cfg.deq)
 
     @contextmanager
     def solver_override(self, **changes):
-        """Temporarily change solver settings, e.g. the official evaluation solver during validation."""
+        """Change the default solver settings inside a `with` block (for code that calls the model through
+        helpers, e.g. validation with the official evaluation solver); restored on exit."""
         saved = self.cfg.deq
         self.configure_deq(**changes)
         try:
@@ -170,14 +173,20 @@ class DEQFlow(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, image1: torch.Tensor, image2: torch.Tensor, *, flow_init: torch.Tensor | None = None,
                 cached_state: tuple[torch.Tensor, torch.Tensor] | None = None,
-                iters: int | None = None) -> FlowOutput:
+                iters: int | None = None, solver: str | None = None, tol: float | None = None,
+                stop_mode: str | None = None, return_final: bool | None = None,
+                solver_options: SolverOptions | None = None) -> FlowOutput:
         """Estimate the flow from image1 to image2.
 
         iters overrides the evaluation iteration cap (default f_max_iter * eval_factor); training uses
-        f_max_iter and the sampled-state schedule of the DEQ config.
+        f_max_iter and the sampled-state schedule of the DEQ config. solver, tol, stop_mode, return_final
+        and solver_options (the solver's options dataclass) change the forward solve of this call only;
+        None keeps the model's DEQ config, which is never modified here.
         """
+        overrides = SolveOverrides(solver=solver, tol=tol, stop_mode=stop_mode, return_final=return_final,
+                                   options=solver_options)
         ctx, packer, f, z0 = self.fixed_point_problem(image1, image2, flow_init, cached_state)
-        states, stats = self.deq(f, z0, training=self.training, max_iter=iters)
+        states, stats = self.deq(f, z0, training=self.training, max_iter=iters, overrides=overrides)
         decoded = [packer.unpack(z) for z in states]
         flows = [self.decode(h, c - ctx.coords0) for h, c in decoded]
         net_final, coords_final = decoded[-1]
