@@ -7,23 +7,27 @@ HELP = ("compare backends (onnxruntime, tensorrt, ...) against one float32 refer
 
 
 def add_arguments(p) -> None:
+    from deqflow.cli_args import count, image_size
     from runtime.commands.common import add_backend_options, add_solver_args
 
     p.add_argument("--reference", default=None, help="BACKEND[:OPTION]=PATH (default: torch=<--checkpoint>)")
-    p.add_argument("--checkpoint", default=None, help="checkpoint of the default torch reference")
+    p.add_argument("--checkpoint", default=None, help="checkpoint of the default torch reference (default: none)")
     p.add_argument("--candidate", action="append", default=[], metavar="SPEC",
                    help="BACKEND[:OPTION]=PATH, repeatable: onnxruntime=m.onnx, onnxruntime:cuda=m.onnx, "
-                        "onnxruntime:tensorrt=m.onnx, tensorrt=m.onnx, torch:cuda=ckpt.pth")
-    p.add_argument("--golden", default=None, help="use this golden .npz (inputs + reference outputs) as reference")
-    p.add_argument("--save-golden", default=None, help="save the inputs and reference outputs to this .npz")
-    p.add_argument("--inputs", default="real", help="real (Middlebury motorcycle crops; default), random, or a "
-                   "golden .npz whose inputs to use")
-    p.add_argument("--size", default=None, help="HxW of generated inputs (default: the first export's size)")
-    p.add_argument("--pairs", type=int, default=2, help="number of generated pairs (1-4)")
+                        "onnxruntime:tensorrt=m.onnx, tensorrt=m.onnx, torch:cuda=ckpt.pth (default: none)")
+    p.add_argument("--golden", default=None, help="use this golden .npz (inputs + reference outputs) as reference "
+                   "(default: none)")
+    p.add_argument("--save-golden", default=None, help="save the inputs and reference outputs to this .npz "
+                   "(default: none)")
+    p.add_argument("--inputs", default="real", help="real (Middlebury motorcycle crops), random, or a golden .npz "
+                   "whose inputs to use")
+    p.add_argument("--size", type=image_size, default=None,
+                   help="HxW of generated inputs (default: the first export's size)")
+    p.add_argument("--pairs", type=count, default=2, help="number of generated pairs (real: 1-4)")
     p.add_argument("--tier", choices=["auto", "float32", "float16"], default="auto",
                    help="tolerance tier (auto: float16 for mixed16 exports / fp16 engines)")
     p.add_argument("--output", default="compare", help="folder for compare.json and compare.md")
-    p.add_argument("--pad-mode", choices=["sintel", "kitti"], default="sintel")
+    p.add_argument("--pad-mode", choices=["sintel", "kitti"], default="sintel", help="how inputs are padded")
     add_solver_args(p)
     add_backend_options(p)
 
@@ -33,7 +37,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from runtime.backends import create_backend, parse_spec
-    from runtime.commands.common import backend_options, default_size, model_defaults, parse_size, settings_from_args
+    from runtime.commands.common import backend_options, default_size, model_defaults, settings_from_args
     from runtime.compare import compare, load_golden, save_golden
     from runtime.errors import InputError
     from runtime.preprocessing import random_pair, real_pairs
@@ -64,7 +68,7 @@ def run(args) -> int:
     elif args.inputs.endswith(".npz"):
         pairs, label = load_golden(args.inputs).pairs, f"inputs of {args.inputs}"
     else:
-        size = parse_size(args.size) if args.size else default_size([path for _, _, path in specs])
+        size = args.size or default_size([path for _, _, path in specs])
         if args.inputs == "real":
             pairs, label = real_pairs(size, args.pairs), "real (Middlebury 2014 motorcycle, resized/cropped)"
         elif args.inputs == "random":
