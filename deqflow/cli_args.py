@@ -32,21 +32,23 @@ class CliParser(argparse.ArgumentParser):
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends `(default: X)` to every option that takes a value, unless its help already states the default
-    in words (options whose default is None say what happens then, e.g. 'default: the model's own')."""
+    """Appends `(default: X)` to every option that takes a value, unless its help already states the default in
+    words (an option whose default is None should say what happens then, e.g. 'default: the model's own';
+    otherwise it reads 'default: not set')."""
+
+    UNSET = "(default: not set)"
 
     def _format_action(self, action: argparse.Action) -> str:
-        if action.help is None and action.option_strings and action.nargs != 0 and action.default is not None:
+        if action.help is None and action.option_strings and action.nargs != 0:
             action = copy.copy(action)  # argparse prints no help line at all for help=None: give it one
-            action.help = "(default: %(default)s)"
+            action.help = self.UNSET if action.default is None else "(default: %(default)s)"
         return super()._format_action(action)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (action.default is None or action.default is argparse.SUPPRESS or action.nargs == 0
-                or action.required or "default" in text.lower()):
+        if action.default is argparse.SUPPRESS or action.nargs == 0 or action.required or "default" in text.lower():
             return text
-        return f"{text} (default: %(default)s)".lstrip()
+        return f"{text} {self.UNSET if action.default is None else '(default: %(default)s)'}".lstrip()
 
 
 # --- argument types (argparse `type=`): each check is written once, the message names the problem ------------

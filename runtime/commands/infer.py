@@ -29,8 +29,8 @@ def add_arguments(p) -> None:
                    help="default: torch with --checkpoint, onnxruntime with --model (tensorrt for .engine files)")
     g.add_argument("--checkpoint", default=None, help="official DEQ-Flow .pth or deqflow checkpoint (torch backend; "
                    "default: none)")
-    g.add_argument("--model", default=None, help="ONNX export (any layout; a split export by any of its three "
-                   "files) or TensorRT engine (default: none)")
+    g.add_argument("--model", default=None, help="ONNX export (any layout; a split export by its base name or "
+                   "any of its three files) or TensorRT engine (default: none)")
     src = p.add_argument_group("input (one of)")
     src.add_argument("--image1", default=None, help="first image of a pair (default: none)")
     src.add_argument("--image2", default=None, help="second image of a pair (default: none)")
