@@ -1,12 +1,13 @@
-"""The `deqflow` command line. Each sub-command lives in the package that owns it; building the parser imports
-no heavy library (every verb imports PyTorch, ONNX Runtime or TensorRT inside its `run`), so `deqflow --help`
-and every verb's `--help` work without them, and a verb whose library is missing says what to install."""
+"""The `deqflow` command line. Each sub-command lives in the package that owns it and imports PyTorch, ONNX
+Runtime or TensorRT inside its `run`, so `deqflow --help` and every verb's `--help` work without them, and a verb
+whose library is missing says what to install. Only the options of the verb being run are built."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+from collections.abc import Iterable
 
 from deqflow import __version__
 from deqflow.cli_args import CliParser, DefaultsHelpFormatter
@@ -36,17 +37,26 @@ INSTALL = {
 """Optional libraries a verb may need: module name -> what to install."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verbs: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The `deqflow` parser with the options of `verbs` (default: every verb); the others only list their help,
+    so running one verb never pays for the imports behind another verb's options (train's model config)."""
     parser = CliParser(prog="deqflow", description="Deep Equilibrium Optical Flow toolkit", allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"deqflow {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    verbs = set(COMMANDS if verbs is None else verbs)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=module.HELP, description=module.HELP, allow_abbrev=False,
                            formatter_class=DefaultsHelpFormatter)
-        module.add_arguments(p)
+        if name in verbs:
+            module.add_arguments(p)
         p.set_defaults(_run=module.run, _requires=getattr(module, "requires", None))
     return parser
+
+
+def requested_verb(argv: list[str]) -> str | None:
+    """The sub-command named on the command line (the first word that is not an option), if any."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def missing_requirement(args: argparse.Namespace) -> str | None:
@@ -60,7 +70,8 @@ def missing_requirement(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser([requested_verb(argv)])
     try:
         args, unknown = parser.parse_known_args(argv)
     except SystemExit as exc:  # --help, --version, or a one-line argument error already printed

@@ -333,3 +333,13 @@ def test_bad_settings_are_refused_while_parsing(argv, words, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith(f"deqflow {argv[0]}: error: ") and words in err, err
+
+
+@pytest.mark.parametrize("verb", ["infer", "compare", "bench", "build"])
+def test_runtime_verbs_parse_without_importing_torch(verb):
+    """Only the verb being run builds its options: a runtime verb never imports PyTorch to parse."""
+    code = (f"import sys, deqflow.cli; deqflow.cli.main([{verb!r}, '--help']); "
+            "print('torch loaded:', 'torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                         timeout=60)
+    assert "torch loaded: False" in run.stdout, run.stderr
