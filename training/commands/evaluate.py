@@ -23,7 +23,8 @@ def add_arguments(p) -> None:
     p.add_argument("--output", default=None, help="write the results as JSON here (default: only print them)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     add_solver_group(p, ("iters", "tol", "stop_mode", "solver"), defaults={"solver": "fixed_point"},
-                     notes={"iters": "default: the checkpoint's evaluation cap, f_thres x eval_factor",
+                     notes={"iters": "default: the checkpoint's evaluation cap, eval_f_thres or f_thres x "
+                                     "eval_factor",
                             "solver": "fixed_point is the official evaluation protocol"},
                      unset="default: the checkpoint's")
 
