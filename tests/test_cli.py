@@ -327,6 +327,7 @@ def test_help_shows_the_values():
     (["bench", "--backend", "torch=c.pth", "--max-slowdown", "-0.1"], "argument --max-slowdown: must be a finite"),
     (["bench", "--backend", "torch=c.pth", "--size", "12"], "argument --size: '12' must look like HxW"),
     (["compare", "--pairs", "0"], "argument --pairs: must be a whole number >= 1, got 0"),
+    (["compare", "--inputs", "photos"], "argument --inputs: must be real, random or a .npz file, got 'photos'"),
 ])
 def test_bad_settings_are_refused_while_parsing(argv, words, capsys):
     assert main(argv) == 2

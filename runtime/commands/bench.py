@@ -47,12 +47,10 @@ def run(args) -> int:
     import json
     from pathlib import Path
 
-    from runtime.backends import create_backend, parse_spec
-    from runtime.bench import BenchCase, gate, markdown_table, run_bench, write_report
-    from runtime.commands.common import backend_options, default_size, model_defaults, spec_label
+    from runtime.backends import parse_spec
+    from runtime.bench import markdown_table, run_bench, write_report
+    from runtime.commands.common import default_size, model_defaults
     from runtime.errors import FileFormatError, InputError
-    from runtime.modelfile import open_model_file
-    from runtime.solver import SolverSettings
 
     specs = [parse_spec(s) for s in args.backend]
     sizes = args.size or [default_size([p for _, _, p in specs])]
@@ -66,6 +64,32 @@ def run(args) -> int:
             baseline = json.loads(Path(args.baseline).read_text())
         except (OSError, ValueError) as exc:
             raise FileFormatError(f"cannot read baseline {args.baseline}: {exc}") from None
+    cases = bench_cases(args, specs, sizes, iters)
+    print(f"bench: {len(cases)} case(s), {iters} iterations, batch {args.batch}, warm-up {args.warmup}, "
+          f"{args.runs} interleaved runs")
+    report = run_bench(cases, warmup=args.warmup, runs=args.runs, inputs=args.inputs, iterations=iters, log=print)
+    if args.anchor:
+        from runtime.bench import ratios
+
+        report["ratios"] = ratios(report["results"], args.anchor)
+    rc = 0 if baseline is None else apply_gate(report, baseline, args)
+    write_report(report, args.output)
+    if args.markdown:
+        Path(args.markdown).write_text(markdown_table(report))
+    print(f"wrote {args.output}" + (f" and {args.markdown}" if args.markdown else ""))
+    return rc
+
+
+def bench_cases(args, specs: list, sizes: list, iters: int) -> list:
+    """One BenchCase per backend spec and size; backends are created by the bench, one at a time."""
+    from pathlib import Path
+
+    from runtime.backends import create_backend
+    from runtime.bench import BenchCase
+    from runtime.commands.common import backend_options, spec_label
+    from runtime.modelfile import open_model_file
+    from runtime.solver import SolverSettings
+
     cases, seen = [], set()
     for name, opts, path in specs:
         options = backend_options(name, args, opts)
@@ -80,27 +104,18 @@ def run(args) -> int:
                 return create_backend(name, path, settings=settings, **options)
 
             cases.append(BenchCase(label, factory, size, args.batch, {"spec": f"{name}={path}"}))
-    print(f"bench: {len(cases)} case(s), {iters} iterations, batch {args.batch}, warm-up {args.warmup}, "
-          f"{args.runs} interleaved runs")
-    report = run_bench(cases, warmup=args.warmup, runs=args.runs, inputs=args.inputs, iterations=iters, log=print)
-    if args.anchor:
-        from runtime.bench import ratios
+    return cases
 
-        report["ratios"] = ratios(report["results"], args.anchor)
-    rc = 0
-    if baseline is not None:
-        report["gate"] = g = gate(report, baseline, tolerance=args.max_slowdown, anchor=args.anchor,
-                                  mode=args.gate_mode)
-        for c in g["checks"]:
-            print(f"  gate {c['label']} {c['size']}: {c['measure']} {c['current']:.3g} vs baseline {c['baseline']:.3g} "
-                  f"({100 * c['slower_by']:+.1f} %, allowed {100 * c['tolerance']:.0f} %): "
-                  f"{'ok' if c['passed'] else 'REGRESSION'}")
-        if not g["compared"]:
-            print("  gate: nothing comparable in the baseline (labels / sizes / batch differ)")
-        if not g["passed"]:
-            rc = 1
-    write_report(report, args.output)
-    if args.markdown:
-        Path(args.markdown).write_text(markdown_table(report))
-    print(f"wrote {args.output}" + (f" and {args.markdown}" if args.markdown else ""))
-    return rc
+
+def apply_gate(report: dict, baseline: dict, args) -> int:
+    """Compare with the baseline (report['gate']), print each check; 1 when a backend regressed."""
+    from runtime.bench import gate
+
+    report["gate"] = g = gate(report, baseline, tolerance=args.max_slowdown, anchor=args.anchor, mode=args.gate_mode)
+    for c in g["checks"]:
+        print(f"  gate {c['label']} {c['size']}: {c['measure']} {c['current']:.3g} vs baseline {c['baseline']:.3g} "
+              f"({100 * c['slower_by']:+.1f} %, allowed {100 * c['tolerance']:.0f} %): "
+              f"{'ok' if c['passed'] else 'REGRESSION'}")
+    if not g["compared"]:
+        print("  gate: nothing comparable in the baseline (labels / sizes / batch differ)")
+    return 0 if g["passed"] else 1

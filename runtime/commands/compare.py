@@ -19,8 +19,8 @@ def add_arguments(p) -> None:
                    "(default: none)")
     p.add_argument("--save-golden", default=None, help="save the inputs and reference outputs to this .npz "
                    "(default: none)")
-    p.add_argument("--inputs", default="real", help="real (Middlebury motorcycle crops), random, or a golden .npz "
-                   "whose inputs to use")
+    p.add_argument("--inputs", type=inputs_source, default="real",
+                   help="real (Middlebury motorcycle crops), random, or a golden .npz whose inputs to use")
     p.add_argument("--size", type=image_size, default=None,
                    help="HxW of generated inputs (default: the first export's size)")
     p.add_argument("--pairs", type=count, default=2, help="number of generated pairs (real: 1-4)")
@@ -33,14 +33,12 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    import json
     from pathlib import Path
 
     from runtime.backends import create_backend, parse_spec
-    from runtime.commands.common import backend_options, default_size, model_defaults, settings_from_args
+    from runtime.commands.common import backend_options
     from runtime.compare import compare, load_golden, save_golden
     from runtime.errors import InputError
-    from runtime.preprocessing import random_pair, real_pairs
 
     specs = [parse_spec(s) for s in args.candidate]
     golden = load_golden(args.golden) if args.golden else None
@@ -53,28 +51,8 @@ def run(args) -> int:
             raise InputError("give a reference: --checkpoint CKPT (torch float32), --reference SPEC or --golden FILE")
     if not specs and not args.save_golden:
         raise InputError("nothing to compare: add --candidate SPEC (or --save-golden FILE to only save the reference)")
-    settings = settings_from_args(args)
-    baked = model_defaults([path for _, _, path in specs])
-    if golden is not None and golden.meta.get("settings"):
-        gs = golden.meta["settings"]
-        baked = {"max_iter": gs.get("max_iter"), "tol": gs.get("tol"), "stop_mode": gs.get("stop_mode")}
-    if baked:
-        settings = settings.with_defaults(baked["max_iter"] if settings.max_iter is None else settings.max_iter,
-                                          baked["tol"] if settings.tol is None else settings.tol,
-                                          settings.stop_mode or baked["stop_mode"] or "abs", settings.method or
-                                          "fixed_point")
-    if golden is not None:
-        pairs, label = golden.pairs, f"golden {args.golden}"
-    elif args.inputs.endswith(".npz"):
-        pairs, label = load_golden(args.inputs).pairs, f"inputs of {args.inputs}"
-    else:
-        size = args.size or default_size([path for _, _, path in specs])
-        if args.inputs == "real":
-            pairs, label = real_pairs(size, args.pairs), "real (Middlebury 2014 motorcycle, resized/cropped)"
-        elif args.inputs == "random":
-            pairs, label = [random_pair(size, seed=i) for i in range(args.pairs)], "random (smooth noise, shifted)"
-        else:
-            raise InputError(f"--inputs must be real, random or a .npz file, got {args.inputs!r}")
+    settings = resolved_settings(args, specs, golden)
+    pairs, label = input_pairs(args, specs, golden)
     reference = None
     if golden is None:
         name, opts, path = ref_spec
@@ -105,6 +83,47 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(report.to_json())
     (out / "compare.md").write_text(report.to_markdown())
+    print_verdicts(report)
+    print(f"wrote {out / 'compare.json'} and {out / 'compare.md'}")
+    return 0 if report.passed else 1
+
+
+def resolved_settings(args, specs: list, golden):
+    """The solver flags, with what they leave unset taken from the golden file or the first candidate's export."""
+    from runtime.commands.common import model_defaults, settings_from_args
+
+    settings = settings_from_args(args)
+    baked = model_defaults([path for _, _, path in specs])
+    if golden is not None and golden.meta.get("settings"):
+        gs = golden.meta["settings"]
+        baked = {"max_iter": gs.get("max_iter"), "tol": gs.get("tol"), "stop_mode": gs.get("stop_mode")}
+    if baked:
+        settings = settings.with_defaults(baked["max_iter"] if settings.max_iter is None else settings.max_iter,
+                                          baked["tol"] if settings.tol is None else settings.tol,
+                                          settings.stop_mode or baked["stop_mode"] or "abs", settings.method or
+                                          "fixed_point")
+    return settings
+
+
+def input_pairs(args, specs: list, golden) -> tuple[list, str]:
+    """The image pairs to compare on and their description: the golden file's, a .npz's, or generated."""
+    from runtime.commands.common import default_size
+    from runtime.compare import load_golden
+    from runtime.preprocessing import random_pair, real_pairs
+
+    if golden is not None:
+        return golden.pairs, f"golden {args.golden}"
+    if args.inputs.endswith(".npz"):
+        return load_golden(args.inputs).pairs, f"inputs of {args.inputs}"
+    size = args.size or default_size([path for _, _, path in specs])
+    if args.inputs == "real":
+        return real_pairs(size, args.pairs), "real (Middlebury 2014 motorcycle, resized/cropped)"
+    return [random_pair(size, seed=i) for i in range(args.pairs)], "random (smooth noise, shifted)"
+
+
+def print_verdicts(report) -> None:
+    import json
+
     for c in report.candidates:
         if c.get("error"):
             print(f"{c['label']}: ERROR {c['error']}")
@@ -116,8 +135,15 @@ def run(args) -> int:
               f"diff {_f(f.get('fl_all_pct'))} %, iterations {c['iterations_reference']} / "
               f"{c['iterations_candidate']}, "
               f"NaN/Inf {c['nonfinite']}; smallest passing tolerance {json.dumps(c['min_tolerance'])}")
-    print(f"wrote {out / 'compare.json'} and {out / 'compare.md'}")
-    return 0 if report.passed else 1
+
+
+def inputs_source(text: str) -> str:
+    """--inputs: real, random or a .npz file (checked while parsing)."""
+    import argparse
+
+    if text in ("real", "random") or text.endswith(".npz"):
+        return text
+    raise argparse.ArgumentTypeError(f"must be real, random or a .npz file, got {text!r}")
 
 
 def _f(x) -> str:
