@@ -1,16 +1,19 @@
-"""The `deqflow` command line. Each sub-command lives in the package that owns it and is imported only
-when used, so `deqflow --help` (and the runtime commands) work without PyTorch."""
+"""The `deqflow` command line. Each sub-command lives in the package that owns it and imports PyTorch, ONNX
+Runtime or TensorRT inside its `run`, so `deqflow --help` and every verb's `--help` work without them, and a verb
+whose library is missing says what to install. Only the options of the verb being run are built."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+from collections.abc import Iterable
 
 from deqflow import __version__
+from deqflow.cli_args import CliParser, DefaultsHelpFormatter
 from deqflow.errors import DeqflowError
 
-# name -> module defining HELP, add_arguments(parser) and run(args) -> int
+# name -> module defining HELP, add_arguments(parser), run(args) -> int and optionally requires(args) -> modules
 COMMANDS: dict[str, str] = {
     "demo": "training.commands.demo",
     "infer": "runtime.commands.infer",
@@ -23,29 +26,78 @@ COMMANDS: dict[str, str] = {
     "bench": "runtime.commands.bench",
 }
 
+INSTALL = {
+    "torch": "PyTorch (pip install torch)",
+    "tensorrt": "TensorRT (pip install tensorrt)",
+    "onnxruntime": "ONNX Runtime (pip install onnxruntime)",
+    "onnx": "onnx (pip install onnx)",
+    "cv2": "OpenCV (pip install opencv-python-headless)",
+    "skimage": "scikit-image (pip install scikit-image)",
+}
+"""Optional libraries a verb may need: module name -> what to install."""
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deqflow", description="Deep Equilibrium Optical Flow toolkit")
+
+def build_parser(verbs: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The `deqflow` parser with the options of `verbs` (default: every verb); the others only list their help,
+    so running one verb never pays for the imports behind another verb's options (train's model config)."""
+    parser = CliParser(prog="deqflow", description="Deep Equilibrium Optical Flow toolkit", allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"deqflow {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    verbs = set(COMMANDS if verbs is None else verbs)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP, allow_abbrev=False,
+                           formatter_class=DefaultsHelpFormatter)
+        if name in verbs:
+            module.add_arguments(p)
+        p.set_defaults(_run=module.run, _requires=getattr(module, "requires", None))
     return parser
 
 
+def requested_verb(argv: list[str]) -> str | None:
+    """The sub-command named on the command line (the first word that is not an option), if any."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def missing_requirement(args: argparse.Namespace) -> str | None:
+    """'needs X' for the first library the chosen verb requires (its `requires(args)`) that cannot be imported."""
+    for module_name in args._requires(args) if args._requires else ():
+        try:
+            importlib.import_module(module_name)
+        except ImportError:
+            return f"this command needs {INSTALL.get(module_name, module_name)}, which is not installed here"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser([requested_verb(argv)])
+    try:
+        args, unknown = parser.parse_known_args(argv)
+    except SystemExit as exc:  # --help, --version, or a one-line argument error already printed
+        return int(exc.code or 0)
     if not getattr(args, "command", None):
         parser.print_help()
+        return 2
+    prefix = f"deqflow {args.command}: error:"
+    missing = missing_requirement(args)  # before unknown flags: options of a missing library are not listed
+    if missing:
+        print(f"{prefix} {missing}", file=sys.stderr)
+        return 2
+    if unknown:
+        print(f"{prefix} unrecognized arguments: {' '.join(unknown)} (see deqflow {args.command} --help)",
+              file=sys.stderr)
         return 2
     try:
         return int(args._run(args) or 0)
     except DeqflowError as exc:
-        print(f"deqflow {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prefix} {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        root = (exc.name or "").split(".")[0]
+        if root not in INSTALL:
+            raise
+        print(f"{prefix} this command needs {INSTALL[root]}, which is not installed here", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"deqflow {args.command}: interrupted", file=sys.stderr)

@@ -5,46 +5,51 @@ from __future__ import annotations
 HELP = "export a checkpoint to ONNX (unrolled, Loop or split graphs) or check ONNX files (--check)"
 
 
+def requires(args) -> tuple[str, ...]:
+    return () if args.check else ("torch",)
+
+
 def add_arguments(p) -> None:
-    from export.config import DEFAULT_OPSET, DEFAULT_SIZE, LAYOUTS, LOOKUPS, PRECISIONS, STOP_MODES
+    from deqflow.cli_args import add_solver_group, count, multiple_of_8
+    from export.config import DEFAULT_OPSET, DEFAULT_SIZE, LAYOUTS, LOOKUPS, PRECISIONS
 
     p.add_argument("--check", nargs="+", metavar="FILE",
                    help="only run the checks (onnx.checker, shape inference, TensorRT compatibility) on these "
-                        "ONNX files; exit status 1 when any check fails")
-    p.add_argument("--checkpoint", help="official DEQ-Flow .pth or deqflow checkpoint")
-    p.add_argument("--output", help="output .onnx (split: writes <stem>.encoder/.step/.decode.onnx)")
+                        "ONNX files; exit status 1 when any check fails (default: export)")
+    p.add_argument("--checkpoint", help="official DEQ-Flow .pth or deqflow checkpoint (default: none, required "
+                   "unless --check)")
+    p.add_argument("--output", help="output .onnx (split: writes <stem>.encoder/.step/.decode.onnx; default: none, "
+                   "required unless --check)")
     p.add_argument("--layout", choices=LAYOUTS, default="unrolled",
                    help="unrolled: N steps written out; loop: one ONNX Loop; split: encoder + step + decode "
-                        "graphs driven by the host (default unrolled)")
-    p.add_argument("--iters", type=int, default=None,
-                   help="fixed-point steps (loop: the cap; split: recommended host cap); default: the model's "
-                        "evaluation iterations")
-    p.add_argument("--height", type=int, default=DEFAULT_SIZE[0],
-                   help=f"padded input height, a multiple of 8 (default {DEFAULT_SIZE[0]})")
-    p.add_argument("--width", type=int, default=DEFAULT_SIZE[1],
-                   help=f"padded input width, a multiple of 8 (default {DEFAULT_SIZE[1]})")
-    p.add_argument("--batch", type=int, default=1)
+                        "graphs driven by the host")
+    p.add_argument("--height", type=multiple_of_8("--height"), default=DEFAULT_SIZE[0],
+                   help="padded input height, a multiple of 8")
+    p.add_argument("--width", type=multiple_of_8("--width"), default=DEFAULT_SIZE[1],
+                   help="padded input width, a multiple of 8")
+    p.add_argument("--batch", type=count, default=1, help="batch size of a static export")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="mixed16: convolutions and GRU in float16 behind explicit Casts; coordinates, "
                         "correlation, lookups, upsampling softmax and residual in float32")
     p.add_argument("--lookup", choices=LOOKUPS, default="gather",
-                   help="correlation lookup: gather (fast on ONNX Runtime; GatherElements) or grid_sample "
-                        "(GridSample, native in TensorRT)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset, 17-19 (default 17)")
+                   help="correlation lookup: gather (GatherElements) or grid_sample (GridSample, native in "
+                        "TensorRT)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset, 17-19")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch/height/width")
-    p.add_argument("--min-shape", help="dynamic: smallest input, HxW or BxHxW or Bx3xHxW")
-    p.add_argument("--opt-shape", help="dynamic: typical input (default batch x height x width)")
+    p.add_argument("--min-shape", help="dynamic: smallest input, HxW or BxHxW or Bx3xHxW (default: the opt shape)")
+    p.add_argument("--opt-shape", help="dynamic: typical input (default: batch x height x width)")
     p.add_argument("--max-shape", help="dynamic: largest input (default: the opt shape)")
-    p.add_argument("--tolerance", type=float, default=0.0,
-                   help="loop: end early once every sample's residual < T (condition output; TensorRT runs such "
-                        "while loops one iteration longer than ONNX Runtime, see the --check report); split: the "
-                        "host's stop rule. Default 0: always run all iterations")
-    p.add_argument("--stop-mode", choices=STOP_MODES, default=None,
-                   help="residual the tolerance applies to (default: the checkpoint's, usually abs)")
+    add_solver_group(p, ("iters", "tol", "stop_mode"), defaults={"tol": 0.0}, aliases={"tol": ("--tolerance",)},
+                     notes={"iters": "loop: the cap; split: the recommended host cap; unrolled: the steps written "
+                                     "out (default: the model's evaluation iterations)",
+                            "tol": "loop: ends the Loop (TensorRT runs such while loops one iteration longer than "
+                                   "ONNX Runtime, see the --check report); split: the host's stop rule"},
+                     unset="default: the checkpoint's")
     p.add_argument("--no-flow-init", dest="flow_init", action="store_false",
                    help="leave out the flow_init (warm start) input")
     p.add_argument("--simplify", action="store_true", help="simplify with onnxslim after export")
-    p.add_argument("--variant", help="expected variant (T, B, L, H, G); a checkpoint of another variant is refused")
+    p.add_argument("--variant", help="expected variant (T, B, L, H, G); a checkpoint of another variant is refused "
+                   "(default: any)")
     p.add_argument("--verify", action="store_true",
                    help="run the export on ONNX Runtime (CPU) and compare the flow with PyTorch")
 
@@ -72,7 +77,7 @@ def run(args) -> int:
     cfg = ExportConfig(layout=args.layout, iters=args.iters, height=args.height, width=args.width,
                        batch=args.batch, precision=args.precision, lookup=args.lookup, opset=args.opset,
                        dynamic=args.dynamic, min_shape=args.min_shape, opt_shape=args.opt_shape,
-                       max_shape=args.max_shape, tolerance=args.tolerance, stop_mode=args.stop_mode,
+                       max_shape=args.max_shape, tolerance=args.tol, stop_mode=args.stop_mode,
                        flow_init=args.flow_init, simplify=args.simplify, variant=args.variant, verify=args.verify)
     from export.exporter import export_onnx
 

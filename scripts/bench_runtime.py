@@ -42,10 +42,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
+    from deqflow.shapes import parse_size
     from export import export_onnx
     from runtime import SolverSettings, create_backend
     from runtime.bench import BenchCase, markdown_table, run_bench, write_report
-    from runtime.commands.common import parse_size
 
     reports = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -56,9 +56,9 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from deqflow.metrics import flow_metrics
+    from deqflow.shapes import parse_size
     from export import export_onnx
     from runtime import SolverSettings, create_backend, prepare
-    from runtime.commands.common import parse_size
     from runtime.versions import version_info
     from training.data.synthetic import make_synthetic_video
 

@@ -59,36 +59,61 @@ def _env() -> dict:
 NO_TORCH = """
 import sys
 
-class BlockTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ModuleNotFoundError("No module named 'torch' (blocked by the test)")
-        return None
-
-sys.meta_path.insert(0, BlockTorch())
+sys.modules["torch"] = None  # `import torch` now fails as it does where PyTorch is not installed
 import deqflow.cli
 
 deqflow.cli.build_parser()
-print("torch imported:", "torch" in sys.modules)
-try:
-    deqflow.cli.main(sys.argv[1:])
-except SystemExit as exc:
-    print("exit", exc.code)
+print("torch imported:", sys.modules["torch"] is not None)
+print("exit", deqflow.cli.main(sys.argv[1:]))
 """
 
 
+def _without_torch(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", NO_TORCH, *argv], cwd=ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=120)
+
+
 def test_help_works_without_torch():
-    help_run = subprocess.run([sys.executable, "-c", NO_TORCH, "--help"], cwd=ROOT, env=_env(),
-                              capture_output=True, text=True, timeout=60)
+    help_run = _without_torch("--help")
     assert help_run.returncode == 0, help_run.stderr
     assert "torch imported: False" in help_run.stdout and "exit 0" in help_run.stdout
     for name in COMMANDS:
         assert name in help_run.stdout
-    # a torch-backed command says what is missing, in one line, instead of a traceback
-    train_run = subprocess.run([sys.executable, "-c", NO_TORCH, "train", "--help"], cwd=ROOT, env=_env(),
-                               capture_output=True, text=True, timeout=60)
-    assert "exit 2" in train_run.stdout and "Traceback" not in train_run.stderr
-    assert "this command needs PyTorch" in train_run.stderr
+
+
+@pytest.mark.parametrize("verb", ["train", "evaluate", "export", "info", "demo", "infer", "compare", "bench", "build"])
+def test_every_verb_help_works_without_torch(verb):
+    run = _without_torch(verb, "--help")
+    assert run.returncode == 0 and "exit 0" in run.stdout and "Traceback" not in run.stderr, run.stderr
+    assert f"usage: deqflow {verb}" in run.stdout and "torch imported: False" in run.stdout
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--num-steps", "1"],
+    ["train", "--tiny", "--f_thres", "4"],  # model flags are listed only with PyTorch: still the install message
+    ["evaluate", "--checkpoint", "x.pth", "--dataset", "synthetic"],
+    ["export", "--checkpoint", "x.pth", "--output", "x.onnx"],
+    ["info", "x.pth"],
+    ["demo"],
+])
+def test_torch_verbs_without_torch_say_what_to_install(argv):
+    run = _without_torch(*argv)
+    assert run.returncode == 0 and "exit 2" in run.stdout, run.stderr  # main returned 2
+    assert "Traceback" not in run.stderr
+    assert run.stderr.strip() == (f"deqflow {argv[0]}: error: this command needs PyTorch (pip install torch), "
+                                  "which is not installed here")
+
+
+def test_torch_free_paths_without_torch(real_pair, tmp_path):
+    """export --check needs no PyTorch; infer/compare with a checkpoint name the torch backend's install."""
+    check = _without_torch("export", "--check", str(tmp_path / "missing.onnx"))
+    assert "exit 2" in check.stdout and "Traceback" not in check.stderr
+    assert "ONNX file not found" in check.stderr
+    infer = _without_torch("infer", "--checkpoint", "x.pth", "--image1", str(real_pair / "left.png"), "--image2",
+                           str(real_pair / "right.png"), "--output", str(tmp_path / "o"))
+    assert "exit 2" in infer.stdout and "Traceback" not in infer.stderr
+    assert len(infer.stderr.strip().splitlines()) == 1 and "pip install torch" in infer.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_console_script_help_and_train_help():
@@ -179,3 +204,143 @@ def test_demo_with_a_checkpoint(tiny_checkpoint, tmp_path, capsys):
     for name in ("error.png", "flow.png", "flow.flo", "panel.png"):
         assert (out / name).is_file(), name
     assert read_flo(out / "flow.flo").shape == (500, 741, 2)
+
+
+# --- one vocabulary: aliases, defaults in --help, parse-time validation ------------------------------------------
+
+
+def _parse(*argv: str):
+    from deqflow.cli import build_parser
+
+    return build_parser().parse_args(list(argv))
+
+
+def _settings(*argv: str) -> dict:
+    """The parsed options of a verb, without the run hooks."""
+    return {k: v for k, v in vars(_parse(*argv)).items() if not k.startswith("_")}
+
+
+@pytest.mark.parametrize("verb,base", [
+    ("evaluate", ["--checkpoint", "c.pth"]),
+    ("infer", ["--output", "o"]),
+    ("compare", []),
+])
+def test_official_solver_names_are_aliases(verb, base):
+    official = _settings(verb, *base, "--f_eps", "0.01", "--f_solver", "naive_solver", "--f_stop_mode", "rel")
+    shared = _settings(verb, *base, "--tol", "0.01", "--solver", "fixed_point", "--stop-mode", "rel")
+    assert official == shared
+    assert (shared["tol"], shared["solver"], shared["stop_mode"]) == (0.01, "fixed_point", "rel")
+
+
+def test_runtime_solver_settings_from_either_name():
+    from runtime.commands.common import settings_from_args
+
+    a = settings_from_args(_parse("infer", "--output", "o", "--f_eps", "0.01", "--iters", "7"))
+    b = settings_from_args(_parse("infer", "--output", "o", "--tol", "0.01", "--iters", "7"))
+    assert a == b and a.tol == 0.01 and a.max_iter == 7
+
+
+def test_export_tolerance_is_the_solver_tolerance():
+    values = {_parse("export", flag, "0.02").tol for flag in ("--tol", "--tolerance", "--f_eps")}
+    assert values == {0.02}
+    assert _parse("export").tol == 0.0  # default: run every iteration
+
+
+def test_train_keeps_the_official_semantics():
+    """--tol/--solver/--stop-mode set the forward solver (f_eps, f_solver, f_stop_mode); --f_thres stays the
+    training cap and the stage fills what is not given."""
+    from training.deq.args import deq_config_from_args
+
+    official = _parse("train", "--f_eps", "0.01", "--f_solver", "naive_solver", "--f_stop_mode", "rel",
+                      "--f_thres", "12")
+    shared = _parse("train", "--tol", "0.01", "--solver", "fixed_point", "--stop-mode", "rel", "--f_thres", "12")
+    assert deq_config_from_args(official) == deq_config_from_args(shared)
+    cfg = deq_config_from_args(shared)
+    assert (cfg.f_tol, cfg.f_solver, cfg.f_stop_mode, cfg.f_max_iter) == (0.01, "fixed_point", "rel", 12)
+    plain = _parse("train")
+    assert (plain.f_thres, plain.n_losses, plain.phantom_grad) == (None, None, None)  # the stage's
+    assert deq_config_from_args(plain) == DEQConfig()
+
+
+def test_bench_max_slowdown_and_its_deprecated_alias(capsys):
+    assert _parse("bench", "--backend", "torch=c.pth").max_slowdown == 0.15
+    assert _parse("bench", "--backend", "torch=c.pth", "--max-slowdown", "0.3").max_slowdown == 0.3
+    assert "deprecated" not in capsys.readouterr().err
+    assert _parse("bench", "--backend", "torch=c.pth", "--tolerance", "0.3").max_slowdown == 0.3
+    assert capsys.readouterr().err.strip() == "deqflow bench: warning: --tolerance is deprecated, use --max-slowdown"
+    # no abbreviations: --tol (the solver tolerance elsewhere) never silently means the allowed slowdown
+    assert main(["bench", "--backend", "torch=c.pth", "--tol", "0.3"]) == 2
+    assert "unrecognized arguments: --tol 0.3" in capsys.readouterr().err
+
+
+def _verb_parsers():
+    import argparse
+
+    from deqflow.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices
+
+
+@pytest.mark.parametrize("verb", ["train", "evaluate", "export", "info", "demo", "infer", "compare", "bench", "build"])
+def test_help_states_every_default(verb):
+    import argparse
+
+    from deqflow.cli_args import DefaultsHelpFormatter
+
+    parser = _verb_parsers()[verb]
+    for action in parser._actions:
+        if not action.option_strings or action.nargs == 0 or action.required or action.help == argparse.SUPPRESS:
+            continue
+        formatter = parser.formatter_class(prog=parser.prog)
+        formatter.add_argument(action)
+        shown = " ".join(formatter.format_help().split())
+        assert "(default: " in shown or "default: " in (action.help or ""), shown
+        if verb != "build":  # the verbs of this vocabulary say what a None default means
+            assert DefaultsHelpFormatter.UNSET not in shown, shown
+
+
+def test_help_shows_the_values():
+    verbs = _verb_parsers()
+    assert "(default: 440)" in verbs["export"].format_help() and "(default: 0.0)" in verbs["export"].format_help()
+    assert "(default: 0.15)" in verbs["bench"].format_help()
+    assert "(default: 0.001)" in verbs["train"].format_help() and "(default: anderson)" in verbs["train"].format_help()
+    assert "the model's own" in verbs["infer"].format_help()
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["evaluate", "--checkpoint", "c.pth", "--f_eps", "nan"], "argument --tol/--f_eps: must be a finite number"),
+    (["infer", "--output", "o", "--tol", "-1"], "must be a finite number >= 0, got -1"),
+    (["infer", "--output", "o", "--iters", "1000000"], "must be between 1 and 10000 iterations, got 1000000"),
+    (["infer", "--output", "o", "--threads", "-3"], "argument --threads: must be a whole number >= 0, got -3"),
+    (["infer", "--output", "o", "--fps", "inf"], "argument --fps: must be a finite number"),
+    (["infer", "--output", "o", "--solver", "newton"], "argument --solver/--f_solver: invalid choice: 'newton'"),
+    (["export", "--height", "130"], "argument --height: 130 is not a positive multiple of 8; use --height 128 or 136"),
+    (["export", "--width", "4"], "4 is not a positive multiple of 8; use --width 8"),
+    (["export", "--batch", "0"], "argument --batch: must be a whole number >= 1, got 0"),
+    (["train", "--num-steps", "0"], "argument --num-steps: must be a whole number >= 1, got 0"),
+    (["train", "--num-steps", "-3"], "must be a whole number >= 1, got -3"),
+    (["train", "--batch-size", "0"], "argument --batch-size: must be a whole number >= 1"),
+    (["train", "--lr", "nan"], "argument --lr: must be a finite number, got nan"),
+    (["train", "--image-size", "130", "128"], "130 is not a positive multiple of 8; use 128 or 136"),
+    (["train", "--f_thres", "0"], "argument --f_thres: must be between 1 and 10000"),
+    (["bench", "--backend", "torch=c.pth", "--max-slowdown", "-0.1"], "argument --max-slowdown: must be a finite"),
+    (["bench", "--backend", "torch=c.pth", "--size", "12"], "argument --size: size '12' must look like HxW"),
+    (["compare", "--pairs", "0"], "argument --pairs: must be a whole number >= 1, got 0"),
+    (["compare", "--inputs", "photos"], "argument --inputs: must be real, random or a .npz file, got 'photos'"),
+])
+def test_bad_settings_are_refused_while_parsing(argv, words, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"deqflow {argv[0]}: error: ") and words in err, err
+
+
+@pytest.mark.parametrize("verb", ["infer", "compare", "bench", "build"])
+def test_runtime_verbs_parse_without_importing_torch(verb):
+    """Only the verb being run builds its options: a runtime verb never imports PyTorch to parse."""
+    code = (f"import sys, deqflow.cli; deqflow.cli.main([{verb!r}, '--help']); "
+            "print('torch loaded:', 'torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                         timeout=60)
+    assert "torch loaded: False" in run.stdout, run.stderr

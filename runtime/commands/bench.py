@@ -3,27 +3,40 @@
 from __future__ import annotations
 
 HELP = ("time backends at given sizes / iterations / batch (median, p90, p99, throughput, peak memory); "
-        "--baseline FILE exits 1 when a backend got slower than the baseline by more than --tolerance")
+        "--baseline FILE exits 1 when a backend got slower than the baseline by more than --max-slowdown")
 
 
 def add_arguments(p) -> None:
+    from deqflow.cli_args import (
+        DeprecatedAlias,
+        add_solver_group,
+        count,
+        count_or_zero,
+        image_size,
+        non_negative_number,
+    )
     from runtime.commands.common import add_backend_options
 
     p.add_argument("--backend", action="append", default=[], metavar="SPEC", required=True,
                    help="BACKEND[:OPTION]=PATH, repeatable: torch=ckpt.pth, onnxruntime=m.onnx, tensorrt=m.onnx")
-    p.add_argument("--size", action="append", default=[], help="HxW, repeatable (default: the first export's size)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--iters", type=int, default=None,
-                   help="solver iterations, no early stop (default: the first export's; graphs have theirs baked)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--runs", type=int, default=10)
-    p.add_argument("--inputs", choices=["real", "random"], default="real")
+    p.add_argument("--size", action="append", default=[], type=image_size,
+                   help="HxW, repeatable (default: the first export's size)")
+    p.add_argument("--batch", type=count, default=1, help="images per run")
+    add_solver_group(p, ("iters",), notes={"iters": "always all of them: no early stop (default: the first "
+                                                    "export's; graphs have theirs baked)"})
+    p.add_argument("--warmup", type=count_or_zero, default=2, help="untimed runs per case first")
+    p.add_argument("--runs", type=count, default=10, help="timed runs per case, interleaved between the cases")
+    p.add_argument("--inputs", choices=["real", "random"], default="real", help="real photographs or smooth noise")
     p.add_argument("--output", default="bench.json", help="JSON report")
-    p.add_argument("--markdown", default=None, help="also write the table as Markdown")
+    p.add_argument("--markdown", default=None, help="also write the table as Markdown (default: no)")
     g = p.add_argument_group("regression gate")
-    g.add_argument("--baseline", default=None, help="earlier bench JSON to compare with")
-    g.add_argument("--tolerance", type=float, default=0.15, help="allowed slowdown (0.15 = 15 %%)")
-    g.add_argument("--anchor", default=None, help="label of the backend the ratios are taken to (default: first)")
+    g.add_argument("--baseline", default=None, help="earlier bench JSON to compare with (default: no gate)")
+    g.add_argument("--max-slowdown", type=non_negative_number, default=0.15,
+                   help="allowed slowdown against the baseline, as a fraction (0.15 = 15 %%)")
+    g.add_argument("--tolerance", dest="max_slowdown", type=non_negative_number, action=DeprecatedAlias,
+                   replacement="--max-slowdown")
+    g.add_argument("--anchor", default=None, help="label of the backend the ratios are taken to (default: the "
+                   "first)")
     g.add_argument("--gate-mode", choices=["auto", "ratio", "absolute"], default="auto",
                    help="ratio: compare latency ratios to the anchor measured in the same run (robust on a noisy, "
                         "shared machine); absolute: medians; auto: ratio when possible")
@@ -34,17 +47,13 @@ def run(args) -> int:
     import json
     from pathlib import Path
 
-    from runtime.backends import create_backend, parse_spec
-    from runtime.bench import BenchCase, gate, markdown_table, run_bench, write_report
-    from runtime.commands.common import backend_options, default_size, model_defaults, parse_size, spec_label
+    from runtime.backends import parse_spec
+    from runtime.bench import markdown_table, run_bench, write_report
+    from runtime.commands.common import default_size, model_defaults
     from runtime.errors import FileFormatError, InputError
-    from runtime.modelfile import open_model_file
-    from runtime.solver import SolverSettings
 
     specs = [parse_spec(s) for s in args.backend]
-    if args.batch < 1:
-        raise InputError(f"--batch must be >= 1, got {args.batch}")
-    sizes = [parse_size(s) for s in args.size] or [default_size([p for _, _, p in specs])]
+    sizes = args.size or [default_size([p for _, _, p in specs])]
     baked = model_defaults([p for _, _, p in specs])
     iters = args.iters or (baked["max_iter"] if baked else None)
     if iters is None:
@@ -55,6 +64,32 @@ def run(args) -> int:
             baseline = json.loads(Path(args.baseline).read_text())
         except (OSError, ValueError) as exc:
             raise FileFormatError(f"cannot read baseline {args.baseline}: {exc}") from None
+    cases = bench_cases(args, specs, sizes, iters)
+    print(f"bench: {len(cases)} case(s), {iters} iterations, batch {args.batch}, warm-up {args.warmup}, "
+          f"{args.runs} interleaved runs")
+    report = run_bench(cases, warmup=args.warmup, runs=args.runs, inputs=args.inputs, iterations=iters, log=print)
+    if args.anchor:
+        from runtime.bench import ratios
+
+        report["ratios"] = ratios(report["results"], args.anchor)
+    rc = 0 if baseline is None else apply_gate(report, baseline, args)
+    write_report(report, args.output)
+    if args.markdown:
+        Path(args.markdown).write_text(markdown_table(report))
+    print(f"wrote {args.output}" + (f" and {args.markdown}" if args.markdown else ""))
+    return rc
+
+
+def bench_cases(args, specs: list, sizes: list, iters: int) -> list:
+    """One BenchCase per backend spec and size; backends are created by the bench, one at a time."""
+    from pathlib import Path
+
+    from runtime.backends import create_backend
+    from runtime.bench import BenchCase
+    from runtime.commands.common import backend_options, spec_label
+    from runtime.modelfile import open_model_file
+    from runtime.solver import SolverSettings
+
     cases, seen = [], set()
     for name, opts, path in specs:
         options = backend_options(name, args, opts)
@@ -69,26 +104,18 @@ def run(args) -> int:
                 return create_backend(name, path, settings=settings, **options)
 
             cases.append(BenchCase(label, factory, size, args.batch, {"spec": f"{name}={path}"}))
-    print(f"bench: {len(cases)} case(s), {iters} iterations, batch {args.batch}, warm-up {args.warmup}, "
-          f"{args.runs} interleaved runs")
-    report = run_bench(cases, warmup=args.warmup, runs=args.runs, inputs=args.inputs, iterations=iters, log=print)
-    if args.anchor:
-        from runtime.bench import ratios
+    return cases
 
-        report["ratios"] = ratios(report["results"], args.anchor)
-    rc = 0
-    if baseline is not None:
-        report["gate"] = g = gate(report, baseline, tolerance=args.tolerance, anchor=args.anchor, mode=args.gate_mode)
-        for c in g["checks"]:
-            print(f"  gate {c['label']} {c['size']}: {c['measure']} {c['current']:.3g} vs baseline {c['baseline']:.3g} "
-                  f"({100 * c['slower_by']:+.1f} %, tolerance {100 * c['tolerance']:.0f} %): "
-                  f"{'ok' if c['passed'] else 'REGRESSION'}")
-        if not g["compared"]:
-            print("  gate: nothing comparable in the baseline (labels / sizes / batch differ)")
-        if not g["passed"]:
-            rc = 1
-    write_report(report, args.output)
-    if args.markdown:
-        Path(args.markdown).write_text(markdown_table(report))
-    print(f"wrote {args.output}" + (f" and {args.markdown}" if args.markdown else ""))
-    return rc
+
+def apply_gate(report: dict, baseline: dict, args) -> int:
+    """Compare with the baseline (report['gate']), print each check; 1 when a backend regressed."""
+    from runtime.bench import gate
+
+    report["gate"] = g = gate(report, baseline, tolerance=args.max_slowdown, anchor=args.anchor, mode=args.gate_mode)
+    for c in g["checks"]:
+        print(f"  gate {c['label']} {c['size']}: {c['measure']} {c['current']:.3g} vs baseline {c['baseline']:.3g} "
+              f"({100 * c['slower_by']:+.1f} %, allowed {100 * c['tolerance']:.0f} %): "
+              f"{'ok' if c['passed'] else 'REGRESSION'}")
+    if not g["compared"]:
+        print("  gate: nothing comparable in the baseline (labels / sizes / batch differ)")
+    return 0 if g["passed"] else 1

@@ -1,22 +1,20 @@
-"""Argument groups and helpers shared by the runtime commands."""
+"""Argument groups and helpers shared by the runtime commands (the solver flags come from deqflow.cli_args)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-import deqflow.shapes
+from deqflow.cli_args import add_solver_group, count_or_zero
 from runtime.solver import SolverSettings
 
 
 def add_solver_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("solver (default: the model's own settings)")
-    g.add_argument("--iters", type=int, default=None, help="solver iterations (cap when a tolerance is set)")
-    g.add_argument("--tol", type=float, default=None, help="stop when every sample's residual is below this "
-                   "(split layout / torch; <= 0 never stops early)")
-    g.add_argument("--stop-mode", choices=["abs", "rel"], default=None, help="residual used by --tol")
-    g.add_argument("--solver", choices=["fixed_point", "anderson", "broyden"], default=None,
-                   help="fixed-point method (anderson: host-side Anderson acceleration for the split layout)")
+    """The shared solver group with the model's own settings as defaults, plus --lowest-residual."""
+    g = add_solver_group(p, unset="default: the model's own",
+                         notes={"tol": "split layout and torch backend (default: the model's own)",
+                                "solver": "anderson runs on the host for the split layout; broyden: torch backend "
+                                          "(default: the model's own)"})
     g.add_argument("--lowest-residual", action="store_true",
                    help="return each sample's lowest-residual iterate instead of the last (split / torch)")
 
@@ -31,14 +29,17 @@ def add_backend_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu",
                    help="onnxruntime execution provider")
     g.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
-    g.add_argument("--device-id", type=int, default=0, help="GPU index (onnxruntime cuda/tensorrt, tensorrt)")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads (torch, onnxruntime CPU)")
+    g.add_argument("--device-id", type=count_or_zero, default=0,
+                   help="GPU index (onnxruntime cuda/tensorrt, tensorrt)")
+    g.add_argument("--threads", type=count_or_zero, default=0,
+                   help="CPU threads (torch, onnxruntime CPU); 0: the library's automatic choice")
     g.add_argument("--cuda-graph", action="store_true", help="capture CUDA graphs (tensorrt, onnxruntime GPU)")
-    g.add_argument("--cache-dir", default=None, help="TensorRT engine/timing cache folder")
+    g.add_argument("--cache-dir", default=None, help="TensorRT engine/timing cache folder (default: tensorrt "
+                   "backend: $DEQFLOW_ENGINE_CACHE or ~/.cache/deqflow/engines; onnxruntime TensorRT provider: none)")
     g.add_argument("--fp16", action="store_true", help="onnxruntime TensorRT provider: trt_fp16_enable")
     g.add_argument("--low-memory", action="store_true",
-                   help="onnxruntime CPU: no memory arena, no memory pattern (at 440x1024 about 1.1 instead of "
-                        "2-2.7 GB of host memory, 25-40%% slower)")
+                   help="onnxruntime CPU: no memory arena and no memory pattern (less host memory, slower; "
+                        "measured in the README)")
     g.add_argument("--rebuild", action="store_true",
                    help="tensorrt: rebuild an engine made by another TensorRT version / GPU from its ONNX file")
 
@@ -47,10 +48,10 @@ def backend_options(name: str, args: argparse.Namespace, extra: dict | None = No
     """Constructor options of backend `name` from the parsed flags (spec options in `extra` win)."""
     extra = dict(extra or {})
     if name == "torch":
-        opts = {"device": getattr(args, "device", "cpu"), "threads": getattr(args, "threads", None)}
+        opts = {"device": getattr(args, "device", "cpu"), "threads": getattr(args, "threads", 0) or None}
     elif name == "onnxruntime":
         opts = {"provider": getattr(args, "provider", "cpu"), "device_id": getattr(args, "device_id", 0),
-                "threads": getattr(args, "threads", None), "cuda_graph": getattr(args, "cuda_graph", False),
+                "threads": getattr(args, "threads", 0) or None, "cuda_graph": getattr(args, "cuda_graph", False),
                 "cache_dir": getattr(args, "cache_dir", None), "fp16": getattr(args, "fp16", False),
                 "low_memory": getattr(args, "low_memory", False)}
     else:
@@ -72,10 +73,6 @@ def spec_label(name: str, options: dict, path: str) -> str:
         layout = None
     head = f"onnxruntime:{options.get('provider', 'cpu')}" if name == "onnxruntime" else name
     return head + (f" ({layout})" if layout else "")
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    return deqflow.shapes.parse_size(text)
 
 
 def default_size(paths: list[str], fallback: tuple[int, int] = (128, 160)) -> tuple[int, int]:

@@ -7,36 +7,38 @@ HELP = ("compare backends (onnxruntime, tensorrt, ...) against one float32 refer
 
 
 def add_arguments(p) -> None:
+    from deqflow.cli_args import count, image_size
     from runtime.commands.common import add_backend_options, add_solver_args
 
     p.add_argument("--reference", default=None, help="BACKEND[:OPTION]=PATH (default: torch=<--checkpoint>)")
-    p.add_argument("--checkpoint", default=None, help="checkpoint of the default torch reference")
+    p.add_argument("--checkpoint", default=None, help="checkpoint of the default torch reference (default: none)")
     p.add_argument("--candidate", action="append", default=[], metavar="SPEC",
                    help="BACKEND[:OPTION]=PATH, repeatable: onnxruntime=m.onnx, onnxruntime:cuda=m.onnx, "
-                        "onnxruntime:tensorrt=m.onnx, tensorrt=m.onnx, torch:cuda=ckpt.pth")
-    p.add_argument("--golden", default=None, help="use this golden .npz (inputs + reference outputs) as reference")
-    p.add_argument("--save-golden", default=None, help="save the inputs and reference outputs to this .npz")
-    p.add_argument("--inputs", default="real", help="real (Middlebury motorcycle crops; default), random, or a "
-                   "golden .npz whose inputs to use")
-    p.add_argument("--size", default=None, help="HxW of generated inputs (default: the first export's size)")
-    p.add_argument("--pairs", type=int, default=2, help="number of generated pairs (1-4)")
+                        "onnxruntime:tensorrt=m.onnx, tensorrt=m.onnx, torch:cuda=ckpt.pth (default: none)")
+    p.add_argument("--golden", default=None, help="use this golden .npz (inputs + reference outputs) as reference "
+                   "(default: none)")
+    p.add_argument("--save-golden", default=None, help="save the inputs and reference outputs to this .npz "
+                   "(default: none)")
+    p.add_argument("--inputs", type=inputs_source, default="real",
+                   help="real (Middlebury motorcycle crops), random, or a golden .npz whose inputs to use")
+    p.add_argument("--size", type=image_size, default=None,
+                   help="HxW of generated inputs (default: the first export's size)")
+    p.add_argument("--pairs", type=count, default=2, help="number of generated pairs (real: 1-4)")
     p.add_argument("--tier", choices=["auto", "float32", "float16"], default="auto",
                    help="tolerance tier (auto: float16 for mixed16 exports / fp16 engines)")
     p.add_argument("--output", default="compare", help="folder for compare.json and compare.md")
-    p.add_argument("--pad-mode", choices=["sintel", "kitti"], default="sintel")
+    p.add_argument("--pad-mode", choices=["sintel", "kitti"], default="sintel", help="how inputs are padded")
     add_solver_args(p)
     add_backend_options(p)
 
 
 def run(args) -> int:
-    import json
     from pathlib import Path
 
     from runtime.backends import create_backend, parse_spec
-    from runtime.commands.common import backend_options, default_size, model_defaults, parse_size, settings_from_args
+    from runtime.commands.common import backend_options
     from runtime.compare import compare, load_golden, save_golden
     from runtime.errors import InputError
-    from runtime.preprocessing import random_pair, real_pairs
 
     specs = [parse_spec(s) for s in args.candidate]
     golden = load_golden(args.golden) if args.golden else None
@@ -49,28 +51,8 @@ def run(args) -> int:
             raise InputError("give a reference: --checkpoint CKPT (torch float32), --reference SPEC or --golden FILE")
     if not specs and not args.save_golden:
         raise InputError("nothing to compare: add --candidate SPEC (or --save-golden FILE to only save the reference)")
-    settings = settings_from_args(args)
-    baked = model_defaults([path for _, _, path in specs])
-    if golden is not None and golden.meta.get("settings"):
-        gs = golden.meta["settings"]
-        baked = {"max_iter": gs.get("max_iter"), "tol": gs.get("tol"), "stop_mode": gs.get("stop_mode")}
-    if baked:
-        settings = settings.with_defaults(baked["max_iter"] if settings.max_iter is None else settings.max_iter,
-                                          baked["tol"] if settings.tol is None else settings.tol,
-                                          settings.stop_mode or baked["stop_mode"] or "abs", settings.method or
-                                          "fixed_point")
-    if golden is not None:
-        pairs, label = golden.pairs, f"golden {args.golden}"
-    elif args.inputs.endswith(".npz"):
-        pairs, label = load_golden(args.inputs).pairs, f"inputs of {args.inputs}"
-    else:
-        size = parse_size(args.size) if args.size else default_size([path for _, _, path in specs])
-        if args.inputs == "real":
-            pairs, label = real_pairs(size, args.pairs), "real (Middlebury 2014 motorcycle, resized/cropped)"
-        elif args.inputs == "random":
-            pairs, label = [random_pair(size, seed=i) for i in range(args.pairs)], "random (smooth noise, shifted)"
-        else:
-            raise InputError(f"--inputs must be real, random or a .npz file, got {args.inputs!r}")
+    settings = resolved_settings(args, specs, golden)
+    pairs, label = input_pairs(args, specs, golden)
     reference = None
     if golden is None:
         name, opts, path = ref_spec
@@ -101,6 +83,47 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(report.to_json())
     (out / "compare.md").write_text(report.to_markdown())
+    print_verdicts(report)
+    print(f"wrote {out / 'compare.json'} and {out / 'compare.md'}")
+    return 0 if report.passed else 1
+
+
+def resolved_settings(args, specs: list, golden):
+    """The solver flags, with what they leave unset taken from the golden file or the first candidate's export."""
+    from runtime.commands.common import model_defaults, settings_from_args
+
+    settings = settings_from_args(args)
+    baked = model_defaults([path for _, _, path in specs])
+    if golden is not None and golden.meta.get("settings"):
+        gs = golden.meta["settings"]
+        baked = {"max_iter": gs.get("max_iter"), "tol": gs.get("tol"), "stop_mode": gs.get("stop_mode")}
+    if baked:
+        settings = settings.with_defaults(baked["max_iter"] if settings.max_iter is None else settings.max_iter,
+                                          baked["tol"] if settings.tol is None else settings.tol,
+                                          settings.stop_mode or baked["stop_mode"] or "abs", settings.method or
+                                          "fixed_point")
+    return settings
+
+
+def input_pairs(args, specs: list, golden) -> tuple[list, str]:
+    """The image pairs to compare on and their description: the golden file's, a .npz's, or generated."""
+    from runtime.commands.common import default_size
+    from runtime.compare import load_golden
+    from runtime.preprocessing import random_pair, real_pairs
+
+    if golden is not None:
+        return golden.pairs, f"golden {args.golden}"
+    if args.inputs.endswith(".npz"):
+        return load_golden(args.inputs).pairs, f"inputs of {args.inputs}"
+    size = args.size or default_size([path for _, _, path in specs])
+    if args.inputs == "real":
+        return real_pairs(size, args.pairs), "real (Middlebury 2014 motorcycle, resized/cropped)"
+    return [random_pair(size, seed=i) for i in range(args.pairs)], "random (smooth noise, shifted)"
+
+
+def print_verdicts(report) -> None:
+    import json
+
     for c in report.candidates:
         if c.get("error"):
             print(f"{c['label']}: ERROR {c['error']}")
@@ -112,8 +135,15 @@ def run(args) -> int:
               f"diff {_f(f.get('fl_all_pct'))} %, iterations {c['iterations_reference']} / "
               f"{c['iterations_candidate']}, "
               f"NaN/Inf {c['nonfinite']}; smallest passing tolerance {json.dumps(c['min_tolerance'])}")
-    print(f"wrote {out / 'compare.json'} and {out / 'compare.md'}")
-    return 0 if report.passed else 1
+
+
+def inputs_source(text: str) -> str:
+    """--inputs: real, random or a .npz file (checked while parsing)."""
+    import argparse
+
+    if text in ("real", "random") or text.endswith(".npz"):
+        return text
+    raise argparse.ArgumentTypeError(f"must be real, random or a .npz file, got {text!r}")
 
 
 def _f(x) -> str:

@@ -21,37 +21,42 @@ FORMATS = ("flo", "kitti", "color")
 
 
 def add_arguments(p) -> None:
+    from deqflow.cli_args import count, positive_number
     from runtime.commands.common import add_backend_options, add_solver_args
 
     g = p.add_argument_group("model")
     g.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default=None,
                    help="default: torch with --checkpoint, onnxruntime with --model (tensorrt for .engine files)")
-    g.add_argument("--checkpoint", default=None, help="official DEQ-Flow .pth or deqflow checkpoint (torch backend)")
-    g.add_argument("--model", default=None, help="ONNX export (any layout; a split export by its base name) or "
-                   "TensorRT engine")
+    g.add_argument("--checkpoint", default=None, help="official DEQ-Flow .pth or deqflow checkpoint (torch backend; "
+                   "default: none)")
+    g.add_argument("--model", default=None, help="ONNX export (any layout; a split export by its base name or "
+                   "any of its three files) or TensorRT engine (default: none)")
     src = p.add_argument_group("input (one of)")
-    src.add_argument("--image1", default=None)
-    src.add_argument("--image2", default=None)
-    src.add_argument("--folder", default=None, help="folder of frames (natural order of file names)")
-    src.add_argument("--video", default=None, help="video file (read with OpenCV)")
+    src.add_argument("--image1", default=None, help="first image of a pair (default: none)")
+    src.add_argument("--image2", default=None, help="second image of a pair (default: none)")
+    src.add_argument("--folder", default=None, help="folder of frames, natural order of file names (default: none)")
+    src.add_argument("--video", default=None, help="video file, read with OpenCV (default: none)")
     o = p.add_argument_group("output")
     o.add_argument("--output", required=True, help="output folder")
     o.add_argument("--format", default="flo,color",
-                   help=f"sequence outputs, comma-separated from {', '.join(FORMATS)} (default flo,color)")
+                   help=f"sequence outputs, comma-separated from {', '.join(FORMATS)}")
     o.add_argument("--video-out", default=None, help="also write a colour video (e.g. flow.mp4, .avi) from the colour "
-                   "frames when the sequence is complete")
-    o.add_argument("--fps", type=float, default=None, help="frame rate of --video-out (default: the input's, or 10)")
-    o.add_argument("--max-flow", type=float, default=None,
+                   "frames when the sequence is complete (default: no video)")
+    o.add_argument("--fps", type=positive_number, default=None,
+                   help="frame rate of --video-out (default: the input's, or 10)")
+    o.add_argument("--max-flow", type=positive_number, default=None,
                    help="colour scale in px (default: each frame's largest flow; fix it for videos)")
-    o.add_argument("--gt", default=None, help="pair only: ground-truth flow (.flo / KITTI .png / .pfm) for EPE")
-    o.add_argument("--max-frames", type=int, default=None, help="process at most this many flow frames")
+    o.add_argument("--gt", default=None, help="pair only: ground-truth flow (.flo / KITTI .png / .pfm) for EPE "
+                   "(default: none)")
+    o.add_argument("--max-frames", type=count, default=None, help="process at most this many flow frames "
+                   "(default: all)")
     o.add_argument("--no-resume", action="store_true", help="recompute frames whose outputs already exist")
     p.add_argument("--warm-start", action="store_true",
                    help="start each frame from the previous frame's fixed point (split layout or torch backend)")
     p.add_argument("--warm-start-mode", choices=["reuse", "forward"], default="reuse",
-                   help="reuse: start from the previous fixed point unchanged (default, measured better: "
-                        "docs/warm_start.md); forward: move it along its own flow first")
-    p.add_argument("--pad-mode", choices=["sintel", "kitti"], default="sintel")
+                   help="reuse: start from the previous fixed point unchanged (see docs/warm_start.md); forward: "
+                        "move it along its own flow first")
+    p.add_argument("--pad-mode", choices=["sintel", "kitti"], default="sintel", help="how images are padded")
     add_solver_args(p)
     add_backend_options(p)
 

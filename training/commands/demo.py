@@ -3,10 +3,16 @@ HELP = "run the shipped checkpoint on a real photographed pair with ground truth
 DEFAULT_CHECKPOINT = "checkpoints/deqflow-T-synthetic.pth"
 
 
+def requires(args) -> tuple[str, ...]:
+    return ("torch",)
+
+
 def add_arguments(p) -> None:
-    p.add_argument("--checkpoint", default=None, help=f"default: {DEFAULT_CHECKPOINT}")
-    p.add_argument("--output", default="outputs/demo")
-    p.add_argument("--iters", type=int, default=None)
+    from deqflow.cli_args import add_solver_group
+
+    p.add_argument("--checkpoint", default=None, help=f"checkpoint to run (default: {DEFAULT_CHECKPOINT})")
+    p.add_argument("--output", default="outputs/demo", help="folder for the pictures, flow and summary")
+    add_solver_group(p, ("iters",), unset="default: the checkpoint's evaluation cap")
 
 
 def shipped_checkpoint():

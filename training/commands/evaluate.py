@@ -2,21 +2,31 @@ HELP = ("evaluate a checkpoint with the official protocol on synthetic, chairs, 
         "a folder of pairs with ground truth, or a rectified stereo pair")
 
 
+def requires(args) -> tuple[str, ...]:
+    return ("torch",)
+
+
 def add_arguments(p) -> None:
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--dataset", nargs="*", default=[], help="synthetic chairs things sintel kitti")
-    p.add_argument("--data-root", default="datasets")
-    p.add_argument("--folder", default=None, help="folder of frames; flows in <folder>/flow (see FolderPairs)")
-    p.add_argument("--flow-dir", default=None)
+    from deqflow.cli_args import add_solver_group, count
+
+    p.add_argument("--checkpoint", required=True, help="official DEQ-Flow .pth or deqflow checkpoint")
+    p.add_argument("--dataset", nargs="*", default=[],
+                   help="standard sets: synthetic chairs things sintel kitti (default: none)")
+    p.add_argument("--data-root", default="datasets", help="folder holding the standard dataset layouts")
+    p.add_argument("--folder", default=None, help="folder of frames; flows in <folder>/flow (see FolderPairs; "
+                   "default: none)")
+    p.add_argument("--flow-dir", default=None, help="ground-truth flows of --folder (default: <folder>/flow)")
     p.add_argument("--stereo", nargs=3, default=None, metavar=("LEFT", "RIGHT", "DISPARITY"),
-                   help="rectified stereo pair with ground-truth disparity (flow = (-d, 0))")
-    p.add_argument("--pad-mode", choices=["sintel", "kitti"], default="sintel", help="for --folder/--stereo")
-    p.add_argument("--max-samples", type=int, default=None)
-    p.add_argument("--iters", type=int, default=None, help="default: f_thres x eval_factor of the checkpoint")
-    p.add_argument("--f_solver", default="fixed_point", help="evaluation solver (official protocol: fixed point)")
-    p.add_argument("--f_eps", type=float, default=None, help="stop tolerance (default: the checkpoint's)")
-    p.add_argument("--output", default=None, help="write the results as JSON here")
-    p.add_argument("--device", default="cpu")
+                   help="rectified stereo pair with ground-truth disparity, flow = (-d, 0) (default: none)")
+    p.add_argument("--pad-mode", choices=["sintel", "kitti"], default="sintel", help="padding for --folder/--stereo")
+    p.add_argument("--max-samples", type=count, default=None, help="samples per set (default: all)")
+    p.add_argument("--output", default=None, help="write the results as JSON here (default: only print them)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    add_solver_group(p, ("iters", "tol", "stop_mode", "solver"), defaults={"solver": "fixed_point"},
+                     notes={"iters": "default: the checkpoint's evaluation cap, eval_f_thres or f_thres x "
+                                     "eval_factor",
+                            "solver": "fixed_point is the official evaluation protocol"},
+                     unset="default: the checkpoint's")
 
 
 def run(args) -> int:
@@ -28,9 +38,11 @@ def run(args) -> int:
     from training.evaluate import EvalSet, format_table, run_sets, standard_sets
 
     model, meta = load_model(args.checkpoint, device=args.device)
-    changes = {"f_solver": args.f_solver}
-    if args.f_eps is not None:
-        changes["f_tol"] = args.f_eps
+    changes = {"f_solver": args.solver}
+    if args.tol is not None:
+        changes["f_tol"] = args.tol
+    if args.stop_mode is not None:
+        changes["f_stop_mode"] = args.stop_mode
     model.configure_deq(**changes)
     sets = []
     for name in args.dataset:

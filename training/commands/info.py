@@ -1,4 +1,9 @@
-HELP = "describe a checkpoint: format, variant, parameters, solver settings, metadata"
+HELP = ("describe a checkpoint as JSON: variant, parameter count, model and solver config, metadata (source "
+        "format, stage, ...)")
+
+
+def requires(args) -> tuple[str, ...]:
+    return ("torch",)
 
 
 def add_arguments(p) -> None:

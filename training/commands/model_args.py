@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from deqflow.cli_args import count, fraction
 from training.config import VARIANT_FLAGS, ModelConfig
 from training.deq.config import DEQConfig
 
@@ -11,18 +12,21 @@ from training.deq.config import DEQConfig
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--variant", choices=["T", "B", "L", "H", "G"], default=None,
-                   help="DEQ-Flow variant (default B); the official flags below also work")
+                   help="DEQ-Flow variant (default: B); the official flags below also work")
     for letter, flag in VARIANT_FLAGS.items():
         g.add_argument(f"--{flag}", action="store_true", help=f"variant {letter}")
     g.add_argument("--gma", action="store_true", help="global motion aggregation")
     g.add_argument("--no-wnorm", dest="no_wnorm", action="store_true",
                    help="disable weight norm on the update block (on by default, as in every official recipe)")
-    g.add_argument("--all_grad", action="store_true")
-    g.add_argument("--mixed_precision", action="store_true")
-    g.add_argument("--dropout", type=float, default=0.0)
-    g.add_argument("--old_version", action="store_true")
-    g.add_argument("--encoder-dims", type=int, nargs=3, default=None, metavar=("D1", "D2", "D3"),
-                   help="encoder stage widths (official: 64 96 128)")
+    g.add_argument("--all_grad", action="store_true",
+                   help="let gradients flow through the flow coordinates inside the update (official flag)")
+    g.add_argument("--mixed_precision", action="store_true",
+                   help="autocast the encoders and update block to float16 on CUDA (official flag)")
+    g.add_argument("--dropout", type=fraction, default=0.0, help="dropout probability of the encoders")
+    g.add_argument("--old_version", action="store_true",
+                   help="flow-head width capped as in DEQ-Flow v1 (official flag)")
+    g.add_argument("--encoder-dims", type=count, nargs=3, default=None, metavar=("D1", "D2", "D3"),
+                   help="encoder stage widths (default: the official 64 96 128)")
 
 
 def model_config_from_args(ns: argparse.Namespace, deq: DEQConfig) -> ModelConfig:

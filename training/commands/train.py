@@ -1,46 +1,71 @@
+"""`deqflow train`: its flags (the official DEQ-Flow names kept) and the hand-over to training.train."""
+
 HELP = "train DEQ-Flow (stages synthetic, chairs, things, sintel, kitti); multi-GPU/CPU via torchrun"
 
 STAGE_DEQ_KEYS = ("f_thres", "n_losses", "phantom_grad")
 
+SOLVER_NOTE = ("the forward solver of training and of the saved checkpoint (official names --f_solver, --f_eps, "
+               "--f_stop_mode). train has no --iters: --f_thres caps the training solves, and the cap at evaluation "
+               "is --eval_f_thres, or f_thres x --eval_factor")
+
+
+def requires(args) -> tuple[str, ...]:
+    return ("torch",)
+
 
 def add_arguments(p) -> None:
-    # The DEQ/model flags live in torch-backed modules: add them only when `train` is used, so that
-    # building the `deqflow` parser (`deqflow --help`, the runtime commands) does not import torch.
-    from training.commands import add_arguments_lazily
-
-    add_arguments_lazily(p, _add_arguments)
-
-
-def _add_arguments(p) -> None:
-    from training.commands.model_args import add_model_args
-    from training.deq.args import add_deq_args
+    from deqflow.cli_args import count, count_or_zero, multiple_of_8, non_negative_number, positive_number
     from training.stages import STAGES
 
-    p.add_argument("--stage", choices=sorted(STAGES), default="synthetic")
-    p.add_argument("--output", default=None, help="run folder (default runs/<stage>)")
+    p.add_argument("--stage", choices=sorted(STAGES), default="synthetic",
+                   help="training stage; options marked 'the stage's' take its recipe")
+    p.add_argument("--output", default=None, help="run folder (default: runs/<stage>)")
     p.add_argument("--data-root", default="datasets", help="folder holding the standard dataset layouts")
-    p.add_argument("--num-steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None, help="per process")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--wdecay", type=float, default=None)
-    p.add_argument("--gamma", type=float, default=None, help="fixed-point-correction loss decay")
-    p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"), help="crop size")
-    p.add_argument("--clip", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--ckpt-every", type=int, default=200)
-    p.add_argument("--val-every", type=int, default=1000)
-    p.add_argument("--val-samples", type=int, default=16)
-    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--num-steps", type=count, default=None, help="optimizer steps (default: the stage's)")
+    p.add_argument("--batch-size", type=count, default=None, help="per process (default: the stage's)")
+    p.add_argument("--lr", type=positive_number, default=None, help="peak learning rate (default: the stage's)")
+    p.add_argument("--wdecay", type=non_negative_number, default=None, help="weight decay (default: the stage's)")
+    p.add_argument("--gamma", type=positive_number, default=None,
+                   help="fixed-point-correction loss decay (default: the stage's)")
+    p.add_argument("--image-size", type=multiple_of_8(), nargs=2, default=None, metavar=("H", "W"),
+                   help="crop size, multiples of 8 (default: the stage's)")
+    p.add_argument("--clip", type=positive_number, default=1.0, help="gradient-norm clip")
+    p.add_argument("--seed", type=int, default=1234, help="random seed")
+    p.add_argument("--num-workers", type=count_or_zero, default=0,
+                   help="data-loader processes (0: load in the training process)")
+    p.add_argument("--ckpt-every", type=count, default=200, help="save <output>/last.pth every N steps")
+    p.add_argument("--val-every", type=count, default=1000, help="validate every N steps")
+    p.add_argument("--val-samples", type=count, default=16, help="samples per validation set")
+    p.add_argument("--log-every", type=count, default=10, help="print the losses every N steps")
     p.add_argument("--resume", default=None, help="checkpoint to resume (model, optimizer, scheduler, step) "
-                   "or 'auto' for <output>/last.pth")
-    p.add_argument("--init", default=None, help="start from these weights with a fresh optimizer")
-    p.add_argument("--tensorboard", action="store_true")
+                   "or 'auto' for <output>/last.pth (default: start fresh)")
+    p.add_argument("--init", default=None, help="start from these weights with a fresh optimizer (default: random)")
+    p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
     p.add_argument("--device", default="cpu", help="cpu or cuda (with torchrun: one GPU per process)")
+    _add_model_arguments(p)
+
+
+def _add_model_arguments(p) -> None:
+    """The model and DEQ flags (their defaults come from the torch-free model configs)."""
+    from deqflow.cli_args import add_solver_group, count, iterations
+    from training.commands.model_args import add_model_args
+    from training.deq.args import add_deq_args
+    from training.deq.config import DEQConfig
+
     add_model_args(p)
     add_deq_args(p)
-    # Stage defaults (official per-stage recipe) apply unless these are given.
-    p.set_defaults(**{k: None for k in STAGE_DEQ_KEYS})
+    d = DEQConfig()
+    # The stage recipe sets these unless given: they replace the official definitions (same names).
+    g = p.add_argument_group("stage recipe", conflict_handler="resolve")
+    g.add_argument("--f_thres", type=iterations, default=None,
+                   help="iteration cap of the training solves (default: the stage's)")
+    g.add_argument("--n_losses", type=count, default=None,
+                   help="states sampled along the trajectory, fixed-point correction (default: the stage's)")
+    g.add_argument("--phantom_grad", type=count, nargs="+", default=None,
+                   help="unrolled phantom-gradient steps, one value or one per loss term (default: the stage's)")
+    add_solver_group(p, ("solver", "tol", "stop_mode"), title="forward solver", description=SOLVER_NOTE,
+                     defaults={"solver": d.f_solver, "tol": d.f_tol, "stop_mode": d.f_stop_mode},
+                     dests={"solver": "f_solver", "tol": "f_eps", "stop_mode": "f_stop_mode"}, replace_existing=True)
 
 
 def run(args) -> int:
