@@ -104,13 +104,6 @@ def run(args) -> int:
 
 
 def run_pair(args) -> int:
-    import numpy as np
-
-    from deqflow.flow_io import write_flo, write_flow
-    from deqflow.image_io import write_image
-    from deqflow.metrics import flow_metrics
-    from deqflow.viz import error_map, flow_to_color, residual_plot, side_by_side
-    from runtime.pipeline import FlowEstimator
     from runtime.preprocessing import load_image
 
     img1, img2 = load_image(args.image1), load_image(args.image2)  # read before anything is created
@@ -119,62 +112,33 @@ def run_pair(args) -> int:
         from deqflow.flow_io import read_flow
 
         gt = read_flow(args.gt)
-    backend = make_backend(args)
-    out_dir = Path(args.output)
+    kitti = "kitti" in [f.strip() for f in args.format.split(",")]
+    report_pair(make_backend(args), img1, img2, Path(args.output), gt=gt, pad_mode=args.pad_mode,
+                max_flow=args.max_flow, kitti=kitti)
+    return 0
+
+
+def report_pair(backend, image1, image2, out_dir: Path, *, gt=None, label: str = "pair", pad_mode: str = "sintel",
+                max_flow: float | None = None, kitti: bool = False) -> dict:
+    """Run `backend` on one uint8 RGB pair (and close it), then write the pair report (deqflow.pair_report)."""
+    import numpy as np
+
+    from deqflow.pair_report import PairRun, write_pair_report
+    from runtime.pipeline import FlowEstimator
+
     try:
         t0 = time.perf_counter()
-        pair = FlowEstimator(backend, pad_mode=args.pad_mode)(img1, img2)
+        pair = FlowEstimator(backend, pad_mode=pad_mode)(image1, image2)
         seconds = time.perf_counter() - t0
     finally:
         backend.close()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    flow, r = pair.flow, pair.result
-    write_flo(out_dir / "flow.flo", flow)
-    max_flow = args.max_flow
-    if gt is not None and max_flow is None:
-        g = gt[0]
-        max_flow = float(np.nanmax(np.linalg.norm(np.where(np.isfinite(g), g, 0), axis=-1)))
-    color = flow_to_color(flow, max_flow=max_flow)
-    write_image(out_dir / "flow.png", color)
-    formats = [f.strip() for f in args.format.split(",")]
-    if "kitti" in formats:
-        write_flow(out_dir / "flow_kitti.png", flow)
-    panels, labels = [img1, color], ["image1", f"flow ({backend.label})"]
-    residual_rel = None if r.residual_rel is None else float(np.max(r.residual_rel))
-    summary: dict = {"label": "pair", "backend": backend.label, "size": list(img1.shape[:2]),
-                     "seconds": round(seconds, 3), "iterations": int(r.iterations),
-                     "final_abs_residual": float(np.max(r.residual)), "final_rel_residual": residual_rel,
-                     "settings": backend.resolved.as_dict() if hasattr(backend, "resolved") else {}}
-    if gt is not None:
-        gt_flow, gt_valid = gt
-        metrics = flow_metrics(flow, gt_flow, gt_valid)
-        summary["metrics"] = {k: float(v) for k, v in metrics.items()}
-        summary["zero_flow_epe"] = float(flow_metrics(np.zeros_like(flow), gt_flow, gt_valid)["epe"])
-        err = error_map(flow, gt_flow, gt_valid)
-        write_image(out_dir / "error.png", err)
-        write_image(out_dir / "flow_gt.png", flow_to_color(np.nan_to_num(gt_flow), max_flow=max_flow))
-        panels.append(err)
-        labels.append(f"error (EPE {metrics['epe']:.2f} px)")
-    write_image(out_dir / "panel.png", side_by_side(panels, labels))
-    written = ["flow.flo", "flow.png", "panel.png"]
-    if r.abs_trace is not None:
-        traces = {"abs residual": r.abs_trace[0]}
-        if r.rel_trace is not None:
-            traces["rel residual"] = r.rel_trace[0]
-        residual_plot(traces, out_dir / "residual.png", title=f"DEQ-Flow fixed-point residual ({backend.label})")
-        written.append("residual.png")
-    if gt is not None:
-        written.append("error.png")
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    rel = "-" if residual_rel is None else f"{residual_rel:.3g}"
-    print(f"pair: {summary['size'][0]}x{summary['size'][1]}, {summary['iterations']} solver iterations, final residual "
-          f"abs {summary['final_abs_residual']:.3g} / rel {rel}, {seconds:.2f} s ({backend.label})")
-    if gt is not None:
-        m = summary["metrics"]
-        print(f"  EPE {m['epe']:.3f} px (zero flow: {summary['zero_flow_epe']:.3f} px), 1px {100 * m['1px']:.1f}%, "
-              f"3px {100 * m['3px']:.1f}%, 5px {100 * m['5px']:.1f}%, Fl-all {m['fl_all']:.2f}%")
-    print(f"  wrote {out_dir}/" + ", ".join(written))
-    return 0
+    r = pair.result
+    run = PairRun(image1=image1, flow=pair.flow, iterations=r.iterations, final_abs=float(np.max(r.residual)),
+                  final_rel=None if r.residual_rel is None else float(np.max(r.residual_rel)), seconds=seconds,
+                  abs_trace=None if r.abs_trace is None else r.abs_trace[0],
+                  rel_trace=None if r.rel_trace is None else r.rel_trace[0], backend=backend.label,
+                  settings=backend.resolved.as_dict())
+    return write_pair_report(out_dir, run, gt=gt, label=label, max_flow=max_flow, kitti=kitti)
 
 
 # --- sequences -------------------------------------------------------------------------------------------
@@ -274,12 +238,11 @@ def run_sequence(args, formats: list[str]) -> int:
 
 
 def write_color_video(path: Path, color_dir: Path, fps: float) -> Path:
-    """Assemble the colour frames (natural order) into a video, atomically (temp file, then rename)."""
-    import os
-
+    """Assemble the colour frames (natural order) into a video, atomically (deqflow.fileio)."""
     import cv2
     import numpy as np
 
+    from deqflow.fileio import atomic_outputs
     from deqflow.image_io import read_image
     from runtime.errors import InputError
     from runtime.preprocessing import _natural_key
@@ -292,15 +255,15 @@ def write_color_video(path: Path, color_dir: Path, fps: float) -> Path:
         raise InputError(f"--video-out {path.name}: use .mp4 or .avi")
     first = read_image(files[0])
     h, w = first.shape[:2]
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), float(fps), (w, h))
-    if not writer.isOpened():
-        raise InputError(f"OpenCV cannot write {path.suffix} video with codec {codec} here; try --video-out flow.avi")
-    try:
-        for f in files:
-            writer.write(np.ascontiguousarray(read_image(f)[:, :, ::-1]))
-    finally:
-        writer.release()
-    os.replace(tmp, path)
+    with atomic_outputs(path) as (tmp,):
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), float(fps), (w, h))
+        if not writer.isOpened():
+            raise InputError(f"OpenCV cannot write {path.suffix} video with codec {codec} here; try --video-out "
+                             "flow.avi")
+        try:
+            for f in files:
+                writer.write(np.ascontiguousarray(read_image(f)[:, :, ::-1]))
+        finally:
+            writer.release()
     return path
 
