@@ -150,11 +150,6 @@ def frame_outputs(out_dir: Path, name: str, formats: list[str]) -> dict[str, Pat
 
 
 def run_sequence(args, formats: list[str]) -> int:
-    import numpy as np
-
-    from deqflow.flow_io import write_flow
-    from deqflow.image_io import write_image
-    from deqflow.viz import flow_to_color
     from runtime.pipeline import FlowEstimator
     from runtime.preprocessing import frame_source
 
@@ -162,58 +157,94 @@ def run_sequence(args, formats: list[str]) -> int:
     backend = make_backend(args)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log_path = out_dir / "frames.jsonl"
     estimator = FlowEstimator(backend, pad_mode=args.pad_mode, warm_start=args.warm_start,
                               forward_warp=args.warm_start_mode == "forward")
+    t_start = time.perf_counter()
+    try:
+        records, skipped = run_frames(args, source, estimator, out_dir, formats)
+    finally:
+        backend.close()
+    summary = sequence_summary(args, backend.label, formats, records, skipped, time.perf_counter() - t_start)
+    if args.video_out:
+        fps = args.fps or source.fps or 10.0
+        video = write_color_video(out_dir / args.video_out, out_dir / "color", fps)
+        summary["video"] = str(video)
+        print(f"wrote {video}")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    msg = f"{len(records)} frame(s) computed, {skipped} already done (skipped)"
+    if records:
+        msg += f", mean {summary['mean_iterations']:.1f} iterations/frame"
+        if summary["mean_iterations_warm"] is not None and summary["mean_iterations_cold"] is not None:
+            msg += f" (cold {summary['mean_iterations_cold']:.1f}, warm {summary['mean_iterations_warm']:.1f})"
+    print(msg + f"; wrote {out_dir}")
+    return 0
+
+
+def run_frames(args, source, estimator, out_dir: Path, formats: list[str]) -> tuple[list[dict], int]:
+    """Flow of every consecutive pair of `source` (up to --max-frames), frame outputs and a frames.jsonl line
+    written as each finishes; pairs whose outputs exist are skipped unless --no-resume. -> (records, skipped)."""
     limit = args.max_frames
-    done = skipped = 0
-    records = []
+    records: list[dict] = []
+    skipped = 0
     total = len(source) - 1 if len(source) else None
     if limit is not None and total is not None:
         total = min(total, limit)
-    t_start = time.perf_counter()
     prev = None
-    try:
-        for frame in source:
-            if prev is None:
-                prev = frame
-                continue
-            if limit is not None and done + skipped >= limit:
-                break
-            name = prev.name
-            outputs = frame_outputs(out_dir, name, formats)
-            if not args.no_resume and all(p.is_file() for p in outputs.values()):
-                skipped += 1
-                estimator.reset()  # the warm-start chain is broken: the next computed frame starts cold
-                prev = frame
-                continue
-            pair = estimator(prev.rgb, frame.rgb)
-            r = pair.result
-            if "flo" in outputs:
-                write_flow(outputs["flo"], pair.flow)
-            if "kitti" in outputs:
-                write_flow(outputs["kitti"], pair.flow)
-            if "color" in outputs:
-                write_image(outputs["color"], flow_to_color(pair.flow, max_flow=args.max_flow))
-            rec = {"index": prev.index, "name": name, "iterations": int(r.iterations), "warm": pair.warm,
-                   "final_abs_residual": float(np.max(r.residual)),
-                   "final_rel_residual": None if r.residual_rel is None else float(np.max(r.residual_rel)),
-                   "seconds": round(r.seconds, 4)}
-            with open(log_path, "a") as fh:  # one line per finished frame: an interrupted run keeps them
-                fh.write(json.dumps(rec) + "\n")
-            records.append(rec)
-            done += 1
-            of = f"/{total}" if total else ""
-            kind = "warm" if pair.warm else "cold"
-            print(f"frame {done + skipped}{of} {name}: {rec['iterations']} iterations ({kind}), "
-                  f"residual {rec['final_abs_residual']:.3g}, {rec['seconds']:.2f} s", flush=True)
+    for frame in source:
+        if prev is None:
             prev = frame
-    finally:
-        backend.close()
-    summary = {"input": str(args.folder or args.video), "backend": backend.label, "warm_start": args.warm_start,
+            continue
+        if limit is not None and len(records) + skipped >= limit:
+            break
+        outputs = frame_outputs(out_dir, prev.name, formats)
+        if not args.no_resume and all(p.is_file() for p in outputs.values()):
+            skipped += 1
+            estimator.reset()  # the warm-start chain is broken: the next computed frame starts cold
+            prev = frame
+            continue
+        pair = estimator(prev.rgb, frame.rgb)
+        rec = write_frame(pair, prev, outputs, args.max_flow, out_dir / "frames.jsonl")
+        records.append(rec)
+        of = f"/{total}" if total else ""
+        kind = "warm" if pair.warm else "cold"
+        print(f"frame {len(records) + skipped}{of} {prev.name}: {rec['iterations']} iterations ({kind}), "
+              f"residual {rec['final_abs_residual']:.3g}, {rec['seconds']:.2f} s", flush=True)
+        prev = frame
+    return records, skipped
+
+
+def write_frame(pair, frame, outputs: dict[str, Path], max_flow: float | None, log_path: Path) -> dict:
+    """One computed pair's outputs and its frames.jsonl line (appended at once: an interrupted run keeps it)."""
+    import numpy as np
+
+    from deqflow.flow_io import write_flow
+    from deqflow.image_io import write_image
+    from deqflow.viz import flow_to_color
+
+    r = pair.result
+    if "flo" in outputs:
+        write_flow(outputs["flo"], pair.flow)
+    if "kitti" in outputs:
+        write_flow(outputs["kitti"], pair.flow)
+    if "color" in outputs:
+        write_image(outputs["color"], flow_to_color(pair.flow, max_flow=max_flow))
+    rec = {"index": frame.index, "name": frame.name, "iterations": int(r.iterations), "warm": pair.warm,
+           "final_abs_residual": float(np.max(r.residual)),
+           "final_rel_residual": None if r.residual_rel is None else float(np.max(r.residual_rel)),
+           "seconds": round(r.seconds, 4)}
+    with open(log_path, "a") as fh:
+        fh.write(json.dumps(rec) + "\n")
+    return rec
+
+
+def sequence_summary(args, backend_label: str, formats: list[str], records: list[dict], skipped: int,
+                     seconds: float) -> dict:
+    import numpy as np
+
+    summary = {"input": str(args.folder or args.video), "backend": backend_label, "warm_start": args.warm_start,
                "warm_start_mode": args.warm_start_mode if args.warm_start else None,
-               "frames_computed": done, "frames_skipped": skipped, "formats": formats,
-               "seconds": round(time.perf_counter() - t_start, 3)}
+               "frames_computed": len(records), "frames_skipped": skipped, "formats": formats,
+               "seconds": round(seconds, 3)}
     if records:
         its = [r["iterations"] for r in records]
         warm = [r["iterations"] for r in records if r["warm"]]
@@ -222,19 +253,7 @@ def run_sequence(args, formats: list[str]) -> int:
                        mean_iterations_warm=float(np.mean(warm)) if warm else None,
                        mean_iterations_cold=float(np.mean(cold)) if cold else None,
                        mean_seconds=float(np.mean([r["seconds"] for r in records])))
-    if args.video_out:
-        fps = args.fps or source.fps or 10.0
-        video = write_color_video(out_dir / args.video_out, out_dir / "color", fps)
-        summary["video"] = str(video)
-        print(f"wrote {video}")
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    msg = f"{done} frame(s) computed, {skipped} already done (skipped)"
-    if records:
-        msg += f", mean {summary['mean_iterations']:.1f} iterations/frame"
-        if summary["mean_iterations_warm"] is not None and summary["mean_iterations_cold"] is not None:
-            msg += f" (cold {summary['mean_iterations_cold']:.1f}, warm {summary['mean_iterations_warm']:.1f})"
-    print(msg + f"; wrote {out_dir}")
-    return 0
+    return summary
 
 
 def write_color_video(path: Path, color_dir: Path, fps: float) -> Path:
