@@ -17,11 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from deqflow.errors import FileFormatError, InputError, MissingDependencyError
+from deqflow.errors import DeqflowError, FileFormatError, InputError, MissingDependencyError
 from deqflow.host_solver import SolverSettings, solve
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 CPU_PROVIDERS = ("CPUExecutionProvider",)
+MODEL_LOAD_ERRORS = {"InvalidProtobuf", "InvalidGraph", "NoModel", "NoSuchFile", "ModelLoaded", "NotImplemented",
+                     "Fail"}
+"""onnxruntime's exception types that mean 'this model cannot be loaded' (rather than a provider failure)."""
 
 
 @dataclass(frozen=True)
@@ -96,9 +99,12 @@ def create_session(model: str | os.PathLike | bytes | Any, config: SessionConfig
         model, label = str(path), str(path)
     try:
         return ort.InferenceSession(model, session_options(config), providers=list(providers))
-    except Exception as exc:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
+    except Exception as exc:  # onnxruntime raises its own exception types (InvalidProtobuf, EPFail, ...)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FileFormatError(f"ONNX Runtime cannot load {label}: {reason}") from None
+        if type(exc).__name__ in MODEL_LOAD_ERRORS:
+            raise FileFormatError(f"ONNX Runtime cannot load {label}: {reason}") from None
+        raise DeqflowError(f"ONNX Runtime cannot create a session for {label} with providers "
+                           f"{[p if isinstance(p, str) else p[0] for p in providers]}: {reason}") from None
 
 
 def run_session(session, feed: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
