@@ -22,6 +22,7 @@ from deqflow.host_solver import SolverSettings, solve
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 CPU_PROVIDERS = ("CPUExecutionProvider",)
+SPLIT_PARTS = ("encoder", "step", "decode")
 MODEL_LOAD_ERRORS = {"InvalidProtobuf", "InvalidGraph", "NoModel", "NoSuchFile", "ModelLoaded", "NotImplemented",
                      "Fail"}
 """onnxruntime's exception types that mean 'this model cannot be loaded' (rather than a provider failure)."""
@@ -157,3 +158,12 @@ def run_split(parts: SessionStepParts, feed: dict[str, np.ndarray], settings: So
     result = solve(parts, feed["image1"], feed["image2"], settings, flow_init=feed.get("flow_init"))
     return {"flow": result.flow, "flow_low": result.flow_low, "residual": result.stats.final_abs,
             "residual_rel": result.stats.final_rel, "iterations": np.array([result.stats.iterations], np.int32)}
+
+
+def run_export(models: dict[str, Any], feed: dict[str, np.ndarray], settings: SolverSettings,
+               config: SessionConfig = SessionConfig()) -> dict[str, np.ndarray]:
+    """Named outputs of an export on ONNX Runtime (CPU): `models` maps 'model' (unrolled / Loop) or 'encoder',
+    'step', 'decode' (split; run under the host loop with `settings`) to a path, bytes or a ModelProto."""
+    if "model" in models:
+        return run_session(create_session(models["model"], config), feed)
+    return run_split(SessionStepParts.from_files([models[p] for p in SPLIT_PARTS], config), feed, settings)

@@ -23,7 +23,7 @@ from deqflow import __version__
 from deqflow.errors import CheckpointError, DeqflowError, InputError
 from deqflow.fileio import atomic_outputs
 from deqflow.host_solver import SolverSettings
-from deqflow.onnx_session import SessionStepParts, create_session, run_session, run_split
+from deqflow.onnx_session import run_export
 from export.checks import CheckReport, check_model, count_nodes, simplify
 from export.compose import Parts, build_loop, build_split, build_unrolled
 from export.config import ExportConfig, check_size
@@ -163,21 +163,12 @@ def atomic_save(files: list[tuple[Path, onnx.ModelProto]]) -> None:
             onnx.save(proto, str(tmp))
 
 
-def run_export(protos: dict[str, onnx.ModelProto], feed: dict[str, np.ndarray], iters: int,
-               tolerance: float = 0.0, stop_mode: str = "abs") -> dict[str, np.ndarray]:
-    """Named outputs of an export on ONNX Runtime (CPU); the split layout under the shared host loop."""
-    if "model" in protos:
-        return run_session(create_session(protos["model"]), feed)
-    parts = SessionStepParts.from_files([protos[p] for p in ("encoder", "step", "decode")])
-    return run_split(parts, feed, SolverSettings(max_iter=iters, tol=float(tolerance), stop_mode=stop_mode))
-
-
 def _verify(model: DEQFlow, protos: dict[str, onnx.ModelProto], cfg: ExportConfig, iters: int, stop_mode: str,
             example: dict[str, torch.Tensor]) -> dict:
     feed = {k: v.numpy() for k, v in example.items() if cfg.flow_init or k != "flow_init"}
     ref = reference_solve(model, example["image1"], example["image2"], iters, cfg.lookup,
                           example["flow_init"] if cfg.flow_init else None, cfg.tolerance, stop_mode)
-    got = run_export(protos, feed, iters, cfg.tolerance, stop_mode)
+    got = run_export(protos, feed, SolverSettings(max_iter=iters, tol=float(cfg.tolerance), stop_mode=stop_mode))
     diff = float(np.abs(got["flow"] - ref["flow"].numpy()).max())
     result = {"max_abs_flow_diff": diff, "iterations_torch": ref["iterations"],
               "iterations_onnx": int(got["iterations"][0]) if "iterations" in got else iters}

@@ -8,7 +8,15 @@ from onnx import TensorProto, helper
 
 from deqflow.errors import FileFormatError, InputError
 from deqflow.host_solver import SolverSettings
-from deqflow.onnx_session import SessionConfig, SessionStepParts, create_session, run_session, run_split
+from deqflow.onnx_session import (
+    SPLIT_PARTS,
+    SessionConfig,
+    SessionStepParts,
+    create_session,
+    run_export,
+    run_session,
+    run_split,
+)
 
 FLOAT = TensorProto.FLOAT
 
@@ -70,6 +78,9 @@ def test_split_export_under_the_host_loop():
     np.testing.assert_allclose(out["residual_rel"], [1.0 / np.hypot(5 + 1, 5)], rtol=1e-5)
     capped = run_split(parts, feed, SolverSettings(max_iter=2, tol=0.0))
     assert int(capped["iterations"][0]) == 2 and capped["flow"].ravel()[0] == pytest.approx(2.0)
+    # the same through run_export, which takes the parts by name
+    via_export = run_export(dict(zip(SPLIT_PARTS, split_export())), feed, SolverSettings(max_iter=2, tol=0.0))
+    np.testing.assert_array_equal(via_export["flow"], capped["flow"])
 
 
 def test_sessions_from_paths_bytes_and_protos(tmp_path):

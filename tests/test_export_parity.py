@@ -12,7 +12,7 @@ import torch
 
 from deqflow.checkpoint import sha256_file
 from deqflow.host_solver import SolverSettings
-from deqflow.onnx_session import SessionConfig, SessionStepParts, create_session, run_session, run_split
+from deqflow.onnx_session import SessionConfig, run_export
 from deqflow.padding import InputPadder
 from export import export_onnx, read_metadata
 from export.parity import epe, real_pair, reference_model, synthetic_pair, torch_flow
@@ -95,12 +95,9 @@ ONE_THREAD = SessionConfig(threads=1, inter_threads=1)
 
 def _run(result, feed: dict[str, np.ndarray], iters: int = ITERS, tolerance: float = 0.0) -> dict:
     """ONNX Runtime outputs of an export; the split layout under the runtime's host loop (deqflow.host_solver)."""
-    if result.config.layout == "split":
-        parts = SessionStepParts.from_files(result.paths, ONE_THREAD)
-        assert set(read_metadata(result.paths[1]).context_names) == set(parts.context)
-        out = run_split(parts, feed, SolverSettings(max_iter=iters, tol=tolerance, stop_mode="abs"))
-    else:
-        out = run_session(create_session(result.paths[0], ONE_THREAD), feed)
+    metas = [read_metadata(p) for p in result.paths]
+    out = run_export({m.part: p for m, p in zip(metas, result.paths)}, feed,
+                     SolverSettings(max_iter=iters, tol=tolerance, stop_mode="abs"), ONE_THREAD)
     if "iterations" in out:
         out["iterations"] = int(out["iterations"][0])
     return out
