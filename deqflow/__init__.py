@@ -1,5 +1,6 @@
-"""deqflow: shared core of the DEQ-Flow toolkit (flow formats, padding, metrics, visualisation,
-checkpoint handling) and the `deqflow` command line.
+"""deqflow: shared core of the DEQ-Flow toolkit (flow formats, padding, metrics, visualisation, atomic
+writes, checkpoint handling, the real test pair, pair reports, the split layout's host solver and ONNX
+Runtime sessions) and the `deqflow` command line.
 
 This package never imports torch at import time: `runtime` builds on it on machines without PyTorch.
 """

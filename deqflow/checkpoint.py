@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from deqflow.errors import CheckpointError
+from deqflow.fileio import atomic_outputs
 
 FORMAT_NAME = "deqflow"
 FORMAT_VERSION = 1
@@ -87,24 +87,13 @@ def split_checkpoint(obj: Any, path: str = "checkpoint") -> tuple[dict[str, Any]
 
 
 def write_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
-    """torch.save to a temporary file in the same folder, then rename: a killed run never leaves a
-    half-written checkpoint under the final name."""
+    """torch.save, atomically (deqflow.fileio): a killed run never leaves a half-written checkpoint under
+    the final name."""
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint gets the usual permissions
-    try:
+    with atomic_outputs(path) as (tmp,):
         torch.save(dict(payload), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def make_payload(state_dict: Mapping[str, Any], model_config: Mapping[str, Any],

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from deqflow.errors import FileFormatError, InputError
-from deqflow.image_io import PathLike, atomic_write_bytes, decode_image_file, encode_image, read_bytes
+from deqflow.fileio import PathLike, atomic_write_bytes
+from deqflow.image_io import decode_image_file, encode_image, read_bytes
 
 FLO_MAGIC = 202021.25
 FLO_HEADER_BYTES = 12

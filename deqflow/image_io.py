@@ -1,23 +1,19 @@
-"""Image files in, model-ready arrays out, and the file helpers every deqflow writer shares.
+"""Image files in, model-ready arrays out.
 
 Images are decoded from bytes with OpenCV (so non-ASCII paths work and a missing file is told apart
 from a file that is not an image) and always come back as uint8 RGB (H,W,3), whatever the bit depth
-or channel count on disk. Writes go to a temporary file that replaces the target only when complete,
-so an interrupted run never leaves half a file behind.
+or channel count on disk. Writes are atomic (deqflow.fileio): never half a file.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from deqflow.errors import FileFormatError, InputError
-
-PathLike = str | os.PathLike
+from deqflow.fileio import PathLike, atomic_write_bytes
 
 
 def read_bytes(path: PathLike) -> bytes:
@@ -34,25 +30,6 @@ def read_bytes(path: PathLike) -> bytes:
     if not data:
         raise FileFormatError(f"{path} is empty (0 bytes)")
     return data
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write `data` to a hidden temporary file beside `path`, then rename it over `path`.
-
-    The rename is atomic on POSIX and Windows, so readers see the old file or the complete new one.
-    Missing parent folders are created. Returns the path written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as fh:  # "x": never clobber; honours the umask, unlike mkstemp's 0600
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def decode_image_file(path: PathLike) -> np.ndarray:

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from deqflow.errors import InputError
-from deqflow.image_io import PathLike, atomic_write_bytes
+from deqflow.fileio import PathLike, atomic_write_bytes
 from deqflow.metrics import epe_map, valid_mask
 
 EPS = 1e-5

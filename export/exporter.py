@@ -2,18 +2,17 @@
 
 Steps: load (variant checked) -> export copy (weight norm folded, eval, optional fp16 islands) -> trace the
 encoder, step and decoder once each with the TorchScript exporter (dynamo=False: it keeps the correlation
-ops and emits opset 17 GridSample; see deployment.md 2.1/2.4) -> compose the layout -> metadata -> checks
-(+ onnxslim) -> optional ONNX Runtime verification -> temp files renamed into place.
+ops and emits opset 17 GridSample) -> compose the layout -> metadata -> checks (+ onnxslim) -> optional
+ONNX Runtime verification (the split layout under the shared host loop) -> temp files renamed into place.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +21,17 @@ import torch
 
 from deqflow import __version__
 from deqflow.errors import CheckpointError, DeqflowError, InputError
+from deqflow.fileio import atomic_outputs
+from deqflow.host_solver import SolverSettings
 from deqflow.model_metadata import ModelMetadata, split_part_names
+from deqflow.onnx_session import run_export
 from export.checks import CheckReport, check_model, count_nodes, simplify
 from export.compose import Parts, build_loop, build_split, build_unrolled
 from export.config import ExportConfig, check_size
 from export.wrappers import DecodePart, EncoderPart, StepPart, ctx_names, prepare, reference_solve
 from training.model.deq_flow import DEQFlow
 
-VERIFY_TOL = 1e-3  # px, float32 flow at full resolution (tier 2 of deployment.md 5.3)
+VERIFY_TOL = 1e-3  # px, float32 flow at full resolution (runtime.compare's float32 tier)
 
 
 class ExportError(DeqflowError):
@@ -46,7 +48,6 @@ class ExportResult:
     nodes: dict[str, int]  # part -> node count (subgraphs included)
     verify: dict | None = None  # max |flow diff| etc. when config.verify
     iterations: int = 0
-    trace_inputs: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -156,58 +157,10 @@ def _attach(proto: onnx.ModelProto, meta: ModelMetadata) -> None:
 
 
 def atomic_save(files: list[tuple[Path, onnx.ModelProto]]) -> None:
-    """Write every model to a temp file in its folder, then rename all: never a half-written .onnx."""
-    tmps: list[str] = []
-    try:
-        for path, proto in files:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            tmps.append(tmp)
-            onnx.save(proto, tmp)
-        for (path, _), tmp in zip(files, tmps):
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp in tmps:
-            Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _run_ort(proto: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    wanted = {i.name for i in sess.get_inputs()}
-    return dict(zip(names, sess.run(None, {k: v for k, v in feed.items() if k in wanted})))
-
-
-def run_split(protos: dict[str, onnx.ModelProto], feed: dict[str, np.ndarray], iters: int,
-              tolerance: float = 0.0, stop_mode: str = "abs") -> dict[str, np.ndarray]:
-    """Drive a split export on ONNX Runtime with a host loop (used by --verify; the runtime has its own)."""
-    ctx = _run_ort(protos["encoder"], feed)
-    coords1 = ctx["coords0"] + feed.get("flow_init", 0.0)
-    hidden = next(i for i in protos["step"].graph.input if i.name == "net")
-    dims = [d.dim_value for d in hidden.type.tensor_type.shape.dim]
-    net = np.zeros((coords1.shape[0], dims[1], *coords1.shape[2:]), dtype=np.float32)
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(protos["step"].SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    out = {}
-    count = 0
-    for _ in range(iters):
-        out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {**ctx, "net": net, "coords1": coords1})))
-        net, coords1 = out["net_next"], out["coords1_next"]
-        count += 1
-        if tolerance > 0 and float(out["residual" if stop_mode == "abs" else "residual_rel"].max()) < tolerance:
-            break
-    dec = _run_ort(protos["decode"], {"net": net, "coords1": coords1, "coords0": ctx["coords0"]})
-    return {**dec, "residual": out["residual"], "residual_rel": out["residual_rel"],
-            "iterations": np.array([count], dtype=np.int32)}
+    """Write every model, then rename them all into place (deqflow.fileio): never a half-written .onnx."""
+    with atomic_outputs(*(path for path, _ in files)) as temporaries:
+        for (_, proto), tmp in zip(files, temporaries):
+            onnx.save(proto, str(tmp))
 
 
 def _verify(model: DEQFlow, protos: dict[str, onnx.ModelProto], cfg: ExportConfig, iters: int, stop_mode: str,
@@ -215,10 +168,7 @@ def _verify(model: DEQFlow, protos: dict[str, onnx.ModelProto], cfg: ExportConfi
     feed = {k: v.numpy() for k, v in example.items() if cfg.flow_init or k != "flow_init"}
     ref = reference_solve(model, example["image1"], example["image2"], iters, cfg.lookup,
                           example["flow_init"] if cfg.flow_init else None, cfg.tolerance, stop_mode)
-    if cfg.layout == "split":
-        got = run_split(protos, feed, iters, cfg.tolerance, stop_mode)
-    else:
-        got = _run_ort(protos["model"], feed)
+    got = run_export(protos, feed, SolverSettings(max_iter=iters, tol=float(cfg.tolerance), stop_mode=stop_mode))
     diff = float(np.abs(got["flow"] - ref["flow"].numpy()).max())
     result = {"max_abs_flow_diff": diff, "iterations_torch": ref["iterations"],
               "iterations_onnx": int(got["iterations"][0]) if "iterations" in got else iters}
@@ -279,4 +229,4 @@ def export_onnx(source: str | os.PathLike | DEQFlow, output: str | os.PathLike, 
     return ExportResult(paths=list(files.values()), config=cfg, metadata=metas, reports=reports,
                         export_seconds=time.perf_counter() - start,
                         nodes={part: count_nodes(p.graph) for part, p in protos.items()}, verify=verify,
-                        iterations=iters, trace_inputs={k: v.numpy() for k, v in example.items()})
+                        iterations=iters)

@@ -18,10 +18,9 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from deqflow.solver_spec import REL_EPS
 from export.lookup import PackedCorr, context_names, pack
 from training.model.deq_flow import DEQFlow, PairContext
-
-REL_EPS = 1e-8  # as training.deq.solvers.REL_EPS: the relative residual's denominator guard
 
 
 def _cast(x, dtype):
@@ -113,7 +112,7 @@ class StepPart(nn.Module):
     """(context..., net, coords1) -> (net_next, coords1_next, residual, residual_rel): one application of f.
 
     residual = ||f(z) - z|| per sample over the packed state z = (hidden, coords1), residual_rel = residual /
-    (||f(z)|| + 1e-8): the numbers the PyTorch solvers record and stop on.
+    (||f(z)|| + REL_EPS): the numbers the PyTorch solvers record and stop on.
     """
 
     output_names = ["net_next", "coords1_next", "residual", "residual_rel"]

@@ -228,7 +228,7 @@ def gate(current: dict, baseline: dict, *, tolerance: float = 0.15, anchor: str 
 
 
 def write_report(report: dict, path: str | os.PathLike) -> Path:
-    from deqflow.image_io import atomic_write_bytes
+    from deqflow.fileio import atomic_write_bytes
 
     return atomic_write_bytes(path, json.dumps(report, indent=2, default=str).encode())
 

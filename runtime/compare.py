@@ -1,4 +1,4 @@
-"""Accuracy of candidate backends against one float32 reference (deployment.md section 5).
+"""Accuracy of candidate backends against one float32 reference.
 
 One reference (PyTorch eager float32, TF32 off, or an ONNX Runtime CPU float32 run, or a golden file from
 any machine), many candidates, never candidate against candidate. Per output: max/mean abs error and
@@ -22,16 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from deqflow.image_io import atomic_write_bytes
+from deqflow.fileio import atomic_write_bytes
+from deqflow.metrics import FL_ABS, FL_REL
 from runtime.errors import FileFormatError, InputError
 from runtime.preprocessing import prepare
 from runtime.versions import version_info
 
 GOLDEN_FORMAT = 1
-FL_ABS, FL_REL = 3.0, 0.05
 
-# tier -> {criterion: limit}; criterion 'OUTPUT.STAT'. float32 follows deployment.md 5.3 tier 2 (ORT-CUDA /
-# TensorRT float32: max abs <= 1e-3 px, EPE p99 <= 1e-3, equal iteration counts); float16 tier 3.
+# tier -> {criterion: limit}; criterion 'OUTPUT.STAT'. float32: a float32 engine on another device (max abs
+# <= 1e-3 px, EPE p99 <= 1e-3, equal iteration counts); float16: reduced-precision engines.
 TIERS: dict[str, dict[str, float]] = {
     "float32": {"flow.max_abs": 1e-3, "flow.epe_p99": 1e-3, "flow_low.max_abs": 1e-3, "iterations.max_abs": 0},
     "float16": {"flow.epe_mean": 0.05, "flow.epe_p99": 0.5, "flow.fl_all_pct": 0.1},

@@ -27,10 +27,9 @@ class FlowEstimator:
     the fixed point of the previous call (video: frame t -> t+1 after t-1 -> t), as it is or, with
     `forward_warp`, moved along its own flow first (see `forward_warp_state`); `reset()` forgets it.
 
-    Reuse is the default because it measured better: on the synthetic videos of docs/warm_start.md the
-    unwarped fixed point is closer to the next pair's fixed point (hidden state 0.22 vs 0.25 relative at
-    8 px motion, 0.36 vs 0.47 at 24 px) and reaches the cold solve's accuracy in 4 instead of 12 steps at
-    24 px, for the same iteration counts under the residual stop rule."""
+    Reuse is the default because it measured better on the synthetic videos of docs/warm_start.md: the
+    unwarped fixed point is closer to the next pair's fixed point and reaches the cold solve's accuracy in
+    fewer steps, for the same iteration counts under the residual stop rule."""
 
     def __init__(self, backend: Backend, *, pad_mode: str = "sintel", warm_start: bool = False,
                  forward_warp: bool = False) -> None:

@@ -2,8 +2,9 @@
 
 Convention (official DEQ-Flow/RAFT, and the `input_range` of deqflow's ONNX metadata): float32 RGB in
 0..255, channels first (N,3,H,W), H and W multiples of 8, replicate padding ('sintel' centres it, 'kitti'
-pads at the bottom). Also the real image pairs used by `compare` and `bench` by default, and the frame
-sources of `infer` (a pair, a folder of frames, a video file). numpy + OpenCV only.
+pads at the bottom). Also the image pairs `compare` and `bench` use by default (the real pair of
+deqflow.middlebury, or a generated one), and the frame sources of `infer` (a pair, a folder of frames, a
+video file). numpy + OpenCV only.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from deqflow.image_io import read_image, to_model_input
+from deqflow.middlebury import real_pair, real_pairs
 from deqflow.padding import InputPadder, check_model_input_size
 from runtime.errors import FileFormatError, InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
 __all__ = ["PreparedBatch", "check_model_inputs", "frame_source", "load_image", "prepare", "real_pair",
            "real_pairs", "to_batch", "unpad_flow"]
@@ -113,49 +114,7 @@ def check_model_inputs(image1: np.ndarray, image2: np.ndarray, flow_init: np.nda
             raise InputError(f"flow_init must have shape {expected} (1/8 resolution), got {tuple(flow_init.shape)}")
 
 
-# --- real image pairs (Middlebury 2014 motorcycle, shipped with scikit-image) ------------------------
-
-
-def _motorcycle():
-    from skimage import data
-
-    return data.stereo_motorcycle()
-
-
-def real_pair(size: tuple[int, int] = (128, 160), zoom: float = 1.0, offset: tuple[float, float] = (0.5, 0.5)):
-    """A real photographed pair at `size` (H,W): the Middlebury 'motorcycle' stereo pair resized (INTER_AREA)
-    to cover `size` x `zoom`, then cropped at `offset` (fractions of the slack). Returns (image1, image2,
-    flow (H,W,2), valid (H,W)): a rectified stereo pair is a flow pair with flow (-d, 0), disparity scaled."""
-    import cv2
-
-    left, right, disp = _motorcycle()
-    h, w = int(size[0]), int(size[1])
-    if h < 8 or w < 8:
-        raise InputError(f"real_pair: size {size} is too small")
-    scale = max(h / left.shape[0], w / left.shape[1]) * float(zoom)
-    sh, sw = max(h, round(left.shape[0] * scale)), max(w, round(left.shape[1] * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    l2 = cv2.resize(left, (sw, sh), interpolation=interp)
-    r2 = cv2.resize(right, (sw, sh), interpolation=interp)
-    valid = np.isfinite(disp)
-    d = cv2.resize(np.where(valid, disp, 0).astype(np.float32), (sw, sh), interpolation=cv2.INTER_NEAREST)
-    v = cv2.resize(valid.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST) > 0
-    y0, x0 = round((sh - h) * offset[0]), round((sw - w) * offset[1])
-    rows, cols = slice(y0, y0 + h), slice(x0, x0 + w)
-    flow = np.zeros((h, w, 2), np.float32)
-    flow[..., 0] = np.where(v[rows, cols], -d[rows, cols] * (sw / left.shape[1]), 0)
-    return (np.ascontiguousarray(l2[rows, cols]), np.ascontiguousarray(r2[rows, cols]), flow,
-            v[rows, cols].astype(np.float32))
-
-
-REAL_PAIR_VIEWS = ((1.0, (0.5, 0.5)), (2.0, (0.4, 0.45)), (1.5, (0.8, 0.2)), (3.0, (0.5, 0.6)))
-
-
-def real_pairs(size: tuple[int, int] = (128, 160), count: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
-    """`count` real pairs at `size`: different zooms and crops of the motorcycle pair."""
-    if not 1 <= count <= len(REAL_PAIR_VIEWS):
-        raise InputError(f"real_pairs: count must be 1..{len(REAL_PAIR_VIEWS)}, got {count}")
-    return [real_pair(size, zoom, off)[:2] for zoom, off in REAL_PAIR_VIEWS[:count]]
+# --- generated pairs (the real ones: deqflow.middlebury) -----------------------------------------------
 
 
 def random_pair(size: tuple[int, int] = (128, 160), seed: int = 0, shift: tuple[int, int] = (3, -5)):

@@ -60,30 +60,27 @@ def cpu_name() -> str:
 
 
 class OrtCandidate:
-    """An exported model on ONNX Runtime; split files are driven by a host loop like the runtime's."""
+    """An exported model on ONNX Runtime; split files run under the runtime's host loop (deqflow.host_solver)."""
 
     def __init__(self, result, threads: int, iters: int) -> None:
-        from export.parity import ort_session
+        from deqflow.host_solver import SolverSettings
+        from deqflow.onnx_session import SessionConfig, SessionStepParts, create_session
 
-        self.result, self.iters = result, iters
+        self.result, self.settings = result, SolverSettings(max_iter=iters, tol=0.0)
+        config = SessionConfig(threads=threads, inter_threads=1)
         start = time.perf_counter()
-        self.sessions = [ort_session(p, threads) for p in result.paths]
+        if result.config.layout == "split":
+            self.parts, self.session = SessionStepParts.from_files(result.paths, config), None
+        else:
+            self.parts, self.session = None, create_session(result.paths[0], config)
         self.session_seconds = time.perf_counter() - start
 
     def __call__(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from export.parity import run_session
+        from deqflow.onnx_session import run_session, run_split
 
-        if self.result.config.layout != "split":
-            return run_session(self.sessions[0], feed)
-        enc, step, dec = self.sessions
-        ctx = run_session(enc, feed)
-        meta = self.result.metadata["step"]
-        coords1 = ctx["coords0"] + feed["flow_init"]
-        net = np.zeros((coords1.shape[0], meta.hidden_dim, *coords1.shape[2:]), np.float32)
-        for _ in range(self.iters):
-            out = run_session(step, {**ctx, "net": net, "coords1": coords1})
-            net, coords1 = out["net_next"], out["coords1_next"]
-        return run_session(dec, {"net": net, "coords1": coords1, "coords0": ctx["coords0"]})
+        if self.parts is None:
+            return run_session(self.session, feed)
+        return run_split(self.parts, feed, self.settings)
 
 
 def interleaved(candidates: dict, repeats: int) -> dict[str, list[float]]:
@@ -269,10 +266,10 @@ NOTES = """Notes
   the export's formulation: the 81 samples of a pixel's window share one fractional offset, so the lookup is a
   10x10 integer patch (one GatherElements over precomputed flat offsets into a zero-padded, per-pixel packed
   pyramid) followed by two lerps. Same numbers as grid_sample within float rounding; linear in the number of
-  pixels; the padded pyramid costs memory (~1.9x the plain one at 440x1024, ~1.35x at 1080p).
+  pixels; the padded pyramid costs memory (more than the plain one, relatively less at large sizes).
 - Layouts on ONNX Runtime CPU: unrolled and Loop run the same nodes at the same speed. The Loop body carries the
   step's weights as its own initializers: with them as outer-scope values, ONNX Runtime skipped its NCHWc
-  layout transformation inside the body (generic FusedConv path, ~13 % slower in a first version). The split
+  layout transformation inside the body (generic FusedConv path, slower in a first version). The split
   layout runs one session call per step from Python (plus the context passed in each time).
 - Threads: both PyTorch and ONNX Runtime get the same intra-op thread count. On a 2-core machine the 2-thread
   rows use every core, so any other load (see the load average above) hits them hardest (PyTorch's OpenMP

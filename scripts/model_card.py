@@ -18,9 +18,9 @@ import torch
 from tqdm import tqdm
 
 from deqflow.metrics import FlowMetricAccumulator
+from deqflow.middlebury import motorcycle as real_stereo_pair
 from training.baselines import opencv_flow
 from training.checkpoint import load_model
-from training.commands.demo import real_stereo_pair
 from training.data import SyntheticFlowDataset
 from training.evaluate import HELDOUT_SEED, SYNTHETIC_EVAL_SIZE
 from training.inference import estimate_flow, flow_trajectory

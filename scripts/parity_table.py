@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv=None) -> int:
+    from deqflow.middlebury import real_pair
     from deqflow.shapes import parse_size
     from export import export_onnx
     from runtime import SolverSettings, create_backend, prepare
-    from runtime.preprocessing import real_pair
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default="checkpoints/deqflow-T-synthetic.pth")

@@ -2,7 +2,7 @@
 """Warm start on a smooth synthetic video: iterations, time and accuracy of cold vs warm-started solves.
 
 The runtime path: the checkpoint exported as the split layout, run by ONNX Runtime CPU with the host solver
-(runtime.solver) and a residual stop rule. Each pair t -> t+1 is solved
+(deqflow.host_solver, through the runtime's backend) and a residual stop rule. Each pair t -> t+1 is solved
 - cold: hidden state 0, flow 0 (what every graph layout does);
 - reuse: from the fixed point of pair t-1 -> t as it is (DEQ fixed-point reuse; the chain runs through the video);
 - forward: from that fixed point moved along its own flow (runtime.solver.forward_warp_state);
@@ -12,8 +12,8 @@ of --ref-iters steps), i.e. whether warm and cold solve the same equation equall
 curves show how many steps each start needs to reach a given accuracy.
 
     python scripts/warm_start_video.py --checkpoint tests/fixtures/official/official-T-seed2.pth --label fixture
-    cp runs/shipped-T/last.pth /tmp/shipped.pth
-    python scripts/warm_start_video.py --checkpoint /tmp/shipped.pth --label shipped-T-snapshot --tol 0.005
+    python scripts/warm_start_video.py --checkpoint checkpoints/deqflow-T-synthetic.pth \
+        --label deqflow-T-synthetic --tol 0.005
 
 Writes docs/warm_start_<label>.json and .png, and rebuilds docs/warm_start.md from every docs/warm_start_*.json.
 """
@@ -36,6 +36,8 @@ STARTS = ("cold", "reuse", "forward")
 
 
 def parse_args(argv=None):
+    from deqflow.solver_spec import STOP_MODES
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=str(ROOT / "tests" / "fixtures" / "official" / "official-T-seed2.pth"))
     p.add_argument("--label", default="fixture")
@@ -43,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--size", default="192x256")
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--max-displacement", type=float, default=8.0)
-    p.add_argument("--stop-mode", choices=["abs", "rel"], default="rel")
+    p.add_argument("--stop-mode", choices=STOP_MODES, default="rel")
     p.add_argument("--tol", type=float, default=5e-3)
     p.add_argument("--max-iter", type=int, default=40)
     p.add_argument("--ref-iters", type=int, default=60)

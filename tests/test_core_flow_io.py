@@ -90,7 +90,7 @@ def test_interrupted_write_keeps_the_old_file_and_removes_the_temporary(tmp_path
     def killed(src, dst):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("deqflow.image_io.os.replace", killed)
+    monkeypatch.setattr("deqflow.fileio.os.replace", killed)
     with pytest.raises(KeyboardInterrupt):
         write_flo(tmp_path / "a.flo", _random_flow(seed=1))
     assert [p.name for p in tmp_path.iterdir()] == ["a.flo"]

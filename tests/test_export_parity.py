@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from deqflow.checkpoint import sha256_file
+from deqflow.host_solver import SolverSettings
+from deqflow.onnx_session import SessionConfig, run_export
 from deqflow.padding import InputPadder
 from export import export_onnx, read_metadata
-from export.parity import epe, ort_session, real_pair, reference_model, run_session, synthetic_pair, torch_flow
+from export.parity import epe, real_pair, reference_model, synthetic_pair, torch_flow
 from export.wrappers import prepare, reference_solve
 from training.checkpoint import load_model
 from training.config import ModelConfig
@@ -88,29 +90,14 @@ def _feed(image1: torch.Tensor, image2: torch.Tensor) -> dict[str, np.ndarray]:
             "flow_init": np.zeros((n, 2, h // 8, w // 8), np.float32)}
 
 
-def _run_split(paths: list[Path], feed: dict[str, np.ndarray], iters: int, tolerance: float = 0.0) -> dict:
-    """The host loop a runtime runs: encode once, step until the cap (or the tolerance), decode."""
-    enc, step, dec = (ort_session(p) for p in paths)
-    ctx = run_session(enc, feed)
-    meta = read_metadata(paths[1])
-    assert set(meta.context_names) == set(ctx)
-    coords1 = ctx["coords0"] + feed["flow_init"]
-    net = np.zeros((coords1.shape[0], meta.hidden_dim, *coords1.shape[2:]), np.float32)
-    count = 0
-    for _ in range(iters):
-        out = run_session(step, {**ctx, "net": net, "coords1": coords1})
-        net, coords1 = out["net_next"], out["coords1_next"]
-        count += 1
-        if tolerance > 0 and out["residual"].max() < tolerance:
-            break
-    flow = run_session(dec, {"net": net, "coords1": coords1, "coords0": ctx["coords0"]})
-    return {**flow, "residual": out["residual"], "residual_rel": out["residual_rel"], "iterations": count}
+ONE_THREAD = SessionConfig(threads=1, inter_threads=1)
 
 
 def _run(result, feed: dict[str, np.ndarray], iters: int = ITERS, tolerance: float = 0.0) -> dict:
-    if result.config.layout == "split":
-        return _run_split(result.paths, feed, iters, tolerance)
-    out = run_session(ort_session(result.paths[0]), feed)
+    """ONNX Runtime outputs of an export; the split layout under the runtime's host loop (deqflow.host_solver)."""
+    metas = [read_metadata(p) for p in result.paths]
+    out = run_export({m.part: p for m, p in zip(metas, result.paths)}, feed,
+                     SolverSettings(max_iter=iters, tol=tolerance, stop_mode="abs"), ONE_THREAD)
     if "iterations" in out:
         out["iterations"] = int(out["iterations"][0])
     return out

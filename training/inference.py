@@ -43,7 +43,7 @@ def estimate_flow(model: DEQFlow, image1: np.ndarray, image2: np.ndarray, *, ite
 def flow_trajectory(model: DEQFlow, image1: np.ndarray, image2: np.ndarray, steps: list[int] | tuple[int, ...],
                     *, pad_mode: str = "sintel") -> tuple[dict[int, np.ndarray], list[float]]:
     """Plain fixed-point iteration from the cold start, no early stop: the full-resolution flow after each
-    k in `steps`, and the relative residual ||f(z)-z|| / (||f(z)|| + 1e-8) of every step up to max(steps).
+    k in `steps`, and the relative residual ||f(z)-z|| / (||f(z)|| + REL_EPS) of every step up to max(steps).
 
     One solve serves every k (the solver's snapshots at `indexing`), so "accuracy after k iterations" curves
     cost one run, not one run per k.

@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from deqflow import onnx_session
 from deqflow.model_metadata import IMAGE_PARTS
+from deqflow.onnx_session import OPTIMIZATION_LEVELS, SessionConfig, create_session
 from deqflow.shapes import ShapeProfiles
 from runtime.backends.base import ExportedModelBackend, InferenceResult, TensorSpec
 from runtime.errors import InputError, ProfileError, missing_dependency
@@ -31,15 +33,10 @@ from runtime.modelfile import ModelFile
 from runtime.solver import SolverSettings
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
-OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
 
 def import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise missing_dependency("onnxruntime", "the onnxruntime backend", str(exc)) from None
-    return onnxruntime
+    return onnx_session.import_onnxruntime("the onnxruntime backend")
 
 
 def shape_string(shapes: dict[str, list[int]]) -> str:
@@ -115,27 +112,6 @@ def check_static_shape(what: str, spec_shape: list, actual: tuple, hints: dict |
                        "a multiple of 8) or with --dynamic")
 
 
-def create_session(ort, path: str | os.PathLike, providers: list, *, threads: int | None = None,
-                   optimization: str = "all", spinning: bool | None = None, low_memory: bool = False):
-    """The one place this backend creates an onnxruntime.InferenceSession (quiet log, graph optimization
-    level, intra-op threads, spinning, memory arena)."""
-    opts = ort.SessionOptions()
-    if low_memory:  # allocate per tensor instead of a growing arena and pre-planned pattern
-        opts.enable_cpu_mem_arena = False
-        opts.enable_mem_pattern = False
-    if spinning is not None:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimization]
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-    return ort.InferenceSession(str(path), opts, providers=providers)
-
-
 @dataclass
 class SessionSettings:
     """How the sessions of an export are created: provider and its options, threads, optimization, IO binding.
@@ -191,8 +167,9 @@ def load_sessions(file: ModelFile, s: SessionSettings) -> dict[str, _Session]:
         providers = provider_options(s.provider, device_id=s.device_id, fp16=s.fp16, tf32=s.tf32,
                                      cache_dir=s.cache_dir, cache_prefix=f"{prefix}_{part}", profile=part_profile,
                                      cuda_graph=s.cuda_graph, workspace_mb=s.workspace_mb)
-        session = create_session(ort, path, providers, threads=s.threads, optimization=s.optimization,
-                                 spinning=spinning, low_memory=s.low_memory)
+        config = SessionConfig(threads=s.threads, optimization=s.optimization, spinning=spinning,
+                               low_memory=s.low_memory)
+        session = create_session(path, config, providers)
         sessions[part] = _Session(ort, path, session, device=s.device, device_id=s.device_id,
                                   io_binding=s.io_binding)
     return sessions

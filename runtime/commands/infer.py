@@ -110,13 +110,6 @@ def run(args) -> int:
 
 
 def run_pair(args) -> int:
-    import numpy as np
-
-    from deqflow.flow_io import write_flo, write_flow
-    from deqflow.image_io import write_image
-    from deqflow.metrics import flow_metrics
-    from deqflow.viz import error_map, flow_to_color, residual_plot, side_by_side
-    from runtime.pipeline import FlowEstimator
     from runtime.preprocessing import load_image
 
     img1, img2 = load_image(args.image1), load_image(args.image2)  # read before anything is created
@@ -125,62 +118,33 @@ def run_pair(args) -> int:
         from deqflow.flow_io import read_flow
 
         gt = read_flow(args.gt)
-    backend = make_backend(args)
-    out_dir = Path(args.output)
+    kitti = "kitti" in [f.strip() for f in args.format.split(",")]
+    report_pair(make_backend(args), img1, img2, Path(args.output), gt=gt, pad_mode=args.pad_mode,
+                max_flow=args.max_flow, kitti=kitti)
+    return 0
+
+
+def report_pair(backend, image1, image2, out_dir: Path, *, gt=None, label: str = "pair", pad_mode: str = "sintel",
+                max_flow: float | None = None, kitti: bool = False) -> dict:
+    """Run `backend` on one uint8 RGB pair (and close it), then write the pair report (deqflow.pair_report)."""
+    import numpy as np
+
+    from deqflow.pair_report import PairRun, write_pair_report
+    from runtime.pipeline import FlowEstimator
+
     try:
         t0 = time.perf_counter()
-        pair = FlowEstimator(backend, pad_mode=args.pad_mode)(img1, img2)
+        pair = FlowEstimator(backend, pad_mode=pad_mode)(image1, image2)
         seconds = time.perf_counter() - t0
     finally:
         backend.close()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    flow, r = pair.flow, pair.result
-    write_flo(out_dir / "flow.flo", flow)
-    max_flow = args.max_flow
-    if gt is not None and max_flow is None:
-        g = gt[0]
-        max_flow = float(np.nanmax(np.linalg.norm(np.where(np.isfinite(g), g, 0), axis=-1)))
-    color = flow_to_color(flow, max_flow=max_flow)
-    write_image(out_dir / "flow.png", color)
-    formats = [f.strip() for f in args.format.split(",")]
-    if "kitti" in formats:
-        write_flow(out_dir / "flow_kitti.png", flow)
-    panels, labels = [img1, color], ["image1", f"flow ({backend.label})"]
-    residual_rel = None if r.residual_rel is None else float(np.max(r.residual_rel))
-    summary: dict = {"label": "pair", "backend": backend.label, "size": list(img1.shape[:2]),
-                     "seconds": round(seconds, 3), "iterations": int(r.iterations),
-                     "final_abs_residual": float(np.max(r.residual)), "final_rel_residual": residual_rel,
-                     "settings": backend.resolved.as_dict()}
-    if gt is not None:
-        gt_flow, gt_valid = gt
-        metrics = flow_metrics(flow, gt_flow, gt_valid)
-        summary["metrics"] = {k: float(v) for k, v in metrics.items()}
-        summary["zero_flow_epe"] = float(flow_metrics(np.zeros_like(flow), gt_flow, gt_valid)["epe"])
-        err = error_map(flow, gt_flow, gt_valid)
-        write_image(out_dir / "error.png", err)
-        write_image(out_dir / "flow_gt.png", flow_to_color(np.nan_to_num(gt_flow), max_flow=max_flow))
-        panels.append(err)
-        labels.append(f"error (EPE {metrics['epe']:.2f} px)")
-    write_image(out_dir / "panel.png", side_by_side(panels, labels))
-    written = ["flow.flo", "flow.png", "panel.png"]
-    if r.abs_trace is not None:
-        traces = {"abs residual": r.abs_trace[0]}
-        if r.rel_trace is not None:
-            traces["rel residual"] = r.rel_trace[0]
-        residual_plot(traces, out_dir / "residual.png", title=f"DEQ-Flow fixed-point residual ({backend.label})")
-        written.append("residual.png")
-    if gt is not None:
-        written.append("error.png")
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    rel = "-" if residual_rel is None else f"{residual_rel:.3g}"
-    print(f"pair: {summary['size'][0]}x{summary['size'][1]}, {summary['iterations']} solver iterations, final residual "
-          f"abs {summary['final_abs_residual']:.3g} / rel {rel}, {seconds:.2f} s ({backend.label})")
-    if gt is not None:
-        m = summary["metrics"]
-        print(f"  EPE {m['epe']:.3f} px (zero flow: {summary['zero_flow_epe']:.3f} px), 1px {100 * m['1px']:.1f}%, "
-              f"3px {100 * m['3px']:.1f}%, 5px {100 * m['5px']:.1f}%, Fl-all {m['fl_all']:.2f}%")
-    print(f"  wrote {out_dir}/" + ", ".join(written))
-    return 0
+    r = pair.result
+    run = PairRun(image1=image1, flow=pair.flow, iterations=r.iterations, final_abs=float(np.max(r.residual)),
+                  final_rel=None if r.residual_rel is None else float(np.max(r.residual_rel)), seconds=seconds,
+                  abs_trace=None if r.abs_trace is None else r.abs_trace[0],
+                  rel_trace=None if r.rel_trace is None else r.rel_trace[0], backend=backend.label,
+                  settings=backend.resolved.as_dict())
+    return write_pair_report(out_dir, run, gt=gt, label=label, max_flow=max_flow, kitti=kitti)
 
 
 # --- sequences -------------------------------------------------------------------------------------------
@@ -192,11 +156,6 @@ def frame_outputs(out_dir: Path, name: str, formats: list[str]) -> dict[str, Pat
 
 
 def run_sequence(args, formats: list[str]) -> int:
-    import numpy as np
-
-    from deqflow.flow_io import write_flow
-    from deqflow.image_io import write_image
-    from deqflow.viz import flow_to_color
     from runtime.pipeline import FlowEstimator
     from runtime.preprocessing import frame_source
 
@@ -204,73 +163,21 @@ def run_sequence(args, formats: list[str]) -> int:
     backend = make_backend(args)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log_path = out_dir / "frames.jsonl"
     estimator = FlowEstimator(backend, pad_mode=args.pad_mode, warm_start=args.warm_start,
                               forward_warp=args.warm_start_mode == "forward")
-    limit = args.max_frames
-    done = skipped = 0
-    records = []
-    total = len(source) - 1 if len(source) else None
-    if limit is not None and total is not None:
-        total = min(total, limit)
     t_start = time.perf_counter()
-    prev = None
     try:
-        for frame in source:
-            if prev is None:
-                prev = frame
-                continue
-            if limit is not None and done + skipped >= limit:
-                break
-            name = prev.name
-            outputs = frame_outputs(out_dir, name, formats)
-            if not args.no_resume and all(p.is_file() for p in outputs.values()):
-                skipped += 1
-                estimator.reset()  # the warm-start chain is broken: the next computed frame starts cold
-                prev = frame
-                continue
-            pair = estimator(prev.rgb, frame.rgb)
-            r = pair.result
-            if "flo" in outputs:
-                write_flow(outputs["flo"], pair.flow)
-            if "kitti" in outputs:
-                write_flow(outputs["kitti"], pair.flow)
-            if "color" in outputs:
-                write_image(outputs["color"], flow_to_color(pair.flow, max_flow=args.max_flow))
-            rec = {"index": prev.index, "name": name, "iterations": int(r.iterations), "warm": pair.warm,
-                   "final_abs_residual": float(np.max(r.residual)),
-                   "final_rel_residual": None if r.residual_rel is None else float(np.max(r.residual_rel)),
-                   "seconds": round(r.seconds, 4)}
-            with open(log_path, "a") as fh:  # one line per finished frame: an interrupted run keeps them
-                fh.write(json.dumps(rec) + "\n")
-            records.append(rec)
-            done += 1
-            of = f"/{total}" if total else ""
-            kind = "warm" if pair.warm else "cold"
-            print(f"frame {done + skipped}{of} {name}: {rec['iterations']} iterations ({kind}), "
-                  f"residual {rec['final_abs_residual']:.3g}, {rec['seconds']:.2f} s", flush=True)
-            prev = frame
+        records, skipped = run_frames(args, source, estimator, out_dir, formats)
     finally:
         backend.close()
-    summary = {"input": str(args.folder or args.video), "backend": backend.label, "warm_start": args.warm_start,
-               "warm_start_mode": args.warm_start_mode if args.warm_start else None,
-               "frames_computed": done, "frames_skipped": skipped, "formats": formats,
-               "seconds": round(time.perf_counter() - t_start, 3)}
-    if records:
-        its = [r["iterations"] for r in records]
-        warm = [r["iterations"] for r in records if r["warm"]]
-        cold = [r["iterations"] for r in records if not r["warm"]]
-        summary.update(iterations_per_frame=its, mean_iterations=float(np.mean(its)),
-                       mean_iterations_warm=float(np.mean(warm)) if warm else None,
-                       mean_iterations_cold=float(np.mean(cold)) if cold else None,
-                       mean_seconds=float(np.mean([r["seconds"] for r in records])))
+    summary = sequence_summary(args, backend.label, formats, records, skipped, time.perf_counter() - t_start)
     if args.video_out:
         fps = args.fps or source.fps or 10.0
         video = write_color_video(out_dir / args.video_out, out_dir / "color", fps)
         summary["video"] = str(video)
         print(f"wrote {video}")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    msg = f"{done} frame(s) computed, {skipped} already done (skipped)"
+    msg = f"{len(records)} frame(s) computed, {skipped} already done (skipped)"
     if records:
         msg += f", mean {summary['mean_iterations']:.1f} iterations/frame"
         if summary["mean_iterations_warm"] is not None and summary["mean_iterations_cold"] is not None:
@@ -279,13 +186,88 @@ def run_sequence(args, formats: list[str]) -> int:
     return 0
 
 
-def write_color_video(path: Path, color_dir: Path, fps: float) -> Path:
-    """Assemble the colour frames (natural order) into a video, atomically (temp file, then rename)."""
-    import os
+def run_frames(args, source, estimator, out_dir: Path, formats: list[str]) -> tuple[list[dict], int]:
+    """Flow of every consecutive pair of `source` (up to --max-frames), frame outputs and a frames.jsonl line
+    written as each finishes; pairs whose outputs exist are skipped unless --no-resume. -> (records, skipped)."""
+    limit = args.max_frames
+    records: list[dict] = []
+    skipped = 0
+    total = len(source) - 1 if len(source) else None
+    if limit is not None and total is not None:
+        total = min(total, limit)
+    prev = None
+    for frame in source:
+        if prev is None:
+            prev = frame
+            continue
+        if limit is not None and len(records) + skipped >= limit:
+            break
+        outputs = frame_outputs(out_dir, prev.name, formats)
+        if not args.no_resume and all(p.is_file() for p in outputs.values()):
+            skipped += 1
+            estimator.reset()  # the warm-start chain is broken: the next computed frame starts cold
+            prev = frame
+            continue
+        pair = estimator(prev.rgb, frame.rgb)
+        rec = write_frame(pair, prev, outputs, args.max_flow, out_dir / "frames.jsonl")
+        records.append(rec)
+        of = f"/{total}" if total else ""
+        kind = "warm" if pair.warm else "cold"
+        print(f"frame {len(records) + skipped}{of} {prev.name}: {rec['iterations']} iterations ({kind}), "
+              f"residual {rec['final_abs_residual']:.3g}, {rec['seconds']:.2f} s", flush=True)
+        prev = frame
+    return records, skipped
 
+
+def write_frame(pair, frame, outputs: dict[str, Path], max_flow: float | None, log_path: Path) -> dict:
+    """One computed pair's outputs and its frames.jsonl line (appended at once: an interrupted run keeps it)."""
+    import numpy as np
+
+    from deqflow.flow_io import write_flow
+    from deqflow.image_io import write_image
+    from deqflow.viz import flow_to_color
+
+    r = pair.result
+    if "flo" in outputs:
+        write_flow(outputs["flo"], pair.flow)
+    if "kitti" in outputs:
+        write_flow(outputs["kitti"], pair.flow)
+    if "color" in outputs:
+        write_image(outputs["color"], flow_to_color(pair.flow, max_flow=max_flow))
+    rec = {"index": frame.index, "name": frame.name, "iterations": int(r.iterations), "warm": pair.warm,
+           "final_abs_residual": float(np.max(r.residual)),
+           "final_rel_residual": None if r.residual_rel is None else float(np.max(r.residual_rel)),
+           "seconds": round(r.seconds, 4)}
+    with open(log_path, "a") as fh:
+        fh.write(json.dumps(rec) + "\n")
+    return rec
+
+
+def sequence_summary(args, backend_label: str, formats: list[str], records: list[dict], skipped: int,
+                     seconds: float) -> dict:
+    import numpy as np
+
+    summary = {"input": str(args.folder or args.video), "backend": backend_label, "warm_start": args.warm_start,
+               "warm_start_mode": args.warm_start_mode if args.warm_start else None,
+               "frames_computed": len(records), "frames_skipped": skipped, "formats": formats,
+               "seconds": round(seconds, 3)}
+    if records:
+        its = [r["iterations"] for r in records]
+        warm = [r["iterations"] for r in records if r["warm"]]
+        cold = [r["iterations"] for r in records if not r["warm"]]
+        summary.update(iterations_per_frame=its, mean_iterations=float(np.mean(its)),
+                       mean_iterations_warm=float(np.mean(warm)) if warm else None,
+                       mean_iterations_cold=float(np.mean(cold)) if cold else None,
+                       mean_seconds=float(np.mean([r["seconds"] for r in records])))
+    return summary
+
+
+def write_color_video(path: Path, color_dir: Path, fps: float) -> Path:
+    """Assemble the colour frames (natural order) into a video, atomically (deqflow.fileio)."""
     import cv2
     import numpy as np
 
+    from deqflow.fileio import atomic_outputs
     from deqflow.image_io import read_image
     from runtime.errors import InputError
     from runtime.preprocessing import _natural_key
@@ -298,15 +280,15 @@ def write_color_video(path: Path, color_dir: Path, fps: float) -> Path:
         raise InputError(f"--video-out {path.name}: use .mp4 or .avi")
     first = read_image(files[0])
     h, w = first.shape[:2]
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), float(fps), (w, h))
-    if not writer.isOpened():
-        raise InputError(f"OpenCV cannot write {path.suffix} video with codec {codec} here; try --video-out flow.avi")
-    try:
-        for f in files:
-            writer.write(np.ascontiguousarray(read_image(f)[:, :, ::-1]))
-    finally:
-        writer.release()
-    os.replace(tmp, path)
+    with atomic_outputs(path) as (tmp,):
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), float(fps), (w, h))
+        if not writer.isOpened():
+            raise InputError(f"OpenCV cannot write {path.suffix} video with codec {codec} here; try --video-out "
+                             "flow.avi")
+        try:
+            for f in files:
+                writer.write(np.ascontiguousarray(read_image(f)[:, :, ::-1]))
+        finally:
+            writer.release()
     return path
 

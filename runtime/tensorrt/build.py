@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from deqflow.checkpoint import sha256_file
-from deqflow.image_io import atomic_write_bytes
+from deqflow.fileio import atomic_write_bytes
 from deqflow.model_metadata import ModelMetadata
 from deqflow.shapes import PROFILE_KEYS, ShapeProfiles
 from runtime.errors import FileFormatError, InputError

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from deqflow.checkpoint import sha256_file
-from deqflow.image_io import atomic_write_bytes
+from deqflow.fileio import atomic_write_bytes
 from deqflow.model_metadata import ModelMetadata, read_metadata, split_part_names
 from runtime.errors import EngineMismatchError, FileFormatError
 from runtime.versions import version_info

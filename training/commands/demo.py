@@ -1,3 +1,11 @@
+"""`deqflow demo`: `deqflow infer` on the shipped checkpoint and the real Middlebury pair, with its ground
+truth, followed by OpenCV's classical methods on the same pair for comparison.
+
+The pair and its ground truth are written into the output folder (inputs/) and handed to `infer` as files, so
+the demo's report is exactly what `infer` writes for them; the solver settings are the checkpoint's
+evaluation protocol (its own cap and tolerance, each sample's lowest-residual iterate).
+"""
+
 HELP = "run the shipped checkpoint on a real photographed pair with ground truth (Middlebury motorcycle)"
 
 DEFAULT_CHECKPOINT = "checkpoints/deqflow-T-synthetic.pth"
@@ -26,47 +34,61 @@ def shipped_checkpoint():
     return None
 
 
-def real_stereo_pair():
-    """Middlebury 2014 'motorcycle' pair shipped in scikit-image: real photographs, GT disparity.
-
-    A rectified stereo pair is an optical-flow pair with flow (-d, 0); invalid where d is not finite.
-    """
-    import numpy as np
-    from skimage import data
-
-    left, right, disp = data.stereo_motorcycle()
-    valid = np.isfinite(disp).astype(np.float32)
-    flow = np.stack([-np.nan_to_num(disp, nan=0.0, posinf=0.0, neginf=0.0), np.zeros_like(disp)], axis=-1)
-    return left, right, flow.astype(np.float32), valid
-
-
 def run(args) -> int:
     from pathlib import Path
 
+    from deqflow import middlebury
     from deqflow.errors import CheckpointError
-    from training.checkpoint import load_model
-    from training.reporting import report_pair
+    from deqflow.flow_io import read_flo, write_flow
+    from deqflow.image_io import write_image
 
     ckpt = args.checkpoint or shipped_checkpoint()
     if ckpt is None:
         raise CheckpointError(f"{DEFAULT_CHECKPOINT} is not in this checkout (it is committed in the repository: "
                               "restore it with `git checkout -- checkpoints`), or pass --checkpoint PATH")
-    model, meta = load_model(ckpt)
-    left, right, flow, valid = real_stereo_pair()
-    print(f"checkpoint {ckpt} (DEQ-Flow-{model.cfg.variant}); "
-          f"pair: Middlebury motorcycle {left.shape[1]}x{left.shape[0]}")
-    summary = report_pair(model, left, right, Path(args.output), gt=(flow, valid), iters=args.iters,
-                          label="motorcycle")
-    print_baselines(left, right, flow, valid, summary["metrics"]["epe"])
-    return 0
+    variant = checkpoint_variant(ckpt)  # a bad checkpoint fails here, before anything is written
+    left, right, flow, valid = middlebury.motorcycle()
+    inputs = Path(args.output) / "inputs"
+    write_image(inputs / "image1.png", left)
+    write_image(inputs / "image2.png", right)
+    write_flow(inputs / "flow_gt.flo", flow, valid)
+    print(f"checkpoint {ckpt} (DEQ-Flow-{variant}); pair: Middlebury motorcycle {left.shape[1]}x{left.shape[0]}")
+    argv = ["--checkpoint", str(ckpt), "--image1", str(inputs / "image1.png"), "--image2",
+            str(inputs / "image2.png"), "--gt", str(inputs / "flow_gt.flo"), "--output", str(args.output),
+            "--lowest-residual"] + ([] if args.iters is None else ["--iters", str(args.iters)])
+    status = run_command("infer", argv)
+    print_baselines(left, right, flow, valid, read_flo(Path(args.output) / "flow.flo"))
+    return status
 
 
-def print_baselines(left, right, flow, valid, model_epe: float) -> None:
-    """The classical CPU yardsticks on the same pair (OpenCV)."""
+def checkpoint_variant(path) -> str:
+    """The DEQ-Flow variant of a checkpoint (its stored config, else recognised from the weights)."""
+    from deqflow.checkpoint import read_checkpoint_file, split_checkpoint
+    from training.checkpoint import infer_model_config
+
+    state, config, _ = split_checkpoint(read_checkpoint_file(path), str(path))
+    return (config or {}).get("variant") or infer_model_config(state, str(path))["variant"]
+
+
+def run_command(name: str, argv: list[str]) -> int:
+    """Run another `deqflow` verb in this process (its errors propagate to the caller)."""
+    import argparse
+    import importlib
+
+    from deqflow.cli import COMMANDS
+
+    module = importlib.import_module(COMMANDS[name])
+    parser = argparse.ArgumentParser(prog=f"deqflow {name}")
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(argv)) or 0)
+
+
+def print_baselines(left, right, flow, valid, model_flow) -> None:
+    """The model's EPE next to the classical CPU yardsticks on the same pair (OpenCV)."""
     from deqflow.metrics import flow_metrics
     from training.baselines import opencv_flow
 
-    parts = [f"DEQ-Flow {model_epe:.3f}"]
+    parts = [f"DEQ-Flow {flow_metrics(model_flow, flow, valid)['epe']:.3f}"]
     for method in ("dis_medium", "farneback", "zero"):
         parts.append(f"{method} {flow_metrics(opencv_flow(method, left, right), flow, valid)['epe']:.3f}")
     print("  EPE on this pair: " + ", ".join(parts) + " px")

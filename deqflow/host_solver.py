@@ -1,0 +1,306 @@
+"""The host-side fixed-point loop of the split ONNX layout: encode, iterate the step graph, stop, decode.
+
+A split export is three graphs: `encoder` (images -> correlation pyramid, context, coords0), `step` (one
+application of f to the state z = (net, coords1), with the per-sample residuals ||f(z) - z|| and
+||f(z) - z|| / (||f(z)|| + REL_EPS)) and `decode` (convex upsampling). The host drives the loop, which buys
+what a graph cannot do: stop on a tolerance, warm start from the previous video frame's fixed point, and
+Anderson acceleration (computed on the host in numpy). One loop serves every caller (the runtime backends,
+the exporter's verification, the scripts and the tests), so the stop rule cannot drift between them.
+
+Semantics mirror the PyTorch solvers (training.deq.solvers), so step counts and residuals compare: a step
+is one evaluation of f; the solve stops when every sample's residual (in `stop_mode`) is below `tol` (never
+when tol <= 0), at the cap, or when a residual is NaN/Inf; the result is the last iterate (`return_final`,
+the default here, as in the unrolled/Loop graphs) or per sample the lowest-residual one. Callers provide a
+`StepParts` object; the values it passes around (context, net, coords1) may stay on a device: the loop only
+pulls the (N,) residuals to the host each step, and the state when Anderson or lowest-residual tracking
+needs it. numpy only: no torch, no ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import numpy as np
+
+from deqflow.errors import InputError
+from deqflow.solver_spec import SOLVER_NAMES, AndersonOptions, canonical_solver, check_stop_mode
+
+HOST_METHODS = ("fixed_point", "anderson")
+"""What the host loop runs; broyden runs in the torch backend only."""
+
+
+@dataclass
+class SolverSettings:
+    """Solver options; None means 'the model's own default' (its metadata or checkpoint config)."""
+
+    max_iter: int | None = None
+    tol: float | None = None  # <= 0: never stop early
+    stop_mode: str | None = None  # one of deqflow.solver_spec.STOP_MODES
+    method: str | None = None  # 'fixed_point' | 'anderson' ('broyden': torch backend only)
+    return_final: bool = True  # last iterate (as the graphs) or the lowest-residual one per sample
+    anderson_m: int = 6
+    anderson_lam: float = 1e-4
+    anderson_beta: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.method is not None:
+            if self.method not in SOLVER_NAMES:
+                raise InputError(f"solver method must be one of {', '.join(SOLVER_NAMES)}, got {self.method!r}")
+            self.method = canonical_solver(self.method)
+        if self.max_iter is not None and int(self.max_iter) < 1:
+            raise InputError(f"max_iter must be >= 1, got {self.max_iter}")
+        if self.stop_mode is not None:
+            check_stop_mode(self.stop_mode, "stop_mode")
+        if self.tol is not None and not math.isfinite(float(self.tol)):
+            raise InputError(f"tol must be a finite number, got {self.tol}")
+        AndersonOptions(self.anderson_m, self.anderson_lam, self.anderson_beta).validate()
+
+    def with_defaults(self, max_iter: int, tol: float = 0.0, stop_mode: str = "abs",
+                      method: str = "fixed_point") -> SolverSettings:
+        """A copy with every None filled from the model's defaults."""
+        return replace(self, max_iter=int(self.max_iter if self.max_iter is not None else max_iter),
+                       tol=float(self.tol if self.tol is not None else tol),
+                       stop_mode=self.stop_mode or stop_mode, method=self.method or method)
+
+    def as_dict(self) -> dict:
+        out = {"max_iter": self.max_iter, "tol": self.tol, "stop_mode": self.stop_mode, "method": self.method,
+               "return_final": self.return_final}
+        if self.method == "anderson":
+            out.update(anderson_m=self.anderson_m, anderson_lam=self.anderson_lam, anderson_beta=self.anderson_beta)
+        return out
+
+
+@dataclass
+class WarmState:
+    """A solved frame's fixed point on the padded 1/8 grid: hidden state (N,C,h,w) and flow_low (N,2,h,w).
+
+    numpy for the exported-model backends, torch tensors for the torch backend; every backend accepts
+    either (it converts)."""
+
+    hidden: Any
+    flow_low: Any
+
+
+@dataclass
+class SolveStats:
+    iterations: int
+    abs_trace: np.ndarray  # (N, iterations)
+    rel_trace: np.ndarray
+    nonfinite: bool = False
+
+    @property
+    def final_abs(self) -> np.ndarray:
+        return self.abs_trace[:, -1]
+
+    @property
+    def final_rel(self) -> np.ndarray:
+        return self.rel_trace[:, -1]
+
+
+@dataclass
+class SolveResult:
+    flow: np.ndarray  # (N,2,H,W) host
+    flow_low: np.ndarray  # (N,2,h,w) host
+    state: WarmState
+    stats: SolveStats
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class StepParts(Protocol):
+    """What a caller provides to run a split export. Values marked 'native' may live on a device."""
+
+    hidden_dim: int
+
+    def encode(self, image1: np.ndarray, image2: np.ndarray) -> tuple[Any, np.ndarray]:
+        """-> (context: native, coords0: host (N,2,h,w))."""
+
+    def step(self, ctx: Any, net: Any, coords1: Any) -> tuple[Any, Any, np.ndarray, np.ndarray]:
+        """-> (net_next, coords1_next: native, residual (N,), residual_rel (N,): host)."""
+
+    def decode(self, ctx: Any, net: Any, coords1: Any) -> tuple[np.ndarray, np.ndarray]:
+        """-> (flow (N,2,H,W), flow_low (N,2,h,w)), host."""
+
+    def to_host(self, x: Any) -> np.ndarray: ...
+
+    def from_host(self, x: np.ndarray) -> Any: ...
+
+
+def as_numpy(x: Any) -> np.ndarray:
+    """numpy view/copy of a numpy array or a torch tensor (any device) without importing torch."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "detach"):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def anderson_mix(xs: np.ndarray, fs: np.ndarray, n: int, lam: float, beta: float) -> np.ndarray:
+    """Next Anderson iterate from the last n (x, f(x)) pairs (B, m, D): training.deq.solvers.anderson's rule,
+    i.e. the bordered system [[0, 1^T], [1, G G^T + reg I]] with reg = lam * max ||g_i||^2."""
+    xw, fw = xs[:, :n], fs[:, :n]
+    g = (fw - xw).astype(np.float64)
+    b = g.shape[0]
+    gram = g @ g.transpose(0, 2, 1)
+    reg = np.maximum(lam * np.diagonal(gram, axis1=1, axis2=2).max(axis=1), np.finfo(np.float32).tiny)
+    system = np.zeros((b, n + 1, n + 1))
+    system[:, 0, 1:] = 1
+    system[:, 1:, 0] = 1
+    system[:, 1:, 1:] = gram + reg[:, None, None] * np.eye(n)
+    rhs = np.zeros((b, n + 1))
+    rhs[:, 0] = 1
+    alpha = np.linalg.solve(system, rhs[..., None])[:, 1:, 0]  # (B, n)
+    x = np.einsum("bn,bnd->bd", alpha, fw.astype(np.float64))
+    if beta != 1:
+        x = beta * x + (1 - beta) * np.einsum("bn,bnd->bd", alpha, xw.astype(np.float64))
+    return x.astype(np.float32)
+
+
+def initial_state(coords0: np.ndarray, hidden_dim: int, flow_init: np.ndarray | None = None,
+                  state: WarmState | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(net, coords1) on the host: zero hidden state at zero flow, or the warm start (as DEQFlow.initial_state)."""
+    n, _, h, w = coords0.shape
+    net = np.zeros((n, hidden_dim, h, w), np.float32)
+    coords1 = coords0.astype(np.float32, copy=True)
+    if state is not None:
+        hidden, flow = as_numpy(state.hidden), as_numpy(state.flow_low)
+        if hidden.shape != net.shape or flow.shape != coords0.shape:
+            raise InputError(f"warm-start state has hidden {hidden.shape} / flow {flow.shape}, but this input "
+                             f"needs {net.shape} / {coords0.shape} (frame size or batch changed?)")
+        net = np.ascontiguousarray(hidden, dtype=np.float32)
+        coords1 = coords1 + flow.astype(np.float32)
+    if flow_init is not None:
+        flow_init = as_numpy(flow_init)
+        if flow_init.shape != coords0.shape:
+            raise InputError(f"flow_init must have shape {coords0.shape} (1/8 resolution), got {flow_init.shape}")
+        coords1 = coords1 + flow_init.astype(np.float32)
+    return net, np.ascontiguousarray(coords1)
+
+
+class _Packer:
+    """(net, coords1) in the caller's native form <-> one (N, D) host array per sample (Anderson, best iterate)."""
+
+    def __init__(self, parts: StepParts, net: np.ndarray, coords1: np.ndarray) -> None:
+        self.parts, self.shapes, self.split = parts, (net.shape, coords1.shape), net[0].size
+
+    def pack(self, net: Any, coords1: Any) -> np.ndarray:
+        n = self.shapes[0][0]
+        return np.concatenate([self.parts.to_host(net).reshape(n, -1), self.parts.to_host(coords1).reshape(n, -1)],
+                              axis=1)
+
+    def unpack(self, x: np.ndarray) -> tuple[Any, Any]:
+        net = np.ascontiguousarray(x[:, :self.split].reshape(self.shapes[0]))
+        coords1 = np.ascontiguousarray(x[:, self.split:].reshape(self.shapes[1]))
+        return self.parts.from_host(net), self.parts.from_host(coords1)
+
+
+class _Anderson:
+    """The ring buffer of the last m (x, f(x)) pairs and the mixing step."""
+
+    def __init__(self, m: int, lam: float, beta: float) -> None:
+        self.m, self.lam, self.beta, self.k = m, lam, beta, 0
+        self.xs: np.ndarray | None = None
+        self.fs: np.ndarray | None = None
+
+    def next(self, x: np.ndarray, fx: np.ndarray) -> np.ndarray:
+        if self.xs is None:
+            self.xs = np.zeros((x.shape[0], self.m, x.shape[1]), np.float32)
+            self.fs = np.zeros_like(self.xs)
+        self.xs[:, self.k % self.m], self.fs[:, self.k % self.m] = x, fx
+        self.k += 1
+        return anderson_mix(self.xs, self.fs, min(self.k, self.m), self.lam, self.beta)
+
+
+class _Residuals:
+    """Residual traces, the stop rule and (optionally) each sample's lowest-residual iterate."""
+
+    def __init__(self, n: int, settings: SolverSettings) -> None:
+        self.n, self.s = n, settings
+        self.traces: dict[str, list[np.ndarray]] = {"abs": [], "rel": []}
+        self.lowest = np.full(n, np.inf)  # in the stop mode
+        self.best: np.ndarray | None = None  # packed (N, D) when tracking the lowest residual
+        self.nonfinite = self.bad = False
+
+    @property
+    def keep_best(self) -> bool:
+        return not self.s.return_final
+
+    def add(self, res: Any, rel: Any, fx: np.ndarray | None) -> None:
+        res, rel = np.asarray(res, np.float64).reshape(self.n), np.asarray(rel, np.float64).reshape(self.n)
+        self.traces["abs"].append(res)
+        self.traces["rel"].append(rel)
+        current = res if self.s.stop_mode == "abs" else rel
+        improved = current < self.lowest
+        self.lowest = np.where(improved, current, self.lowest)
+        if self.keep_best:
+            self.best = fx.copy() if self.best is None else np.where(improved[:, None], fx, self.best)
+        self.bad = not np.isfinite(res).all()
+        self.nonfinite |= self.bad
+        self.current = current
+
+    def done(self) -> bool:
+        """The cap, a NaN/Inf residual, or every sample below the tolerance (current or lowest residual)."""
+        crit = self.current if self.s.return_final else self.lowest
+        return (len(self.traces["abs"]) >= self.s.max_iter or self.bad
+                or (self.s.tol > 0 and float(crit.max()) < self.s.tol))
+
+    def stats(self) -> SolveStats:
+        return SolveStats(iterations=len(self.traces["abs"]), abs_trace=np.stack(self.traces["abs"], axis=1),
+                          rel_trace=np.stack(self.traces["rel"], axis=1), nonfinite=self.nonfinite)
+
+
+def check_settings(settings: SolverSettings) -> SolverSettings:
+    """`settings` with method and stop mode filled in; a clear error for what the host loop cannot run."""
+    if settings.max_iter is None or settings.tol is None:
+        raise InputError("solve() needs resolved settings: max_iter and tol (see SolverSettings.with_defaults)")
+    settings = replace(settings, method=settings.method or "fixed_point", stop_mode=settings.stop_mode or "abs")
+    if settings.method not in HOST_METHODS:
+        raise InputError(f"the host solver runs {' and '.join(HOST_METHODS)}, not {settings.method!r} "
+                         "(broyden runs in the torch backend)")
+    return settings
+
+
+def fixed_point_loop(parts: StepParts, ctx: Any, start: tuple[np.ndarray, np.ndarray],
+                     settings: SolverSettings) -> tuple[Any, Any, SolveStats]:
+    """Iterate the step from the host state `start` = (net, coords1) until the stop rule holds; returns the
+    chosen iterate (native) and the statistics. `settings` as check_settings returns them."""
+    packer = _Packer(parts, *start)
+    residuals = _Residuals(start[0].shape[0], settings)
+    mixer = None
+    if settings.method == "anderson":
+        mixer = _Anderson(min(settings.anderson_m, settings.max_iter), settings.anderson_lam, settings.anderson_beta)
+    net, coords1 = parts.from_host(start[0]), parts.from_host(start[1])
+    while True:
+        fnet, fcoords, res, rel = parts.step(ctx, net, coords1)
+        fx = packer.pack(fnet, fcoords) if (mixer is not None or residuals.keep_best) else None
+        residuals.add(res, rel, fx)
+        stop = residuals.done()
+        if stop or mixer is None:
+            net, coords1 = fnet, fcoords
+        else:
+            net, coords1 = packer.unpack(mixer.next(packer.pack(net, coords1), fx))
+        if stop:
+            break
+    if residuals.best is not None:
+        net, coords1 = packer.unpack(residuals.best)
+    return net, coords1, residuals.stats()
+
+
+def solve(parts: StepParts, image1: np.ndarray, image2: np.ndarray, settings: SolverSettings,
+          flow_init: np.ndarray | None = None, state: WarmState | None = None) -> SolveResult:
+    """Run the encoder, the host loop over the step graph, and the decoder. `settings` must be resolved
+    (no None: see SolverSettings.with_defaults)."""
+    settings = check_settings(settings)
+    t0 = time.perf_counter()
+    ctx, coords0 = parts.encode(image1, image2)
+    t_enc = time.perf_counter()
+    start = initial_state(coords0, parts.hidden_dim, flow_init, state)
+    net, coords1, stats = fixed_point_loop(parts, ctx, start, settings)
+    t_loop = time.perf_counter()
+    flow, flow_low = parts.decode(ctx, net, coords1)
+    t_dec = time.perf_counter()
+    warm = WarmState(np.array(parts.to_host(net), np.float32, copy=True), np.array(flow_low, np.float32, copy=True))
+    return SolveResult(flow=flow, flow_low=flow_low, state=warm, stats=stats,
+                       timings={"encode_s": t_enc - t0, "solve_s": t_loop - t_enc, "decode_s": t_dec - t_loop})

@@ -1,0 +1,108 @@
+"""What a person looks at after one image pair: the pair report of `deqflow infer` (and so of `deqflow demo`).
+
+Files: flow.flo, flow.png (Baker colour wheel), panel.png (image, flow and, with ground truth, the error
+map side by side), residual.png (residual per solver step, when the solver ran on the host or in torch),
+error.png and flow_gt.png with ground truth, flow_kitti.png on request, and summary.json. Printed: size,
+solver iterations, final residuals and time, and with ground truth the EPE, 1/3/5 px accuracy and Fl-all.
+numpy + OpenCV + matplotlib only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from deqflow.fileio import atomic_write_bytes
+from deqflow.flow_io import write_flo, write_flow
+from deqflow.image_io import write_image
+from deqflow.metrics import flow_metrics
+from deqflow.viz import error_map, flow_to_color, residual_plot, side_by_side
+
+
+@dataclass
+class PairRun:
+    """One solved pair: the first image, the flow at its size and the solver's statistics (first sample)."""
+
+    image1: np.ndarray  # (H,W,3) uint8 RGB
+    flow: np.ndarray  # (H,W,2) float32
+    iterations: int
+    final_abs: float
+    final_rel: float | None = None
+    seconds: float = 0.0
+    abs_trace: np.ndarray | None = None  # residual per step, when known
+    rel_trace: np.ndarray | None = None
+    backend: str = ""  # e.g. 'torch:cpu', 'onnxruntime:cpu (split)'
+    settings: dict = field(default_factory=dict)
+
+
+def write_pair_report(out_dir: str | Path, run: PairRun, *, gt: tuple[np.ndarray, np.ndarray] | None = None,
+                      label: str = "pair", max_flow: float | None = None, kitti: bool = False) -> dict:
+    """Write the report of `run` into `out_dir`, print its summary and return it. `gt`: (flow (H,W,2),
+    valid (H,W)); `max_flow`: colour scale in px (default: the ground truth's largest flow, else the
+    prediction's)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = ["flow.flo", "flow.png", "panel.png"]
+    write_flo(out / "flow.flo", run.flow)
+    if gt is not None and max_flow is None:
+        max_flow = float(np.nanmax(np.linalg.norm(np.where(np.isfinite(gt[0]), gt[0], 0), axis=-1)))
+    color = flow_to_color(run.flow, max_flow=max_flow)
+    write_image(out / "flow.png", color)
+    if kitti:
+        write_flow(out / "flow_kitti.png", run.flow)
+        written.append("flow_kitti.png")
+    summary = _summary(run, label, out)
+    panels, labels = [run.image1, color], ["image1", f"flow ({run.backend or 'DEQ-Flow'})"]
+    if gt is not None:
+        err = _write_ground_truth_pictures(out, run.flow, gt, max_flow, summary)
+        panels.append(err)
+        labels.append(f"error (EPE {summary['metrics']['epe']:.2f} px)")
+        written.append("error.png")
+    write_image(out / "panel.png", side_by_side(panels, labels))
+    if run.abs_trace is not None:
+        traces = {"abs residual": run.abs_trace}
+        if run.rel_trace is not None:
+            traces["rel residual"] = run.rel_trace
+        suffix = f" ({run.backend})" if run.backend else ""
+        residual_plot(traces, out / "residual.png", title=f"DEQ-Flow fixed-point residual{suffix}")
+        written.insert(3, "residual.png")
+    atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
+    print_summary(summary, out, written)
+    return summary
+
+
+def _summary(run: PairRun, label: str, out: Path) -> dict:
+    summary = {"label": label, "size": list(run.image1.shape[:2]), "seconds": round(run.seconds, 3),
+               "iterations": int(run.iterations), "final_abs_residual": float(run.final_abs),
+               "final_rel_residual": None if run.final_rel is None else float(run.final_rel)}
+    if run.backend:
+        summary.update(backend=run.backend, settings=run.settings)
+    return summary
+
+
+def _write_ground_truth_pictures(out: Path, flow: np.ndarray, gt: tuple[np.ndarray, np.ndarray],
+                                 max_flow: float | None, summary: dict) -> np.ndarray:
+    """error.png and flow_gt.png; the metrics (and the zero-flow EPE, the trivial baseline) into `summary`."""
+    gt_flow, gt_valid = gt
+    metrics = flow_metrics(flow, gt_flow, gt_valid)
+    summary["metrics"] = {k: float(v) for k, v in metrics.items()}
+    summary["zero_flow_epe"] = float(flow_metrics(np.zeros_like(flow), gt_flow, gt_valid)["epe"])
+    err = error_map(flow, gt_flow, gt_valid)
+    write_image(out / "error.png", err)
+    write_image(out / "flow_gt.png", flow_to_color(np.nan_to_num(gt_flow), max_flow=max_flow))
+    return err
+
+
+def print_summary(s: dict, out: Path, written: list[str]) -> None:
+    rel = "-" if s["final_rel_residual"] is None else f"{s['final_rel_residual']:.3g}"
+    backend = f" ({s['backend']})" if s.get("backend") else ""
+    print(f"{s['label']}: {s['size'][0]}x{s['size'][1]}, {s['iterations']} solver iterations, final residual "
+          f"abs {s['final_abs_residual']:.3g} / rel {rel}, {s['seconds']:.2f} s{backend}")
+    if "metrics" in s:
+        m = s["metrics"]
+        print(f"  EPE {m['epe']:.3f} px (zero flow: {s['zero_flow_epe']:.3f} px), 1px {100 * m['1px']:.1f}%, "
+              f"3px {100 * m['3px']:.1f}%, 5px {100 * m['5px']:.1f}%, Fl-all {m['fl_all']:.2f}%")
+    print(f"  wrote {out}/" + ", ".join(written))

@@ -1,0 +1,163 @@
+"""deqflow.host_solver on maps whose iterates are known by hand: exact step counts, both stop modes, the
+strict tolerance comparison, the cap, lowest-residual selection, NaN stops, Anderson, warm starts. numpy only."""
+
+import numpy as np
+import pytest
+
+from deqflow.errors import InputError
+from deqflow.host_solver import SolverSettings, WarmState, initial_state, solve
+from deqflow.solver_spec import REL_EPS
+
+IMG = np.zeros((2, 3, 8, 8), np.float32)  # the toy parts ignore the images
+
+
+class Halving:
+    """f(z) = z / 2 on z = (net, coords1) with one hidden channel on a 1x1 grid, fixed point 0.
+
+    Sample 0 starts at coords0 = (8, 0), sample 1 at (0, 4): ||z_k|| = 8 / 2^k and 4 / 2^k, so step k (one
+    evaluation of f) reports the residual ||f(z) - z|| = ||z_(k-1)|| / 2 = 8 / 2^k and 4 / 2^k, and the
+    relative residual r / (r + REL_EPS), just below 1."""
+
+    hidden_dim = 1
+
+    def __init__(self) -> None:
+        self.coords0 = np.array([[8, 0], [0, 4]], np.float32).reshape(2, 2, 1, 1)
+        self.steps = 0
+
+    def encode(self, image1, image2):
+        return "ctx", self.coords0
+
+    def step(self, ctx, net, coords1):
+        assert ctx == "ctx"
+        self.steps += 1
+        fnet, fcoords = net / 2, coords1 / 2
+        z, fz = (np.concatenate([a, b], 1).astype(np.float64) for a, b in ((net, coords1), (fnet, fcoords)))
+        res, norm = np.sqrt(((fz - z) ** 2).sum((1, 2, 3))), np.sqrt((fz ** 2).sum((1, 2, 3)))
+        return fnet, fcoords, res, res / (norm + REL_EPS)
+
+    def decode(self, ctx, net, coords1):
+        flow = coords1 - self.coords0
+        return flow, flow
+
+    def to_host(self, x):
+        return np.asarray(x)
+
+    def from_host(self, x):
+        return x
+
+
+class Scripted(Halving):
+    """Step k returns the iterate whose every value is k, with the residuals given per step (N = 2)."""
+
+    def __init__(self, residuals: list[tuple[float, float]]) -> None:
+        super().__init__()
+        self.residuals = residuals
+
+    def step(self, ctx, net, coords1):
+        self.steps += 1
+        res = np.array(self.residuals[self.steps - 1], np.float64)
+        return np.full_like(net, self.steps), np.full_like(coords1, self.steps), res, res / 10
+
+
+def _solve(parts, **settings):
+    return solve(parts, IMG, IMG, SolverSettings(**settings))
+
+
+def test_runs_to_the_cap_with_exact_traces():
+    parts = Halving()
+    r = _solve(parts, max_iter=5, tol=0.0)
+    assert r.stats.iterations == parts.steps == 5 and not r.stats.nonfinite
+    np.testing.assert_allclose(r.stats.abs_trace, [[4, 2, 1, 0.5, 0.25], [2, 1, 0.5, 0.25, 0.125]], rtol=1e-6)
+    np.testing.assert_allclose(r.stats.rel_trace, r.stats.abs_trace / (r.stats.abs_trace + REL_EPS), rtol=1e-6)
+    # the last iterate z_5 = z_0 / 32: flow = coords1 - coords0
+    np.testing.assert_allclose(r.flow[:, :, 0, 0], [[8 / 32 - 8, 0], [0, 4 / 32 - 4]], rtol=1e-6)
+    np.testing.assert_allclose(r.state.flow_low, r.flow_low)
+    assert r.state.hidden.shape == (2, 1, 1, 1) and set(r.timings) == {"encode_s", "solve_s", "decode_s"}
+
+
+@pytest.mark.parametrize("tol,steps", [(1.5, 3), (1.0, 4), (0.3, 5), (5.0, 1)])
+def test_abs_stop_counts_steps_and_compares_strictly(tol, steps):
+    # the batch stops together when its largest residual, 8 / 2^k, is below tol
+    r = _solve(Halving(), max_iter=20, tol=tol, stop_mode="abs")
+    assert r.stats.iterations == steps
+    np.testing.assert_allclose(r.stats.final_abs, [8 / 2 ** steps, 4 / 2 ** steps], rtol=1e-6)
+    np.testing.assert_allclose(r.flow[0, 0, 0, 0], 8 / 2 ** steps - 8, rtol=1e-6)
+
+
+def test_rel_stop_uses_the_relative_residual():
+    # r / (r + REL_EPS) is just below 1 at every step: tol 1 stops after one step, tol 0.5 never
+    assert _solve(Halving(), max_iter=20, tol=1.0, stop_mode="rel").stats.iterations == 1
+    assert _solve(Halving(), max_iter=7, tol=0.5, stop_mode="rel").stats.iterations == 7
+    assert _solve(Halving(), max_iter=20, tol=1.0, stop_mode="abs").stats.iterations == 4
+
+
+SCRIPT = [(5, 4), (1, 3), (3, 0.5), (2, 6)]  # abs residuals of steps 1..4 for samples 0 and 1
+
+
+def test_lowest_residual_iterate_per_sample():
+    final = _solve(Scripted(SCRIPT), max_iter=4, tol=0.0)
+    best = _solve(Scripted(SCRIPT), max_iter=4, tol=0.0, return_final=False)
+    assert final.stats.iterations == best.stats.iterations == 4
+    np.testing.assert_array_equal(final.flow + Halving().coords0, 4)  # the last iterate
+    # sample 0 is lowest after step 2 (residual 1), sample 1 after step 3 (0.5)
+    np.testing.assert_array_equal(best.flow[0] + Halving().coords0[0], np.full((2, 1, 1), 2))
+    np.testing.assert_array_equal(best.flow[1] + Halving().coords0[1], np.full((2, 1, 1), 3))
+    np.testing.assert_array_equal(best.state.hidden[:, 0, 0, 0], [2, 3])
+    # the statistics still report every step's residuals
+    np.testing.assert_array_equal(best.stats.abs_trace, np.array(SCRIPT, float).T)
+
+
+def test_lowest_residual_stop_uses_the_lowest_so_far():
+    # with lowest-residual selection the batch stops once every sample's lowest residual is below tol:
+    # after step 3 the lowest are (1, 0.5); the current residuals (3, 0.5) never all are
+    assert _solve(Scripted(SCRIPT), max_iter=4, tol=1.5, return_final=False).stats.iterations == 3
+    assert _solve(Scripted(SCRIPT), max_iter=4, tol=1.5, return_final=True).stats.iterations == 4
+    # rel = abs / 10 in the script: the stop mode picks the trace
+    assert _solve(Scripted(SCRIPT), max_iter=4, tol=0.15, stop_mode="rel", return_final=False).stats.iterations == 3
+
+
+def test_a_nonfinite_residual_stops_the_solve():
+    r = _solve(Scripted([(5, 4), (np.nan, 3), (1, 1)]), max_iter=3, tol=0.0)
+    assert r.stats.iterations == 2 and r.stats.nonfinite
+
+
+def test_anderson_solves_a_uniform_contraction_in_three_steps():
+    # from x0 and x1 = f(x0) = x0 / 2, the mixing weights (-1, 2) give -f(x0) + 2 f(x1) = 0, the fixed point
+    # (up to the Tikhonov term lam = 1e-4, which leaves a residual near 1e-3 at step 3)
+    fixed = _solve(Halving(), max_iter=50, tol=1e-2)
+    anderson = _solve(Halving(), max_iter=50, tol=1e-2, method="anderson")
+    assert fixed.stats.iterations == 10  # 8 / 2^10 < 1e-2 <= 8 / 2^9
+    assert anderson.stats.iterations == 3
+    np.testing.assert_allclose(anderson.stats.abs_trace[:, :2], [[4, 2], [2, 1]], rtol=1e-6)
+    assert anderson.stats.final_abs.max() < 2e-3
+
+
+def test_warm_start_and_flow_init_set_the_start():
+    coords0 = np.zeros((1, 2, 2, 3), np.float32)
+    state = WarmState(hidden=np.full((1, 4, 2, 3), 0.5), flow_low=np.ones((1, 2, 2, 3)))
+    net, coords1 = initial_state(coords0, 4, flow_init=np.full((1, 2, 2, 3), 2.0), state=state)
+    assert net.dtype == coords1.dtype == np.float32
+    np.testing.assert_array_equal(net, 0.5)
+    np.testing.assert_array_equal(coords1, 3.0)
+    cold_net, cold_coords = initial_state(coords0 + 1, 4)
+    np.testing.assert_array_equal(cold_net, 0)
+    np.testing.assert_array_equal(cold_coords, 1)
+    with pytest.raises(InputError, match="warm-start state"):
+        initial_state(coords0, 5, state=state)
+    with pytest.raises(InputError, match="flow_init"):
+        initial_state(coords0, 4, flow_init=np.zeros((1, 2, 3, 3)))
+
+
+def test_settings_are_checked():
+    assert SolverSettings(method="naive_solver").method == "fixed_point"
+    resolved = SolverSettings(tol=0.5).with_defaults(12, 0.0, "rel", "anderson")
+    assert (resolved.max_iter, resolved.tol, resolved.stop_mode, resolved.method) == (12, 0.5, "rel", "anderson")
+    for bad, match in [({"method": "newton"}, "method"), ({"max_iter": 0}, "max_iter"),
+                       ({"stop_mode": "max"}, "stop_mode"), ({"tol": float("nan")}, "tol"),
+                       ({"anderson_m": 0}, "window"), ({"anderson_beta": 1.5}, "beta")]:
+        with pytest.raises(InputError, match=match):
+            SolverSettings(**bad)
+    with pytest.raises(InputError, match="resolved"):
+        solve(Halving(), IMG, IMG, SolverSettings())
+    with pytest.raises(InputError, match="broyden"):
+        _solve(Halving(), max_iter=3, tol=0.0, method="broyden")
