@@ -15,11 +15,16 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    if config.getoption("torch_free"):
-        try:
-            ImportBlocker("torch").install()
-        except RuntimeError as exc:
-            raise pytest.UsageError(f"--torch-free: {exc}") from None
+    if not config.getoption("torch_free"):
+        return
+    for arg in config.args:
+        path = Path(config.invocation_params.dir, arg.split("::")[0]).resolve()
+        if path != TORCH_FREE_DIR and TORCH_FREE_DIR not in path.parents and path not in TORCH_FREE_DIR.parents:
+            raise pytest.UsageError(f"--torch-free runs the tests in {TORCH_FREE_DIR} only, not {arg}")
+    try:
+        ImportBlocker("torch").install()
+    except RuntimeError as exc:
+        raise pytest.UsageError(f"--torch-free: {exc}") from None
 
 
 def pytest_ignore_collect(collection_path, config):

@@ -5,7 +5,7 @@
 - the static import graph (every import statement, function-level ones included) has no cycle;
 - no function is longer than 60 lines;
 - no block of six or more lines is repeated between modules (verbatim once comments, blank lines, imports and
-  white space are set aside; `duplicates` also pairs blocks of the same shape with other names).
+  white space are set aside).
 """
 
 from __future__ import annotations
