@@ -4,7 +4,7 @@ and runs only tests/torchfree/, which proves the torch-free packages work where 
 from pathlib import Path
 
 import pytest
-from helpers import OFFICIAL_CKPT, ImportBlocker, save_tiny_checkpoint
+from helpers import OFFICIAL_CKPT, OFFICIAL_DIR, ImportBlocker, save_tiny_checkpoint
 
 TORCH_FREE_DIR = Path(__file__).parent / "torchfree"
 
@@ -58,7 +58,7 @@ def official_T_path() -> Path:
 def official_T_io():
     import numpy as np
 
-    return dict(np.load(OFFICIAL_CKPT.with_name("official-T-seed2-io.npz")))
+    return dict(np.load(OFFICIAL_DIR / "official-T-seed2-io.npz"))
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
-OFFICIAL_CKPT = FIXTURES / "official" / "official-T-seed2.pth"
+OFFICIAL_DIR = FIXTURES / "official"  # the official-format DEQ-Flow-T fixture (see its README.md)
+OFFICIAL_CKPT = OFFICIAL_DIR / "official-T-seed2.pth"
 OFFICIAL_GOLDEN = FIXTURES / "golden" / "motorcycle-128x160-official-T-seed2-it8.npz"
 SHIPPED_CKPT = ROOT / "checkpoints" / "deqflow-T-synthetic.pth"
 SHIPPED_GOLDEN = FIXTURES / "golden" / "motorcycle-128x160-deqflow-T-synthetic-it8.npz"
@@ -79,6 +80,21 @@ def tiny_model(seed: int = 0, solver: str = "fixed_point", max_iter: int = 4, **
     torch.manual_seed(seed)
     fields = {"variant": "T", "encoder_dims": TINY_ENCODER_DIMS, **model}
     return DEQFlow(ModelConfig(**fields, deq=DEQConfig(f_solver=solver, f_max_iter=max_iter)))
+
+
+def silence_flow_head(model, update_gain: float | None = None):
+    """Zero the flow head's last layer, so every update moves the flow by exactly 0; with `update_gain` < 1 the
+    update block's weight-norm gains shrink too, which makes the hidden-state update a contraction."""
+    import torch
+
+    with torch.no_grad():
+        if update_gain is not None:
+            for name, p in model.update_block.named_parameters():
+                if name.endswith("weight_g"):
+                    p.mul_(update_gain)
+        model.update_block.flow_head.conv2.weight_g.zero_()
+        model.update_block.flow_head.conv2.bias.zero_()
+    return model
 
 
 def save_tiny_checkpoint(path: Path, seed: int = 0, meta: dict | None = None, **kw) -> Path:

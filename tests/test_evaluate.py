@@ -6,8 +6,7 @@ import json
 import cv2
 import numpy as np
 import pytest
-import torch
-from helpers import tiny_model
+from helpers import silence_flow_head, tiny_model
 
 import training.evaluate as evaluate_module
 from deqflow.cli import main
@@ -29,10 +28,7 @@ def data(tmp_path_factory):
 
     model = tiny_model(solver="anderson")
     save_model(base / "tiny.pth", model)
-    with torch.no_grad():  # a silenced flow head: every update moves the flow by exactly 0
-        model.update_block.flow_head.conv2.weight_g.zero_()
-        model.update_block.flow_head.conv2.bias.zero_()
-    save_model(base / "zero.pth", model)
+    save_model(base / "zero.pth", silence_flow_head(model))  # every update moves the flow by exactly 0
 
     frames = base / "frames"  # FolderPairs: frames/0000.png.., ground truth frames/flow/0000.flo..
     video = make_synthetic_video(3, SIZE, seed=3, max_displacement=6.0)
