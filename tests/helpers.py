@@ -36,9 +36,9 @@ TINY_ONNX_ITERS = 4
 TINY_ONNX_MODEL = {"variant": "T", "encoder_dims": (8, 8, 8), "corr_levels": 2, "corr_radius": 2}
 
 
-def subprocess_env(**extra: str) -> dict[str, str]:
+def subprocess_env() -> dict[str, str]:
     """The environment of a child Python that imports this checkout's packages, one thread per library."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
 
