@@ -11,7 +11,7 @@ PYTEST_WORKERS ?= 2
 
 STAMP := $(VENV)/.deqflow-installed
 
-.PHONY: install test demo lint clean bench
+.PHONY: install test test-fast demo lint clean bench
 
 install: $(STAMP)
 
@@ -26,8 +26,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# Two runs: tests/torchfree with `import torch` blocked (the torch-free packages on a machine without
+# PyTorch), then everything. test-fast leaves out the tests marked slow.
 test: $(STAMP)
+	$(BIN)/python -m pytest -q --torch-free tests
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q --torch-free tests
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" tests
 
 demo: $(STAMP)
 	$(BIN)/deqflow demo

@@ -2,7 +2,6 @@
 check notices replicas that differ; logged metrics are averaged over ranks; a NaN on one rank stops every rank."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -10,28 +9,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_ENCODER_DIMS, subprocess_env
 
 from training.checkpoint import load_model
 from training.config import ModelConfig
 from training.model.deq_flow import DEQFlow
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
-
-
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_keep_replicas_identical(tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "deqflow.cli", "train", "--stage", "synthetic", "--tiny", "--encoder-dims", "16", "24", "32",
-           "--num-steps", "4", "--batch-size", "2", "--image-size", "128", "128", "--f_thres", "4",
+           "-m", "deqflow.cli", "train", "--stage", "synthetic", "--tiny",
+           "--encoder-dims", *map(str, TINY_ENCODER_DIMS), "--num-steps", "4", "--batch-size", "2",
+           "--image-size", "128", "128", "--f_thres", "4",
            "--n_losses", "2", "--f_solver", "fixed_point", "--ckpt-every", "2", "--log-every", "1",
            "--val-every", "1000", "--device", "cpu", "--output", str(out)]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # replicas.json is written only by a distributed run: the checksum of the parameters, gathered from
     # both ranks at the last checkpoint (step 4), must agree exactly
@@ -44,7 +38,7 @@ def test_torchrun_two_cpu_processes_keep_replicas_identical(tmp_path):
     # the saved replica trained: finite weights that moved away from the common initialisation
     model, _ = load_model(out / "final.pth")
     torch.manual_seed(1234)  # the default --seed: every rank starts from these weights
-    init = DEQFlow(ModelConfig(variant="T", encoder_dims=(16, 24, 32))).state_dict()
+    init = DEQFlow(ModelConfig(variant="T", encoder_dims=TINY_ENCODER_DIMS)).state_dict()
     state = model.state_dict()
     assert all(torch.isfinite(v).all() for v in state.values())
     assert not torch.equal(state["fnet.conv1.weight"], init["fnet.conv1.weight"])
@@ -96,12 +90,13 @@ CHECK_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_replica_check_and_divergence_stop_work_across_ranks(tmp_path):
     script = tmp_path / "check.py"
     script.write_text(CHECK_SCRIPT)
     result = tmp_path / "result.json"
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "store"), str(result)], cwd=tmp_path,
-                          env=_env(), capture_output=True, text=True, timeout=180)
+                          env=subprocess_env(), capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads(Path(f"{result}{rank}").read_text()) for rank in (0, 1)]
     for r in ranks:

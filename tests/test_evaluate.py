@@ -6,7 +6,7 @@ import json
 import cv2
 import numpy as np
 import pytest
-import torch
+from helpers import silence_flow_head, tiny_model
 
 import training.evaluate as evaluate_module
 from deqflow.cli import main
@@ -14,14 +14,10 @@ from deqflow.flow_io import write_flo, write_pfm
 from deqflow.image_io import write_image
 from deqflow.padding import InputPadder
 from training.checkpoint import save_model
-from training.config import ModelConfig
 from training.data import make_synthetic_video, write_fake_all
-from training.deq.config import DEQConfig
-from training.model.deq_flow import DEQFlow
 
 SETS = ["chairs", "things_clean", "things_final", "sintel_clean", "sintel_final", "kitti", "synthetic"]
 SIZE = (132, 164)  # >= 128 for 4 pyramid levels; not a multiple of 8, so padding matters
-
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +26,9 @@ def data(tmp_path_factory):
     root = base / "datasets"
     write_fake_all(root, size=SIZE)
 
-    torch.manual_seed(0)
-    cfg = ModelConfig(variant="T", encoder_dims=(16, 24, 32), deq=DEQConfig(f_solver="anderson", f_max_iter=4))
-    model = DEQFlow(cfg)
+    model = tiny_model(solver="anderson")
     save_model(base / "tiny.pth", model)
-    with torch.no_grad():  # a silenced flow head: every update moves the flow by exactly 0
-        model.update_block.flow_head.conv2.weight_g.zero_()
-        model.update_block.flow_head.conv2.bias.zero_()
-    save_model(base / "zero.pth", model)
+    save_model(base / "zero.pth", silence_flow_head(model))  # every update moves the flow by exactly 0
 
     frames = base / "frames"  # FolderPairs: frames/0000.png.., ground truth frames/flow/0000.flo..
     video = make_synthetic_video(3, SIZE, seed=3, max_displacement=6.0)

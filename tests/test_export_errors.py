@@ -6,21 +6,20 @@ from pathlib import Path
 
 import onnx
 import pytest
+from helpers import OFFICIAL_CKPT
 
 import export.exporter as exporter
 from deqflow.cli import main
 from deqflow.errors import CheckpointError, InputError
 from export import export_onnx, read_metadata, split_paths
 
-OFFICIAL = Path(__file__).resolve().parent / "fixtures" / "official" / "official-T-seed2.pth"
 SMALL = {"height": 128, "width": 160, "iters": 2}
-
 
 
 def test_variant_mismatch_is_refused(tmp_path, capsys):
     with pytest.raises(CheckpointError, match="DEQ-Flow-T model, not the requested variant B"):
-        export_onnx(OFFICIAL, tmp_path / "m.onnx", variant="B", **SMALL)
-    assert main(["export", "--checkpoint", str(OFFICIAL), "--output", str(tmp_path / "m.onnx"),
+        export_onnx(OFFICIAL_CKPT, tmp_path / "m.onnx", variant="B", **SMALL)
+    assert main(["export", "--checkpoint", str(OFFICIAL_CKPT), "--output", str(tmp_path / "m.onnx"),
                  "--variant", "L", "--height", "128", "--width", "160"]) == 2
     err = capsys.readouterr().err
     assert "not the requested variant L" in err and "Traceback" not in err
@@ -30,8 +29,8 @@ def test_variant_mismatch_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize("opset", [16, 20, 21])
 def test_unsupported_opset(tmp_path, opset, capsys):
     with pytest.raises(InputError, match=f"opset {opset} is not supported"):
-        export_onnx(OFFICIAL, tmp_path / "m.onnx", opset=opset, **SMALL)
-    assert main(["export", "--checkpoint", str(OFFICIAL), "--output", str(tmp_path / "m.onnx"),
+        export_onnx(OFFICIAL_CKPT, tmp_path / "m.onnx", opset=opset, **SMALL)
+    assert main(["export", "--checkpoint", str(OFFICIAL_CKPT), "--output", str(tmp_path / "m.onnx"),
                  "--opset", str(opset)]) == 2
     assert "nearest" in capsys.readouterr().err
 
@@ -40,12 +39,12 @@ def test_unsupported_opset(tmp_path, opset, capsys):
                                                 (96, 96, "at least 128")])
 def test_bad_sizes(tmp_path, height, width, match):
     with pytest.raises(InputError, match=match):
-        export_onnx(OFFICIAL, tmp_path / "m.onnx", height=height, width=width, iters=2)
+        export_onnx(OFFICIAL_CKPT, tmp_path / "m.onnx", height=height, width=width, iters=2)
 
 
 def test_bad_output_and_missing_checkpoint(tmp_path):
     with pytest.raises(InputError, match="must end in .onnx"):
-        export_onnx(OFFICIAL, tmp_path / "m.pb", **SMALL)
+        export_onnx(OFFICIAL_CKPT, tmp_path / "m.pb", **SMALL)
     with pytest.raises(CheckpointError, match="not found"):
         export_onnx(tmp_path / "none.pth", tmp_path / "m.onnx", **SMALL)
     with pytest.raises(InputError, match="--checkpoint and --output"):
@@ -71,13 +70,13 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(exporter.onnx, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        export_onnx(OFFICIAL, tmp_path / "m.onnx", layout="split", **SMALL)
+        export_onnx(OFFICIAL_CKPT, tmp_path / "m.onnx", layout="split", **SMALL)
     assert _no_onnx_left(tmp_path), list(tmp_path.iterdir())
 
 
 def test_failed_export_keeps_previous_file(tmp_path, monkeypatch):
     out = tmp_path / "m.onnx"
-    export_onnx(OFFICIAL, out, layout="loop", **SMALL)
+    export_onnx(OFFICIAL_CKPT, out, layout="loop", **SMALL)
     before = out.read_bytes()
 
     original = exporter.build_unrolled
@@ -90,14 +89,14 @@ def test_failed_export_keeps_previous_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(exporter, "build_unrolled", broken_build)
     with pytest.raises(exporter.ExportError, match="invalid"):
-        export_onnx(OFFICIAL, out, layout="unrolled", **SMALL)
+        export_onnx(OFFICIAL_CKPT, out, layout="unrolled", **SMALL)
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
 
 
 def test_cli_export_split_then_check(tmp_path, capsys):
     out = tmp_path / "flow.onnx"
-    assert main(["export", "--checkpoint", str(OFFICIAL), "--output", str(out), "--layout", "split", "--height",
+    assert main(["export", "--checkpoint", str(OFFICIAL_CKPT), "--output", str(out), "--layout", "split", "--height",
                  "128", "--width", "160", "--iters", "3", "--lookup", "grid_sample", "--verify"]) == 0
     text = capsys.readouterr().out
     assert "verified on ONNX Runtime CPU" in text
@@ -113,7 +112,7 @@ def test_cli_export_split_then_check(tmp_path, capsys):
 
 def test_cli_simplify_and_opset18(tmp_path, capsys):
     out = tmp_path / "s.onnx"
-    assert main(["export", "--checkpoint", str(OFFICIAL), "--output", str(out), "--layout", "loop", "--height",
+    assert main(["export", "--checkpoint", str(OFFICIAL_CKPT), "--output", str(out), "--layout", "loop", "--height",
                  "128", "--width", "160", "--iters", "2", "--opset", "18", "--simplify", "--no-flow-init"]) == 0
     model = onnx.load(out)
     assert [i.name for i in model.graph.input] == ["image1", "image2"]

@@ -148,6 +148,7 @@ def test_loop_tolerance_iteration_count(tmp_path_factory, pairs, name):
     assert meta.tolerance == pytest.approx(tol) and meta.iterations == cap
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout,lookup", [("loop", "gather"), ("split", "grid_sample"), ("unrolled", "gather")])
 def test_dynamic_export_three_sizes(tmp_path_factory, layout, lookup, name="official"):
     iters = 6
@@ -221,6 +222,7 @@ def test_mixed16_epe_and_precision_policy(tmp_path_factory, pairs, name, capsys)
     assert all(types[o.name] == f32 for o in model.graph.output)
 
 
+@pytest.mark.slow
 def test_metadata_node_counts_and_graph_hygiene(tmp_path_factory):
     unrolled = _export(tmp_path_factory, "official", "unrolled", "gather", iters=24)
     loop = _export(tmp_path_factory, "official", "loop", "gather", iters=24)

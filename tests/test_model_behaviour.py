@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers import silence_flow_head
 
 from deqflow.errors import InputError
 from training.config import ModelConfig
@@ -115,13 +116,7 @@ def _contractive(model):
     """Random weights have no fixed point (the untrained flow head pushes the flow by a non-zero amount
     every step). Small weight-norm gains make the hidden-state update a contraction and a silenced flow
     head keeps the flow put, so the solver does converge: enough to test the warm-start mechanics."""
-    with torch.no_grad():
-        for name, p in model.update_block.named_parameters():
-            if name.endswith("weight_g"):
-                p.mul_(0.3)
-        model.update_block.flow_head.conv2.weight_g.zero_()
-        model.update_block.flow_head.conv2.bias.zero_()
-    return model
+    return silence_flow_head(model, update_gain=0.3)
 
 
 def test_warm_start_from_cached_fixed_point_needs_fewer_iterations():

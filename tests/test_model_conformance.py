@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import OFFICIAL
+from helpers import OFFICIAL_DIR
 
 from deqflow.checkpoint import write_checkpoint
 from deqflow.errors import CheckpointError
@@ -71,7 +71,7 @@ def test_forward_with_plain_fixed_point_solver_matches_official(official_T_path,
 
 
 def _official_keys():
-    return json.loads((OFFICIAL / "official_keys.json").read_text())
+    return json.loads((OFFICIAL_DIR / "official_keys.json").read_text())
 
 
 @pytest.mark.parametrize("variant", ["T", "B", "H"])

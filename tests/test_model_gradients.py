@@ -1,6 +1,7 @@
 """Implicit (IFT) and phantom gradients through the real DEQ-Flow update, in float64 on a tiny model."""
 
 import torch
+from helpers import silence_flow_head
 
 from training.config import ModelConfig
 from training.deq.config import DEQConfig
@@ -16,13 +17,8 @@ def _tiny_contractive(deq: DEQConfig) -> DEQFlow:
     """
     torch.manual_seed(0)
     cfg = ModelConfig(variant="T", corr_levels=2, encoder_dims=(16, 16, 16), deq=deq)
-    model = DEQFlow(cfg).double()
+    model = silence_flow_head(DEQFlow(cfg).double(), update_gain=0.6)
     with torch.no_grad():
-        for name, p in model.update_block.named_parameters():
-            if name.endswith("weight_g"):
-                p.mul_(0.6)
-        model.update_block.flow_head.conv2.weight_g.zero_()
-        model.update_block.flow_head.conv2.bias.zero_()
         model.mask[0].bias.add_(20.0)
     model.train()
     model.freeze_bn()

@@ -3,38 +3,23 @@ preprocessing, backend registry and provider options, the TensorRT pieces that n
 profile checks, compatibility, error messages without tensorrt), compare statistics and the bench gate."""
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ROOT, blocking_prelude, subprocess_env
 
 from deqflow.errors import InputError, MissingDependencyError
 from runtime.errors import EngineMismatchError, ProfileError
 
-ROOT = Path(__file__).resolve().parents[1]
-
-RUNTIME_MODULES = [
-    "runtime", "runtime.backends", "runtime.backends.base", "runtime.backends.torch_backend",
-    "runtime.backends.onnxruntime_backend", "runtime.backends.tensorrt_backend", "runtime.tensorrt.build",
-    "runtime.tensorrt.cache", "runtime.tensorrt.memory", "runtime.tensorrt.runner",
-    "runtime.preprocessing", "runtime.solver", "runtime.compare", "runtime.bench", "runtime.pipeline",
-    "runtime.modelfile", "runtime.versions", "runtime.commands.infer", "runtime.commands.build",
-    "runtime.commands.compare", "runtime.commands.bench", "runtime.commands.common",
-]
-
 
 def test_runtime_imports_without_torch_tensorrt_or_onnxruntime():
-    code = (
-        "import sys\n"
-        "for name in ('torch', 'tensorrt', 'pycuda', 'onnxruntime'):\n"
-        "    sys.modules[name] = None  # any import of them raises ImportError\n"
-        f"mods = {RUNTIME_MODULES!r}\n"
-        "import importlib\n"
-        "for m in mods:\n"
-        "    importlib.import_module(m)\n"
+    code = blocking_prelude("torch", "tensorrt", "pycuda", "onnxruntime") + (
+        "import importlib, pkgutil\n"
+        "import runtime\n"
+        "for m in pkgutil.walk_packages(runtime.__path__, 'runtime.'):\n"
+        "    importlib.import_module(m.name)\n"
         "import deqflow.cli\n"
         "deqflow.cli.build_parser()\n"
         "print('loaded', [k for k in ('torch', 'tensorrt', 'pycuda', 'onnxruntime') if sys.modules.get(k)])\n"
@@ -44,8 +29,8 @@ def test_runtime_imports_without_torch_tensorrt_or_onnxruntime():
         "        create_backend(name, 'tests/fixtures/official/official-T-seed2.pth' if name == 'torch' else path)\n"
         "    except Exception as exc:\n"
         "        print(name, type(exc).__name__, exc)\n")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "loaded []" in proc.stdout
     # the torch backend says what is missing in one message

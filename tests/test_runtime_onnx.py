@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import OFFICIAL_CKPT, OFFICIAL_GOLDEN, SHIPPED_CKPT, SHIPPED_GOLDEN, export_layouts, subprocess_env
 
 from deqflow.cli import main
 from deqflow.errors import InputError
@@ -14,30 +15,12 @@ from runtime import SolverSettings, WarmState, create_backend, prepare
 from runtime.compare import load_golden
 from runtime.errors import ProfileError
 
-ROOT = Path(__file__).resolve().parents[1]
-CKPT = ROOT / "tests" / "fixtures" / "official" / "official-T-seed2.pth"
-GOLDEN = ROOT / "tests" / "fixtures" / "golden" / "motorcycle-128x160-official-T-seed2-it8.npz"
-ITERS = 8
-# the shipped, trained checkpoint and its golden outputs (same pair, size and settings)
-SHIPPED = ROOT / "checkpoints" / "deqflow-T-synthetic.pth"
-SHIPPED_GOLDEN = ROOT / "tests" / "fixtures" / "golden" / "motorcycle-128x160-deqflow-T-synthetic-it8.npz"
-
-
-
-def _export_layouts(checkpoint: Path, base: Path) -> dict[str, Path]:
-    """The split and unrolled exports of a checkpoint at the golden files' size and iteration count."""
-    from export import export_onnx
-
-    out = {}
-    for layout in ("split", "unrolled"):
-        out[layout] = base / f"m_{layout}.onnx"
-        export_onnx(checkpoint, out[layout], layout=layout, height=128, width=160, iters=ITERS)
-    return out
+ITERS = 8  # the golden files' iteration count (the shipped checkpoint's golden file: same pair, size, settings)
 
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory) -> dict[str, Path]:
-    return _export_layouts(CKPT, tmp_path_factory.mktemp("onnx"))
+    return export_layouts(OFFICIAL_CKPT, tmp_path_factory.mktemp("onnx"), iters=ITERS)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +38,8 @@ def _ort(path, **kw):
 
 
 def test_golden_file_is_small_and_self_describing():
-    assert GOLDEN.stat().st_size < 1_000_000
-    g = load_golden(GOLDEN)
+    assert OFFICIAL_GOLDEN.stat().st_size < 1_000_000
+    g = load_golden(OFFICIAL_GOLDEN)
     assert g.meta["settings"]["max_iter"] == ITERS and g.meta["settings"]["tol"] == 0.0
     assert g.meta["reference"]["checkpoint_sha256"].startswith("072d1c52")
     assert g.meta["versions"]["onnxruntime"] and g.meta["versions"]["toolkit"]
@@ -81,7 +64,7 @@ def _run_golden(backend: str, checkpoint: Path, exports: dict[str, Path], golden
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime-split", "onnxruntime-unrolled"])
 def test_backends_reproduce_the_golden_outputs(backend, exports):
-    r, ref = _run_golden(backend, CKPT, exports, GOLDEN)
+    r, ref = _run_golden(backend, OFFICIAL_CKPT, exports, OFFICIAL_GOLDEN)
     assert r.iterations == ITERS
     err = float(np.abs(r.flow - ref["flow"]).max())
     assert err <= 1e-4, f"{backend}: max |flow - golden| = {err:.3g} px"  # measured: 0 (torch), 8e-6 (ORT)
@@ -91,7 +74,7 @@ def test_backends_reproduce_the_golden_outputs(backend, exports):
 
 @pytest.fixture(scope="module")
 def shipped_exports(tmp_path_factory) -> dict[str, Path]:
-    return _export_layouts(SHIPPED, tmp_path_factory.mktemp("onnx_shipped"))
+    return export_layouts(SHIPPED_CKPT, tmp_path_factory.mktemp("onnx_shipped"), iters=ITERS)
 
 
 def test_shipped_golden_file_belongs_to_the_shipped_checkpoint():
@@ -99,7 +82,7 @@ def test_shipped_golden_file_belongs_to_the_shipped_checkpoint():
 
     assert SHIPPED_GOLDEN.stat().st_size < 1_000_000
     g = load_golden(SHIPPED_GOLDEN)
-    assert g.meta["reference"]["checkpoint_sha256"] == sha256_file(SHIPPED), "regenerate it (docs/runtime.md)"
+    assert g.meta["reference"]["checkpoint_sha256"] == sha256_file(SHIPPED_CKPT), "regenerate it (docs/runtime.md)"
     assert g.meta["settings"]["max_iter"] == ITERS and g.meta["settings"]["tol"] == 0.0
 
 
@@ -109,7 +92,7 @@ def test_backends_reproduce_the_shipped_golden_outputs(backend, shipped_exports)
     runtime that moves it by more than 1e-4 px fails here."""
     from deqflow.metrics import flow_metrics
 
-    r, ref = _run_golden(backend, SHIPPED, shipped_exports, SHIPPED_GOLDEN)
+    r, ref = _run_golden(backend, SHIPPED_CKPT, shipped_exports, SHIPPED_GOLDEN)
     assert r.iterations == ITERS
     err = float(np.abs(r.flow - ref["flow"]).max())
     assert err <= 1e-4, f"{backend}: max |flow - golden| = {err:.3g} px"
@@ -126,7 +109,7 @@ def test_backends_reproduce_the_shipped_golden_outputs(backend, shipped_exports)
 def test_split_warm_start_matches_torch_and_saves_iterations(exports, video):
     settings = SolverSettings(max_iter=30, tol=3e-3, stop_mode="rel")
     runs = {}
-    for name, be in (("torch", create_backend("torch", CKPT, settings=settings)),
+    for name, be in (("torch", create_backend("torch", OFFICIAL_CKPT, settings=settings)),
                      ("ort", _ort(exports["split"], settings=settings))):
         from runtime.pipeline import FlowEstimator
 
@@ -149,7 +132,7 @@ def test_split_anderson_and_flow_init_match_torch(exports):
     batch = prepare(a, b)
     init = np.full((1, 2, 16, 20), 1.5, np.float32)
     s = SolverSettings(max_iter=20, tol=3e-3, stop_mode="rel", method="anderson")
-    with create_backend("torch", CKPT, settings=s) as t, _ort(exports["split"], settings=s) as o:
+    with create_backend("torch", OFFICIAL_CKPT, settings=s) as t, _ort(exports["split"], settings=s) as o:
         rt, ro = t.infer(batch.image1, batch.image2, init), o.infer(batch.image1, batch.image2, init)
     assert rt.iterations == ro.iterations and 2 <= ro.iterations < 20
     np.testing.assert_allclose(ro.rel_trace, rt.rel_trace, rtol=1e-3)
@@ -196,7 +179,7 @@ def test_graph_without_flow_init_refuses_one(tmp_path):
     from export import export_onnx
 
     path = tmp_path / "no_init.onnx"
-    export_onnx(CKPT, path, layout="unrolled", height=128, width=160, iters=2, flow_init=False)
+    export_onnx(OFFICIAL_CKPT, path, layout="unrolled", height=128, width=160, iters=2, flow_init=False)
     image = np.zeros((1, 3, 128, 160), np.float32)
     with _ort(path) as backend:
         assert [i.name for i in backend.inputs] == ["image1", "image2"]
@@ -225,7 +208,7 @@ def test_clear_errors_for_what_a_model_cannot_do(exports):
         img = np.zeros((1, 3, 128, 160), np.float32)
         assert be.infer(img, img).iterations == 3
     with pytest.raises(InputError, match="onnxruntime backend runs ONNX exports"):
-        _ort(CKPT)
+        _ort(OFFICIAL_CKPT)
     from runtime.errors import FileFormatError
 
     with pytest.raises(FileFormatError, match="not found"):
@@ -292,7 +275,7 @@ def test_infer_video_with_the_torch_backend(video, tmp_path, capsys):
     for f in video.frames[:3]:
         w.write(np.ascontiguousarray(f[:, :, ::-1]))
     w.release()
-    rc = main(["infer", "--checkpoint", str(CKPT), "--video", str(path), "--output", str(tmp_path / "o"),
+    rc = main(["infer", "--checkpoint", str(OFFICIAL_CKPT), "--video", str(path), "--output", str(tmp_path / "o"),
                "--warm-start", "--iters", "20", "--tol", "3e-3", "--stop-mode", "rel", "--threads", "1"])
     assert rc == 0
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
@@ -301,7 +284,7 @@ def test_infer_video_with_the_torch_backend(video, tmp_path, capsys):
 
 def test_compare_command_reports_and_golden(exports, tmp_path, capsys):
     out = tmp_path / "cmp"
-    rc = main(["compare", "--checkpoint", str(CKPT), "--candidate", f"onnxruntime={exports['split']}",
+    rc = main(["compare", "--checkpoint", str(OFFICIAL_CKPT), "--candidate", f"onnxruntime={exports['split']}",
                "--candidate", f"onnxruntime={exports['unrolled']}", "--pairs", "1", "--output", str(out),
                "--save-golden", str(tmp_path / "g.npz"), "--threads", "1"])
     assert rc == 0
@@ -314,14 +297,14 @@ def test_compare_command_reports_and_golden(exports, tmp_path, capsys):
     md = (out / "compare.md").read_text()
     assert "| onnxruntime:cpu (split) | float32 | PASS |" in md
     # against the committed golden file (another machine's reference)
-    rc = main(["compare", "--golden", str(GOLDEN), "--candidate", f"onnxruntime={exports['split']}", "--output",
-               str(tmp_path / "cmp2"), "--threads", "1"])
+    rc = main(["compare", "--golden", str(OFFICIAL_GOLDEN), "--candidate", f"onnxruntime={exports['split']}",
+               "--output", str(tmp_path / "cmp2"), "--threads", "1"])
     assert rc == 0
     assert "vs golden torch:cpu: PASS" in capsys.readouterr().out
 
 
 def test_bench_command_and_regression_gate(exports, tmp_path, capsys):
-    common = ["bench", "--backend", f"torch={CKPT}", "--backend", f"onnxruntime={exports['unrolled']}",
+    common = ["bench", "--backend", f"torch={OFFICIAL_CKPT}", "--backend", f"onnxruntime={exports['unrolled']}",
               "--warmup", "1", "--runs", "2", "--threads", "1"]
     rc = main([*common, "--output", str(tmp_path / "b.json"), "--markdown", str(tmp_path / "b.md")])
     assert rc == 0
@@ -367,7 +350,6 @@ def test_build_command_without_tensorrt(exports, tmp_path, capsys):
 
 def test_onnxruntime_backend_runs_without_torch(exports, tmp_path):
     """A deployment machine without PyTorch: load the split export, infer on the golden pair, warm start."""
-    import os
     import subprocess
     import sys
 
@@ -377,18 +359,31 @@ def test_onnxruntime_backend_runs_without_torch(exports, tmp_path):
         "import numpy as np\n"
         "from runtime import SolverSettings, create_backend, prepare\n"
         "from runtime.compare import load_golden\n"
-        f"g = load_golden({str(GOLDEN)!r})\n"
+        f"g = load_golden({str(OFFICIAL_GOLDEN)!r})\n"
         f"be = create_backend('onnxruntime', {str(exports['split'])!r}, threads=1)\n"
         "batch = prepare(*g.pairs[0])\n"
         "r = be.infer(batch.image1, batch.image2)\n"
         "r2 = be.infer(batch.image1, batch.image2, state=r.state)\n"
         "print('maxdiff', float(np.abs(r.flow - g.outputs[0]['flow']).max()), r.iterations, r2.iterations)\n"
         "print('torch loaded', [m for m, v in sys.modules.items() if v is not None and m.split('.')[0] == 'torch'])\n")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = dict(line.split(" ", 1) for line in proc.stdout.strip().splitlines())
     diff, its, its_warm = lines["maxdiff"].split()
     assert float(diff) <= 1e-4 and int(its) == ITERS and int(its_warm) == ITERS
     assert lines["torch"] == "loaded []"
+
+
+def test_tiny_onnx_fixture_matches_the_model_code(tmp_path):
+    """The torch-free tests run the committed tiny export (tests/torchfree): its golden outputs must still be
+    what today's model code computes from the same seeded weights. Regenerate: PYTHONPATH=. python tests/helpers.py"""
+    from helpers import TINY_GOLDEN, TINY_ONNX_ITERS, TINY_ONNX_MODEL, save_tiny_checkpoint
+
+    ckpt = save_tiny_checkpoint(tmp_path / "tiny.pth", **TINY_ONNX_MODEL)
+    g = load_golden(TINY_GOLDEN)
+    settings = SolverSettings(max_iter=TINY_ONNX_ITERS, tol=0.0)
+    with create_backend("torch", ckpt, settings=settings) as be:
+        batch = prepare(*g.pairs[0])
+        r = be.infer(batch.image1, batch.image2)
+    assert float(np.abs(r.flow - g.outputs[0]["flow"]).max()) <= 1e-4, "stale tests/fixtures/tiny: regenerate it"

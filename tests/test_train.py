@@ -65,6 +65,7 @@ def test_fixed_point_correction_loss_hand_computed():
 # --------------------------------------------------------------------------------------------- learning
 
 
+@pytest.mark.slow
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tmp_path):
     torch.manual_seed(0)
     trainer = Trainer(_cfg(tmp_path, num_steps=200))

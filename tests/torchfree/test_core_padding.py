@@ -96,12 +96,17 @@ def test_min_size_arithmetic():
     assert min_size_for_levels(2) == 32
     assert min_size_for_levels(1) == 16
     for h in (96, 104, 120):  # 96 and 104 give NaN in the official model
-        assert (h // 8) // 2**3 <= 1
         with pytest.raises(InputError, match=f"{h}x200 is too small.*at least 128.*Upscale"):
             check_model_input_size(h, 200)
     for h in (128, 136):  # fine in the official model
-        assert (h // 8) // 2**3 >= 2
         check_model_input_size(h, 168)
+    for levels in (1, 2, 3, 4, 5):  # the bound is tight: the smallest accepted size, 8 pixels less is refused
+        smallest = min_size_for_levels(levels)
+        check_model_input_size(smallest, smallest, levels=levels)
+        with pytest.raises(InputError, match=f"at least {smallest}"):
+            check_model_input_size(smallest - 8, smallest, levels=levels)
+    with pytest.raises(InputError, match="at least 1 level"):
+        min_size_for_levels(0)
     check_model_input_size(32, 32, levels=2)
     with pytest.raises(InputError, match="multiple of 8"):
         check_model_input_size(130, 200)

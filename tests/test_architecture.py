@@ -1,0 +1,281 @@
+"""The layering of the four packages, read from their source: deqflow <- training <- export <- runtime.
+
+- importing `deqflow` or any `runtime` module loads no module of `export` or `training`;
+- `training.deq.config` and every `runtime` module import where torch cannot be imported;
+- the static import graph (every import statement, function-level ones included) has no cycle;
+- no function is longer than 60 lines;
+- no block of six or more lines is repeated between modules (verbatim once comments, blank lines, imports and
+  white space are set aside).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import io
+import json
+import subprocess
+import sys
+import tokenize
+from collections import defaultdict
+from functools import cache
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, blocking_prelude, subprocess_env
+
+PACKAGES = ("deqflow", "training", "export", "runtime")
+MAX_FUNCTION_LINES = 60
+MIN_REPEATED_LINES = 6
+
+
+# --- reading the packages ----------------------------------------------------------------------------------
+
+
+@cache
+def modules() -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the four packages."""
+    out = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+@cache
+def syntax_tree(name: str) -> ast.Module:
+    path = modules()[name]
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def _resolve(module: str, level: int, importer: str) -> str:
+    """The absolute name of a (possibly relative) `from` import's module."""
+    if level == 0:
+        return module
+    base = importer.split(".") if modules()[importer].name == "__init__.py" else importer.split(".")[:-1]
+    base = base[:len(base) - (level - 1)]
+    return ".".join([*base, module] if module else base)
+
+
+def _known(name: str) -> str | None:
+    """`name` or its longest prefix that is a module of the four packages."""
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):
+        if ".".join(parts[:end]) in modules():
+            return ".".join(parts[:end])
+    return None
+
+
+def imports_of(name: str) -> set[str]:
+    """Modules of the four packages that `name` imports anywhere (top level or inside functions)."""
+    found = set()
+    for node in ast.walk(syntax_tree(name)):
+        if isinstance(node, ast.Import):
+            found.update(_known(alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = _resolve(node.module or "", node.level, name)
+            for alias in node.names:  # `from pkg import module` imports the module itself
+                found.add(_known(f"{base}.{alias.name}") if f"{base}.{alias.name}" in modules() else _known(base))
+    return found - {None, name}
+
+
+def import_cycles() -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), each sorted."""
+    graph = {name: sorted(imports_of(name)) for name in modules()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while not component or component[-1] != v:
+                component.append(stack.pop())
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return sorted(cycles)
+
+
+def long_functions() -> list[str]:
+    """`file:line name (N lines)` for every function or method longer than MAX_FUNCTION_LINES (docstring
+    included, decorators not)."""
+    out = []
+    for name, path in modules().items():
+        for node in ast.walk(syntax_tree(name)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    out.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)")
+    return sorted(out)
+
+
+# --- repeated blocks ---------------------------------------------------------------------------------------
+
+_SKIPPED_TOKENS = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
+                   tokenize.ENDMARKER, tokenize.ENCODING}
+
+
+def normalised_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of the lines that count: comments, blank lines, import statements and lines of lone
+    punctuation dropped, white space folded (tokens joined by one space)."""
+    lines: dict[int, list[str]] = defaultdict(list)
+    statement: list[tokenize.TokenInfo] = []
+    for tok in tokenize.generate_tokens(io.StringIO(path.read_text(encoding="utf-8")).readline):
+        if tok.type in _SKIPPED_TOKENS:
+            if tok.type == tokenize.NEWLINE and statement:
+                if statement[0].string not in ("import", "from"):
+                    for t in statement:
+                        lines[t.start[0]].append(t.string)
+                statement = []
+            continue
+        statement.append(tok)
+    return [(n, " ".join(toks)) for n, toks in sorted(lines.items())
+            if any(t[:1].isalnum() or t[:1] in "_'\"" for t in toks)]
+
+
+def repeated_blocks(size: int = MIN_REPEATED_LINES) -> list[str]:
+    """`a.py:10-15 ~ b.py:40-45` for every run of >= `size` normalised lines that stands in two modules
+    (overlapping windows of one pair of places merged into one run)."""
+    windows: dict[bytes, list[tuple[str, int, int]]] = defaultdict(list)
+    for name, path in modules().items():
+        lines = normalised_lines(path)
+        for i in range(len(lines) - size + 1):
+            key = hashlib.blake2b("\n".join(t for _, t in lines[i:i + size]).encode(), digest_size=16).digest()
+            windows[key].append((name, lines[i][0], lines[i + size - 1][0]))
+    runs: dict[tuple[str, str], list[list[int]]] = defaultdict(list)  # (a, b) -> [a_start, a_end, b_start, b_end]
+    for places in windows.values():
+        for i, (a, a0, a1) in enumerate(places):
+            for b, b0, b1 in places[i + 1:]:
+                if a == b:
+                    continue
+                pair_runs = runs[(a, b)]
+                last = pair_runs[-1] if pair_runs else None
+                if last and a0 <= last[1] + 1 and b0 <= last[3] + 1 and a0 >= last[0] and b0 >= last[2]:
+                    last[1], last[3] = max(last[1], a1), max(last[3], b1)
+                else:
+                    pair_runs.append([a0, a1, b0, b1])
+    rel = {name: path.relative_to(ROOT) for name, path in modules().items()}
+    return sorted(f"{rel[a]}:{r[0]}-{r[1]} ~ {rel[b]}:{r[2]}-{r[3]}"
+                  for (a, b), pair_runs in runs.items() for r in pair_runs)
+
+
+# --- the checks --------------------------------------------------------------------------------------------
+
+LOADED = """
+import importlib, json, pkgutil, sys
+names = []
+for package in PACKAGES:
+    pkg = importlib.import_module(package)
+    names.append(package)
+    for info in pkgutil.walk_packages(pkg.__path__, package + "."):
+        if not info.name.endswith("__main__"):  # deqflow.__main__ runs the command line
+            importlib.import_module(info.name)
+            names.append(info.name)
+print(json.dumps({"imported": names, "loaded": sorted(m for m in sys.modules if m.split(".")[0] in FORBIDDEN)}))
+"""
+
+
+def _loaded_after_importing(packages: tuple[str, ...], forbidden: tuple[str, ...], block: tuple[str, ...] = ()):
+    """In a fresh interpreter: import every module of `packages`; which modules of `forbidden` got loaded."""
+    code = (blocking_prelude(*block) if block else "") + f"PACKAGES = {packages!r}\nFORBIDDEN = {forbidden!r}\n"
+    code += LOADED
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(result["imported"]) > 1
+    return result["loaded"]
+
+
+def test_deqflow_loads_nothing_of_export_or_training():
+    assert _loaded_after_importing(("deqflow",), ("export", "training")) == []
+
+
+def test_runtime_loads_nothing_of_export_or_training():
+    assert _loaded_after_importing(("runtime",), ("export", "training")) == []
+
+
+def test_runtime_imports_where_torch_cannot_be_imported():
+    assert _loaded_after_importing(("deqflow", "runtime"), ("torch",), block=("torch",)) == []
+
+
+def test_deq_config_imports_where_torch_cannot_be_imported():
+    code = blocking_prelude("torch") + "import training.deq.config\nprint('ok')\n"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_the_import_graph_is_read():
+    """Guards the checks below against reading nothing: known edges of today's layering are found."""
+    assert {"deqflow", "training", "export", "runtime", "deqflow.cli"} <= set(modules())
+    assert "deqflow.errors" in imports_of("deqflow.padding")
+    assert any(m.startswith("training.") for m in imports_of("export.exporter"))
+    assert "runtime.solver" in imports_of("runtime")
+
+
+def layering_violations() -> list[str]:
+    """Imports against deqflow <- training <- export <- runtime, and of runtime importing anything but deqflow
+    (its torch backend may load the model from training)."""
+    layer = {package: i for i, package in enumerate(PACKAGES)}
+    out = []
+    for name in modules():
+        for target in sorted(imports_of(name)):
+            source, dest = name.split(".")[0], target.split(".")[0]
+            runtime_rule = source == "runtime" and dest not in ("deqflow", "runtime") and not \
+                (dest == "training" and name.endswith("torch_backend"))
+            if layer[dest] > layer[source] or runtime_rule:
+                out.append(f"{name} -> {target}")
+    return out
+
+
+def test_imports_point_one_way():
+    assert layering_violations() == []
+
+
+@pytest.mark.xfail(strict=False, reason="two cycles hidden by function-level imports, being removed (issue 11): "
+                                        "runtime.modelfile <-> runtime.tensorrt_engine, "
+                                        "training.data.datasets <-> training.data.synthetic")
+def test_no_import_cycles():
+    assert import_cycles() == []
+
+
+def test_no_function_is_longer_than_60_lines():
+    assert long_functions() == []
+
+
+def test_no_block_of_six_lines_is_repeated_between_modules():
+    assert repeated_blocks() == []
+
+
+def test_the_repeat_check_finds_a_repeat(tmp_path, monkeypatch):
+    """The window check itself: a six-line run shared by two files is found, with its line ranges, whatever
+    the comments, blank lines, imports and indentation between; five shared lines are not."""
+    body = ["total = 0", "for item in items:", "    total += item.size", "    if total > limit:",
+            "        raise ValueError(total)", "return total"]
+    a = ["import os", "def f(items, limit):", *("    " + line for line in body)]
+    b = ["def g(items, limit):", "    # the same, commented",
+         *("    " + line.replace("  ", "    ") for line in body[:3]), "", "    from math import tau",
+         *("    " + line for line in body[3:])]
+    (tmp_path / "a.py").write_text("\n".join(a) + "\n")
+    (tmp_path / "b.py").write_text("\n".join(b) + "\n")
+    c = ["def h(items, limit):", *("    " + line for line in body[:5]), "    return None"]
+    (tmp_path / "c.py").write_text("\n".join(c) + "\n")
+    fake = {"a": tmp_path / "a.py", "b": tmp_path / "b.py", "c": tmp_path / "c.py"}
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    monkeypatch.setattr(sys.modules[__name__], "modules", lambda: fake)
+    assert repeated_blocks() == ["a.py:3-8 ~ b.py:3-10"]

@@ -1,0 +1,75 @@
+"""runtime with ONNX Runtime where PyTorch cannot be imported (`pytest --torch-free`): the committed tiny split
+export reproduces its torch float32 golden file through the host solver, and `deqflow infer` / `compare` run."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from helpers import TINY_GOLDEN, TINY_ONNX, TINY_ONNX_ITERS, TINY_ONNX_SIZE
+
+from deqflow.cli import main
+from runtime import SolverSettings, create_backend, prepare
+from runtime.compare import load_golden
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return load_golden(TINY_GOLDEN)
+
+
+def _infer(golden, settings: SolverSettings | None = None, **kw):
+    with create_backend("onnxruntime", TINY_ONNX, threads=1, settings=settings) as backend:
+        batch = prepare(*golden.pairs[0])
+        return backend.infer(batch.image1, batch.image2, **kw)
+
+
+def test_torch_cannot_be_imported_in_the_torch_free_run(request):
+    if not request.config.getoption("torch_free"):
+        pytest.skip("only meaningful under `pytest --torch-free`")
+    with pytest.raises(ImportError):
+        import torch  # noqa: F401
+    assert not [m for m in sys.modules if m.split(".")[0] == "torch"]
+
+
+def test_fixture_is_small_and_describes_itself(golden):
+    assert sum(p.stat().st_size for p in TINY_ONNX.parent.glob(f"{TINY_ONNX.stem}.*.onnx")) < 2_000_000
+    assert golden.meta["settings"]["max_iter"] == TINY_ONNX_ITERS and golden.meta["settings"]["tol"] == 0.0
+    assert golden.pairs[0][0].shape == (*TINY_ONNX_SIZE, 3)
+    assert float(np.abs(golden.outputs[0]["flow"]).mean()) > 0.1  # a non-trivial flow to compare
+
+
+def test_split_export_reproduces_the_torch_golden_outputs(golden):
+    ref = golden.outputs[0]
+    r = _infer(golden)  # the export's own defaults: its iteration count, no early stop
+    assert r.iterations == TINY_ONNX_ITERS
+    assert float(np.abs(r.flow - ref["flow"]).max()) <= 1e-4
+    assert float(np.abs(r.flow_low - ref["flow_low"]).max()) <= 1e-4
+    assert r.residual[0] == pytest.approx(float(ref["residual"][0]), rel=1e-4)
+
+
+def test_host_solver_settings_and_warm_start(golden):
+    """Fewer iterations follow the same trajectory; a warm start from the result continues from its state."""
+    full = _infer(golden)
+    short = _infer(golden, SolverSettings(max_iter=2, tol=0.0))
+    assert short.iterations == 2
+    np.testing.assert_allclose(short.rel_trace, full.rel_trace[:, :2], rtol=1e-5)
+    warm = _infer(golden, SolverSettings(max_iter=2, tol=0.0), state=short.state)
+    assert warm.iterations == 2 and np.isfinite(warm.flow).all()
+    assert float(np.abs(warm.flow - full.flow).max()) <= 1e-3  # 2 + 2 warm steps = 4 cold steps
+
+
+def test_infer_and_compare_commands(golden, tmp_path, capsys):
+    from deqflow.image_io import write_image
+
+    a, b = golden.pairs[0]
+    write_image(tmp_path / "a.png", a)
+    write_image(tmp_path / "b.png", b)
+    out = tmp_path / "out"
+    assert main(["infer", "--model", str(TINY_ONNX), "--image1", str(tmp_path / "a.png"), "--image2",
+                 str(tmp_path / "b.png"), "--output", str(out), "--threads", "1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["iterations"] == TINY_ONNX_ITERS and (out / "flow.flo").stat().st_size > 0
+    assert main(["compare", "--golden", str(TINY_GOLDEN), "--candidate", f"onnxruntime={TINY_ONNX}",
+                 "--output", str(tmp_path / "cmp"), "--threads", "1"]) == 0
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["passed"]
