@@ -1,14 +1,24 @@
-"""Checkpoint files: reading (safely), recognising official DEQ-Flow state dicts, writing atomically.
+"""Checkpoint files: reading (safely, with integrity checks), recognising official DEQ-Flow state dicts,
+writing atomically.
 
 torch is imported inside the functions only, so `deqflow` stays importable without PyTorch.
 Checkpoints are always read with `weights_only=True`: a checkpoint must never execute code.
+A checkpoint is refused when its zip archive fails a CRC check, when a floating tensor holds NaN/Inf,
+or when deqflow's own weights digest (recorded by `make_payload`) no longer matches: torch.load accepts
+such files silently and the model then computes NaN.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import socket
+import struct
 import tempfile
+import time
+import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +28,11 @@ from deqflow.errors import CheckpointError
 FORMAT_NAME = "deqflow"
 FORMAT_VERSION = 1
 OFFICIAL_PREFIX = "module."
+DIGEST_KEY = "weights_sha256"  # meta entry written by make_payload, verified by split_checkpoint
+TEMP_SUFFIX = ".tmp"
+STALE_TEMP_SECONDS = 24 * 3600  # a temp file from another host (or an unknown writer) this old is abandoned
+_LOCAL_HEADER = b"PK\x03\x04"
+
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
@@ -28,29 +43,123 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def read_checkpoint_file(path: str | os.PathLike) -> Any:
-    """torch.load with weights_only=True and clear errors for missing, truncated or foreign files."""
+    """torch.load with weights_only=True and clear errors for missing, truncated, damaged or foreign files.
+
+    The file is read once; a zip archive (torch.save's format) has every member's CRC checked before the
+    same bytes are unpickled."""
     import torch
 
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    if path.stat().st_size == 0:
+    data = path.read_bytes()
+    if not data:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch's zip format, or a legacy pickle (protocol 2+)
+    if not data.startswith((_LOCAL_HEADER, b"\x80")):  # torch's zip format, or a legacy pickle (protocol 2+)
         raise CheckpointError(f"{path} is not a PyTorch checkpoint: it is neither a zip archive (torch.save) "
-                              f"nor a pickle (it starts with {head!r})")
+                              f"nor a pickle (it starts with {data[:4]!r})")
+    if data.startswith(_LOCAL_HEADER):
+        verify_archive(data, path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors...
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "Unsupported global" in str(exc) or "Unsupported operand" in str(exc):
-            raise CheckpointError(
-                f"{path} holds Python objects beyond tensors and plain containers; deqflow refuses to "
-                f"unpickle them (weights_only=True). Re-save the state_dict alone. ({msg})") from None
-        raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt or truncated, or not a "
-                              f"PyTorch checkpoint ({type(exc).__name__}: {msg})") from None
+        raise _load_error(path, exc) from None
+
+
+def _load_error(path: Path, exc: Exception) -> CheckpointError:
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "Unsupported global" in str(exc) or "Unsupported operand" in str(exc):
+        return CheckpointError(
+            f"{path} holds Python objects beyond tensors and plain containers; deqflow refuses to "
+            f"unpickle them (weights_only=True). Re-save the state_dict alone. ({msg})")
+    return CheckpointError(f"cannot read checkpoint {path}: the file is corrupt or truncated, or not a "
+                           f"PyTorch checkpoint ({type(exc).__name__}: {msg})")
+
+
+def verify_archive(data: bytes, path: str | os.PathLike = "checkpoint") -> None:
+    """CheckpointError naming the first zip member whose bytes fail their CRC-32 (or whose header is
+    damaged). torch.save stores members uncompressed, so each is checked in place in `data`."""
+    try:
+        members = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, struct.error) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its zip directory is unreadable ({exc}); "
+                              "restore or download the file again") from None
+    view = memoryview(data)
+    for member in members:
+        start = member.header_offset
+        if view[start:start + 4] != _LOCAL_HEADER:
+            raise CheckpointError(f"checkpoint {path} is corrupt: the header of archive member "
+                                  f"'{member.filename}' is damaged; restore or download the file again")
+        name_len, extra_len = struct.unpack_from("<HH", data, start + 26)
+        begin = start + 30 + name_len + extra_len
+        if member.compress_type == zipfile.ZIP_STORED:
+            good = zlib.crc32(view[begin:begin + member.compress_size]) == member.CRC
+        else:
+            good = _compressed_member_ok(data, member)
+        if not good:
+            raise CheckpointError(f"checkpoint {path} is corrupt: archive member '{member.filename}' fails its "
+                                  "CRC check (the file changed after it was written); restore or download it again")
+
+
+def _compressed_member_ok(data: bytes, member: zipfile.ZipInfo) -> bool:
+    """zipfile checks the CRC while it inflates a compressed member (not written by torch.save)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            archive.read(member)
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError):
+        return False
+    return True
+
+
+def weights_digest(state_dict: Mapping[str, Any]) -> str:
+    """sha256 over the tensors of a state dict, sorted by key: name, dtype, shape and bytes of each.
+
+    Independent of dict order and of how a tensor is laid out in memory; recorded by make_payload."""
+    import torch
+
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        value = state_dict[key]
+        if not isinstance(value, torch.Tensor):
+            h.update(f"{key}\0{type(value).__name__}\0".encode())
+            continue
+        t = value.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{key}\0{t.dtype}\0{tuple(value.shape)}\0".encode())
+        h.update(t.view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def check_finite_weights(state_dict: Mapping[str, Any], path: str | os.PathLike = "checkpoint") -> None:
+    """CheckpointError naming the first floating tensor that holds NaN or Inf.
+
+    A tensor's sum is NaN/Inf when any value is (or when the sum overflows): only then is it checked value
+    by value, which is slower."""
+    import torch
+
+    for key, value in state_dict.items():
+        if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
+            continue
+        if not bool(torch.isfinite(value.sum())) and not bool(torch.isfinite(value).all()):
+            nan = int(torch.isnan(value).sum())
+            inf = int(torch.isinf(value).sum())
+            raise CheckpointError(f"checkpoint {path} is damaged: tensor '{key}' holds {nan} NaN and {inf} Inf "
+                                  f"of {value.numel()} values; restore the file or use another checkpoint")
+
+
+def verify_weights(state_dict: Mapping[str, Any], meta: Mapping[str, Any],
+                   path: str | os.PathLike = "checkpoint") -> None:
+    """Every floating tensor finite, and the weights digest in `meta` (deqflow's own files) still matching.
+    Files without a digest (official checkpoints, older deqflow files) get the finiteness check only."""
+    check_finite_weights(state_dict, path)
+    recorded = meta.get(DIGEST_KEY)
+    if recorded:
+        actual = weights_digest(state_dict)
+        if actual != recorded:
+            raise CheckpointError(f"checkpoint {path} was modified or damaged after it was written: its weights "
+                                  f"no longer match their recorded digest ({DIGEST_KEY} {str(recorded)[:12]}..., "
+                                  f"now {actual[:12]}...); restore the file or use another checkpoint")
 
 
 def strip_prefix(state_dict: Mapping[str, Any], prefix: str = OFFICIAL_PREFIX) -> dict[str, Any]:
@@ -62,11 +171,17 @@ def strip_prefix(state_dict: Mapping[str, Any], prefix: str = OFFICIAL_PREFIX) -
 
 
 def split_checkpoint(obj: Any, path: str = "checkpoint") -> tuple[dict[str, Any], dict | None, dict]:
-    """-> (state_dict without prefix, model config dict or None, metadata).
+    """-> (state_dict without prefix, model config dict or None, metadata), weights verified.
 
     Accepts the toolkit format, an official DEQ-Flow state dict, and the common wrappers
     {'state_dict': ...} / {'model': ...}.
     """
+    state_dict, config, meta = _unwrap(obj, path)
+    verify_weights(state_dict, meta, path)
+    return state_dict, config, meta
+
+
+def _unwrap(obj: Any, path: str) -> tuple[dict[str, Any], dict | None, dict]:
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} does not contain a state dict (found {type(obj).__name__})")
     if obj.get("format") == FORMAT_NAME:
@@ -86,14 +201,58 @@ def split_checkpoint(obj: Any, path: str = "checkpoint") -> tuple[dict[str, Any]
     return strip_prefix(obj), None, {"source_format": "official"}
 
 
+def _writer_tag() -> str:
+    """This process in a temp file's name: host (hashed: host names may hold dots) and pid."""
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    return f"{host}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete temp files that write_checkpoint left next to `path` when its process was killed.
+
+    Only names of write_checkpoint's own pattern (`<name>.<host>-<pid>.<random>.tmp`) are touched: those of a
+    dead process on this host, or (other host, or the older `<name>.<random>.tmp` pattern) untouched for
+    STALE_TEMP_SECONDS. A live writer's temp file is left alone. Returns the removed paths."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    host = _writer_tag().split("-")[0]
+    removed = []
+    for tmp in path.parent.glob(f"{path.name}.*{TEMP_SUFFIX}"):
+        middle = tmp.name[len(path.name) + 1:-len(TEMP_SUFFIX)].split(".")
+        writer = middle[0].split("-") if len(middle) == 2 else []
+        try:
+            if len(writer) == 2 and writer[0] == host and writer[1].isdigit():
+                stale = int(writer[1]) != os.getpid() and not _pid_alive(int(writer[1]))
+            else:
+                stale = time.time() - tmp.stat().st_mtime > STALE_TEMP_SECONDS
+            if stale and tmp.is_file():
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # vanished meanwhile (its writer renamed it), or not ours to delete
+            continue
+    return removed
+
+
 def write_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
     """torch.save to a temporary file in the same folder, then rename: a killed run never leaves a
-    half-written checkpoint under the final name."""
+    half-written checkpoint under the final name, and the next write removes its orphaned temp file."""
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.{_writer_tag()}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -109,9 +268,10 @@ def write_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Pat
 
 def make_payload(state_dict: Mapping[str, Any], model_config: Mapping[str, Any],
                  meta: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    """The toolkit's checkpoint envelope: weights + the config to rebuild the model + metadata."""
+    """The toolkit's checkpoint envelope: weights + the config to rebuild the model + metadata (with the
+    weights digest that the reader verifies)."""
     from deqflow import __version__
 
-    meta = {"toolkit_version": __version__, **(meta or {})}
+    meta = {"toolkit_version": __version__, **(meta or {}), DIGEST_KEY: weights_digest(strip_prefix(state_dict))}
     return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model_config": dict(model_config),
             "state_dict": dict(state_dict), "meta": meta, **extra}
