@@ -68,7 +68,7 @@ def read_checkpoint_file(path: str | os.PathLike) -> Any:
         raise _load_error(path, exc) from None
 
 
-def _load_error(path: Path, exc: Exception) -> CheckpointError:
+def _load_error(path: str | os.PathLike, exc: Exception) -> CheckpointError:
     msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if "Unsupported global" in str(exc) or "Unsupported operand" in str(exc):
         return CheckpointError(
@@ -83,9 +83,8 @@ def verify_archive(data: bytes, path: str | os.PathLike = "checkpoint") -> None:
     damaged). torch.save stores members uncompressed, so each is checked in place in `data`."""
     try:
         members = zipfile.ZipFile(io.BytesIO(data)).infolist()
-    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, struct.error) as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt: its zip directory is unreadable ({exc}); "
-                              "restore or download the file again") from None
+    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, struct.error) as exc:  # truncated, most often
+        raise _load_error(path, exc) from None
     view = memoryview(data)
     for member in members:
         start = member.header_offset

@@ -233,7 +233,7 @@ def test_temp_files_of_live_writers_and_recent_unknown_ones_are_kept(tmp_path):
 
 
 # ------------------------------------------------------------------ ONNX files
-def _tiny_onnx(external: Path | None = None) -> onnx.ModelProto:
+def _tiny_onnx() -> onnx.ModelProto:
     """A Conv whose weight is 18 KiB, then a Loop whose body adds its own initializer, plus a Constant."""
     rng = np.random.default_rng(0)
     weight = numpy_helper.from_array(rng.standard_normal((32, 16, 3, 3)).astype(np.float32), "conv.weight")
