@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import socket
 import struct
 import tempfile
@@ -30,6 +31,9 @@ FORMAT_VERSION = 1
 OFFICIAL_PREFIX = "module."
 DIGEST_KEY = "weights_sha256"  # meta entry written by make_payload, verified by split_checkpoint
 TEMP_SUFFIX = ".tmp"
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".tar")
+# write_checkpoint's temp names: <target>.<host hash>-<pid>.<8 random chars>.tmp (older: no host-pid part)
+_TEMP_NAME = re.compile(r"(?P<target>.+?)\.(?:(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp")
 STALE_TEMP_SECONDS = 24 * 3600  # a temp file from another host (or an unknown writer) this old is abandoned
 _LOCAL_HEADER = b"PK\x03\x04"
 
@@ -216,26 +220,34 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
-    """Delete temp files that write_checkpoint left next to `path` when its process was killed.
+def _is_stale(tmp: Path, match: re.Match) -> bool:
+    """A temp file of a dead process on this host, or one untouched for STALE_TEMP_SECONDS (written on
+    another host, or named by an older deqflow without the writer): its writer will never rename it."""
+    if match["host"] == _writer_tag().split("-")[0]:
+        pid = int(match["pid"])
+        return pid != os.getpid() and not _pid_alive(pid)
+    return time.time() - tmp.stat().st_mtime > STALE_TEMP_SECONDS
 
-    Only names of write_checkpoint's own pattern (`<name>.<host>-<pid>.<random>.tmp`) are touched: those of a
-    dead process on this host, or (other host, or the older `<name>.<random>.tmp` pattern) untouched for
-    STALE_TEMP_SECONDS. A live writer's temp file is left alone. Returns the removed paths."""
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete the temp files that killed write_checkpoint calls left behind; returns the removed paths.
+
+    `path`: a checkpoint (its own temp files) or a folder (those of every .pth/.pt/.ckpt/.tar in it, e.g.
+    a training run's output folder at start). Only write_checkpoint's own names are touched
+    (`<name>.<host>-<pid>.<random>.tmp`, or `<name>.<random>.tmp` from older versions), and a live
+    writer's temp file is left alone."""
     path = Path(path)
-    if not path.parent.is_dir():
+    folder, target = (path, None) if path.is_dir() else (path.parent, path.name)
+    if not folder.is_dir():
         return []
-    host = _writer_tag().split("-")[0]
     removed = []
-    for tmp in path.parent.glob(f"{path.name}.*{TEMP_SUFFIX}"):
-        middle = tmp.name[len(path.name) + 1:-len(TEMP_SUFFIX)].split(".")
-        writer = middle[0].split("-") if len(middle) == 2 else []
+    for tmp in folder.glob("*" + TEMP_SUFFIX):
+        match = _TEMP_NAME.fullmatch(tmp.name)
+        if match is None or match["target"] != (target or match["target"]) or (
+                target is None and not match["target"].endswith(CHECKPOINT_SUFFIXES)):
+            continue
         try:
-            if len(writer) == 2 and writer[0] == host and writer[1].isdigit():
-                stale = int(writer[1]) != os.getpid() and not _pid_alive(int(writer[1]))
-            else:
-                stale = time.time() - tmp.stat().st_mtime > STALE_TEMP_SECONDS
-            if stale and tmp.is_file():
+            if tmp.is_file() and _is_stale(tmp, match):
                 tmp.unlink()
                 removed.append(tmp)
         except OSError:  # vanished meanwhile (its writer renamed it), or not ours to delete

@@ -215,7 +215,7 @@ def test_temp_files_of_live_writers_and_recent_unknown_ones_are_kept(tmp_path):
         own = tmp_path / f"last.pth.{_writer_tag()}.efgh5678.tmp"
         recent_legacy = tmp_path / "last.pth.k2j3h4g5.tmp"
         old_legacy = tmp_path / "last.pth.q9w8e7r6.tmp"
-        other_host_old = tmp_path / "last.pth.0badc0de-1.zz.tmp"
+        other_host_old = tmp_path / "last.pth.0badc0de-1.zzzzzzzz.tmp"
         unrelated = tmp_path / "other.pth.k2j3h4g5.tmp"
         for p in (live, own, recent_legacy, old_legacy, other_host_old, unrelated):
             p.write_bytes(b"partial")
@@ -230,6 +230,21 @@ def test_temp_files_of_live_writers_and_recent_unknown_ones_are_kept(tmp_path):
     assert live.exists() and own.exists() and recent_legacy.exists() and unrelated.exists()
     remove_stale_temps(target)  # the sleeper is dead now: its temp file is an orphan
     assert not live.exists()
+
+
+def test_a_run_folder_is_cleaned_of_every_checkpoints_orphans(tmp_path):
+    from deqflow.checkpoint import _writer_tag
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = _writer_tag().split("-")[0]
+    orphans = [tmp_path / f"{name}.{host}-{dead.pid}.a1b2c3d4.tmp" for name in ("last.pth", "best.pt", "final.pth")]
+    kept = [tmp_path / f"notes.txt.{host}-{dead.pid}.a1b2c3d4.tmp", tmp_path / ".model.onnx.a1b2c3d4.tmp",
+            tmp_path / "last.pth.tmp"]
+    for p in orphans + kept:
+        p.write_bytes(b"partial")
+    assert sorted(remove_stale_temps(tmp_path)) == sorted(orphans)
+    assert all(p.exists() for p in kept)
 
 
 # ------------------------------------------------------------------ ONNX files
