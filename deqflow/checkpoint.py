@@ -73,13 +73,27 @@ def read_checkpoint_file(path: str | os.PathLike) -> Any:
 
 
 def _load_error(path: str | os.PathLike, exc: Exception) -> CheckpointError:
-    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if "Unsupported global" in str(exc) or "Unsupported operand" in str(exc):
+    text = str(exc)
+    if "Unsupported operand" in text:  # an opcode the safe unpickler lacks: garbage bytes, or an old-style object
+        return CheckpointError(f"cannot read checkpoint {path}: its pickle data is corrupt, or holds Python objects "
+                               f"that deqflow refuses to unpickle (weights_only=True){_refusal_reason(text)}")
+    if "Weights only load failed" in text or "Unsupported global" in text:
         return CheckpointError(
-            f"{path} holds Python objects beyond tensors and plain containers; deqflow refuses to "
-            f"unpickle them (weights_only=True). Re-save the state_dict alone. ({msg})")
+            f"{path} holds Python objects beyond tensors and plain containers; deqflow refuses to unpickle them "
+            f"(weights_only=True){_refusal_reason(text)}. Re-save the state_dict alone.")
+    msg = text.splitlines()[0] if text else type(exc).__name__
     return CheckpointError(f"cannot read checkpoint {path}: the file is corrupt or truncated, or not a "
                            f"PyTorch checkpoint ({type(exc).__name__}: {msg})")
+
+
+def _refusal_reason(text: str) -> str:
+    """The line of torch's weights-only refusal that names the object, e.g. ': Unsupported global: GLOBAL
+    print was not an allowed global by default' (torch's message is many lines with advice for torch.load)."""
+    for line in text.splitlines():
+        if "unsupported" in line.lower():
+            reason = line.strip().removeprefix("WeightsUnpickler error:").strip()
+            return ": " + reason.split(". ")[0].rstrip(".")
+    return ""
 
 
 def verify_archive(data: bytes, path: str | os.PathLike = "checkpoint") -> None:

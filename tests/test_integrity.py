@@ -149,6 +149,26 @@ def test_digest_ignores_dict_order_and_memory_layout_but_not_shape():
     assert prefixed["meta"][DIGEST_KEY] == payload["meta"][DIGEST_KEY]
 
 
+class _RunsCode:
+    def __init__(self, call):
+        self.call = call
+
+    def __reduce__(self):
+        return self.call
+
+
+@pytest.mark.parametrize("call, name", [((print, ("must never run",)), "print"),
+                                        ((os.system, ("echo must never run",)), "system")])
+def test_zipped_pickle_with_code_is_refused_not_called_corrupt(tmp_path, call, name):
+    path = tmp_path / "evil.pth"
+    torch.save({"x": _RunsCode(call)}, path)
+    with pytest.raises(CheckpointError) as exc:
+        read_checkpoint_file(path)
+    msg = one_line(exc)
+    assert "refuses to unpickle" in msg and "GLOBAL" in msg and name in msg
+    assert "corrupt" not in msg and "\x1b" not in msg
+
+
 def test_folder_given_as_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file"):
         read_checkpoint_file(tmp_path)
