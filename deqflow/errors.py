@@ -20,3 +20,7 @@ class FileFormatError(DeqflowError):
 
 class MissingDependencyError(DeqflowError, ImportError):
     """An optional library (tensorrt, pycuda, onnxruntime-gpu, tensorboard...) is needed but absent."""
+
+
+class NonFiniteOutputError(DeqflowError):
+    """A model produced NaN/Inf (flow, residual): the model file is damaged or the model diverged."""

@@ -7,7 +7,11 @@ and an interrupted run leaves neither a truncated file nor a stray temporary one
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,10 +20,63 @@ from pathlib import Path
 PathLike = str | os.PathLike
 
 
+TEMP_NAME = re.compile(r"\.(?P<target>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.[0-9a-f]{8}\.tmp(\.[^.]+)?")
+"""`.<target name>.<host>-<pid>.<random>.tmp<suffix>`: whose temporary file it is, so orphans can be found."""
+STALE_SECONDS = 24 * 3600
+"""A temporary file of another host untouched this long is abandoned (its writer's pid cannot be checked)."""
+
+
+def writer_tag() -> str:
+    """This process in a temporary file's name: its host (hashed: host names may hold dots) and pid."""
+    return f"{hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]}-{os.getpid()}"
+
+
 def temporary_sibling(path: PathLike) -> Path:
     """A unique hidden name in `path`'s folder that keeps its suffix (writers that pick a format by it)."""
     path = Path(path)
-    return path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    return path.with_name(f".{path.name}.{writer_tag()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _is_orphan(tmp: Path, match: re.Match) -> bool:
+    """Left by a dead process of this host, or by another host's process long ago."""
+    host, pid = writer_tag().split("-")
+    if match["host"] == host:
+        return int(match["pid"]) != int(pid) and not _pid_alive(int(match["pid"]))
+    return time.time() - tmp.stat().st_mtime > STALE_SECONDS
+
+
+def remove_stale_temps(path: PathLike) -> list[Path]:
+    """Delete the temporary files that killed writers left behind; returns the removed paths.
+
+    `path`: a target file (its own temporary files) or a folder (every temporary file of ours in it, e.g. a
+    training run's output folder at start). Only names this module makes are touched, and never a live
+    writer's."""
+    path = Path(path)
+    folder, target = (path, None) if path.is_dir() else (path.parent, path.name)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for tmp in folder.glob(".*.tmp*"):
+        match = TEMP_NAME.fullmatch(tmp.name)
+        if match is None or (target is not None and match["target"] != target):
+            continue
+        try:
+            if tmp.is_file() and _is_orphan(tmp, match):
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # vanished meanwhile (its writer renamed it), or not ours to delete
+            continue
+    return removed
 
 
 @contextmanager
@@ -31,6 +88,7 @@ def atomic_outputs(*paths: PathLike) -> Iterator[list[Path]]:
     targets = [Path(p) for p in paths]
     for target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(target)
     temporaries = [temporary_sibling(t) for t in targets]
     try:
         yield temporaries

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from deqflow.errors import MissingDependencyError
 from deqflow.model_metadata import ModelMetadata, load_model_proto
+from deqflow.onnx_integrity import check_onnx_weights
 from export.trt_compat import TrtReport, trt_compatibility
 
 _PROTO_LIMIT = 2**31 - 1  # models above 2 GB must be checked by path (external data)
@@ -89,8 +90,10 @@ def check_model(model_or_path, path: str | os.PathLike | None = None) -> CheckRe
     if isinstance(model_or_path, (str, os.PathLike)):
         path = model_or_path
         model = load_model_proto(path)
+        check_onnx_weights(model, path, Path(path).parent)  # non-finite or altered weights: FileFormatError
     else:
         model = model_or_path
+        check_onnx_weights(model, path or "<model>")
     report = CheckReport(path=str(path) if path is not None else "<model>")
     try:
         if path is not None and model.ByteSize() > _PROTO_LIMIT:

@@ -24,6 +24,7 @@ from deqflow.errors import CheckpointError, DeqflowError, InputError
 from deqflow.fileio import atomic_outputs
 from deqflow.host_solver import SolverSettings
 from deqflow.model_metadata import ModelMetadata, split_part_names
+from deqflow.onnx_integrity import record_weights_digest
 from deqflow.onnx_session import run_export
 from export.checks import CheckReport, check_model, count_nodes, simplify
 from export.compose import Parts, build_loop, build_split, build_unrolled
@@ -218,6 +219,7 @@ def export_onnx(source: str | os.PathLike | DEQFlow, output: str | os.PathLike, 
             proto = protos[part] = simplify(proto)
         metas[part] = _metadata(prepared, cfg, iters, stop_mode, sha, ckpt_name, part, proto, names, parts.context)
         _attach(proto, metas[part])
+        record_weights_digest(proto)  # after _attach (it clears metadata_props); verified at every load
     reports = [check_model(proto, files[part]) for part, proto in protos.items()]
     bad = [r for r in reports if r.checker_error or r.shape_error]
     if bad:

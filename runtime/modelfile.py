@@ -21,6 +21,7 @@ from deqflow.model_metadata import (
     read_metadata,
     split_paths,
 )
+from deqflow.onnx_integrity import verify_onnx_file
 from runtime.errors import FileFormatError, InputError
 from runtime.tensorrt.cache import engine_metadata, split_engine_paths
 
@@ -34,6 +35,12 @@ class ModelFile:
     layout: str | None = None
     parts: dict[str, Path] = field(default_factory=dict)  # {'model': p} or {'encoder','step','decode'}
     metadata: dict[str, ModelMetadata] = field(default_factory=dict)  # part -> its metadata (none: checkpoint)
+    weights_digest: dict[str, str] = field(default_factory=dict)  # part -> sha256 of its weights (ONNX files)
+
+    @property
+    def digest(self) -> str:
+        """One short identity of the weights for messages and manifests ('' when not computed)."""
+        return "+".join(d[:12] for d in self.weights_digest.values())
 
     @property
     def is_split(self) -> bool:
@@ -83,7 +90,8 @@ def open_onnx(p: Path) -> ModelFile:
     if p.is_file():
         meta = read_metadata(p)
         if meta.layout in FULL_LAYOUTS:
-            return ModelFile(path=p, kind="onnx", layout=meta.layout, parts={"model": p}, metadata={"model": meta})
+            return ModelFile(path=p, kind="onnx", layout=meta.layout, parts={"model": p}, metadata={"model": meta},
+                             weights_digest={"model": verify_onnx_file(p)})
         if meta.layout != "split":
             raise FileFormatError(f"{p}: unknown layout {meta.layout!r} in its deqflow metadata")
     try:
@@ -95,7 +103,8 @@ def open_onnx(p: Path) -> ModelFile:
         raise
     metas = {part: read_metadata(q) for part, q in parts.items()}
     check_split_set(p, parts, metas)
-    return ModelFile(path=p, kind="onnx", layout="split", parts=dict(parts), metadata=metas)
+    return ModelFile(path=p, kind="onnx", layout="split", parts=dict(parts), metadata=metas,
+                     weights_digest={part: verify_onnx_file(q) for part, q in parts.items()})
 
 
 def open_engine(path: Path) -> ModelFile:

@@ -26,9 +26,12 @@ def backend_class(name: str) -> type[Backend]:
     return getattr(importlib.import_module(module_name), cls_name)
 
 
-def create_backend(name: str, model: Any, **options: Any) -> Backend:
-    """Instantiate backend `name` on `model` (checkpoint, ONNX file or engine); options go to its constructor."""
-    return backend_class(name)(model, **options)
+def create_backend(name: str, model: Any, *, allow_nonfinite: bool = False, **options: Any) -> Backend:
+    """Instantiate backend `name` on `model` (checkpoint, ONNX file or engine); options go to its constructor.
+    allow_nonfinite: return NaN/Inf outputs instead of refusing them (for debugging a model)."""
+    backend = backend_class(name)(model, **options)
+    backend.allow_nonfinite = bool(allow_nonfinite)
+    return backend
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any], str]:

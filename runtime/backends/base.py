@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from deqflow.finite_check import check_finite_outputs
 from deqflow.model_metadata import ModelMetadata
 from runtime.errors import InputError
 from runtime.modelfile import ModelFile, open_model_file
@@ -38,6 +39,7 @@ class InferenceResult:
     iterations: int  # solver steps run (one count for the batch: it stops together)
     residual: np.ndarray  # (N,) final ||f(z) - z|| (abs), NaN when the model does not output it
     residual_rel: np.ndarray | None = None  # (N,) final relative residual
+    residual_known: bool = True  # False when the model has no residual output (then `residual` is NaN)
     abs_trace: np.ndarray | None = None  # (N, iterations) when the solver runs on the host / in torch
     rel_trace: np.ndarray | None = None
     state: WarmState | None = None  # fixed point for warm-starting the next frame (split layout / torch)
@@ -76,6 +78,8 @@ class Backend(ABC):
 
     name: str = "backend"
     supports_warm_start: bool = False
+    allow_nonfinite: bool = False
+    """Return NaN/Inf outputs instead of raising NonFiniteOutputError (for debugging a model)."""
     model_path: Any
     settings: SolverSettings
     resolved: SolverSettings
@@ -117,7 +121,23 @@ class Backend(ABC):
         result = self._infer(np.ascontiguousarray(image1, np.float32), np.ascontiguousarray(image2, np.float32),
                              None if flow_init is None else np.ascontiguousarray(flow_init, np.float32), state)
         result.seconds = time.perf_counter() - t0
+        if not self.allow_nonfinite:
+            self.check_finite(result)
         return result
+
+    @property
+    def weights_digest(self) -> str:
+        """Short identity of the weights this backend runs, for messages ('' when unknown)."""
+        return ""
+
+    def check_finite(self, result: InferenceResult) -> None:
+        """NonFiniteOutputError naming the model and its digest when the flow or the residual is NaN/Inf."""
+        outputs = {"flow": result.flow}
+        if result.residual_known:
+            outputs["residual"] = np.asarray(result.residual)
+        if result.residual_rel is not None:
+            outputs["residual_rel"] = np.asarray(result.residual_rel)
+        check_finite_outputs(outputs, str(self.model_path), self.weights_digest)
 
     @abstractmethod
     def _infer(self, image1: np.ndarray, image2: np.ndarray, flow_init: np.ndarray | None,
@@ -178,6 +198,10 @@ class ExportedModelBackend(Backend):
 
     kinds: tuple[str, ...] = ("onnx", "engine")
     """The model-file kinds this backend runs."""
+
+    @property
+    def weights_digest(self) -> str:
+        return self.file.digest
     file: ModelFile
     meta: ModelMetadata
     parts: StepParts | None
@@ -238,4 +262,4 @@ class ExportedModelBackend(Backend):
         iterations = int(out["iterations"].ravel()[0]) if "iterations" in out else int(self.meta.iterations)
         return InferenceResult(flow=out["flow"], flow_low=out.get("flow_low"), iterations=iterations,
                                residual=out.get("residual", np.full(n, np.nan, np.float32)),
-                               residual_rel=out.get("residual_rel"))
+                               residual_rel=out.get("residual_rel"), residual_known="residual" in out)

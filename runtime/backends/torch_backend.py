@@ -82,6 +82,11 @@ class TorchBackend(Backend):
             return x.detach().to(self.device, self.torch.float32)
         return self.torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device)
 
+    @property
+    def weights_digest(self) -> str:
+        meta = self.checkpoint_meta
+        return (meta.get("weights_sha256") or meta.get("sha256") or "")[:12]
+
     def _infer(self, image1, image2, flow_init, state: WarmState | None) -> InferenceResult:
         torch, s = self.torch, self.resolved
         t1, t2 = self._tensor(image1), self._tensor(image2)

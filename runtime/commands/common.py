@@ -42,6 +42,9 @@ def add_backend_options(p: argparse.ArgumentParser) -> None:
                         "measured in the README)")
     g.add_argument("--rebuild", action="store_true",
                    help="tensorrt: rebuild an engine made by another TensorRT version / GPU from its ONNX file")
+    g.add_argument("--allow-nonfinite", action="store_true",
+                   help="keep going when a model outputs NaN/Inf (for debugging a model); by default such an "
+                        "output is an error and nothing is written for it")
 
 
 def backend_options(name: str, args: argparse.Namespace, extra: dict | None = None) -> dict[str, Any]:
@@ -57,6 +60,7 @@ def backend_options(name: str, args: argparse.Namespace, extra: dict | None = No
     else:
         opts = {"device_id": getattr(args, "device_id", 0), "cuda_graph": getattr(args, "cuda_graph", False),
                 "cache_dir": getattr(args, "cache_dir", None), "rebuild": getattr(args, "rebuild", False)}
+    opts["allow_nonfinite"] = getattr(args, "allow_nonfinite", False)
     opts.update(extra)
     return opts
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from deqflow.checkpoint import sha256_file
 from deqflow.fileio import atomic_write_bytes
 from deqflow.model_metadata import ModelMetadata
+from deqflow.onnx_integrity import verify_onnx_file
 from deqflow.shapes import PROFILE_KEYS, ShapeProfiles
 from runtime.errors import FileFormatError, InputError
 from runtime.tensorrt import import_tensorrt, trt_major
@@ -141,7 +142,9 @@ def build_serialized(onnx_path: str | os.PathLike, settings: BuildSettings, *, v
 
 def build_engine(onnx_path: str | os.PathLike, settings: BuildSettings, *, cache: EngineCache | None = None,
                  device_id: int = 0, verbose: bool = False) -> tuple[bytes, dict]:
-    """(plan, sidecar info) for an ONNX file, from the engine cache when the key matches, else built and cached."""
+    """(plan, sidecar info) for an ONNX file, from the engine cache when the key matches, else built and cached.
+    A damaged ONNX file (unreadable, non-finite or altered weights) is refused before TensorRT sees it."""
+    verify_onnx_file(onnx_path)
     trt = import_tensorrt()
     gpu, cc = gpu_identity(device_id)
     key = engine_cache_key(sha256_file(onnx_path), trt.__version__, gpu, settings, cc)

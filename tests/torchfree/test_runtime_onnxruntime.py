@@ -73,3 +73,38 @@ def test_infer_and_compare_commands(golden, tmp_path, capsys):
     assert main(["compare", "--golden", str(TINY_GOLDEN), "--candidate", f"onnxruntime={TINY_ONNX}",
                  "--output", str(tmp_path / "cmp"), "--threads", "1"]) == 0
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["passed"]
+
+
+@pytest.mark.parametrize("output", ["flow", "residual"])
+def test_non_finite_outputs_are_refused_unless_allowed(golden, output):
+    """A NaN in the flow or the residual is an error naming the model and its weights digest; with
+    allow_nonfinite (--allow-nonfinite) the result comes back as it is."""
+    from deqflow.errors import NonFiniteOutputError
+
+    batch = prepare(*golden.pairs[0])
+    for allow in (False, True):
+        with create_backend("onnxruntime", TINY_ONNX, threads=1, allow_nonfinite=allow) as backend:
+            real = backend._infer
+
+            def poisoned(*args, _real=real):
+                result = _real(*args)
+                getattr(result, output).flat[0] = np.nan
+                return result
+
+            backend._infer = poisoned
+            if allow:
+                assert np.isnan(getattr(backend.infer(batch.image1, batch.image2), output)).sum() == 1
+                continue
+            with pytest.raises(NonFiniteOutputError) as err:
+                backend.infer(batch.image1, batch.image2)
+            message = str(err.value)
+            assert str(TINY_ONNX) in message and backend.weights_digest[:12] in message
+            assert f"{output} has 1 NaN" in message and "\n" not in message
+
+
+def test_the_model_file_digest_identifies_the_weights():
+    from runtime.modelfile import open_model_file
+
+    file = open_model_file(TINY_ONNX)
+    assert set(file.weights_digest) == {"encoder", "step", "decode"}
+    assert all(len(d) == 64 for d in file.weights_digest.values()) and len(file.digest) == 3 * 12 + 2
