@@ -91,7 +91,7 @@ def fake_trt(request, monkeypatch):
 
 
 def _build(tmp_path: Path, precision: str) -> bytes:
-    from runtime.tensorrt_engine import BuildSettings, build_serialized
+    from runtime.tensorrt.build import BuildSettings, build_serialized
 
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"onnx")
@@ -115,7 +115,7 @@ def test_build_path_uses_only_names_of_each_version(fake_trt, tmp_path, precisio
 
 
 def test_run_path_uses_only_names_of_each_version(fake_trt):
-    from runtime.tensorrt_engine import TrtRunner, deserialize
+    from runtime.tensorrt.runner import TrtRunner, deserialize
 
     runner = TrtRunner(deserialize(b"plan"), HostMemory(), name="fake")
     feeds = {n: np.zeros(SHAPE, np.float32) for n in INPUTS}
@@ -179,7 +179,7 @@ def test_a_planted_wrong_name_fails_the_checks(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", trt11)
     import inspect
 
-    from runtime.tensorrt_engine import TrtRunner
+    from runtime.tensorrt.runner import TrtRunner
 
     src = Path(inspect.getsourcefile(TrtRunner)).read_text()
     assert "execute_async_v3" in src
