@@ -81,8 +81,18 @@ def _behaviours(trt_holder: dict) -> dict:
     }
 
 
+def _pretend_a_gpu(monkeypatch) -> None:
+    """The stand-in runs on a CPU: the CUDA device check (its own test below) is taken as passed."""
+    import runtime.tensorrt.build
+    import runtime.tensorrt.runner
+
+    for module in (runtime.tensorrt.build, runtime.tensorrt.runner):
+        monkeypatch.setattr(module, "require_cuda_device", lambda device_id=0: None)
+
+
 @pytest.fixture(params=VERSIONS)
 def fake_trt(request, monkeypatch):
+    _pretend_a_gpu(monkeypatch)
     holder: dict = {}
     trt = FakeTensorRT(request.param, _behaviours(holder))
     holder["trt"] = trt
@@ -177,6 +187,7 @@ def test_a_planted_wrong_name_fails_the_checks(tmp_path, monkeypatch):
 
     # a wrong method name inside deqflow's own run path fails too
     monkeypatch.setitem(sys.modules, "tensorrt", trt11)
+    _pretend_a_gpu(monkeypatch)
     import inspect
 
     from runtime.tensorrt.runner import TrtRunner
@@ -186,6 +197,7 @@ def test_a_planted_wrong_name_fails_the_checks(tmp_path, monkeypatch):
     module = type(sys)("planted_engine")
     monkeypatch.setitem(sys.modules, "planted_engine", module)
     exec(compile(src.replace("execute_async_v3", "execute_async_v2"), "planted_engine.py", "exec"), module.__dict__)
+    module.require_cuda_device = lambda device_id=0: None
     trt11.behaviours.update(_behaviours({"trt": trt11}))
     runner = module.TrtRunner(module.deserialize(b"plan"), HostMemory())
     with pytest.raises(TrtApiError, match="execute_async_v2"):
@@ -200,3 +212,20 @@ def test_api_tables_are_the_real_bindings(version):
     assert table["IExecutionContext.execute_async_v3"][0] == "method"
     assert ("BuilderFlag.FP16" in table) == (version == "10.13")
     assert "IExecutionContext.execute_async_v2" not in table and "ICudaEngine.get_binding_index" not in table
+
+
+def test_no_tensorrt_object_is_created_without_a_usable_cuda_device(monkeypatch):
+    """On a machine without a GPU the runtime stops with one message before TensorRT could crash it."""
+    from deqflow.errors import MissingDependencyError
+    from runtime.tensorrt.runner import deserialize
+
+    trt = FakeTensorRT("11.4", {"Runtime.__init__": None})
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    with pytest.raises(MissingDependencyError, match="no usable CUDA device 0") as err:
+        deserialize(b"plan")
+    assert "\n" not in str(err.value)
+    assert not any(name.startswith("Runtime") for name in trt.used), "a TensorRT runtime was created"

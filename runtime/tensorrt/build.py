@@ -21,7 +21,7 @@ from deqflow.shapes import PROFILE_KEYS, ShapeProfiles
 from runtime.errors import FileFormatError, InputError
 from runtime.tensorrt import import_tensorrt, trt_major
 from runtime.tensorrt.cache import EngineCache, engine_cache_key, sidecar_info
-from runtime.tensorrt.memory import gpu_identity
+from runtime.tensorrt.memory import gpu_identity, require_cuda_device
 
 PRECISIONS = ("fp32", "fp16", "graph")
 
@@ -122,6 +122,7 @@ def build_serialized(onnx_path: str | os.PathLike, settings: BuildSettings, *, v
     """Parse an ONNX file and build a serialized engine (TensorRT 10 or 11)."""
     trt = import_tensorrt()
     settings.validate(trt.__version__)
+    require_cuda_device()
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
     # TensorRT 11 networks are always strongly typed; on 10 'graph' asks for it

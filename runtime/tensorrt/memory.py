@@ -72,6 +72,24 @@ def gpu_identity(device_id: int = 0) -> tuple[str, str]:
     raise missing_dependency("gpu", "the tensorrt backend", "no CUDA device found through cuda-python or torch")
 
 
+def require_cuda_device(device_id: int = 0) -> None:
+    """Stop with one clear message unless CUDA device `device_id` is usable. Called before any TensorRT
+    runtime or builder object exists: TensorRT used after a CUDA initialisation failure crashes the process."""
+    reasons = []
+    cudart = import_cudart()
+    if cudart is not None:
+        err, count = cudart.cudaGetDeviceCount()
+        if int(err) == 0 and int(count) > device_id:
+            return
+        reasons.append(f"cuda-python: {'no device ' + str(device_id) if int(err) == 0 else err}")
+    else:
+        reasons.append("cuda-python: not installed")
+    torch = sys.modules.get("torch")  # only a torch that is already loaded: importing it costs seconds
+    if torch is not None and torch.cuda.is_available() and torch.cuda.device_count() > device_id:
+        return
+    raise missing_dependency("gpu", "TensorRT", f"no usable CUDA device {device_id}; " + "; ".join(reasons))
+
+
 def _check_cuda(err, what: str) -> None:
     if int(err) != 0:
         raise RuntimeError(f"{what} failed with CUDA error {err}")

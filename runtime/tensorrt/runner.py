@@ -10,7 +10,7 @@ import numpy as np
 
 from runtime.errors import EngineMismatchError, ProfileError
 from runtime.tensorrt import import_tensorrt
-from runtime.tensorrt.memory import Buffer, DeviceMemory
+from runtime.tensorrt.memory import Buffer, DeviceMemory, require_cuda_device
 
 Profile = dict[str, tuple[list[int], list[int], list[int]]]
 """{input: (min, opt, max)} as `engine.get_tensor_profile_shape(name, 0)` reports it (static: 3x the shape)."""
@@ -35,6 +35,7 @@ def check_profile(shapes: dict[str, tuple[int, ...]], profile: Profile, where: s
 def deserialize(plan: bytes, path: str = "engine"):
     """The ICudaEngine of a plan; EngineMismatchError when this TensorRT cannot load it."""
     trt = import_tensorrt()
+    require_cuda_device()
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     engine = runtime.deserialize_cuda_engine(plan)
     if engine is None:
