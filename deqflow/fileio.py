@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from deqflow.errors import InputError
+
 PathLike = str | os.PathLike
 
 
@@ -106,3 +108,36 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
         with open(tmp, "xb") as fh:  # "x": never clobber another writer's temporary file
             fh.write(data)
     return Path(path)
+
+
+def check_output_dir(path: PathLike, flag: str = "--output") -> Path:
+    """The folder `path` checked before any work is done: it may not exist yet (it is created later), but it
+    must not be a file, and the nearest existing folder must be writable. One-line InputError otherwise."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {path} is an existing file, not a folder: give a folder path")
+    _check_writable_ancestor(path, flag)
+    return path
+
+
+def check_output_file(path: PathLike, flag: str = "--output") -> Path:
+    """The file `path` checked before any work: not a folder, its folder creatable and writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{flag} {path} is a folder: give a file path (e.g. {path / 'model.onnx'})")
+    _check_writable_ancestor(path.parent if str(path.parent) else Path("."), flag, shown=path)
+    return path
+
+
+def _check_writable_ancestor(folder: Path, flag: str, shown: Path | None = None) -> None:
+    shown = shown or folder
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise InputError(f"{flag} {shown}: {probe} is a file, so no folder can be created there")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {shown}: cannot write in {probe} (read-only or no permission); choose another "
+                         "location")
