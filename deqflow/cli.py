@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "build": "runtime.commands.build",
     "compare": "runtime.commands.compare",
     "bench": "runtime.commands.bench",
+    "serve": "runtime.commands.serve",
 }
 
 
