@@ -1,0 +1,288 @@
+"""`deqflow serve` end to end: a real Triton Inference Server (PyTriton) on free 127.0.0.1 ports serving a small
+split export; pairs over HTTP and gRPC equal local inference, concurrent clients are batched, streams are
+warm-started, bad requests are refused while others are served, and the server stops without leftovers.
+The server tests skip when nvidia-pytriton or tritonclient is not installed (pip install deqflow[serve])."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.serving.models import StreamStore
+from runtime.serving.protocol import RequestError, check_pair, error_message
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT = ROOT / "checkpoints" / "deqflow-T-synthetic.pth"
+SOLVER = ["--iters", "40", "--tol", "5e-3", "--stop-mode", "rel"]
+HAVE_SERVING = all(importlib.util.find_spec(m) is not None for m in ("pytriton", "tritonclient"))
+needs_server = pytest.mark.skipif(not HAVE_SERVING, reason="deqflow serve needs nvidia-pytriton and "
+                                  "tritonclient[http,grpc] (pip install deqflow[serve]); not installed here")
+
+
+# ---- pieces that need no server ---------------------------------------------------------------------------
+
+
+def test_request_checks_give_one_line_reasons():
+    good = np.zeros((3, 128, 160), np.float32)
+    check_pair(good, good, levels=4)
+    cases = {"not a multiple of 8": np.zeros((3, 128, 164), np.float32), "too small": np.zeros((3, 64, 64), np.float32),
+             "NaN": np.full((3, 128, 160), np.nan, np.float32), "float32": good.astype(np.float64)}
+    for words, bad in cases.items():
+        with pytest.raises(RequestError, match=words):
+            check_pair(bad, bad if bad.shape == good.shape else bad, levels=4)
+    with pytest.raises(RequestError, match="differ in shape"):
+        check_pair(good, np.zeros((3, 136, 160), np.float32), levels=4)
+
+
+def test_error_message_unwraps_pytriton_traceback():
+    text = ("Failed to process the request(s) for model 'deqflow_flow_0_0', message: TritonModelException: Model "
+            "execute error: Traceback (most recent call last):\n  File \"model.py\", line 492, in execute\n"
+            "c_python_backend_utils.TritonModelException: RequestError: image1 contains NaN or Inf pixels\n\nAt:")
+    assert error_message(text) == "image1 contains NaN or Inf pixels"
+
+
+def test_stream_store_expires_idle_streams():
+    from runtime.serving.models import Stream
+
+    store = StreamStore(idle_timeout_s=1.0)
+    store.put(1, Stream(np.zeros((3, 8, 8), np.float32), None, last_seen=0.0))
+    store.put(2, Stream(np.zeros((3, 8, 8), np.float32), None, last_seen=5.0))
+    assert store.expire(now=5.5) == 1 and store.get(1) is None and store.get(2) is not None
+
+
+def test_own_libpython_goes_first():
+    import sysconfig
+
+    from runtime.serving.server import use_own_libpython
+
+    env = {"LD_LIBRARY_PATH": "/somewhere"}
+    libdir = use_own_libpython(env)
+    assert libdir == sysconfig.get_config_var("LIBDIR")
+    assert env["LD_LIBRARY_PATH"].split(os.pathsep)[0] == libdir and "/somewhere" in env["LD_LIBRARY_PATH"]
+
+
+# ---- a running server ----------------------------------------------------------------------------------------
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "deqflow", *args], env=env, capture_output=True, text=True,
+                          timeout=600, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def small_export(tmp_path_factory) -> Path:
+    """The shipped checkpoint exported at 128x160 (split layout, dynamic batch), once per test module."""
+    out = tmp_path_factory.mktemp("serve-export") / "deqflow-T.onnx"
+    done = cli("export", "--checkpoint", str(CHECKPOINT), "--output", str(out), "--layout", "split", "--height",
+               "128", "--width", "160", "--dynamic", "--min-shape", "1x128x160", "--opt-shape", "1x128x160",
+               "--max-shape", "8x128x160", "--iters", "40")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out
+
+
+def frames(count: int = 4) -> list[np.ndarray]:
+    """A camera pan over a real photograph: 128x160 crops moving 3 px per frame."""
+    import cv2
+    from skimage import data
+
+    left = data.stereo_motorcycle()[0]
+    small = cv2.resize(left, (left.shape[1] // 3, left.shape[0] // 3), interpolation=cv2.INTER_AREA)
+    return [np.ascontiguousarray(small[20:148, 20 + 3 * t:180 + 3 * t]) for t in range(count)]
+
+
+@pytest.fixture(scope="module")
+def local(small_export):
+    """Local inference with the server's settings: the reference every served flow must equal."""
+    from runtime import FlowEstimator, SolverSettings, create_backend
+
+    backend = create_backend("onnxruntime", small_export, threads=1,
+                             settings=SolverSettings(max_iter=40, tol=5e-3, stop_mode="rel"))
+    video = frames()
+    pair = FlowEstimator(backend)(video[0], video[1])
+    warm = FlowEstimator(backend, warm_start=True)
+    stream = [warm(a, b) for a, b in zip(video, video[1:])]
+    backend.close()
+    return {"frames": video, "pair": pair, "stream": stream}
+
+
+@pytest.fixture(scope="module")
+def server(small_export, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve")
+    http, grpc, metrics = free_ports(3)
+    workspace, log = tmp / "workspace", tmp / "serve.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "deqflow", "serve", "--model", str(small_export), "--http-port", str(http),
+           "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--max-batch", "8", "--max-queue-delay-us",
+           "300000", "--threads", "1", "--stream-idle-timeout", "30", "--workspace", str(workspace), *SOLVER]
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    info = {"proc": proc, "http": f"http://127.0.0.1:{http}", "grpc": f"grpc://127.0.0.1:{grpc}",
+            "ports": (http, grpc, metrics), "workspace": workspace, "log": log}
+    deadline = time.monotonic() + 240
+    while "deqflow serve: ready" not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"deqflow serve did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield info
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def flow_client(url: str):
+    from runtime.serving.client import Client
+
+    return Client(url, timeout_s=300)
+
+
+@needs_server
+@pytest.mark.slow
+def test_pairs_over_http_and_grpc_equal_local_inference(server, local):
+    for url in (server["http"], server["grpc"]):
+        with flow_client(url) as client:
+            assert client.ready()
+            served = client.pair(local["frames"][0], local["frames"][1])
+        assert served.flow.shape == local["pair"].flow.shape
+        assert np.abs(served.flow - local["pair"].flow).max() <= 1e-5, url
+        assert int(served.iterations[0]) == local["pair"].iterations
+
+
+@needs_server
+@pytest.mark.slow
+def test_concurrent_clients_are_batched(server, local):
+    results, errors = [], []
+
+    def one(k: int) -> None:
+        try:
+            with flow_client(server["http"] if k % 2 else server["grpc"]) as client:
+                results.append(client.pair(local["frames"][0], local["frames"][1]))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors and len(results) == 8
+    assert max(int(r.batch[0]) for r in results) > 1, [int(r.batch[0]) for r in results]
+    for r in results:
+        assert np.abs(r.flow - local["pair"].flow).max() <= 1e-5
+
+
+@needs_server
+@pytest.mark.slow
+def test_stream_is_warm_started(server, local):
+    with flow_client(server["grpc"]) as client:
+        stream = client.stream()
+        video = local["frames"]
+        assert stream.send(video[0]) is None
+        served = [stream.send(f, last=i == len(video) - 2) for i, f in enumerate(video[1:])]
+    assert [s.warm for s in served] == [False, True, True]
+    cold = int(served[0].iterations[0])
+    assert all(int(s.iterations[0]) < cold for s in served[1:]), [int(s.iterations[0]) for s in served]
+    for s, ref in zip(served, local["stream"]):
+        assert int(s.iterations[0]) == ref.iterations
+        assert np.abs(s.flow - ref.flow).max() <= 1e-5
+
+
+@needs_server
+@pytest.mark.slow
+def test_bad_requests_are_refused_while_others_are_served(server, local):
+    from runtime.serving.client import ServingError
+
+    good = np.zeros((1, 3, 128, 160), np.float32) + 100
+    bad = {
+        "shape": ({"image1": np.zeros((1, 4, 128, 160), np.float32), "image2": np.zeros((1, 4, 128, 160), np.float32)},
+                  "unexpected shape"),
+        "dtype": ({"image1": good.astype(np.float64), "image2": good.astype(np.float64)}, "FP64"),
+        "multiple of 8": ({"image1": np.zeros((1, 3, 128, 164), np.float32),
+                           "image2": np.zeros((1, 3, 128, 164), np.float32)}, "not a multiple of 8"),
+        "too small": ({"image1": np.zeros((1, 3, 64, 64), np.float32), "image2": np.zeros((1, 3, 64, 64), np.float32)},
+                      "too small"),
+        "nan": ({"image1": np.full_like(good, np.nan), "image2": good}, "NaN"),
+        "missing": ({"image1": good}, "missing required input"),
+        "oversized batch": ({"image1": np.repeat(good, 9, 0), "image2": np.repeat(good, 9, 0)}, "batch-size must be"),
+    }
+    served, stop = [], threading.Event()
+
+    def keep_serving() -> None:
+        with flow_client(server["http"]) as client:
+            while not stop.is_set():
+                served.append(client.pair(local["frames"][0], local["frames"][1]))
+
+    worker = threading.Thread(target=keep_serving)
+    worker.start()
+    try:
+        with flow_client(server["grpc"]) as client:
+            for inputs, words in bad.values():
+                with pytest.raises(ServingError, match=re.escape(words)):
+                    client.infer("deqflow_flow", inputs)
+            frame = {"frame": good}
+            with pytest.raises(ServingError, match="START flag"):  # a sequence nobody started
+                client.infer("deqflow_stream", frame, sequence_id=987654321, sequence_start=False)
+            stream = client.stream()
+            stream.send(local["frames"][0])
+            stream.send(local["frames"][1], last=True)
+            with pytest.raises(ServingError, match="START flag"):  # the same sequence after its end
+                stream.send(local["frames"][2])
+            with pytest.raises(ServingError, match="correlation ID"):  # the stream model without a sequence
+                client.infer("deqflow_stream", frame)
+    finally:
+        stop.set()
+        worker.join(timeout=300)
+    assert served and all(np.abs(s.flow - local["pair"].flow).max() <= 1e-5 for s in served)
+    with flow_client(server["http"]) as client:
+        assert client.ready()
+
+
+@needs_server
+@pytest.mark.slow
+def test_server_stops_cleanly(server):
+    proc = server["proc"]
+    shm_prefix = f"pytrtion{proc.pid}"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=90) == 0, server["log"].read_text()[-3000:]
+    assert "deqflow serve: stopped" in server["log"].read_text()
+    assert not any(port_in_use(p) for p in server["ports"])
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(shm_prefix)] if os.path.isdir("/dev/shm") else True
+    leftovers = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if str(server["workspace"]).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                leftovers.append(pid)
+        except OSError:
+            continue
+    assert not leftovers, f"processes left: {leftovers}"
+    assert not server["workspace"].exists() or not any(server["workspace"].iterdir())
