@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "compare": "runtime.commands.compare",
     "bench": "runtime.commands.bench",
     "serve": "runtime.commands.serve",
+    "triton-repo": "runtime.commands.triton_repo",
 }
 
 

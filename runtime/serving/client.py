@@ -50,7 +50,7 @@ class ServedFlow:
     """One pair's answer: flow (H,W,2) at the input size (or (N,2,Hp,Wp) padded for raw batches)."""
 
     flow: np.ndarray
-    iterations: np.ndarray  # (N,)
+    iterations: np.ndarray  # (N,) (-1 when the model does not report them)
     residual: np.ndarray  # (N,)
     batch: np.ndarray | None = None  # (N,) size of the solve each pair was part of
     warm: bool | None = None  # streams: whether the solve started from the stream's previous fixed point
@@ -111,8 +111,10 @@ class Client:
     def infer_padded(self, image1: np.ndarray, image2: np.ndarray) -> ServedFlow:
         """(N,3,H,W) float32 model inputs (H, W multiples of 8) -> padded flow (N,2,H,W)."""
         out = self.infer(FLOW_MODEL, {"image1": image1, "image2": image2})
-        return ServedFlow(out["flow"], out["iterations"].reshape(-1), out["residual"].reshape(-1),
-                          out["batch"].reshape(-1))
+        n = len(image1)  # a whole-graph model in NVIDIA's Triton has no iterations / batch outputs
+        return ServedFlow(out["flow"], out.get("iterations", np.full(n, -1)).reshape(-1),
+                          out.get("residual", np.full(n, np.nan)).reshape(-1),
+                          out.get("batch", np.full(n, -1)).reshape(-1))
 
     def pair(self, image1: np.ndarray, image2: np.ndarray, pad_mode: str = "sintel") -> ServedFlow:
         """uint8 RGB (H,W,3) images (or lists of them) -> flow (H,W,2) ((N,H,W,2) for lists), as local inference."""

@@ -21,6 +21,22 @@ SEQUENCE_START, SEQUENCE_END, SEQUENCE_ID = "START", "END", "CORRID"
 FLOW_OUTPUTS = ("flow", "iterations", "residual", "error")
 STREAM_OUTPUTS = ("flow", "iterations", "residual", "warm", "error")
 ERROR_MARK = "RequestError: "  # how a request's error message starts inside Triton's error text
+MAX_CANDIDATE_SEQUENCES = 64  # streams the sequence batcher interleaves at once (others queue)
+
+
+class Enum(str):
+    """A protobuf enum value in a model configuration (config.pbtxt writes it without quotes)."""
+
+
+def sequence_batching(idle_timeout_s: float) -> dict:
+    """The `sequence_batching` section of deqflow_stream: START/END/CORRID control tensors, idle timeout, and
+    the oldest-first strategy (several streams' frames share one execution)."""
+    flags = [(SEQUENCE_START, "CONTROL_SEQUENCE_START"), (SEQUENCE_END, "CONTROL_SEQUENCE_END")]
+    controls = [{"name": n, "control": [{"kind": Enum(k), "int32_false_true": [0, 1]}]} for n, k in flags]
+    controls.append({"name": SEQUENCE_ID, "control": [{"kind": Enum("CONTROL_SEQUENCE_CORRID"),
+                                                        "data_type": Enum("TYPE_UINT64")}]})
+    return {"max_sequence_idle_microseconds": int(idle_timeout_s * 1e6), "control_input": controls,
+            "oldest": {"max_candidate_sequences": MAX_CANDIDATE_SEQUENCES}}
 
 
 class RequestError(InputError):

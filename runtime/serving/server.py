@@ -24,9 +24,15 @@ import numpy as np
 from runtime.errors import InputError, missing_dependency
 from runtime.serving import adapter
 from runtime.serving.models import FlowModel, StreamModel, StreamStore
-from runtime.serving.protocol import FLOW_MODEL, FRAME_INPUT, SEQUENCE_END, SEQUENCE_ID, SEQUENCE_START, STREAM_MODEL
-
-MAX_CANDIDATE_SEQUENCES = 64  # streams the sequence batcher interleaves at once (others queue)
+from runtime.serving.protocol import (
+    FLOW_MODEL,
+    FRAME_INPUT,
+    SEQUENCE_END,
+    SEQUENCE_ID,
+    SEQUENCE_START,
+    STREAM_MODEL,
+    sequence_batching,
+)
 
 
 @dataclass
@@ -76,16 +82,6 @@ def use_own_libpython(env: dict | None = None) -> str:
         paths = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p and p != libdir]
         env["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, *paths])
     return libdir
-
-
-def sequence_batching(idle_timeout_s: float) -> dict:
-    """The `sequence_batching` section of deqflow_stream (protobuf JSON names)."""
-    controls = [(SEQUENCE_START, "CONTROL_SEQUENCE_START"), (SEQUENCE_END, "CONTROL_SEQUENCE_END")]
-    control_input = [{"name": n, "control": [{"kind": k, "int32_false_true": [0, 1]}]} for n, k in controls]
-    control_input.append({"name": SEQUENCE_ID, "control": [{"kind": "CONTROL_SEQUENCE_CORRID",
-                                                            "data_type": "TYPE_UINT64"}]})
-    return {"max_sequence_idle_microseconds": int(idle_timeout_s * 1e6), "control_input": control_input,
-            "oldest": {"max_candidate_sequences": MAX_CANDIDATE_SEQUENCES}}
 
 
 _SECTIONS: dict[str, dict] = {}  # model name -> sections replacing PyTriton's batching configuration
