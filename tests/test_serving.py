@@ -286,3 +286,87 @@ def test_server_stops_cleanly(server):
             continue
     assert not leftovers, f"processes left: {leftovers}"
     assert not server["workspace"].exists() or not any(server["workspace"].iterdir())
+
+
+# ---- model repositories for NVIDIA's Triton -------------------------------------------------------------------
+
+needs_tritonclient = pytest.mark.skipif(importlib.util.find_spec("tritonclient") is None,
+                                        reason="checking config.pbtxt needs tritonclient (pip install deqflow[serve])")
+
+
+@needs_tritonclient
+@pytest.mark.slow
+def test_every_repository_config_parses_against_model_config(small_export, tmp_path):
+    from runtime import SolverSettings
+    from runtime.serving.triton_repo import RepoOptions, parse_config, write_repository
+
+    whole = tmp_path / "unrolled.onnx"
+    done = cli("export", "--checkpoint", str(CHECKPOINT), "--output", str(whole), "--layout", "unrolled", "--iters",
+               "2", "--height", "128", "--width", "160")
+    assert done.returncode == 0, done.stderr[-2000:]
+    plan = tmp_path / "unrolled.engine"
+    plan.write_bytes(b"stand-in: only the configuration is written")
+    cases = {"split-ort": (small_export, RepoOptions()), "split-python": (small_export, RepoOptions(parts="python")),
+             "static-ort": (whole, RepoOptions(device="cpu")), "static-trt": (whole, RepoOptions(plan=str(plan))),
+             "split-settings": (small_export, RepoOptions(settings=SolverSettings(max_iter=20, tol=1e-3)))}
+    for name, (export, options) in cases.items():
+        configs = write_repository(export, tmp_path / name, options)
+        parsed = {c.parent.name: parse_config(c.read_text()) for c in configs}
+        assert all(p.name == n for n, p in parsed.items())
+        if name.startswith("split"):
+            assert set(parsed) == {"deqflow_encoder", "deqflow_step", "deqflow_decode", "deqflow_flow",
+                                   "deqflow_stream"}
+            assert parsed["deqflow_stream"].sequence_batching.control_input[0].name == "START"
+            assert parsed["deqflow_flow"].backend == "python" and parsed["deqflow_flow"].max_batch_size == 8
+            assert (tmp_path / name / "deqflow_flow" / "1" / "model.py").is_file()
+        else:
+            flow = parsed["deqflow_flow"]
+            assert flow.platform == ("tensorrt_plan" if options.plan else "onnxruntime_onnx")
+            assert flow.max_batch_size == 0 and [d for d in flow.input[0].dims] == [1, 3, 128, 160]
+    with pytest.raises(Exception, match="ModelConfig"):
+        parse_config('name: "x"\nmax_batch_size: "eight"\n')
+
+
+@needs_server
+@pytest.mark.slow
+def test_split_repository_runs_in_the_bundled_triton(small_export, local, tmp_path, monkeypatch):
+    """The split layout's python-backend host solver (BLS to encoder/step/decode), served by the Triton that
+    PyTriton bundles: it has no onnxruntime backend, so the three graphs run with ONNX Runtime in python models."""
+    from pytriton.triton import Triton, TritonConfig
+
+    from runtime import SolverSettings
+    from runtime.serving.client import ServingError
+    from runtime.serving.server import use_own_libpython
+    from runtime.serving.triton_repo import RepoOptions, write_repository
+
+    repo = tmp_path / "repo"
+    write_repository(small_export, repo, RepoOptions(parts="python", device="cpu", settings=SolverSettings(
+        max_iter=40, tol=5e-3, stop_mode="rel")))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the python stubs import deqflow from this checkout
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("LD_LIBRARY_PATH", os.environ.get("LD_LIBRARY_PATH", ""))
+    use_own_libpython()
+    http, grpc, metrics = free_ports(3)
+    config = TritonConfig(http_address="127.0.0.1", http_port=http, grpc_address="127.0.0.1", grpc_port=grpc,
+                          metrics_address="127.0.0.1", metrics_port=metrics, model_repository=repo)
+    triton = Triton(config=config, workspace=tmp_path / "workspace")
+    try:
+        triton.run()
+        with flow_client(f"http://127.0.0.1:{http}") as client:
+            deadline = time.monotonic() + 240
+            while not all(client.client.is_model_ready(m) for m in ("deqflow_flow", "deqflow_stream")):
+                assert time.monotonic() < deadline, "the repository's models did not load"
+                time.sleep(1)
+            served = client.pair(local["frames"][0], local["frames"][1])
+            assert np.abs(served.flow - local["pair"].flow).max() <= 1e-5
+            stream = client.stream()
+            stream.send(local["frames"][0])
+            first, second = (stream.send(f, last=i == 1) for i, f in enumerate(local["frames"][1:3]))
+            assert (first.warm, second.warm) == (False, True)
+            assert int(second.iterations[0]) == local["stream"][1].iterations < int(first.iterations[0])
+            with pytest.raises(ServingError, match="NaN"):
+                client.infer_padded(np.full((1, 3, 128, 160), np.nan, np.float32), np.zeros((1, 3, 128, 160),
+                                                                                             np.float32))
+            assert client.ready()
+    finally:
+        triton.stop()

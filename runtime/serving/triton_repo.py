@@ -29,6 +29,7 @@ PART_MODELS = {"encoder": "deqflow_encoder", "step": "deqflow_step", "decode": "
 PART_BACKENDS = ("onnxruntime", "python")
 DEVICES = {"gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 ONNX_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 6: "TYPE_INT32", 7: "TYPE_INT64", 9: "TYPE_BOOL"}
+CHANNELS = {"flow": 2, "coords0": 2}  # axes the exporter leaves symbolic although they are fixed
 
 
 @dataclass
@@ -118,6 +119,8 @@ def onnx_io(path: Path) -> tuple[list[dict], list[dict]]:
     def spec(v) -> dict:
         t = v.type.tensor_type
         dims = [d.dim_value if d.dim_value > 0 else -1 for d in t.shape.dim]
+        if v.name in CHANNELS and len(dims) == 4:
+            dims[1] = CHANNELS[v.name]
         return {"name": v.name, "data_type": Enum(ONNX_TYPES.get(t.elem_type, "TYPE_FP32")), "dims": dims}
 
     initializers = {i.name for i in graph.initializer}
