@@ -8,8 +8,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -75,21 +73,6 @@ def test_own_libpython_goes_first():
 # ---- a running server ----------------------------------------------------------------------------------------
 
 
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def port_in_use(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "deqflow", *args], env=env, capture_output=True, text=True,
@@ -133,31 +116,14 @@ def local(small_export):
 
 
 @pytest.fixture(scope="module")
-def server(small_export, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("serve")
-    http, grpc, metrics = free_ports(3)
-    workspace, log = tmp / "workspace", tmp / "serve.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "deqflow", "serve", "--model", str(small_export), "--http-port", str(http),
-           "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--max-batch", "8", "--max-queue-delay-us",
-           "300000", "--threads", "1", "--stream-idle-timeout", "30", "--workspace", str(workspace), *SOLVER]
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    info = {"proc": proc, "http": f"http://127.0.0.1:{http}", "grpc": f"grpc://127.0.0.1:{grpc}",
-            "ports": (http, grpc, metrics), "workspace": workspace, "log": log}
-    deadline = time.monotonic() + 240
-    while "deqflow serve: ready" not in log.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"deqflow serve did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-    yield info
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def server(small_export):
+    from runtime.serving.process import ServerProcess
+
+    proc = ServerProcess(["--model", str(small_export), "--max-batch", "8", "--max-queue-delay-us", "300000",
+                          "--threads", "1", "--stream-idle-timeout", "30", *SOLVER], root=ROOT,
+                         env={"OMP_NUM_THREADS": "1"})
+    with proc:
+        yield proc
 
 
 def flow_client(url: str):
@@ -169,7 +135,7 @@ def flow_client(url: str):
 @needs_server
 @pytest.mark.slow
 def test_pairs_over_http_and_grpc_equal_local_inference(server, local):
-    for url in (server["http"], server["grpc"]):
+    for url in (server.http, server.grpc):
         with flow_client(url) as client:
             assert client.ready()
             served = client.pair(local["frames"][0], local["frames"][1])
@@ -185,7 +151,7 @@ def test_concurrent_clients_are_batched(server, local):
 
     def one(k: int) -> None:
         try:
-            with flow_client(server["http"] if k % 2 else server["grpc"]) as client:
+            with flow_client(server.http if k % 2 else server.grpc) as client:
                 results.append(client.pair(local["frames"][0], local["frames"][1]))
         except Exception as exc:  # reported below
             errors.append(exc)
@@ -204,7 +170,7 @@ def test_concurrent_clients_are_batched(server, local):
 @needs_server
 @pytest.mark.slow
 def test_stream_is_warm_started(server, local):
-    with flow_client(server["grpc"]) as client:
+    with flow_client(server.grpc) as client:
         stream = client.stream()
         video = local["frames"]
         assert stream.send(video[0]) is None
@@ -238,14 +204,14 @@ def test_bad_requests_are_refused_while_others_are_served(server, local):
     served, stop = [], threading.Event()
 
     def keep_serving() -> None:
-        with flow_client(server["http"]) as client:
+        with flow_client(server.http) as client:
             while not stop.is_set():
                 served.append(client.pair(local["frames"][0], local["frames"][1]))
 
     worker = threading.Thread(target=keep_serving)
     worker.start()
     try:
-        with flow_client(server["grpc"]) as client:
+        with flow_client(server.grpc) as client:
             for inputs, words in bad.values():
                 with pytest.raises(ServingError, match=re.escape(words)):
                     client.infer("deqflow_flow", inputs)
@@ -263,29 +229,17 @@ def test_bad_requests_are_refused_while_others_are_served(server, local):
         stop.set()
         worker.join(timeout=300)
     assert served and all(np.abs(s.flow - local["pair"].flow).max() <= 1e-5 for s in served)
-    with flow_client(server["http"]) as client:
+    with flow_client(server.http) as client:
         assert client.ready()
 
 
 @needs_server
 @pytest.mark.slow
 def test_server_stops_cleanly(server):
-    proc = server["proc"]
-    shm_prefix = f"pytrtion{proc.pid}"
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=90) == 0, server["log"].read_text()[-3000:]
-    assert "deqflow serve: stopped" in server["log"].read_text()
-    assert not any(port_in_use(p) for p in server["ports"])
-    assert not [n for n in os.listdir("/dev/shm") if n.startswith(shm_prefix)] if os.path.isdir("/dev/shm") else True
-    leftovers = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if str(server["workspace"]).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                leftovers.append(pid)
-        except OSError:
-            continue
-    assert not leftovers, f"processes left: {leftovers}"
-    assert not server["workspace"].exists() or not any(server["workspace"].iterdir())
+    assert server.stop() == 0, server.log.read_text()[-3000:]
+    assert "deqflow serve: stopped" in server.log.read_text()
+    assert not server.leftovers()
+    assert not server.workspace.exists() or not any(server.workspace.iterdir())
 
 
 # ---- model repositories for NVIDIA's Triton -------------------------------------------------------------------
@@ -336,6 +290,7 @@ def test_split_repository_runs_in_the_bundled_triton(small_export, local, tmp_pa
 
     from runtime import SolverSettings
     from runtime.serving.client import ServingError
+    from runtime.serving.process import free_ports
     from runtime.serving.server import use_own_libpython
     from runtime.serving.triton_repo import RepoOptions, write_repository
 
