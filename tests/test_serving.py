@@ -235,8 +235,19 @@ def test_bad_requests_are_refused_while_others_are_served(server, local):
 
 @needs_server
 @pytest.mark.slow
-def test_server_stops_cleanly(server):
+def test_server_stops_cleanly_after_in_flight_requests(server, local):
+    answered = []
+
+    def in_flight() -> None:
+        with flow_client(server.http) as client:
+            answered.append(client.pair(local["frames"][0], local["frames"][1]))
+
+    worker = threading.Thread(target=in_flight)
+    worker.start()
+    time.sleep(1.0)  # the request is queued or running when SIGTERM arrives
     assert server.stop() == 0, server.log.read_text()[-3000:]
+    worker.join(timeout=120)
+    assert len(answered) == 1 and np.abs(answered[0].flow - local["pair"].flow).max() <= 1e-5
     assert "deqflow serve: stopped" in server.log.read_text()
     assert not server.leftovers()
     assert not server.workspace.exists() or not any(server.workspace.iterdir())
