@@ -70,6 +70,12 @@ def test_own_libpython_goes_first():
     assert env["LD_LIBRARY_PATH"].split(os.pathsep)[0] == libdir and "/somewhere" in env["LD_LIBRARY_PATH"]
 
 
+@pytest.mark.skipif(HAVE_SERVING, reason="checks the message shown when nvidia-pytriton is missing")
+def test_serve_without_pytriton_says_what_to_install(tmp_path):
+    done = cli("serve", "--model", str(tmp_path / "m.onnx"))
+    assert done.returncode == 2 and "pip install" in done.stderr and "Traceback" not in done.stderr
+
+
 # ---- a running server ----------------------------------------------------------------------------------------
 
 
@@ -236,18 +242,31 @@ def test_bad_requests_are_refused_while_others_are_served(server, local):
 @needs_server
 @pytest.mark.slow
 def test_server_stops_cleanly_after_in_flight_requests(server, local):
-    answered = []
+    from runtime import prepare
 
-    def in_flight() -> None:
-        with flow_client(server.http) as client:
-            answered.append(client.pair(local["frames"][0], local["frames"][1]))
+    batch = prepare([local["frames"][0]] * 8, [local["frames"][1]] * 8)
+    client, sent = flow_client(server.http), []  # (start, end, flow or error)
 
-    worker = threading.Thread(target=in_flight)
+    def keep_sending() -> None:
+        while True:
+            start = time.monotonic()
+            try:
+                flow = client.infer_padded(batch.image1, batch.image2).flow
+                sent.append((start, time.monotonic(), flow))
+            except Exception as exc:  # refused once the server stops: ends the loop
+                sent.append((start, time.monotonic(), exc))
+                return
+
+    worker = threading.Thread(target=keep_sending)
     worker.start()
-    time.sleep(1.0)  # the request is queued or running when SIGTERM arrives
+    time.sleep(1.0)
+    signalled = time.monotonic()
     assert server.stop() == 0, server.log.read_text()[-3000:]
     worker.join(timeout=120)
-    assert len(answered) == 1 and np.abs(answered[0].flow - local["pair"].flow).max() <= 1e-5
+    client.close()
+    in_flight = [r for start, end, r in sent if start < signalled < end]
+    assert in_flight and all(isinstance(r, np.ndarray) for r in in_flight), in_flight
+    assert np.abs(batch.unpad(in_flight[0]) - local["pair"].flow[None]).max() <= 1e-5
     assert "deqflow serve: stopped" in server.log.read_text()
     assert not server.leftovers()
     assert not server.workspace.exists() or not any(server.workspace.iterdir())

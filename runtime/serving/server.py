@@ -126,6 +126,25 @@ STREAM_SIGNATURE = {
                 ("error", np.bytes_, (1,), False)]}
 
 
+def reap_leftovers(workspace: Path, shm_prefix: str) -> list[str]:
+    """Stop what the server's Triton left behind and free it: python-backend stubs still running from
+    `workspace` (a stub whose model was executing when Triton's exit timeout ran out outlives Triton) and the
+    shared-memory regions named after this process. Linux (/proc, /dev/shm); returns what was cleaned."""
+    cleaned, marker = [], str(workspace).encode()
+    for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
+        try:
+            if int(pid) != os.getpid() and marker in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(int(pid), signal.SIGKILL)
+                cleaned.append(f"process {pid}")
+        except (OSError, ValueError):
+            continue
+    shm = Path("/dev/shm")
+    for region in shm.glob(f"{shm_prefix}*") if shm.is_dir() else []:
+        region.unlink(missing_ok=True)
+        cleaned.append(str(region))
+    return cleaned
+
+
 class Server:
     """Start, wait for a signal, stop. `start()` returns once both models are ready."""
 
@@ -135,6 +154,7 @@ class Server:
         self._stop = threading.Event()
         self._triton = None
         self._tmp: tempfile.TemporaryDirectory | None = None
+        self.workspace: Path | None = None
 
     def _triton_config(self):
         from pytriton.triton import TritonConfig
@@ -166,6 +186,7 @@ class Server:
         if workspace is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="deqflow-serve-")
             workspace = str(Path(self._tmp.name) / "workspace")
+        self.workspace = Path(workspace).resolve()
         self._triton = module.Triton(config=self._triton_config(), workspace=workspace)
         try:
             self._bind(self._triton)
@@ -205,6 +226,7 @@ class Server:
         if self._triton is not None:
             self._triton.stop()
             self._triton = None
+            reap_leftovers(self.workspace, f"pytrtion{os.getpid()}")
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
