@@ -89,6 +89,17 @@ def triton_batches(metrics_url: str, model: str) -> dict:
     return out
 
 
+def concurrently(work, n: int) -> float:
+    """Run work(0) .. work(n-1) in n threads; returns the wall time."""
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
 def pair_load(server, args, pairs) -> dict:
     from runtime.serving.client import Client
 
@@ -110,13 +121,7 @@ def pair_load(server, args, pairs) -> dict:
                                 "iterations": int(served.iterations[0]), "batch": int(served.batch[0]),
                                 "flow": served.flow})
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = concurrently(client, args.clients)
     lat = [r["latency_s"] for r in records]
     sizes = [r["batch"] for r in records]
     return {"records": records, "errors": errors, "wall_s": wall, "requests": len(records),
@@ -155,13 +160,7 @@ def stream_load(server, args, frames) -> dict:
             except Exception as exc:
                 errors.append(f"stream {k}: {exc}")
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=stream, args=(k,)) for k in range(args.streams)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return {"results": results, "errors": errors, "wall_s": time.perf_counter() - t0}
+    return {"results": results, "errors": errors, "wall_s": concurrently(stream, args.streams)}
 
 
 def check_streams(run: dict, backend, frames, settings) -> dict:
@@ -247,7 +246,7 @@ def main(argv=None) -> int:
         backend.close()
     budget = batch1["pairs"]["p99_ms"]
     out = {"date": time.strftime("%Y-%m-%d"), "command": "python scripts/load_test_serving.py " + " ".join(
-        sys.argv[1:] if argv is None else argv), "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+        sys.argv[1:] if argv is None else argv), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
         "model": "shipped deqflow-T-synthetic, split layout, 128x160" if not args.model else str(args.model),
         "solver": f"{args.stop_mode} tolerance {args.tol:g}, cap {args.iters}", "clients": args.clients,
         "pair_solver": f"{args.pair_iters} fixed steps", "requests": args.requests, "batched": batched,

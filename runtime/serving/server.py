@@ -160,9 +160,10 @@ class Server:
         from pytriton.triton import TritonConfig
 
         c = self.config
+        log_file = None if c.verbose else Path(self._tmp.name) / "triton.log"  # quiet unless --verbose
         return TritonConfig(http_address=c.host, http_port=c.http_port, grpc_address=c.host, grpc_port=c.grpc_port,
                             metrics_address=c.host, metrics_port=c.metrics_port, exit_timeout_secs=c.exit_timeout_s,
-                            allow_gpu_metrics=False, log_verbose=1 if c.verbose else 0)
+                            allow_gpu_metrics=False, log_verbose=1 if c.verbose else 0, log_file=log_file)
 
     def _bind(self, triton) -> None:
         from pytriton.model_config import DynamicBatcher, ModelConfig
@@ -182,10 +183,8 @@ class Server:
     def start(self) -> None:
         module = import_pytriton()
         use_own_libpython()
-        workspace = self.config.workspace
-        if workspace is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="deqflow-serve-")
-            workspace = str(Path(self._tmp.name) / "workspace")
+        self._tmp = tempfile.TemporaryDirectory(prefix="deqflow-serve-")
+        workspace = self.config.workspace or str(Path(self._tmp.name) / "workspace")
         self.workspace = Path(workspace).resolve()
         self._triton = module.Triton(config=self._triton_config(), workspace=workspace)
         try:
