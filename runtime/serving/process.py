@@ -4,6 +4,7 @@ running server and must leave nothing behind (processes, ports, shared memory) w
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -98,3 +99,4 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
