@@ -92,6 +92,12 @@ class ServerProcess:
                 continue
         if self.proc is not None and os.path.isdir("/dev/shm"):
             found += [f"/dev/shm/{n}" for n in os.listdir("/dev/shm") if n.startswith(f"pytrtion{self.proc.pid}")]
+        for folder in Path(tempfile.gettempdir()).glob("folder*"):  # Triton's copies of loaded models
+            try:
+                if str(self.workspace).encode() in (folder / "config.pbtxt").read_bytes():
+                    found.append(str(folder))
+            except OSError:
+                continue
         return found
 
     def __enter__(self) -> ServerProcess:

@@ -11,6 +11,7 @@ so that they reach the bound function.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sysconfig
 import tempfile
@@ -128,8 +129,9 @@ STREAM_SIGNATURE = {
 
 def reap_leftovers(workspace: Path, shm_prefix: str) -> list[str]:
     """Stop what the server's Triton left behind and free it: python-backend stubs still running from
-    `workspace` (a stub whose model was executing when Triton's exit timeout ran out outlives Triton) and the
-    shared-memory regions named after this process. Linux (/proc, /dev/shm); returns what was cleaned."""
+    `workspace` (a stub whose model was executing when Triton's exit timeout ran out outlives Triton), the
+    shared-memory regions named after this process, and the temporary model folders Triton made for models
+    of this workspace. Linux (/proc, /dev/shm); returns what was cleaned."""
     cleaned, marker = [], str(workspace).encode()
     for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
         try:
@@ -142,6 +144,13 @@ def reap_leftovers(workspace: Path, shm_prefix: str) -> list[str]:
     for region in shm.glob(f"{shm_prefix}*") if shm.is_dir() else []:
         region.unlink(missing_ok=True)
         cleaned.append(str(region))
+    for folder in Path(tempfile.gettempdir()).glob("folder*"):  # Triton's copies of the models it loaded
+        try:
+            if marker in (folder / "config.pbtxt").read_bytes():
+                shutil.rmtree(folder, ignore_errors=True)
+                cleaned.append(str(folder))
+        except OSError:
+            continue
     return cleaned
 
 
