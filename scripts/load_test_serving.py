@@ -245,8 +245,9 @@ def main(argv=None) -> int:
         streams["streams"] = check_streams(streams["streams"], backend, frames, settings)
         backend.close()
     budget = batch1["pairs"]["p99_ms"]
-    out = {"date": time.strftime("%Y-%m-%d"), "command": "python scripts/load_test_serving.py " + " ".join(
-        sys.argv[1:] if argv is None else argv), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
+    out = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(
+        ["python scripts/load_test_serving.py", *(sys.argv[1:] if argv is None else argv)]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
         "model": "shipped deqflow-T-synthetic, split layout, 128x160" if not args.model else str(args.model),
         "solver": f"{args.stop_mode} tolerance {args.tol:g}, cap {args.iters}", "clients": args.clients,
         "pair_solver": f"{args.pair_iters} fixed steps", "requests": args.requests, "batched": batched,
