@@ -59,6 +59,39 @@ def test_stream_store_expires_idle_streams():
     assert store.expire(now=5.5) == 1 and store.get(1) is None and store.get(2) is not None
 
 
+class FakeRequest:
+    """What PyTriton hands the bound function: named arrays (with the batch axis)."""
+
+    def __init__(self, **data):
+        self.data = data
+
+    def __getitem__(self, name):
+        return self.data[name]
+
+
+def test_a_bad_request_batched_with_good_ones_gets_its_error_and_they_their_flow():
+    from types import SimpleNamespace
+
+    from runtime import InferenceResult
+    from runtime.serving.models import FlowModel
+
+    def infer(image1, image2):
+        n, _, h, w = image1.shape
+        return InferenceResult(flow=np.ones((n, 2, h, w), np.float32), flow_low=None, iterations=3,
+                               residual=np.zeros(n, np.float32))
+
+    model = FlowModel.__new__(FlowModel)
+    model.backend, model.levels = SimpleNamespace(infer=infer, inputs=[]), 4
+    good = np.zeros((1, 3, 128, 160), np.float32)
+    out = model([FakeRequest(image1=good, image2=good), FakeRequest(image1=good * np.nan, image2=good),
+                 FakeRequest(image1=np.repeat(good, 2, 0), image2=np.repeat(good, 2, 0))])
+    assert out[1]["error"][0, 0].decode() == "image1 contains NaN or Inf pixels" and "flow" not in out[1]
+    assert out[0]["flow"].shape == (1, 2, 128, 160) and out[2]["flow"].shape == (2, 2, 128, 160)
+    assert out[0]["batch"][0, 0] == 3 and out[2]["iterations"].ravel().tolist() == [3, 3]
+    with pytest.raises(RequestError, match="NaN"):  # alone, the request gets a Triton error
+        model([FakeRequest(image1=good * np.nan, image2=good)])
+
+
 def test_own_libpython_goes_first():
     import sysconfig
 
