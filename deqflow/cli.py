@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "build": "runtime.commands.build",
     "compare": "runtime.commands.compare",
     "bench": "runtime.commands.bench",
+    "serve": "runtime.commands.serve",
+    "triton-repo": "runtime.commands.triton_repo",
 }
 
 INSTALL = {

@@ -1,0 +1,37 @@
+"""`deqflow triton-repo`: write a model repository for NVIDIA's Triton Inference Server from an export."""
+
+from __future__ import annotations
+
+HELP = ("write a model repository (config.pbtxt checked against Triton's schema) for NVIDIA's Triton Inference "
+        "Server: whole-graph exports as onnxruntime or TensorRT models, the split layout with a python-backend "
+        "host solver (BLS)")
+
+
+def add_arguments(p) -> None:
+    from runtime.commands.common import add_solver_args
+
+    p.add_argument("--model", required=True, help="ONNX export (a split export by its base name)")
+    p.add_argument("--output", required=True, help="repository folder to write")
+    p.add_argument("--plan", default=None, help="TensorRT engine of a whole-graph export (deqflow build): served "
+                   "as tensorrt_plan instead of the ONNX file")
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--max-queue-delay-us", type=int, default=2000)
+    p.add_argument("--instances", type=int, default=1, help="instances per model")
+    p.add_argument("--device", choices=["gpu", "cpu"], default="gpu", help="instance kind of the graph models")
+    p.add_argument("--parts", choices=["onnxruntime", "python"], default="onnxruntime",
+                   help="split layout: serve the three graphs with Triton's onnxruntime backend (NVIDIA's container) "
+                        "or with ONNX Runtime inside the python backend (servers without it)")
+    p.add_argument("--stream-idle-timeout", type=float, default=60.0, help="seconds before an idle stream is freed")
+    add_solver_args(p)
+
+
+def run(args) -> int:
+    from runtime.commands.common import settings_from_args
+    from runtime.serving.triton_repo import RepoOptions, write_repository
+
+    options = RepoOptions(max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us,
+                          instances=args.instances, device=args.device, parts=args.parts, plan=args.plan,
+                          stream_idle_timeout_s=args.stream_idle_timeout, settings=settings_from_args(args))
+    configs = write_repository(args.model, args.output, options)
+    print(f"wrote {len(configs)} models into {args.output}: " + ", ".join(c.parent.name for c in configs))
+    return 0
