@@ -70,7 +70,8 @@ def check_image_size(backend: Backend, size: tuple[int, int], padded: tuple[int,
         scale = minimum / min(h, w)
         suggest = f"{-(-h * minimum // min(h, w))}x{-(-w * minimum // min(h, w))}"
         raise InputError(f"the images are {h}x{w} (HxW), too small for this model: it needs at least "
-                         f"{minimum}x{minimum}; upscale them (e.g. {scale:.2g}x, to {suggest}) and divide the flow by the same factor")
+                         f"{minimum}x{minimum}; upscale them (e.g. {scale:.2g}x, to {suggest}) and divide the flow "
+                         "by the same factor")
     static = [d for d in (backend.inputs[0].shape[2:] if backend.inputs else []) if isinstance(d, int)]
     if len(static) == 2 and tuple(static) != (hp, wp):
         padding = f" (padded to {hp}x{wp})" if (hp, wp) != (h, w) else ""

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import TINY_ONNX, TINY_ONNX_DIR, TINY_ONNX_SIZE, subprocess_env
 
 H, W = TINY_ONNX_SIZE
@@ -176,6 +175,11 @@ def test_sigkill_during_video_inference_then_resume(tmp_path):
                       if line.endswith("}") and all((out / d / f"{json.loads(line)['name']}{x}").is_file()
                                                     for d, x in (("flow", ".flo"), ("color", ".png"))))
     assert len(finished) >= 2
+    from deqflow.fileio import writer_tag
+
+    host = writer_tag().split("-")[0]
+    orphan = out / "flow" / f".{39 - 1:06d}.flo.{host}-{proc.pid}.0123abcd.tmp.flo"  # as the killed writer leaves
+    orphan.write_bytes(b"partial")
     run = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     s = summary_of(out)
@@ -231,15 +235,54 @@ def test_ground_truth_of_the_wrong_size(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_a_damaged_video_is_refused_before_any_work(tmp_path, capsys):
-    data = bytearray(write_video(tmp_path / "v.avi", 40).read_bytes())
-    a, b = int(len(data) * 0.3), int(len(data) * 0.6)
+@pytest.mark.parametrize("codec, span, words", [
+    ("MJPG", (0.3, 0.6), ["of the 40 frames it announces", "FFmpeg reports"]),  # decoding stops early
+    ("mp4v", (0.3, 0.35), ["its 40 frames decode", "FFmpeg reports"]),  # FFmpeg conceals the damage
+])
+def test_a_damaged_video_is_refused_before_any_work(tmp_path, capsys, codec, span, words):
+    import cv2
+
+    good = tmp_path / ("v.avi" if codec == "MJPG" else "v.mp4")
+    writer = cv2.VideoWriter(str(good), cv2.VideoWriter_fourcc(*codec), 10.0, (W, H))
+    base = (cv2.resize(np.random.default_rng(0).random((16, 24, 3)).astype(np.float32), (W, H)) * 255)
+    for i in range(40):
+        writer.write(np.ascontiguousarray(np.roll(base.astype(np.uint8), (i % 3, 2 * i), axis=(0, 1))))
+    writer.release()
+    data = bytearray(good.read_bytes())
+    a, b = int(len(data) * span[0]), int(len(data) * span[1])
     data[a:b] = np.random.default_rng(1).integers(0, 256, b - a, dtype=np.uint8).tobytes()
-    (tmp_path / "bad.avi").write_bytes(bytes(data))
+    bad = good.with_name("bad" + good.suffix)
+    bad.write_bytes(bytes(data))
     out = tmp_path / "out"
-    assert infer("--video", tmp_path / "bad.avi", "--output", out) == 2
-    one_line_error(capsys, "damaged", "of the 40 frames", "--folder")
+    assert infer("--video", bad, "--output", out) == 2
+    one_line_error(capsys, "is damaged", "--folder", *words)
     assert not out.exists()
+
+
+def test_a_late_summary_failure_keeps_the_frames_and_prints_the_summary(video, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "summary.json").mkdir(parents=True)  # summary.json cannot be written
+    assert infer("--video", video, "--output", out) == 2
+    captured = capsys.readouterr()
+    assert '"frames_computed": 4' in captured.out and len(list((out / "flow").iterdir())) == 4
+    assert "summary is printed above" in captured.err and len(captured.err.strip().splitlines()) == 1
+
+
+def test_a_late_pair_report_failure_saves_the_flow_elsewhere(tmp_path, capsys):
+    from deqflow.flow_io import read_flo
+    from deqflow.image_io import write_image
+
+    for name in ("a.png", "b.png"):
+        write_image(tmp_path / name, np.zeros((H, W, 3), np.uint8))
+    out = tmp_path / "out"
+    (out / "panel.png").mkdir(parents=True)  # a late write of the report fails
+    assert infer("--image1", tmp_path / "a.png", "--image2", tmp_path / "b.png", "--output", out) == 2
+    err = one_line_error(capsys, "cannot write the report", "saved in")
+    kept = Path(err.split("saved in ")[1].split(" instead")[0])
+    try:
+        assert read_flo(kept / "flow.flo").shape == (H, W, 2) and (kept / "summary.json").is_file()
+    finally:
+        shutil.rmtree(kept)
 
 
 def test_too_small_images_are_described_in_cli_terms(tmp_path, capsys):

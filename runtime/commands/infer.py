@@ -42,7 +42,8 @@ def add_arguments(p) -> None:
     src.add_argument("--image1", default=None, help="first image of a pair (default: none)")
     src.add_argument("--image2", default=None, help="second image of a pair (default: none)")
     src.add_argument("--folder", default=None, help="folder of frames, natural order of file names (default: none)")
-    src.add_argument("--video", default=None, help="video file, read with OpenCV (default: none)")
+    src.add_argument("--video", default=None, help="video file, read with OpenCV; decoded once up front, and "
+                     "refused if any frame fails to decode (default: none)")
     o = p.add_argument_group("output")
     o.add_argument("--output", required=True, help="output folder")
     o.add_argument("--format", default="flo,color",
@@ -118,7 +119,7 @@ def run(args) -> int:
         raise InputError(f"--format takes a comma-separated list of {', '.join(FORMATS)}; got {args.format!r}")
     check_output_dir(args.output)
     if args.video_out:
-        check_video_out(Path(args.video_out))
+        check_video_out(Path(args.video_out), args.video)
         if "color" not in formats:
             formats.append("color")
     if args.image1:
@@ -126,11 +127,14 @@ def run(args) -> int:
     return run_sequence(args, formats)
 
 
-def check_video_out(path: Path) -> Path:
-    """--video-out checked before any frame is computed: a known container, a writable file path."""
+def check_video_out(path: Path, video: str | None = None) -> Path:
+    """--video-out checked before any frame is computed: a known container, a writable file path that is not
+    the input video."""
     from deqflow.fileio import check_output_file
     from runtime.errors import InputError
 
+    if video and path.resolve() == Path(video).resolve():
+        raise InputError(f"--video-out {path} is the input video: give another file name")
     if path.suffix.lower() not in VIDEO_CODECS:
         raise InputError(f"--video-out {path}: unknown video type {path.suffix or '(no extension)'!r}; use one of "
                          f"{', '.join(VIDEO_CODECS)} (e.g. --video-out flow.mp4)")
