@@ -10,7 +10,7 @@ two settings or two inputs.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from deqflow.checkpoint import sha256_file
@@ -35,7 +35,6 @@ class SequenceManifest:
     input: dict  # video: kind, size, sha256; folder: kind, frames [[name, size, mtime_ns], ...]
     model_path: str = ""
     format: str = FORMAT
-    extra: dict = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2).encode()

@@ -75,6 +75,8 @@ def test_resume_with_identical_settings_skips_exactly_the_finished_frames(video,
     assert [r["name"] for r in log] == ["000000", "000001", "000002", "000003"]  # one line per frame
     assert infer("--video", video, "--output", out) == 0  # everything done: nothing computed
     assert summary_of(out)["computed"] == [] and summary_of(out)["frames_reused"] == 4
+    assert infer("--video", video, "--output", out, "--max-frames", "1") == 0  # the other frames' lines stay
+    assert summary_of(out)["reused"] == ["000000"] and len((out / "frames.jsonl").read_text().splitlines()) == 4
 
 
 def other_model(tmp_path: Path) -> Path:

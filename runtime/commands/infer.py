@@ -223,14 +223,16 @@ def prepare_output(out_dir: Path, manifest, overwrite: bool) -> bool:
     for folder in (out_dir, *(out_dir / n for n in RESULT_DIRS)):
         remove_stale_temps(folder)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / "summary.json").is_file():
+        (out_dir / "summary.json").unlink()  # it describes the last completed run only
     write_manifest(out_dir, manifest)
     return resumed
 
 
 def finished_frames(out_dir: Path, names: list[str], formats: list[str]) -> dict[str, dict]:
-    """Frames of an earlier (matching) run that are complete: every output file and a frames.jsonl line.
-    frames.jsonl is rewritten with exactly those lines (a killed run may have left a partial last line, or
-    outputs of a frame whose line was never written: that frame is computed again)."""
+    """Frames (of the sequence's `names`) that an earlier matching run completed: every output file and a
+    frames.jsonl line. frames.jsonl is rewritten with exactly those lines, once each (a killed run may have
+    left a partial last line, or outputs of a frame whose line was never written: it is computed again)."""
     from deqflow.fileio import atomic_write_bytes
 
     log = out_dir / "frames.jsonl"
@@ -264,10 +266,9 @@ def run_sequence(args, formats: list[str]) -> int:
                                   forward_warp=args.warm_start_mode == "forward")
         manifest = sequence_manifest(args, backend, source)
         resumed = prepare_output(out_dir, manifest, args.overwrite)
-        names = source.names()[:-1]
-        if args.max_frames is not None:
-            names = names[: args.max_frames]
-        done = finished_frames(out_dir, names, formats) if resumed else {}
+        every = source.names()[:-1]  # the outputs of the pair (t, t+1) are named after frame t
+        names = every if args.max_frames is None else every[: args.max_frames]
+        done = finished_frames(out_dir, every, formats) if resumed else {}
         records, reused = run_frames(source, estimator, out_dir, formats, names, done, args.max_flow)
     finally:
         backend.close()
