@@ -236,6 +236,7 @@ def finished_frames(out_dir: Path, names: list[str], formats: list[str]) -> dict
     from deqflow.fileio import atomic_write_bytes
 
     log = out_dir / "frames.jsonl"
+    wanted = set(names)
     records: dict[str, dict] = {}
     if log.is_file():
         for line in log.read_text(errors="replace").splitlines():
@@ -243,7 +244,7 @@ def finished_frames(out_dir: Path, names: list[str], formats: list[str]) -> dict
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(rec, dict) and rec.get("name") in names:
+            if isinstance(rec, dict) and rec.get("name") in wanted:
                 records[rec["name"]] = rec
     done = {n: r for n, r in records.items()
             if all(p.is_file() for p in frame_outputs(out_dir, n, formats).values())}
