@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deqflow.errors import DeqflowError
 from deqflow.fileio import atomic_write_bytes
 from deqflow.flow_io import write_flo, write_flow
 from deqflow.image_io import write_image
@@ -42,23 +43,33 @@ def write_pair_report(out_dir: str | Path, run: PairRun, *, gt: tuple[np.ndarray
                       label: str = "pair", max_flow: float | None = None, kitti: bool = False) -> dict:
     """Write the report of `run` into `out_dir`, print its summary and return it. `gt`: (flow (H,W,2),
     valid (H,W)); `max_flow`: colour scale in px (default: the ground truth's largest flow, else the
-    prediction's)."""
+    prediction's). When a write fails, the flow is saved elsewhere and the summary printed (`rescue`)."""
     out = Path(out_dir)
+    if gt is not None and max_flow is None:
+        max_flow = float(np.nanmax(np.linalg.norm(np.where(np.isfinite(gt[0]), gt[0], 0), axis=-1)))
+    summary = _summary(run, label, out)
+    if gt is not None:
+        _add_metrics(summary, run.flow, gt)
+    try:
+        written = _write_files(out, run, summary, gt=gt, max_flow=max_flow, kitti=kitti)
+    except OSError as exc:
+        rescue(run, summary, out, exc)
+    print_summary(summary, out, written)
+    return summary
+
+
+def _write_files(out: Path, run: PairRun, summary: dict, *, gt, max_flow: float | None, kitti: bool) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     written = ["flow.flo", "flow.png", "panel.png"]
     write_flo(out / "flow.flo", run.flow)
-    if gt is not None and max_flow is None:
-        max_flow = float(np.nanmax(np.linalg.norm(np.where(np.isfinite(gt[0]), gt[0], 0), axis=-1)))
     color = flow_to_color(run.flow, max_flow=max_flow)
     write_image(out / "flow.png", color)
     if kitti:
         write_flow(out / "flow_kitti.png", run.flow)
         written.append("flow_kitti.png")
-    summary = _summary(run, label, out)
     panels, labels = [run.image1, color], ["image1", f"flow ({run.backend or 'DEQ-Flow'})"]
     if gt is not None:
-        err = _write_ground_truth_pictures(out, run.flow, gt, max_flow, summary)
-        panels.append(err)
+        panels.append(_write_ground_truth_pictures(out, run.flow, gt, max_flow))
         labels.append(f"error (EPE {summary['metrics']['epe']:.2f} px)")
         written.append("error.png")
     write_image(out / "panel.png", side_by_side(panels, labels))
@@ -70,8 +81,26 @@ def write_pair_report(out_dir: str | Path, run: PairRun, *, gt: tuple[np.ndarray
         residual_plot(traces, out / "residual.png", title=f"DEQ-Flow fixed-point residual{suffix}")
         written.insert(3, "residual.png")
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
-    print_summary(summary, out, written)
-    return summary
+    return written
+
+
+def rescue(run: PairRun, summary: dict, out: Path, exc: OSError) -> None:
+    """A late write failed: the computed flow goes to a fresh temporary folder, the summary to stdout, and a
+    one-line DeqflowError says where (the inference is not lost)."""
+    import tempfile
+
+    text = json.dumps(summary, indent=2)
+    print(text)
+    reason = f"cannot write the report in {out} ({exc.strerror or exc})"
+    try:
+        kept = Path(tempfile.mkdtemp(prefix="deqflow-pair-"))
+        write_flo(kept / "flow.flo", run.flow)
+        atomic_write_bytes(kept / "summary.json", text.encode())
+    except OSError:
+        raise DeqflowError(f"{reason}; the summary is printed above (the flow could not be saved anywhere)") \
+            from None
+    raise DeqflowError(f"{reason}; the flow and summary were saved in {kept} instead (summary printed above)") \
+        from None
 
 
 def _summary(run: PairRun, label: str, out: Path) -> dict:
@@ -83,13 +112,18 @@ def _summary(run: PairRun, label: str, out: Path) -> dict:
     return summary
 
 
-def _write_ground_truth_pictures(out: Path, flow: np.ndarray, gt: tuple[np.ndarray, np.ndarray],
-                                 max_flow: float | None, summary: dict) -> np.ndarray:
-    """error.png and flow_gt.png; the metrics (and the zero-flow EPE, the trivial baseline) into `summary`."""
+def _add_metrics(summary: dict, flow: np.ndarray, gt: tuple[np.ndarray, np.ndarray]) -> None:
+    """The metrics (and the zero-flow EPE, the trivial baseline) into `summary`."""
     gt_flow, gt_valid = gt
     metrics = flow_metrics(flow, gt_flow, gt_valid)
     summary["metrics"] = {k: float(v) for k, v in metrics.items()}
     summary["zero_flow_epe"] = float(flow_metrics(np.zeros_like(flow), gt_flow, gt_valid)["epe"])
+
+
+def _write_ground_truth_pictures(out: Path, flow: np.ndarray, gt: tuple[np.ndarray, np.ndarray],
+                                 max_flow: float | None) -> np.ndarray:
+    """error.png and flow_gt.png; returns the error map for the panel."""
+    gt_flow, gt_valid = gt
     err = error_map(flow, gt_flow, gt_valid)
     write_image(out / "error.png", err)
     write_image(out / "flow_gt.png", flow_to_color(np.nan_to_num(gt_flow), max_flow=max_flow))

@@ -47,6 +47,7 @@ class FlowEstimator:
 
     def __call__(self, image1: np.ndarray, image2: np.ndarray) -> PairFlow:
         batch = prepare(image1, image2, self.pad_mode)
+        check_image_size(self.backend, batch.size, batch.padded_size)
         state = self._state if self.warm_start else None
         if state is not None and tuple(np.shape(state.flow_low))[2:] != (batch.image1.shape[2] // 8,
                                                                       batch.image1.shape[3] // 8):
@@ -55,3 +56,25 @@ class FlowEstimator:
         if self.warm_start:
             self._state = forward_warp_state(result.state) if self.forward_warp else result.state
         return PairFlow(flow=batch.unpad(result.flow)[0], result=result, warm=state is not None)
+
+
+def check_image_size(backend: Backend, size: tuple[int, int], padded: tuple[int, int]) -> None:
+    """InputError in the user's terms (their image size, not the padded one) when the model cannot take the
+    images: smaller than its correlation pyramid allows, or not the size a static export was made for."""
+    from deqflow.padding import min_size_for_levels
+    from runtime.errors import InputError
+
+    (h, w), (hp, wp) = size, padded
+    minimum = min_size_for_levels(backend.levels)
+    if hp < minimum or wp < minimum:
+        scale = minimum / min(h, w)
+        suggest = f"{-(-h * minimum // min(h, w))}x{-(-w * minimum // min(h, w))}"
+        raise InputError(f"the images are {h}x{w} (HxW), too small for this model: it needs at least "
+                         f"{minimum}x{minimum}; upscale them (e.g. {scale:.2g}x, to {suggest}) and divide the flow "
+                         "by the same factor")
+    static = [d for d in (backend.inputs[0].shape[2:] if backend.inputs else []) if isinstance(d, int)]
+    if len(static) == 2 and tuple(static) != (hp, wp):
+        padding = f" (padded to {hp}x{wp})" if (hp, wp) != (h, w) else ""
+        raise InputError(f"the images are {h}x{w}{padding}, but {backend.model_path} was exported for "
+                         f"{static[0]}x{static[1]} only: resize the images to that size, or export the model with "
+                         f"--height {hp} --width {wp} (or --dynamic)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,7 +144,8 @@ class Frame:
 
 
 class FrameSource:
-    """Frames of a folder (image files in natural order) or a video file (OpenCV), read lazily."""
+    """Frames of a folder (image files in natural order) or a video file (OpenCV), read lazily. A video is
+    decoded once up front (`check_video`) so that a damaged file is refused before any work."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -160,19 +162,29 @@ class FrameSource:
         else:
             self.kind = "video"
             self.files = []
-            import cv2
-
-            cap = cv2.VideoCapture(str(self.path))
-            ok = cap.isOpened()
-            self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0) if ok else 0.0
-            self._count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if ok else 0
-            cap.release()
-            if not ok:
-                raise FileFormatError(f"OpenCV cannot open {self.path} as a video (unsupported container/codec, "
-                                      "or not a video)")
+            self.fps, self._count = check_video(self.path)
 
     def __len__(self) -> int:
         return len(self.files) if self.kind == "folder" else self._count
+
+    def names(self) -> list[str]:
+        """Frame names, in order (the outputs of the pair (t, t+1) are named after frame t)."""
+        if self.kind == "folder":
+            return [p.stem for p in self.files]
+        return [f"{i:06d}" for i in range(self._count)]
+
+    def identity(self) -> dict:
+        """What identifies this input for a resume: the video's size and sha256, or each frame's name, size and
+        modification time."""
+        if self.kind == "video":
+            from deqflow.checkpoint import sha256_file
+
+            return {"kind": "video", "size": self.path.stat().st_size, "sha256": sha256_file(self.path)}
+        frames = []
+        for p in self.files:
+            st = p.stat()
+            frames.append([p.name, st.st_size, st.st_mtime_ns])
+        return {"kind": "folder", "frames": frames}
 
     def __iter__(self) -> Iterator[Frame]:
         if self.kind == "folder":
@@ -183,19 +195,80 @@ class FrameSource:
 
         cap = cv2.VideoCapture(str(self.path))
         try:
-            i = 0
-            while True:
+            for i in range(self._count):
                 ok, bgr = cap.read()
                 if not ok:
-                    break
+                    raise FileFormatError(f"{self.path}: frame {i} could not be decoded on the second reading "
+                                          "(the file changed while it was being read?)")
                 if bgr.ndim == 2:
                     bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
                 yield Frame(i, f"{i:06d}", np.ascontiguousarray(bgr[:, :, 2::-1]))
-                i += 1
         finally:
             cap.release()
-        if i < 2:
-            raise InputError(f"{self.path}: decoded {i} frame(s); a sequence needs at least 2")
+
+
+FFMPEG_LOG_LINE = re.compile(r"^\[[\w:-]+ @ (0x)?[0-9a-fA-F]+\]")
+"""How FFmpeg's messages start (`[mjpeg @ 0x55d0...] overread 8`), as OpenCV lets them through to stderr."""
+
+
+def check_video(path: Path) -> tuple[float, int]:
+    """Decode every frame of `path` once and refuse a damaged video: -> (fps, frames).
+
+    FFmpeg conceals a damaged frame (or stops early) and only says so on stderr, so its messages are caught
+    here, together with the frame count the container announces. A partly decodable video is refused rather
+    than processed: the flow next to a concealed frame is wrong while looking plausible. Re-encode the file,
+    or extract its good frames into a folder for --folder."""
+    import cv2
+
+    with _captured_stderr() as log:
+        cap = cv2.VideoCapture(str(path))
+        ok = cap.isOpened()
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0) if ok else 0.0
+        announced = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if ok else 0
+        decoded = 0
+        while ok and cap.grab():
+            decoded += 1
+        cap.release()
+        text = log.text()
+    if not ok:
+        raise FileFormatError(f"OpenCV cannot open {path} as a video (unsupported container/codec, or not a video)")
+    errors = [line for line in text.splitlines() if FFMPEG_LOG_LINE.match(line)]
+    if errors or decoded < announced:
+        short = f"only {decoded} of the {announced} frames it announces decode" if decoded < announced else \
+            f"its {decoded} frames decode"
+        detail = f", FFmpeg reports {len(errors)} decoding error(s) (first: {errors[0].split('] ', 1)[-1].strip()})" \
+            if errors else ""
+        raise FileFormatError(f"{path} is damaged: {short}{detail}; re-encode it, or extract the good frames into a "
+                              "folder and use --folder")
+    if decoded < 2:
+        raise InputError(f"{path}: decoded {decoded} frame(s); a sequence needs at least 2")
+    return fps, decoded
+
+
+class _CapturedText:
+    def __init__(self, fh) -> None:
+        self.fh = fh
+
+    def text(self) -> str:
+        self.fh.seek(0)
+        return self.fh.read().decode(errors="replace")
+
+
+@contextmanager
+def _captured_stderr() -> Iterator[_CapturedText]:
+    """File descriptor 2 redirected into a temporary file (FFmpeg writes there from C, past sys.stderr)."""
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as fh:
+        os.dup2(fh.fileno(), 2)
+        try:
+            yield _CapturedText(fh)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def frame_source(path: str | os.PathLike) -> FrameSource:

@@ -253,7 +253,7 @@ def test_infer_folder_warm_start_resumes_and_writes_a_video(exports, video, tmp_
             "--iters", "30", "--tol", "3e-3", "--stop-mode", "rel", "--format", "flo,kitti,color", "--threads", "1"]
     assert main([*args, "--max-frames", "1"]) == 0  # "interrupted" after one frame
     assert sorted(p.name for p in (out / "flow").iterdir()) == ["000.flo"]
-    assert main([*args, "--video-out", "flow.avi"]) == 0
+    assert main([*args, "--video-out", str(out / "flow.avi")]) == 0
     printed = capsys.readouterr().out
     assert "2 frame(s) computed, 1 already done (skipped)" in printed
     log = [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]

@@ -4,8 +4,14 @@ Pair: flow.flo, flow.png, panel.png, residual.png (when the solver runs on the h
 and flow_gt.png with --gt, summary.json. Sequence (--folder / --video): one flow per consecutive pair, written
 frame by frame (flow/NAME.flo, kitti/NAME.png, color/NAME.png as chosen with --format), a frames.jsonl line per
 frame (iterations, warm or cold, residual, seconds), summary.json, and optionally a colour video assembled from
-the colour frames at the end. A re-run skips frames whose outputs exist (resume after an interruption);
---warm-start starts each frame from the previous frame's fixed point (split layout or torch backend).
+the colour frames at the end. The sequence's manifest.json (runtime.manifest) records the model, backend,
+settings and input: a re-run into the same folder reuses the finished frames only when all of them match,
+and is refused otherwise (--overwrite recomputes). --warm-start starts each frame from the previous frame's
+fixed point (split layout or torch backend).
+
+Paths: every path on the command line, --video-out included, is relative to the current directory.
+Everything is checked (output paths, ground truth, a damaged video, a stale output folder) before any
+frame is computed; if a late write fails, the results computed so far are kept or printed.
 """
 
 from __future__ import annotations
@@ -29,19 +35,22 @@ def add_arguments(p) -> None:
                    help="default: torch with --checkpoint, onnxruntime with --model (tensorrt for .engine files)")
     g.add_argument("--checkpoint", default=None, help="official DEQ-Flow .pth or deqflow checkpoint (torch backend; "
                    "default: none)")
-    g.add_argument("--model", default=None, help="ONNX export (any layout; a split export by its base name or "
-                   "any of its three files) or TensorRT engine (default: none)")
+    g.add_argument("--model", default=None, help="ONNX export (any layout; a split export by its base name, e.g. "
+                   "model.onnx for model.encoder/step/decode.onnx, or any of its three files) or TensorRT engine "
+                   "(default: none)")
     src = p.add_argument_group("input (one of)")
     src.add_argument("--image1", default=None, help="first image of a pair (default: none)")
     src.add_argument("--image2", default=None, help="second image of a pair (default: none)")
     src.add_argument("--folder", default=None, help="folder of frames, natural order of file names (default: none)")
-    src.add_argument("--video", default=None, help="video file, read with OpenCV (default: none)")
+    src.add_argument("--video", default=None, help="video file, read with OpenCV; decoded once up front, and "
+                     "refused if any frame fails to decode (default: none)")
     o = p.add_argument_group("output")
     o.add_argument("--output", required=True, help="output folder")
     o.add_argument("--format", default="flo,color",
                    help=f"sequence outputs, comma-separated from {', '.join(FORMATS)}")
-    o.add_argument("--video-out", default=None, help="also write a colour video (e.g. flow.mp4, .avi) from the colour "
-                   "frames when the sequence is complete (default: no video)")
+    o.add_argument("--video-out", default=None, help="also write a colour video (.mp4, .m4v, .mov, .avi, .mkv) of "
+                   "the colour frames at the end; a relative path is relative to the current directory, like "
+                   "every other path (e.g. out/flow.mp4 to put it in --output out) (default: no video)")
     o.add_argument("--fps", type=positive_number, default=None,
                    help="frame rate of --video-out (default: the input's, or 10)")
     o.add_argument("--max-flow", type=positive_number, default=None,
@@ -50,7 +59,10 @@ def add_arguments(p) -> None:
                    "(default: none)")
     o.add_argument("--max-frames", type=count, default=None, help="process at most this many flow frames "
                    "(default: all)")
-    o.add_argument("--no-resume", action="store_true", help="recompute frames whose outputs already exist")
+    o.add_argument("--overwrite", "--no-resume", dest="overwrite", action="store_true",
+                   help="discard the sequence results already in --output (frames, frames.jsonl, summary, manifest) "
+                        "and recompute; without it a rerun reuses the finished frames when the model, backend, "
+                        "settings and input are the same as recorded in OUTPUT/manifest.json, and stops otherwise")
     p.add_argument("--warm-start", action="store_true",
                    help="start each frame from the previous frame's fixed point (split layout or torch backend)")
     p.add_argument("--warm-start-mode", choices=["reuse", "forward"], default="reuse",
@@ -85,7 +97,11 @@ def make_backend(args):
                           **backend_options(name, args))
 
 
+VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+
+
 def run(args) -> int:
+    from deqflow.fileio import check_output_dir
     from runtime.errors import InputError
 
     sources = [x for x in (args.image1 or args.image2, args.folder, args.video) if x]
@@ -95,15 +111,34 @@ def run(args) -> int:
         raise InputError("a pair needs both --image1 and --image2")
     if args.gt and not args.image1:
         raise InputError("--gt works with a pair (--image1/--image2)")
+    if args.video_out and args.image1:
+        raise InputError("--video-out works with a sequence (--folder or --video)")
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise InputError(f"--format takes a comma-separated list of {', '.join(FORMATS)}; got {args.format!r}")
-    if args.video_out and "color" not in formats:
-        formats.append("color")
+    check_output_dir(args.output)
+    if args.video_out:
+        check_video_out(Path(args.video_out), args.video)
+        if "color" not in formats:
+            formats.append("color")
     if args.image1:
         return run_pair(args)
     return run_sequence(args, formats)
+
+
+def check_video_out(path: Path, video: str | None = None) -> Path:
+    """--video-out checked before any frame is computed: a known container, a writable file path that is not
+    the input video."""
+    from deqflow.fileio import check_output_file
+    from runtime.errors import InputError
+
+    if video and path.resolve() == Path(video).resolve():
+        raise InputError(f"--video-out {path} is the input video: give another file name")
+    if path.suffix.lower() not in VIDEO_CODECS:
+        raise InputError(f"--video-out {path}: unknown video type {path.suffix or '(no extension)'!r}; use one of "
+                         f"{', '.join(VIDEO_CODECS)} (e.g. --video-out flow.mp4)")
+    return check_output_file(path, "--video-out")
 
 
 # --- pair ----------------------------------------------------------------------------------------------
@@ -113,15 +148,24 @@ def run_pair(args) -> int:
     from runtime.preprocessing import load_image
 
     img1, img2 = load_image(args.image1), load_image(args.image2)  # read before anything is created
-    gt = None
-    if args.gt:
-        from deqflow.flow_io import read_flow
-
-        gt = read_flow(args.gt)
+    gt = read_ground_truth(args.gt, img1.shape[:2]) if args.gt else None
     kitti = "kitti" in [f.strip() for f in args.format.split(",")]
     report_pair(make_backend(args), img1, img2, Path(args.output), gt=gt, pad_mode=args.pad_mode,
                 max_flow=args.max_flow, kitti=kitti)
     return 0
+
+
+def read_ground_truth(path: str, size: tuple[int, int]):
+    """(flow, valid) of --gt, refused before inference unless it has the images' size."""
+    from deqflow.flow_io import read_flow
+    from runtime.errors import InputError
+
+    gt = read_flow(path)
+    shape = tuple(gt[0].shape[:2])
+    if shape != tuple(size):
+        raise InputError(f"--gt {path} is {shape[0]}x{shape[1]} but the images are {size[0]}x{size[1]}: give the "
+                         "ground truth of this pair (same height and width)")
+    return gt
 
 
 def report_pair(backend, image1, image2, out_dir: Path, *, gt=None, label: str = "pair", pad_mode: str = "sintel",
@@ -155,29 +199,85 @@ def frame_outputs(out_dir: Path, name: str, formats: list[str]) -> dict[str, Pat
     return {f: out_dir / sub[f][0] / f"{name}{sub[f][1]}" for f in formats}
 
 
+def sequence_manifest(args, backend, source):
+    """What this run's outputs depend on (runtime.manifest): compared with the folder's before any work."""
+    from runtime.manifest import SequenceManifest, model_identity
+
+    model_path = args.checkpoint or args.model
+    processing = {"pad_mode": args.pad_mode, "warm_start": args.warm_start,
+                  "warm_start_mode": args.warm_start_mode if args.warm_start else None, "max_flow": args.max_flow}
+    return SequenceManifest(model=model_identity(backend, model_path), backend=backend.label,
+                            settings=backend.resolved.as_dict(), processing=processing, input=source.identity(),
+                            model_path=str(model_path))
+
+
+def prepare_output(out_dir: Path, manifest, overwrite: bool) -> bool:
+    """Check the folder against `manifest` (refused if it holds another run's results), clear it with
+    --overwrite, remove killed writers' temporary files, record the manifest. -> whether results are reused."""
+    from deqflow.fileio import remove_stale_temps
+    from runtime.manifest import RESULT_DIRS, check_resumable, clear_results, write_manifest
+
+    resumed = False if overwrite else check_resumable(out_dir, manifest)
+    if overwrite:
+        clear_results(out_dir)
+    for folder in (out_dir, *(out_dir / n for n in RESULT_DIRS)):
+        remove_stale_temps(folder)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / "summary.json").is_file():
+        (out_dir / "summary.json").unlink()  # it describes the last completed run only
+    write_manifest(out_dir, manifest)
+    return resumed
+
+
+def finished_frames(out_dir: Path, names: list[str], formats: list[str]) -> dict[str, dict]:
+    """Frames (of the sequence's `names`) that an earlier matching run completed: every output file and a
+    frames.jsonl line. frames.jsonl is rewritten with exactly those lines, once each (a killed run may have
+    left a partial last line, or outputs of a frame whose line was never written: it is computed again)."""
+    from deqflow.fileio import atomic_write_bytes
+
+    log = out_dir / "frames.jsonl"
+    wanted = set(names)
+    records: dict[str, dict] = {}
+    if log.is_file():
+        for line in log.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and rec.get("name") in wanted:
+                records[rec["name"]] = rec
+    done = {n: r for n, r in records.items()
+            if all(p.is_file() for p in frame_outputs(out_dir, n, formats).values())}
+    if log.is_file() or done:
+        kept = [done[n] for n in names if n in done]
+        atomic_write_bytes(log, "".join(json.dumps(r) + "\n" for r in kept).encode())
+    return done
+
+
 def run_sequence(args, formats: list[str]) -> int:
     from runtime.pipeline import FlowEstimator
     from runtime.preprocessing import frame_source
 
-    source = frame_source(args.folder or args.video)
-    backend = make_backend(args)
+    source = frame_source(args.folder or args.video)  # a damaged video is refused here
     out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    estimator = FlowEstimator(backend, pad_mode=args.pad_mode, warm_start=args.warm_start,
-                              forward_warp=args.warm_start_mode == "forward")
+    backend = make_backend(args)
     t_start = time.perf_counter()
     try:
-        records, skipped = run_frames(args, source, estimator, out_dir, formats)
+        estimator = FlowEstimator(backend, pad_mode=args.pad_mode, warm_start=args.warm_start,
+                                  forward_warp=args.warm_start_mode == "forward")
+        manifest = sequence_manifest(args, backend, source)
+        resumed = prepare_output(out_dir, manifest, args.overwrite)
+        every = source.names()[:-1]  # the outputs of the pair (t, t+1) are named after frame t
+        names = every if args.max_frames is None else every[: args.max_frames]
+        done = finished_frames(out_dir, every, formats) if resumed else {}
+        records, reused = run_frames(source, estimator, out_dir, formats, names, done, args.max_flow)
     finally:
         backend.close()
-    summary = sequence_summary(args, backend.label, formats, records, skipped, time.perf_counter() - t_start)
-    if args.video_out:
-        fps = args.fps or source.fps or 10.0
-        video = write_color_video(out_dir / args.video_out, out_dir / "color", fps)
-        summary["video"] = str(video)
-        print(f"wrote {video}")
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    msg = f"{len(records)} frame(s) computed, {skipped} already done (skipped)"
+    summary = sequence_summary(args, manifest, formats, records, reused, time.perf_counter() - t_start)
+    summary["resumed"] = resumed
+    color = [frame_outputs(out_dir, n, ["color"])["color"] for n in names] if args.video_out else []
+    finish_sequence(args, out_dir, summary, color, args.fps or source.fps or 10.0)
+    msg = f"{len(records)} frame(s) computed, {len(reused)} already done (skipped)"
     if records:
         msg += f", mean {summary['mean_iterations']:.1f} iterations/frame"
         if summary["mean_iterations_warm"] is not None and summary["mean_iterations_cold"] is not None:
@@ -186,41 +286,44 @@ def run_sequence(args, formats: list[str]) -> int:
     return 0
 
 
-def run_frames(args, source, estimator, out_dir: Path, formats: list[str]) -> tuple[list[dict], int]:
-    """Flow of every consecutive pair of `source` (up to --max-frames), frame outputs and a frames.jsonl line
-    written as each finishes; pairs whose outputs exist are skipped unless --no-resume. -> (records, skipped)."""
-    limit = args.max_frames
+def run_frames(source, estimator, out_dir: Path, formats: list[str], names: list[str], done: dict[str, dict],
+               max_flow: float | None) -> tuple[list[dict], list[str]]:
+    """Flow of the pairs named `names` (frame t -> t+1, named after t); the `done` ones are reused. Each
+    computed frame's outputs and frames.jsonl line are written as it finishes. -> (records, reused names)."""
+    from runtime.errors import DeqflowError
+
     records: list[dict] = []
-    skipped = 0
-    total = len(source) - 1 if len(source) else None
-    if limit is not None and total is not None:
-        total = min(total, limit)
+    reused: list[str] = []
+    wanted = set(names)
     prev = None
     for frame in source:
-        if prev is None:
-            prev = frame
-            continue
-        if limit is not None and len(records) + skipped >= limit:
-            break
-        outputs = frame_outputs(out_dir, prev.name, formats)
-        if not args.no_resume and all(p.is_file() for p in outputs.values()):
-            skipped += 1
-            estimator.reset()  # the warm-start chain is broken: the next computed frame starts cold
-            prev = frame
-            continue
-        pair = estimator(prev.rgb, frame.rgb)
-        rec = write_frame(pair, prev, outputs, args.max_flow, out_dir / "frames.jsonl")
-        records.append(rec)
-        of = f"/{total}" if total else ""
-        kind = "warm" if pair.warm else "cold"
-        print(f"frame {len(records) + skipped}{of} {prev.name}: {rec['iterations']} iterations ({kind}), "
-              f"residual {rec['final_abs_residual']:.3g}, {rec['seconds']:.2f} s", flush=True)
+        if prev is not None and prev.name in wanted:
+            if prev.name in done:
+                reused.append(prev.name)
+                estimator.reset()  # the warm-start chain is broken: the next computed frame starts cold
+            else:
+                pair = estimator(prev.rgb, frame.rgb)
+                try:
+                    rec = write_frame(pair, prev, frame_outputs(out_dir, prev.name, formats), max_flow,
+                                      out_dir / "frames.jsonl")
+                except OSError as exc:
+                    raise DeqflowError(f"cannot write the outputs of frame {prev.name} in {out_dir} ({exc}); the "
+                                       f"{len(records) + len(reused)} frame(s) before it are kept there, and a "
+                                       "rerun resumes after them") from None
+                records.append(rec)
+                kind = "warm" if pair.warm else "cold"
+                print(f"frame {len(records) + len(reused)}/{len(names)} {prev.name}: {rec['iterations']} "
+                      f"iterations ({kind}), residual {rec['final_abs_residual']:.3g}, {rec['seconds']:.2f} s",
+                      flush=True)
+            if len(records) + len(reused) >= len(names):
+                break
         prev = frame
-    return records, skipped
+    return records, reused
 
 
 def write_frame(pair, frame, outputs: dict[str, Path], max_flow: float | None, log_path: Path) -> dict:
-    """One computed pair's outputs and its frames.jsonl line (appended at once: an interrupted run keeps it)."""
+    """One computed pair's outputs (each atomic) and then its frames.jsonl line: a frame counts as finished
+    on resume only when its line is there, so a run killed between the two computes it again."""
     import numpy as np
 
     from deqflow.flow_io import write_flow
@@ -239,17 +342,20 @@ def write_frame(pair, frame, outputs: dict[str, Path], max_flow: float | None, l
            "final_rel_residual": None if r.residual_rel is None else float(np.max(r.residual_rel)),
            "seconds": round(r.seconds, 4)}
     with open(log_path, "a") as fh:
-        fh.write(json.dumps(rec) + "\n")
+        fh.write(json.dumps(rec) + "\n")  # one short write: a kill leaves the whole line or a partial one
     return rec
 
 
-def sequence_summary(args, backend_label: str, formats: list[str], records: list[dict], skipped: int,
+def sequence_summary(args, manifest, formats: list[str], records: list[dict], reused: list[str],
                      seconds: float) -> dict:
+    """What this run did: the frames it computed (and their statistics) apart from those it reused."""
     import numpy as np
 
-    summary = {"input": str(args.folder or args.video), "backend": backend_label, "warm_start": args.warm_start,
+    summary = {"input": str(args.folder or args.video), "backend": manifest.backend, "model": manifest.model_path,
+               "model_digest": manifest.model, "settings": manifest.settings, "warm_start": args.warm_start,
                "warm_start_mode": args.warm_start_mode if args.warm_start else None,
-               "frames_computed": len(records), "frames_skipped": skipped, "formats": formats,
+               "frames_computed": len(records), "frames_reused": len(reused), "frames_skipped": len(reused),
+               "computed": [r["name"] for r in records], "reused": reused, "formats": formats,
                "seconds": round(seconds, 3)}
     if records:
         its = [r["iterations"] for r in records]
@@ -262,33 +368,62 @@ def sequence_summary(args, backend_label: str, formats: list[str], records: list
     return summary
 
 
-def write_color_video(path: Path, color_dir: Path, fps: float) -> Path:
-    """Assemble the colour frames (natural order) into a video, atomically (deqflow.fileio)."""
+def finish_sequence(args, out_dir: Path, summary: dict, color_files: list[Path], fps: float) -> None:
+    """The video (if asked) and summary.json. The frames are on disk already: when the video cannot be
+    written the summary still is, and when summary.json cannot be written it is printed."""
+    from runtime.errors import DeqflowError
+
+    failure = None
+    if args.video_out:
+        try:
+            video = write_color_video(Path(args.video_out), color_files, fps)
+            summary["video"] = str(video)
+            print(f"wrote {video}")
+        except (DeqflowError, OSError) as exc:
+            failure = exc
+    save_summary(out_dir / "summary.json", summary, f"the frames are in {out_dir}")
+    if failure is not None:
+        raise DeqflowError(f"{failure}; the {len(color_files)} frame(s) and summary.json are kept in {out_dir}")
+
+
+def save_summary(path: Path, summary: dict, kept: str) -> None:
+    """summary.json, atomically; printed to stdout (and a one-line error) when it cannot be written."""
+    from deqflow.fileio import atomic_write_bytes
+    from runtime.errors import DeqflowError
+
+    text = json.dumps(summary, indent=2)
+    try:
+        atomic_write_bytes(path, text.encode())
+    except OSError as exc:
+        print(text)
+        raise DeqflowError(f"cannot write {path} ({exc.strerror or exc}); the summary is printed above and {kept}") \
+            from None
+
+
+def write_color_video(path: Path, files: list[Path], fps: float) -> Path:
+    """Assemble the colour frames `files` (in order) into a video, atomically (deqflow.fileio)."""
     import cv2
     import numpy as np
 
-    from deqflow.fileio import atomic_outputs
+    from deqflow.fileio import atomic_outputs, check_output_file
     from deqflow.image_io import read_image
     from runtime.errors import InputError
-    from runtime.preprocessing import _natural_key
 
-    files = sorted(color_dir.glob("*.png"), key=lambda p: _natural_key(p.name))
+    files = [f for f in files if f.is_file()]
     if not files:
-        raise InputError(f"no colour frames in {color_dir} to make a video from")
-    codec = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}.get(path.suffix.lower())
-    if codec is None:
-        raise InputError(f"--video-out {path.name}: use .mp4 or .avi")
+        raise InputError("no colour frames to make the --video-out video from")
+    codec = VIDEO_CODECS[path.suffix.lower()]
     first = read_image(files[0])
     h, w = first.shape[:2]
+    check_output_file(path, "--video-out")  # still writable? (then a failure below is the codec's)
     with atomic_outputs(path) as (tmp,):
         writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), float(fps), (w, h))
         if not writer.isOpened():
-            raise InputError(f"OpenCV cannot write {path.suffix} video with codec {codec} here; try --video-out "
-                             "flow.avi")
+            raise InputError(f"--video-out {path}: OpenCV cannot encode {path.suffix} video with codec {codec} "
+                             "here; try --video-out flow.avi")
         try:
             for f in files:
                 writer.write(np.ascontiguousarray(read_image(f)[:, :, ::-1]))
         finally:
             writer.release()
     return path
-
