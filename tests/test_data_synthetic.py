@@ -1,7 +1,5 @@
 """Synthetic scenes: determinism, exact flow (images warp onto each other), motion statistics, video."""
 
-import time
-
 import cv2
 import numpy as np
 import pytest
@@ -113,14 +111,3 @@ def test_bad_arguments():
         SyntheticConfig(n_layers=(3, 2))
     with pytest.raises(InputError):
         make_synthetic_video(1, (32, 32))
-
-
-def test_render_is_fast():
-    ds = SyntheticFlowDataset(size=(256, 320), length=10, seed=0)
-    ds.sample(0)  # photo bank loaded
-    times = []
-    for i in range(1, 6):
-        start = time.perf_counter()
-        ds.sample(i)
-        times.append(time.perf_counter() - start)
-    assert np.median(times) < 0.25  # about 20 ms on one core; generous for loaded CI machines

@@ -47,11 +47,14 @@ class TrainConfig:
     seed: int = 1234
     num_workers: int = 0
     ckpt_every: int = 200
+    snapshot_every: int = 0  # > 0: also keep the weights every this many steps (snapshots/step_NNNNNN.pth)
     val_every: int = 1000
     val_samples: int = 16
     log_every: int = 10
     resume: str | None = None  # a checkpoint path, or "auto" = <output>/last.pth when it exists
     init: str | None = None  # start from these weights (new optimizer), e.g. the chairs result for things
+    synthetic_preset: str = "classic"  # scene options of the synthetic stage (scene_config.SYNTHETIC_PRESETS)
+    drift_weight: float = 0.0  # penalty on a sampled state worse than the one before it (loss.py)
     tensorboard: bool = False
     device: str = "cpu"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -178,16 +181,16 @@ class Trainer:
         if self.is_main:
             print(f"resumed from {path} at step {self.step}")
 
-    def save(self, name: str = "last.pth", metrics: dict | None = None) -> Path:
+    def save(self, name: str = "last.pth", metrics: dict | None = None, training_state: bool = True) -> Path:
+        """Write a checkpoint under the run folder; without training_state only the weights (snapshots)."""
         cfg_dict = asdict(self.cfg)
         cfg_dict["model"] = self.cfg.model.to_dict()
         meta = {"variant": self.cfg.model.variant, "stage": self.cfg.stage, "step": self.step,
                 "train_config": json.loads(json.dumps(cfg_dict, default=list)), "metrics": metrics or {}}
-        payload = make_payload(self.model.state_dict(), self.cfg.model.to_dict(), meta,
-                               optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-                               scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {},
-                               step=self.step, epoch=self.epoch)
-        return write_checkpoint(self.out / name, payload)
+        extra = dict(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                     scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {},
+                     step=self.step, epoch=self.epoch) if training_state else {}
+        return write_checkpoint(self.out / name, make_payload(self.model.state_dict(), self.cfg.model.to_dict(), meta, **extra))
 
     def _tensorboard(self):
         try:
@@ -202,7 +205,7 @@ class Trainer:
         from training.data import build_training_set
 
         dataset = build_training_set(self.cfg.stage, root=self.cfg.data_root, image_size=self.cfg.image_size,
-                                     seed=self.cfg.seed)
+                                     seed=self.cfg.seed, synthetic_preset=self.cfg.synthetic_preset)
         if len(dataset) < self.cfg.batch_size * self.world:
             raise InputError(f"stage {self.cfg.stage}: {len(dataset)} samples is fewer than one batch")
         if self.distributed:
@@ -225,7 +228,8 @@ class Trainer:
         image1, image2, flow, valid = _unpack_batch(batch, self.device)
         self.optimizer.zero_grad(set_to_none=True)
         out = self.ddp(image1, image2)
-        loss, metrics = fixed_point_correction_loss(out.flow_predictions, flow, valid, gamma=self.cfg.gamma)
+        loss, metrics = fixed_point_correction_loss(out.flow_predictions, flow, valid, gamma=self.cfg.gamma,
+                                                    drift_weight=self.cfg.drift_weight)
         bad = not bool(torch.isfinite(loss))
         if self.distributed:  # every rank must stop, or the others wait in the gradient all-reduce forever
             flag = torch.tensor([float(bad)], device=self.device)
@@ -310,6 +314,8 @@ class Trainer:
                 spread = self.check_replicas()
                 if self.is_main:
                     self.save("last.pth", metrics=last)
+                    if cfg.snapshot_every and self.step % cfg.snapshot_every == 0:
+                        self.save(f"snapshots/step_{self.step:06d}.pth", metrics=last, training_state=False)
                     if self.distributed:
                         (self.out / "replicas.json").write_text(json.dumps({"step": self.step,
                                                                              "checksum_spread": spread}))

@@ -29,6 +29,12 @@ def _add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--ckpt-every", type=int, default=200)
+    p.add_argument("--snapshot-every", type=int, default=0,
+                   help="also keep the weights every N steps under <output>/snapshots (0: never)")
+    p.add_argument("--synthetic-preset", choices=["classic", "realistic"], default="classic",
+                   help="scene options of the synthetic stage (classic: the shipped model's data)")
+    p.add_argument("--drift-weight", type=float, default=0.0,
+                   help="loss penalty on a sampled DEQ state that is worse than the state before it")
     p.add_argument("--val-every", type=int, default=1000)
     p.add_argument("--val-samples", type=int, default=16)
     p.add_argument("--log-every", type=int, default=10)
@@ -63,7 +69,8 @@ def run(args) -> int:
                       gamma=args.gamma, image_size=tuple(args.image_size) if args.image_size else None,
                       clip=args.clip, seed=args.seed, num_workers=args.num_workers, ckpt_every=args.ckpt_every,
                       val_every=args.val_every, val_samples=args.val_samples, log_every=args.log_every,
-                      resume=args.resume, init=args.init,
+                      resume=args.resume, init=args.init, snapshot_every=args.snapshot_every,
+                      synthetic_preset=args.synthetic_preset, drift_weight=args.drift_weight,
                       tensorboard=args.tensorboard, device=args.device, model=model_cfg)
     train(cfg)
     return 0
