@@ -190,7 +190,8 @@ class Trainer:
         extra = dict(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                      scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {},
                      step=self.step, epoch=self.epoch) if training_state else {}
-        return write_checkpoint(self.out / name, make_payload(self.model.state_dict(), self.cfg.model.to_dict(), meta, **extra))
+        payload = make_payload(self.model.state_dict(), self.cfg.model.to_dict(), meta, **extra)
+        return write_checkpoint(self.out / name, payload)
 
     def _tensorboard(self):
         try:
@@ -202,7 +203,11 @@ class Trainer:
 
     # ---------------------------------------------------------------- data
     def _loader(self):
+        import cv2
+
         from training.data import build_training_set
+
+        cv2.setNumThreads(torch.get_num_threads())  # the data's warps use no more cores than the model
 
         dataset = build_training_set(self.cfg.stage, root=self.cfg.data_root, image_size=self.cfg.image_size,
                                      seed=self.cfg.seed, synthetic_preset=self.cfg.synthetic_preset)
