@@ -6,6 +6,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 import pytest
+from test_data_synthetic import warp_back  # a sibling test module: pytest puts tests/ on the path
 
 from deqflow.errors import InputError
 from training.data import (
@@ -22,13 +23,6 @@ from training.data.heldout_real import HeldoutRealConfig, heldout_homography_pai
 from training.data.homography import apply_homography, random_homography, smooth_field
 from training.data.photometric import camera_frames, motion_blur
 from training.data.photos import load_photo_full
-
-
-def warp_back(image2: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """image2 sampled at p + flow(p), bilinear: equals image1 where p stays visible."""
-    h, w = flow.shape[:2]
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    return cv2.remap(image2.astype(np.float32), xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR)
 
 
 def exact_config(**changes):
