@@ -2,6 +2,7 @@
 validation hook and the `deqflow train` command on the fake chairs layout. Tiny models, CPU, seconds."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -305,4 +306,9 @@ def test_realistic_data_drift_weight_and_snapshots(tmp_path):
     assert "optimizer" not in snap and snap["meta"]["step"] == 2
     assert snap["meta"]["train_config"]["synthetic_preset"] == "realistic"
     assert not (out / "snapshots" / "step_000001.pth").exists()
-    assert "drift" in json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])
+    logged = json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])
+    assert "drift" in logged and logged["cpu_hours"] > 0
+    last = torch.load(out / "last.pth", weights_only=True)
+    assert last["cpu_seconds"] > 0 and snap["meta"]["cpu_hours"] > 0
+    resumed = Trainer(replace(cfg, num_steps=2, resume="auto"))  # CPU time carries over a resume
+    assert resumed.cpu_hours() >= last["cpu_seconds"] / 3600.0

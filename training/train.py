@@ -132,6 +132,8 @@ class Trainer:
         self.optimizer, self.scheduler = _build_optimizer(self.model, cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=mcfg.mixed_precision and self.device.type == "cuda")
         self.step, self.epoch = 0, 0
+        self.cpu_before = 0.0  # CPU seconds of earlier processes of this run (restored on resume)
+        self._cpu_start = time.process_time()
         self.last_good: tuple[Path, int] | None = None  # (checkpoint, its step): named when training diverges
         if cfg.init:
             state, _, _ = split_checkpoint(read_checkpoint_file(cfg.init), cfg.init)
@@ -176,20 +178,27 @@ class Trainer:
             self.scaler.load_state_dict(obj["scaler"])
         self.step = int(obj["step"])
         self.epoch = int(obj.get("epoch", 0)) + 1
+        self.cpu_before = float(obj.get("cpu_seconds", 0.0))
         torch.manual_seed(self.cfg.seed + self.step)
         self.last_good = (path, self.step)
         if self.is_main:
             print(f"resumed from {path} at step {self.step}")
+
+    def cpu_hours(self) -> float:
+        """CPU time of the whole run so far (all resumed processes; this process's threads), in hours."""
+        return (self.cpu_before + time.process_time() - self._cpu_start) / 3600.0
 
     def save(self, name: str = "last.pth", metrics: dict | None = None, training_state: bool = True) -> Path:
         """Write a checkpoint under the run folder; without training_state only the weights (snapshots)."""
         cfg_dict = asdict(self.cfg)
         cfg_dict["model"] = self.cfg.model.to_dict()
         meta = {"variant": self.cfg.model.variant, "stage": self.cfg.stage, "step": self.step,
+                "cpu_hours": round(self.cpu_hours(), 4),
                 "train_config": json.loads(json.dumps(cfg_dict, default=list)), "metrics": metrics or {}}
         extra = dict(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                      scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {},
-                     step=self.step, epoch=self.epoch) if training_state else {}
+                     step=self.step, epoch=self.epoch,
+                     cpu_seconds=self.cpu_hours() * 3600.0) if training_state else {}
         payload = make_payload(self.model.state_dict(), self.cfg.model.to_dict(), meta, **extra)
         return write_checkpoint(self.out / name, payload)
 
@@ -313,7 +322,8 @@ class Trainer:
                         self.writer.add_scalar(f"train/{k}", v, self.step)
                 if self.is_main:
                     with open(self.out / "train_log.jsonl", "a") as fh:
-                        fh.write(json.dumps({"step": self.step, "time": round(time.time() - t0, 1), **last}) + "\n")
+                        fh.write(json.dumps({"step": self.step, "time": round(time.time() - t0, 1),
+                                             "cpu_hours": round(self.cpu_hours(), 4), **last}) + "\n")
             # checkpoint before validating, so a failing validation never costs the steps since the last save
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.num_steps:
                 spread = self.check_replicas()
