@@ -165,3 +165,22 @@ def test_presets_and_training_set():
     image1, image2, flow, valid = ds[0]
     assert image1.shape == (3, 64, 80) and flow.shape == (2, 64, 80)
     assert ds.config.realism is not None
+
+
+def test_heldout_scoring_sweep_and_baselines():
+    import torch
+
+    from training.config import ModelConfig
+    from training.deq.config import DEQConfig
+    from training.heldout_eval import baseline_scores, score_set
+    from training.model.deq_flow import DEQFlow
+
+    torch.manual_seed(0)
+    model = DEQFlow(ModelConfig(variant="T", encoder_dims=(16, 24, 32),
+                                deq=DEQConfig(f_solver="fixed_point", f_max_iter=4))).eval()
+    pairs = heldout_homography_pairs(HeldoutRealConfig(size=(128, 128), motion_levels=(4.0,)))[:2]
+    scored = score_set(model, pairs, (2, 5), "test", baselines=("zero",))
+    assert scored["steps"] == [2, 5] and len(scored["deqflow"]["epe_per_pixel"]) == 2
+    assert len(scored["rel_residual"]) == 2 and set(scored["per_pair"]) == {p.name for p in pairs}
+    zero = baseline_scores({"h": pairs}, ("zero",))["h"]["zero"]
+    assert zero == pytest.approx(scored["baselines"]["zero"]["epe_per_pixel"]) and 0 < zero <= 4.0
