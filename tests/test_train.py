@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from deqflow.cli import main
-from deqflow.errors import CheckpointError
+from deqflow.errors import CheckpointError, InputError
 from training.checkpoint import load_model, save_model
 from training.config import ModelConfig
 from training.data import SyntheticFlowDataset, write_fake_chairs
@@ -312,3 +312,5 @@ def test_realistic_data_drift_weight_and_snapshots(tmp_path):
     assert last["cpu_seconds"] > 0 and snap["meta"]["cpu_hours"] > 0
     resumed = Trainer(replace(cfg, num_steps=2, resume="auto"))  # CPU time carries over a resume
     assert resumed.cpu_hours() >= last["cpu_seconds"] / 3600.0
+    with pytest.raises(InputError, match="drift_weight"):
+        Trainer(replace(cfg, drift_weight=-1.0))

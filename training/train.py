@@ -63,6 +63,9 @@ class TrainConfig:
         """Fill stage defaults for every option left at None."""
         if self.stage not in STAGES:
             raise InputError(f"unknown stage {self.stage!r}; choose one of {sorted(STAGES)}")
+        if self.drift_weight < 0 or self.snapshot_every < 0:
+            raise InputError(f"drift_weight and snapshot_every must be >= 0, got {self.drift_weight} and "
+                             f"{self.snapshot_every}")
         d = STAGES[self.stage]
         return replace(
             self,
