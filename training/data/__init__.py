@@ -1,5 +1,6 @@
-"""Training data: synthetic scenes with exact flow, the standard dataset layouts, augmentation, and
-tiny fake copies of the layouts for tests."""
+"""Training data: synthetic scenes with exact flow (classic and photograph-like presets), the held-out
+real-photograph validation pairs, the standard dataset layouts, augmentation, and tiny fake copies of the
+layouts for tests."""
 
 from training.data.augment import (
     STAGE_PRESETS,

@@ -1,7 +1,10 @@
-"""Synthetic layered scenes with exact ground-truth flow, generated on the fly (no download).
+"""Synthetic layered scenes with exact ground-truth flow, generated on the fly (no download): the pair and
+video renderers and the dataset. Two renderers, picked by the scene options (scene_config.py presets):
+"classic" (below; the shipped model's data) and "realistic" (realistic.py: homographies, non-rigid motion,
+camera effects). The layers themselves are built in layers.py.
 
-A scene is a textured background plus foreground objects (ellipses, star polygons, noise blobs; hard
-edges), composited back to front. Each layer k moves by an affine map D_k from frame-1 to frame-2
+Classic: a scene is a textured background plus foreground objects (ellipses, star polygons, noise blobs;
+hard edges), composited back to front. Each layer k moves by an affine map D_k from frame-1 to frame-2
 coordinates. Instead of forward-splatting, both frames are rendered by inverse warping: frame 1 samples
 each layer at p, frame 2 samples it at D_k^-1(q) (cv2.warpAffine, bilinear), masks likewise. Hence the
 flow D_k(p) - p of the top-most layer at p is exact, and occlusions arise naturally.
@@ -147,6 +150,7 @@ def make_synthetic_video(n_frames: int, size: tuple[int, int], seed: int = 0, ma
 class SyntheticFlowDataset(FlowDataset):
     """Endless-variety training data: sample i is the scene rendered from the seed sequence (seed, i), so
     it is identical in every process and epoch. With `augment`, the augmentation (not the scene) varies.
+    `preset` names the scene options (scene_config.SYNTHETIC_PRESETS); the other arguments override them.
     Yields (image1, image2, flow, valid) like the file datasets."""
 
     def __init__(self, size: tuple[int, int] = (256, 320), length: int = 10_000, seed: int = 0,
