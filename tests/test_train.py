@@ -314,3 +314,16 @@ def test_realistic_data_drift_weight_and_snapshots(tmp_path):
     assert resumed.cpu_hours() >= last["cpu_seconds"] / 3600.0
     with pytest.raises(InputError, match="drift_weight"):
         Trainer(replace(cfg, drift_weight=-1.0))
+
+
+def test_validation_can_score_the_heldout_real_set(tmp_path, monkeypatch):
+    from training import heldout_eval
+    from training.data.heldout_real import HeldoutRealConfig, heldout_homography_pairs
+
+    small = {"homography": heldout_homography_pairs(HeldoutRealConfig(size=(128, 128), motion_levels=(4.0,)))[:1]}
+    monkeypatch.setattr(heldout_eval, "heldout_sets", lambda: small)
+    cfg = _cfg(tmp_path, num_steps=1, val_every=1, val_samples=1, val_real=True)
+    Trainer(cfg).fit()
+    logged = json.loads((Path(cfg.output) / "val_log.jsonl").read_text().splitlines()[-1])
+    assert logged["step"] == 1 and 0 < logged["real_homography_epe_k60"] < 100
+    assert "real_homography_epe_k16" in logged and "synthetic_epe" in logged

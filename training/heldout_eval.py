@@ -17,6 +17,7 @@ from training.inference import flow_trajectory
 
 BASELINES = ("dis_medium", "farneback", "zero")
 SWEEP = (8, 12, 16, 24, 36, 48, 60, 72)
+QUICK_STEPS = (16, 60)  # an early iterate and the issue's 60-iteration mark: accuracy and drift, cheaply
 KEYS = ("epe_per_pixel", "1px", "3px")
 
 
@@ -25,12 +26,13 @@ def _summary(acc: FlowMetricAccumulator) -> dict[str, float]:
     return {k: float(s[k]) for k in KEYS}
 
 
-def score_set(model, pairs, steps: tuple[int, ...], desc: str, baselines: tuple[str, ...] = BASELINES) -> dict:
+def score_set(model, pairs, steps: tuple[int, ...], desc: str, baselines: tuple[str, ...] = BASELINES,
+              progress: bool = True) -> dict:
     """Sweep and baselines over a list of RealPair: pooled per-pixel metrics, and EPE per pair."""
     sweep = {k: FlowMetricAccumulator() for k in steps}
     base = {name: FlowMetricAccumulator() for name in baselines}
     residuals, per_pair, seconds = [], {}, []
-    for p in tqdm(pairs, desc=desc):
+    for p in tqdm(pairs, desc=desc, disable=not progress):
         t0 = time.perf_counter()
         flows, rel = flow_trajectory(model, p.image1, p.image2, steps)
         seconds.append(time.perf_counter() - t0)
@@ -60,4 +62,14 @@ def baseline_scores(sets: dict[str, list], baselines: tuple[str, ...] = BASELINE
             for b in baselines:
                 accs[b].add(opencv_flow(b, p.image1, p.image2), p.flow, p.valid)
         out[name] = {b: float(acc.summary()["epe_per_pixel"]) for b, acc in accs.items()}
+    return out
+
+
+def quick_scores(model, sets: dict[str, list]) -> dict[str, float]:
+    """EPE per set after each of QUICK_STEPS iterations, flat (for training logs): real_<set>_epe_k<k>."""
+    out = {}
+    for name, pairs in sets.items():
+        scored = score_set(model, pairs, QUICK_STEPS, name, baselines=(), progress=False)
+        for k, epe in zip(QUICK_STEPS, scored["deqflow"]["epe_per_pixel"]):
+            out[f"real_{name}_epe_k{k}"] = epe
     return out

@@ -50,6 +50,7 @@ class TrainConfig:
     snapshot_every: int = 0  # > 0: also keep the weights every this many steps (snapshots/step_NNNNNN.pth)
     val_every: int = 1000
     val_samples: int = 16
+    val_real: bool = False  # validation also scores the held-out real-photograph set (training/heldout_eval.py)
     log_every: int = 10
     resume: str | None = None  # a checkpoint path, or "auto" = <output>/last.pth when it exists
     init: str | None = None  # start from these weights (new optimizer), e.g. the chairs result for things
@@ -138,6 +139,7 @@ class Trainer:
         self.cpu_before = 0.0  # CPU seconds of earlier processes of this run (restored on resume)
         self._cpu_start = time.process_time()
         self.last_good: tuple[Path, int] | None = None  # (checkpoint, its step): named when training diverges
+        self._real_sets: dict | None = None  # held-out real pairs, built at the first validation
         if cfg.init:
             state, _, _ = split_checkpoint(read_checkpoint_file(cfg.init), cfg.init)
             load_state_dict_strict(self.model, state, cfg.init)
@@ -347,6 +349,14 @@ class Trainer:
             self.writer.close()
         return last
 
+    def _real_validation(self) -> dict[str, float]:
+        """Held-out real-photograph EPE after an early and the 60th iteration: accuracy and fixed-point drift."""
+        from training.heldout_eval import heldout_sets, quick_scores
+
+        if self._real_sets is None:
+            self._real_sets = heldout_sets()
+        return quick_scores(self.model, self._real_sets)
+
     def _validate(self) -> None:
         from training.evaluate import validate
 
@@ -354,6 +364,8 @@ class Trainer:
         with self.model.solver_override(f_solver="fixed_point"):  # the official evaluation protocol
             results = validate(self.model, STAGES[self.cfg.stage].validation, root=self.cfg.data_root,
                                max_samples=self.cfg.val_samples, device=self.device, progress=False)
+            if self.cfg.val_real:
+                results.update(self._real_validation())
         with open(self.out / "val_log.jsonl", "a") as fh:
             fh.write(json.dumps({"step": self.step, **results}) + "\n")
         if self.writer is not None:

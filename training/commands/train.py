@@ -33,6 +33,8 @@ def _add_arguments(p) -> None:
                    help="also keep the weights every N steps under <output>/snapshots (0: never)")
     p.add_argument("--synthetic-preset", choices=["classic", "realistic"], default="classic",
                    help="scene options of the synthetic stage (classic: the shipped model's data)")
+    p.add_argument("--val-real", action="store_true",
+                   help="validation also scores the held-out real-photograph set (after 16 and 60 iterations)")
     p.add_argument("--drift-weight", type=float, default=0.0,
                    help="loss penalty on a sampled DEQ state that is worse than the state before it")
     p.add_argument("--val-every", type=int, default=1000)
@@ -71,6 +73,7 @@ def run(args) -> int:
                       val_every=args.val_every, val_samples=args.val_samples, log_every=args.log_every,
                       resume=args.resume, init=args.init, snapshot_every=args.snapshot_every,
                       synthetic_preset=args.synthetic_preset, drift_weight=args.drift_weight,
+                      val_real=args.val_real,
                       tensorboard=args.tensorboard, device=args.device, model=model_cfg)
     train(cfg)
     return 0
