@@ -61,7 +61,8 @@ CHECK_SCRIPT = textwrap.dedent("""
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
         fake = SimpleNamespace(distributed=True, model=model, device=torch.device("cpu"), world=2, step=6,
-                               cfg=SimpleNamespace(gamma=0.8), optimizer=SimpleNamespace(zero_grad=lambda **k: None),
+                               cfg=SimpleNamespace(gamma=0.8, drift_weight=0.0),
+                               optimizer=SimpleNamespace(zero_grad=lambda **k: None),
                                _last_good_text=lambda: "LAST")
         same = Trainer.check_replicas(fake)
         if rank == 1:

@@ -2,13 +2,14 @@
 validation hook and the `deqflow train` command on the fake chairs layout. Tiny models, CPU, seconds."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from deqflow.cli import main
-from deqflow.errors import CheckpointError
+from deqflow.errors import CheckpointError, InputError
 from training.checkpoint import load_model, save_model
 from training.config import ModelConfig
 from training.data import SyntheticFlowDataset, write_fake_chairs
@@ -275,3 +276,55 @@ def test_train_command_on_fake_chairs_with_validation(tmp_path, capsys):
     model, _ = load_model(out / "final.pth")
     with model.solver_override(f_solver="fixed_point"):  # validation runs the official evaluation solver
         assert validate(model, ("chairs",), root=root, max_samples=1)["chairs_epe"] == pytest.approx(epe, rel=1e-5)
+
+
+# --------------------------------------------------------------------------------------------- drift, snapshots
+
+
+def test_drift_penalty_only_on_states_worse_than_the_one_before():
+    gt = torch.zeros(1, 2, 1, 2)
+    valid = torch.ones(1, 1, 2)
+    good, bad = torch.full((1, 2, 1, 2), 1.0), torch.full((1, 2, 1, 2), 3.0)
+    plain, metrics = fixed_point_correction_loss([good, bad], gt, valid, gamma=0.8)
+    penalised, _ = fixed_point_correction_loss([good, bad], gt, valid, gamma=0.8, drift_weight=0.5)
+    assert penalised.item() == pytest.approx(plain.item() + 0.5 * (3.0 - 1.0))
+    assert metrics["drift"] == pytest.approx(2.0)
+    improving, _ = fixed_point_correction_loss([bad, good], gt, valid, gamma=0.8, drift_weight=0.5)
+    assert improving.item() == pytest.approx(fixed_point_correction_loss([bad, good], gt, valid, gamma=0.8)[0].item())
+    # the earlier state is held constant: the penalty pushes only the later one
+    first, last = good.clone().requires_grad_(True), bad.clone().requires_grad_(True)
+    fixed_point_correction_loss([first, last], gt, valid, gamma=1.0, drift_weight=1.0)[0].backward()
+    assert torch.allclose(first.grad, torch.full_like(first, 1 / 4))
+    assert torch.allclose(last.grad, torch.full_like(last, 2 / 4))
+
+
+def test_realistic_data_drift_weight_and_snapshots(tmp_path):
+    cfg = _cfg(tmp_path, num_steps=2, ckpt_every=1, snapshot_every=2, synthetic_preset="realistic",
+               drift_weight=0.5)
+    Trainer(cfg).fit()
+    out = Path(cfg.output)
+    snap = torch.load(out / "snapshots" / "step_000002.pth", weights_only=True)
+    assert "optimizer" not in snap and snap["meta"]["step"] == 2
+    assert snap["meta"]["train_config"]["synthetic_preset"] == "realistic"
+    assert not (out / "snapshots" / "step_000001.pth").exists()
+    logged = json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])
+    assert "drift" in logged and logged["cpu_hours"] > 0
+    last = torch.load(out / "last.pth", weights_only=True)
+    assert last["cpu_seconds"] > 0 and snap["meta"]["cpu_hours"] > 0
+    resumed = Trainer(replace(cfg, num_steps=2, resume="auto"))  # CPU time carries over a resume
+    assert resumed.cpu_hours() >= last["cpu_seconds"] / 3600.0
+    with pytest.raises(InputError, match="drift_weight"):
+        Trainer(replace(cfg, drift_weight=-1.0))
+
+
+def test_validation_can_score_the_heldout_real_set(tmp_path, monkeypatch):
+    from training import heldout_eval
+    from training.data.heldout_real import HeldoutRealConfig, heldout_homography_pairs
+
+    small = {"homography": heldout_homography_pairs(HeldoutRealConfig(size=(128, 128), motion_levels=(4.0,)))[:1]}
+    monkeypatch.setattr(heldout_eval, "heldout_sets", lambda: small)
+    cfg = _cfg(tmp_path, num_steps=1, val_every=1, val_samples=1, val_real=True)
+    Trainer(cfg).fit()
+    logged = json.loads((Path(cfg.output) / "val_log.jsonl").read_text().splitlines()[-1])
+    assert logged["step"] == 1 and 0 < logged["real_homography_epe_k60"] < 100
+    assert "real_homography_epe_k16" in logged and "synthetic_epe" in logged

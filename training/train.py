@@ -47,11 +47,15 @@ class TrainConfig:
     seed: int = 1234
     num_workers: int = 0
     ckpt_every: int = 200
+    snapshot_every: int = 0  # > 0: also keep the weights every this many steps (snapshots/step_NNNNNN.pth)
     val_every: int = 1000
     val_samples: int = 16
+    val_real: bool = False  # validation also scores the held-out real-photograph set (training/heldout_eval.py)
     log_every: int = 10
     resume: str | None = None  # a checkpoint path, or "auto" = <output>/last.pth when it exists
     init: str | None = None  # start from these weights (new optimizer), e.g. the chairs result for things
+    synthetic_preset: str = "classic"  # scene options of the synthetic stage (scene_config.SYNTHETIC_PRESETS)
+    drift_weight: float = 0.0  # penalty on a sampled state worse than the one before it (loss.py)
     tensorboard: bool = False
     device: str = "cpu"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -60,6 +64,9 @@ class TrainConfig:
         """Fill stage defaults for every option left at None."""
         if self.stage not in STAGES:
             raise InputError(f"unknown stage {self.stage!r}; choose one of {sorted(STAGES)}")
+        if self.drift_weight < 0 or self.snapshot_every < 0:
+            raise InputError(f"drift_weight and snapshot_every must be >= 0, got {self.drift_weight} and "
+                             f"{self.snapshot_every}")
         d = STAGES[self.stage]
         return replace(
             self,
@@ -129,7 +136,10 @@ class Trainer:
         self.optimizer, self.scheduler = _build_optimizer(self.model, cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=mcfg.mixed_precision and self.device.type == "cuda")
         self.step, self.epoch = 0, 0
+        self.cpu_before = 0.0  # CPU seconds of earlier processes of this run (restored on resume)
+        self._cpu_start = time.process_time()
         self.last_good: tuple[Path, int] | None = None  # (checkpoint, its step): named when training diverges
+        self._real_sets: dict | None = None  # held-out real pairs, built at the first validation
         if cfg.init:
             state, _, _ = split_checkpoint(read_checkpoint_file(cfg.init), cfg.init)
             load_state_dict_strict(self.model, state, cfg.init)
@@ -173,20 +183,28 @@ class Trainer:
             self.scaler.load_state_dict(obj["scaler"])
         self.step = int(obj["step"])
         self.epoch = int(obj.get("epoch", 0)) + 1
+        self.cpu_before = float(obj.get("cpu_seconds", 0.0))
         torch.manual_seed(self.cfg.seed + self.step)
         self.last_good = (path, self.step)
         if self.is_main:
             print(f"resumed from {path} at step {self.step}")
 
-    def save(self, name: str = "last.pth", metrics: dict | None = None) -> Path:
+    def cpu_hours(self) -> float:
+        """CPU time of the whole run so far (all resumed processes; this process's threads), in hours."""
+        return (self.cpu_before + time.process_time() - self._cpu_start) / 3600.0
+
+    def save(self, name: str = "last.pth", metrics: dict | None = None, training_state: bool = True) -> Path:
+        """Write a checkpoint under the run folder; without training_state only the weights (snapshots)."""
         cfg_dict = asdict(self.cfg)
         cfg_dict["model"] = self.cfg.model.to_dict()
         meta = {"variant": self.cfg.model.variant, "stage": self.cfg.stage, "step": self.step,
+                "cpu_hours": round(self.cpu_hours(), 4),
                 "train_config": json.loads(json.dumps(cfg_dict, default=list)), "metrics": metrics or {}}
-        payload = make_payload(self.model.state_dict(), self.cfg.model.to_dict(), meta,
-                               optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-                               scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {},
-                               step=self.step, epoch=self.epoch)
+        extra = dict(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                     scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {},
+                     step=self.step, epoch=self.epoch,
+                     cpu_seconds=self.cpu_hours() * 3600.0) if training_state else {}
+        payload = make_payload(self.model.state_dict(), self.cfg.model.to_dict(), meta, **extra)
         return write_checkpoint(self.out / name, payload)
 
     def _tensorboard(self):
@@ -199,10 +217,14 @@ class Trainer:
 
     # ---------------------------------------------------------------- data
     def _loader(self):
+        import cv2
+
         from training.data import build_training_set
 
+        cv2.setNumThreads(torch.get_num_threads())  # the data's warps use no more cores than the model
+
         dataset = build_training_set(self.cfg.stage, root=self.cfg.data_root, image_size=self.cfg.image_size,
-                                     seed=self.cfg.seed)
+                                     seed=self.cfg.seed, synthetic_preset=self.cfg.synthetic_preset)
         if len(dataset) < self.cfg.batch_size * self.world:
             raise InputError(f"stage {self.cfg.stage}: {len(dataset)} samples is fewer than one batch")
         if self.distributed:
@@ -225,7 +247,8 @@ class Trainer:
         image1, image2, flow, valid = _unpack_batch(batch, self.device)
         self.optimizer.zero_grad(set_to_none=True)
         out = self.ddp(image1, image2)
-        loss, metrics = fixed_point_correction_loss(out.flow_predictions, flow, valid, gamma=self.cfg.gamma)
+        loss, metrics = fixed_point_correction_loss(out.flow_predictions, flow, valid, gamma=self.cfg.gamma,
+                                                    drift_weight=self.cfg.drift_weight)
         bad = not bool(torch.isfinite(loss))
         if self.distributed:  # every rank must stop, or the others wait in the gradient all-reduce forever
             flag = torch.tensor([float(bad)], device=self.device)
@@ -304,12 +327,15 @@ class Trainer:
                         self.writer.add_scalar(f"train/{k}", v, self.step)
                 if self.is_main:
                     with open(self.out / "train_log.jsonl", "a") as fh:
-                        fh.write(json.dumps({"step": self.step, "time": round(time.time() - t0, 1), **last}) + "\n")
+                        fh.write(json.dumps({"step": self.step, "time": round(time.time() - t0, 1),
+                                             "cpu_hours": round(self.cpu_hours(), 4), **last}) + "\n")
             # checkpoint before validating, so a failing validation never costs the steps since the last save
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.num_steps:
                 spread = self.check_replicas()
                 if self.is_main:
                     self.save("last.pth", metrics=last)
+                    if cfg.snapshot_every and self.step % cfg.snapshot_every == 0:
+                        self.save(f"snapshots/step_{self.step:06d}.pth", metrics=last, training_state=False)
                     if self.distributed:
                         (self.out / "replicas.json").write_text(json.dumps({"step": self.step,
                                                                              "checksum_spread": spread}))
@@ -323,6 +349,14 @@ class Trainer:
             self.writer.close()
         return last
 
+    def _real_validation(self) -> dict[str, float]:
+        """Held-out real-photograph EPE after an early and the 60th iteration: accuracy and fixed-point drift."""
+        from training.heldout_eval import heldout_sets, quick_scores
+
+        if self._real_sets is None:
+            self._real_sets = heldout_sets()
+        return quick_scores(self.model, self._real_sets)
+
     def _validate(self) -> None:
         from training.evaluate import validate
 
@@ -330,6 +364,8 @@ class Trainer:
         with self.model.solver_override(f_solver="fixed_point"):  # the official evaluation protocol
             results = validate(self.model, STAGES[self.cfg.stage].validation, root=self.cfg.data_root,
                                max_samples=self.cfg.val_samples, device=self.device, progress=False)
+            if self.cfg.val_real:
+                results.update(self._real_validation())
         with open(self.out / "val_log.jsonl", "a") as fh:
             fh.write(json.dumps({"step": self.step, **results}) + "\n")
         if self.writer is not None:

@@ -34,6 +34,14 @@ def add_arguments(p) -> None:
     p.add_argument("--num-workers", type=count_or_zero, default=0,
                    help="data-loader processes (0: load in the training process)")
     p.add_argument("--ckpt-every", type=count, default=200, help="save <output>/last.pth every N steps")
+    p.add_argument("--snapshot-every", type=count_or_zero, default=0,
+                   help="also keep the weights every N steps under <output>/snapshots (0: never)")
+    p.add_argument("--synthetic-preset", choices=["classic", "realistic"], default="classic",
+                   help="scene options of the synthetic stage (classic: the shipped model's data)")
+    p.add_argument("--val-real", action="store_true",
+                   help="validation also scores the held-out real-photograph set (after 16 and 60 iterations)")
+    p.add_argument("--drift-weight", type=non_negative_number, default=0.0,
+                   help="loss penalty on a sampled DEQ state that is worse than the state before it")
     p.add_argument("--val-every", type=count, default=1000, help="validate every N steps")
     p.add_argument("--val-samples", type=count, default=16, help="samples per validation set")
     p.add_argument("--log-every", type=count, default=10, help="print the losses every N steps")
@@ -88,7 +96,9 @@ def run(args) -> int:
                       gamma=args.gamma, image_size=tuple(args.image_size) if args.image_size else None,
                       clip=args.clip, seed=args.seed, num_workers=args.num_workers, ckpt_every=args.ckpt_every,
                       val_every=args.val_every, val_samples=args.val_samples, log_every=args.log_every,
-                      resume=args.resume, init=args.init,
+                      resume=args.resume, init=args.init, snapshot_every=args.snapshot_every,
+                      synthetic_preset=args.synthetic_preset, drift_weight=args.drift_weight,
+                      val_real=args.val_real,
                       tensorboard=args.tensorboard, device=args.device, model=model_cfg)
     train(cfg)
     return 0

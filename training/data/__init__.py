@@ -1,5 +1,6 @@
-"""Training data: synthetic scenes with exact flow, the standard dataset layouts, augmentation, and
-tiny fake copies of the layouts for tests."""
+"""Training data: synthetic scenes with exact flow (classic and photograph-like presets), the held-out
+real-photograph validation pairs, the standard dataset layouts, augmentation, and tiny fake copies of the
+layouts for tests."""
 
 from training.data.augment import (
     STAGE_PRESETS,
@@ -12,7 +13,6 @@ from training.data.augment import (
 from training.data.datasets import (
     HD1K,
     KITTI,
-    FlowDataset,
     FlyingChairs,
     FlyingThings3D,
     FolderPairs,
@@ -28,8 +28,12 @@ from training.data.fake_layouts import (
     write_fake_sintel,
     write_fake_things,
 )
+from training.data.flow_dataset import FlowDataset
+from training.data.homography import HomographyConfig
+from training.data.photometric import PhotometricConfig
+from training.data.photos import HELDOUT_PHOTOS, PHOTO_SETS, load_photo, photo_pool
+from training.data.scene_config import SYNTHETIC_PRESETS, RealismConfig, SyntheticConfig, synthetic_preset
 from training.data.synthetic import (
-    SyntheticConfig,
     SyntheticFlowDataset,
     SyntheticSample,
     SyntheticVideo,
@@ -39,10 +43,11 @@ from training.data.synthetic import (
 from training.data.textures import PHOTO_NAMES, TextureConfig, photo_bank, random_texture
 
 __all__ = [
-    "HD1K", "KITTI", "PHOTO_NAMES", "STAGE_PRESETS", "AugmentConfig", "FlowAugmentor", "FlowDataset",
-    "FlyingChairs", "FlyingThings3D", "FolderPairs", "MpiSintel", "SparseFlowAugmentor", "StereoPairDataset",
+    "AugmentConfig", "FlowAugmentor", "FlowDataset", "FlyingChairs", "FlyingThings3D", "FolderPairs", "HD1K",
+    "HELDOUT_PHOTOS", "HomographyConfig", "KITTI", "MpiSintel", "PHOTO_NAMES", "PHOTO_SETS", "PhotometricConfig",
+    "RealismConfig", "STAGE_PRESETS", "SYNTHETIC_PRESETS", "SparseFlowAugmentor", "StereoPairDataset",
     "SyntheticConfig", "SyntheticFlowDataset", "SyntheticSample", "SyntheticVideo", "TextureConfig",
-    "build_training_set", "make_synthetic_video", "photo_bank", "random_texture", "render_pair",
-    "resize_sparse_flow", "stage_augment", "write_fake_all", "write_fake_chairs", "write_fake_hd1k",
-    "write_fake_kitti", "write_fake_sintel", "write_fake_things",
+    "build_training_set", "load_photo", "make_synthetic_video", "photo_bank", "photo_pool", "random_texture",
+    "render_pair", "resize_sparse_flow", "stage_augment", "synthetic_preset", "write_fake_all", "write_fake_chairs",
+    "write_fake_hd1k", "write_fake_kitti", "write_fake_sintel", "write_fake_things",
 ]

@@ -1,5 +1,5 @@
-"""Textures for the synthetic flow scenes: real photographs that ship inside scikit-image, plus
-procedural noise, stripes and checkers.
+"""Textures for the synthetic flow scenes: crops of real photographs that installed packages ship
+(photos.py), plus procedural noise, stripes and checkers.
 
 Every texture gets a faint multi-octave noise detail on top, so that no region is flat: a flat region has
 no recoverable motion and would teach the model to guess. The finest detail has a period of about 4 px,
@@ -8,55 +8,23 @@ which keeps the bilinear warps of the renderer accurate (a texture near the pixe
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-# skimage.data images stored inside the wheel (no pooch download). `stereo_motorcycle` is deliberately
-# absent: it is the held-out real evaluation pair and must never leak into training textures.
-PHOTO_NAMES: tuple[str, ...] = (
-    "astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
-    "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket", "text",
-)
-_PHOTO_MAX_SIDE = 512  # larger photos are shrunk once at load; crops are only magnified (no aliasing)
+from training.data.photos import PHOTO_NAMES, photo_bank, photo_pool
 
+__all__ = ["PHOTO_NAMES", "TextureConfig", "photo_bank", "random_texture", "value_noise"]
 
 @dataclass(frozen=True)
 class TextureConfig:
     """How textures are drawn. photo_prob: chance of a photograph (else a procedural pattern)."""
 
     photo_prob: float = 0.7
-    photo_zoom: tuple[float, float] = (0.0, 1.2)  # log2 magnification of a photo crop
+    photo_zoom: tuple[float, float] = (0.0, 1.2)  # log2 magnification of a photo crop (< 0: minified)
+    photo_set: str = "classic"  # "classic" (the shipped model's pool) or "extended" (photos.py)
     detail_std: tuple[float, float] = (4.0, 9.0)  # std of the noise detail added on top, grey levels
-
-
-@functools.cache
-def photo_bank() -> tuple[np.ndarray, ...]:
-    """The usable photographs as float32 RGB (H,W,3), loaded once per process.
-
-    A photo whose loader needs the network (an older or newer scikit-image) is skipped, never fetched.
-    """
-    from skimage import data
-
-    photos = []
-    for name in PHOTO_NAMES:
-        try:
-            img = np.asarray(getattr(data, name)())
-        except Exception:  # any loader failure (file missing in this version, needs pooch): skip it
-            continue
-        if img.dtype == bool:
-            img = img.astype(np.uint8) * 255
-        if img.ndim == 2:
-            img = np.repeat(img[:, :, None], 3, axis=2)
-        img = img[:, :, :3].astype(np.float32)
-        side = max(img.shape[:2])
-        if side > _PHOTO_MAX_SIDE:
-            f = _PHOTO_MAX_SIDE / side
-            img = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
-        photos.append(img)
-    return tuple(photos)
 
 
 def value_noise(rng: np.random.Generator, shape: tuple[int, int], base_period: float,
@@ -127,14 +95,16 @@ def _procedural(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     return _colorize(rng, field)
 
 
-def _photo_crop(rng: np.random.Generator, shape: tuple[int, int],
-                zoom_log2: tuple[float, float]) -> np.ndarray:
-    """A randomly rotated, scaled crop of a random photograph, with a random colour shift."""
-    photos = photo_bank()
-    photo = photos[int(rng.integers(len(photos)))]
+def _photo_crop(rng: np.random.Generator, shape: tuple[int, int], config: TextureConfig) -> np.ndarray:
+    """A randomly rotated, scaled crop of a random photograph, with a random colour shift. A minified crop
+    is magnified from the next smaller pyramid level (area-averaged), so no crop is sampled below its scale."""
+    pool = photo_pool(config.photo_set)
+    pyramid = pool[int(rng.integers(len(pool)))]
+    zoom = 2.0 ** rng.uniform(*config.photo_zoom)
+    level = min(int(np.ceil(-np.log2(zoom))), len(pyramid) - 1) if zoom < 1 else 0
+    photo, zoom = pyramid[level], zoom * 2.0**level
     h, w = shape
     ph, pw = photo.shape[:2]
-    zoom = 2.0 ** rng.uniform(*zoom_log2)
     angle = rng.uniform(0, 2 * np.pi)
     c, s = np.cos(angle) / zoom, np.sin(angle) / zoom
     cx, cy = rng.uniform(0, pw), rng.uniform(0, ph)
@@ -152,8 +122,8 @@ def _photo_crop(rng: np.random.Generator, shape: tuple[int, int],
 def random_texture(rng: np.random.Generator, shape: tuple[int, int],
                    config: TextureConfig = TextureConfig()) -> np.ndarray:
     """A texture of `shape` (h, w) as float32 RGB (h,w,3) in 0..255, textured everywhere."""
-    if rng.random() < config.photo_prob and photo_bank():
-        tex = _photo_crop(rng, shape, config.photo_zoom)
+    if rng.random() < config.photo_prob and photo_pool(config.photo_set):
+        tex = _photo_crop(rng, shape, config)
     else:
         tex = _procedural(rng, shape)
     # squeeze into [20, 235] first: saturated (clipped) areas would be flat, and the detail must not clip

@@ -1,0 +1,186 @@
+"""The photograph-like synthetic data: determinism per seed, exact flow under homographies and
+non-rigid motion, camera effects that stay in range, the texture pools and the held-out split."""
+
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+from test_data_synthetic import warp_back  # a sibling test module: pytest puts tests/ on the path
+
+from deqflow.errors import InputError
+from training.data import (
+    HELDOUT_PHOTOS,
+    PhotometricConfig,
+    RealismConfig,
+    SyntheticFlowDataset,
+    build_training_set,
+    photo_pool,
+    render_pair,
+    synthetic_preset,
+)
+from training.data.heldout_real import HeldoutRealConfig, heldout_homography_pairs, warped_photo_pair
+from training.data.homography import apply_homography, random_homography, smooth_field
+from training.data.photometric import camera_frames, motion_blur
+from training.data.photos import load_photo_full
+
+
+def exact_config(**changes):
+    return replace(synthetic_preset("realistic"), photometric=False, max_displacement=24.0, **changes)
+
+
+def test_realistic_deterministic_per_seed_and_index():
+    a = SyntheticFlowDataset(size=(64, 80), length=10, seed=3, preset="realistic")
+    b = SyntheticFlowDataset(size=(64, 80), length=10, seed=3, preset="realistic")
+    s1, s2 = a.sample(5), b.sample(5)
+    for x, y in zip((s1.image1, s1.image2, s1.flow, s1.noc), (s2.image1, s2.image2, s2.flow, s2.noc)):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a.sample(6).flow, s1.flow)
+    other = SyntheticFlowDataset(size=(64, 80), length=10, seed=4, preset="realistic")
+    assert not np.array_equal(other.sample(5).flow, s1.flow)
+
+
+def test_classic_preset_is_the_default_data():
+    classic = SyntheticFlowDataset(size=(64, 80), length=4, seed=2, preset="classic").sample(1)
+    default = SyntheticFlowDataset(size=(64, 80), length=4, seed=2).sample(1)
+    np.testing.assert_array_equal(classic.image1, default.image1)
+    np.testing.assert_array_equal(classic.flow, default.flow)
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_realistic_flow_is_exact(index):
+    s = render_pair(np.random.default_rng([11, index]), (128, 160), exact_config())
+    diff = np.abs(warp_back(s.image2, s.flow) - s.image1).mean(axis=2)
+    assert s.noc.mean() > 0.5
+    assert np.median(diff[s.noc]) < 3.0
+    if (~s.noc).sum() > 100:
+        assert np.median(diff[~s.noc]) > np.median(diff[s.noc])
+
+
+def test_homography_only_scene_warps_back_within_tolerance():
+    cfg = exact_config(n_layers=(0, 0), realism=RealismConfig(nonrigid_prob=0.0, small_motion_prob=0.0))
+    for seed in range(4):
+        s = render_pair(np.random.default_rng([5, seed]), (96, 128), cfg)
+        diff = np.abs(warp_back(s.image2, s.flow) - s.image1).mean(axis=2)
+        assert np.median(diff[s.noc]) < 2.0 and np.percentile(diff[s.noc], 90) < 8.0
+
+
+def test_random_homography_is_capped_and_perspective():
+    rng = np.random.default_rng(0)
+    ys, xs = np.mgrid[0:60, 0:80].astype(np.float64)
+    perspective = 0
+    for _ in range(20):
+        h = random_homography(rng, (60, 80), 10.0)
+        disp = apply_homography(h, xs, ys) - np.stack([xs, ys], -1)
+        assert np.linalg.norm(disp, axis=-1).max() <= 10.0 + 1e-3
+        perspective += abs(h[2, 0]) + abs(h[2, 1]) > 1e-7
+    assert perspective >= 15
+
+
+def test_smooth_field_bounded():
+    f = smooth_field(np.random.default_rng(1), (64, 96), amplitude=3.0, period=48.0)
+    assert f.shape == (64, 96, 2) and np.abs(f).max() <= 3.0 + 1e-5
+    assert np.abs(np.diff(f, axis=1)).max() < 1.0  # smooth: no folding
+
+
+def test_realistic_motion_statistics():
+    cfg = replace(synthetic_preset("realistic"), max_displacement=40.0)
+    mags = np.concatenate([np.linalg.norm(render_pair(np.random.default_rng([2, i]), (96, 128), cfg).flow,
+                                          axis=2).ravel() for i in range(24)])
+    assert mags.max() <= 40.0 * 1.1
+    assert np.mean(mags < 1.0) > 0.05  # a share of sub-pixel motion
+    assert np.percentile(mags, 95) > 0.25 * 40.0
+
+
+def test_camera_effects_stay_in_range_and_change_the_frames():
+    rng = np.random.default_rng(3)
+    base = np.random.default_rng(4).uniform(20, 235, (48, 64, 3)).astype(np.float32)
+    cfg = PhotometricConfig(jpeg_prob=1.0, motion_blur_prob=1.0)
+    for _ in range(5):
+        f1, f2 = camera_frames(rng, [base.copy(), base.copy()], np.array([4.0, 1.0]), cfg)
+        assert f1.dtype == f2.dtype == np.uint8 and f1.shape == base.shape
+        assert not np.array_equal(f1, f2)
+        ratio = f2.astype(np.float64).mean() / max(f1.astype(np.float64).mean(), 1.0)
+        assert 0.4 < ratio < 2.5
+    with pytest.raises(InputError):
+        PhotometricConfig(jpeg_quality=(90, 20))
+
+
+def test_camera_effects_off_keep_the_rendering():
+    cfg = PhotometricConfig(exposure_log2=0, gain_change_log2=0, gamma_log2=0, color_change=0, vignetting=0,
+                            read_noise=0, shot_noise=0, jpeg_prob=0, motion_blur_prob=0)
+    base = np.random.default_rng(4).uniform(0, 255, (16, 16, 3)).astype(np.float32)
+    f1, f2 = camera_frames(np.random.default_rng(0), [base, base], np.zeros(2), cfg)
+    np.testing.assert_array_equal(f1, np.rint(base).astype(np.uint8))
+    np.testing.assert_array_equal(f1, f2)
+
+
+def test_motion_blur_keeps_mean_and_smooths_along_direction():
+    img = np.zeros((21, 21), np.float32)
+    img[10, 10] = 1.0
+    out = motion_blur(img, np.array([1.0, 0.0]), 5.0)
+    assert out.sum() == pytest.approx(1.0, abs=1e-5)
+    assert out[10].sum() == pytest.approx(1.0, abs=1e-5)  # horizontal streak only
+
+
+def test_pools_keep_heldout_photos_out_of_training():
+    from training.data.photos import PHOTO_NAMES
+
+    assert "stereo_motorcycle" not in PHOTO_NAMES
+    extended = photo_pool("extended")
+    assert len(extended) >= 12
+    for name in HELDOUT_PHOTOS:
+        photo = load_photo_full(name)
+        if photo is None:
+            continue
+        small = cv2.resize(photo, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
+        aspect = photo.shape[0] / photo.shape[1]
+        for pyramid in extended:
+            level = pyramid[0]
+            if abs(level.shape[0] / level.shape[1] - aspect) < 1e-2:  # same framing: compare the pixels
+                resized = cv2.resize(level, small.shape[1::-1], interpolation=cv2.INTER_AREA)
+                assert np.abs(resized - small).mean() > 5.0, f"held-out photo {name} is in the training pool"
+    with pytest.raises(InputError):
+        photo_pool("nope")
+
+
+def test_heldout_pairs_are_exact_and_deterministic():
+    cfg = HeldoutRealConfig(size=(96, 128), motion_levels=(4.0,))
+    a, b = heldout_homography_pairs(cfg), heldout_homography_pairs(cfg)
+    assert len(a) >= 1 and a[0].name.endswith("4px")
+    np.testing.assert_array_equal(a[0].image1, b[0].image1)
+    photo = load_photo_full(HELDOUT_PHOTOS[0])
+    exact = replace(cfg, photometric=PhotometricConfig(exposure_log2=0, gain_change_log2=0, gamma_log2=0,
+                                                       color_change=0, vignetting=0, read_noise=0, shot_noise=0,
+                                                       jpeg_prob=0, motion_blur_prob=0))
+    img1, img2, flow, valid = warped_photo_pair(photo, np.random.default_rng(0), (96, 128), 6.0, exact)
+    diff = np.abs(warp_back(img2, flow) - img1).mean(axis=2)
+    assert np.median(diff[valid > 0]) < 2.0 and np.abs(flow).max() <= 6.0
+
+
+def test_presets_and_training_set():
+    with pytest.raises(InputError):
+        synthetic_preset("photoreal")
+    ds = build_training_set("synthetic", image_size=(64, 80), synthetic_preset="realistic")
+    image1, image2, flow, valid = ds[0]
+    assert image1.shape == (3, 64, 80) and flow.shape == (2, 64, 80)
+    assert ds.config.realism is not None
+
+
+def test_heldout_scoring_sweep_and_baselines():
+    import torch
+
+    from training.config import ModelConfig
+    from training.deq.config import DEQConfig
+    from training.heldout_eval import baseline_scores, score_set
+    from training.model.deq_flow import DEQFlow
+
+    torch.manual_seed(0)
+    model = DEQFlow(ModelConfig(variant="T", encoder_dims=(16, 24, 32),
+                                deq=DEQConfig(f_solver="fixed_point", f_max_iter=4))).eval()
+    pairs = heldout_homography_pairs(HeldoutRealConfig(size=(128, 128), motion_levels=(4.0,)))[:2]
+    scored = score_set(model, pairs, (2, 5), "test", baselines=("zero",))
+    assert scored["steps"] == [2, 5] and len(scored["deqflow"]["epe_per_pixel"]) == 2
+    assert len(scored["rel_residual"]) == 2 and set(scored["per_pair"]) == {p.name for p in pairs}
+    zero = baseline_scores({"h": pairs}, ("zero",))["h"]["zero"]
+    assert zero == pytest.approx(scored["baselines"]["zero"]["epe_per_pixel"]) and 0 < zero <= 4.0

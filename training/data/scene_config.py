@@ -1,0 +1,72 @@
+"""Typed options of the synthetic scene generator, and its named presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from deqflow.errors import InputError
+from training.data.homography import HomographyConfig
+from training.data.photometric import PhotometricConfig
+from training.data.textures import TextureConfig
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Scene options. Angles in degrees; (background, objects) pairs give the per-layer spread."""
+
+    max_displacement: float = 64.0
+    n_layers: tuple[int, int] = (2, 5)  # number of foreground objects, inclusive range
+    photometric: bool = True  # brightness change, sensor noise and blur; off = exact rendering
+    object_radius: tuple[float, float] = (0.06, 0.3)  # fraction of min(H, W)
+    rotation_std: tuple[float, float] = (1.5, 6.0)
+    log2_scale_range: tuple[float, float] = (0.03, 0.12)
+    shear_range: tuple[float, float] = (0.02, 0.05)
+    brightness_change: float = 0.06  # frame-to-frame gain change, fraction
+    max_noise_sigma: float = 2.5  # Gaussian noise sigma ~ U(0, max), grey levels
+    blur_prob: float = 0.25
+    texture: TextureConfig = field(default_factory=TextureConfig)
+    realism: RealismConfig | None = None  # None: the affine renderer of the shipped model's data
+
+    def __post_init__(self) -> None:
+        lo, hi = self.n_layers
+        if not 0 <= lo <= hi <= 100:
+            raise InputError(f"n_layers must be a range (lo, hi) with 0 <= lo <= hi <= 100, "
+                             f"got {self.n_layers}")
+        if self.max_displacement <= 0:
+            raise InputError(f"max_displacement must be positive, got {self.max_displacement}")
+
+
+@dataclass(frozen=True)
+class RealismConfig:
+    """The photograph-like renderer (realistic.py): camera homography, non-rigid object motion, a share
+    of small and sub-pixel scenes, and camera effects between the frames. Amplitudes are in px."""
+
+    homography: HomographyConfig = field(default_factory=HomographyConfig)
+    photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
+    small_motion_prob: float = 0.3  # chance that a whole scene moves at most small_motion_max px
+    small_motion_max: tuple[float, float] = (0.5, 4.0)
+    nonrigid_prob: float = 0.5  # chance per layer of a smooth deformation on top of its rigid motion
+    nonrigid_amplitude: float = 0.08  # deformation amplitude, fraction of the scene's max displacement
+    nonrigid_period: tuple[float, float] = (48.0, 160.0)  # its spatial scale, px
+    object_follows_camera_prob: float = 0.6  # objects move with the camera, plus their own motion
+
+    def __post_init__(self) -> None:
+        for name in ("small_motion_prob", "nonrigid_prob", "object_follows_camera_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InputError(f"{name} must be a probability, got {getattr(self, name)}")
+
+
+def _realistic() -> SyntheticConfig:
+    return SyntheticConfig(realism=RealismConfig(), texture=TextureConfig(photo_set="extended",
+                                                                          photo_zoom=(-1.0, 1.2)))
+
+
+# "classic" reproduces the data the shipped model was trained on; "realistic" is the photograph-like set.
+SYNTHETIC_PRESETS = {"classic": SyntheticConfig, "realistic": _realistic}
+
+
+def synthetic_preset(name: str) -> SyntheticConfig:
+    """The scene options of a named preset."""
+    if name not in SYNTHETIC_PRESETS:
+        raise InputError(f"unknown synthetic data preset {name!r}; choose one of {sorted(SYNTHETIC_PRESETS)}")
+    return SYNTHETIC_PRESETS[name]()
