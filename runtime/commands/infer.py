@@ -38,6 +38,9 @@ def add_arguments(p) -> None:
     g.add_argument("--model", default=None, help="ONNX export (any layout; a split export by its base name, e.g. "
                    "model.onnx for model.encoder/step/decode.onnx, or any of its three files) or TensorRT engine "
                    "(default: none)")
+    g.add_argument("--server", default=None, metavar="URL",
+                   help="send the solves to a running `deqflow serve` instead (http://HOST:8000 or grpc://HOST:8001; "
+                        "its model and solver settings apply; default: none)")
     src = p.add_argument_group("input (one of)")
     src.add_argument("--image1", default=None, help="first image of a pair (default: none)")
     src.add_argument("--image2", default=None, help="second image of a pair (default: none)")
@@ -80,8 +83,11 @@ def make_backend(args):
     from runtime.commands.common import backend_options, settings_from_args
     from runtime.errors import InputError
 
+    if args.server:
+        return server_backend(args)
     if bool(args.checkpoint) == bool(args.model):
-        raise InputError("give exactly one of --checkpoint (torch backend) and --model (ONNX export or engine)")
+        raise InputError("give exactly one of --checkpoint (torch backend), --model (ONNX export or engine) and "
+                         "--server (a running deqflow serve)")
     name = args.backend
     if name is None:
         if args.checkpoint:
@@ -95,6 +101,19 @@ def make_backend(args):
                          "deqflow export first")
     return create_backend(name, args.checkpoint or args.model, settings=settings_from_args(args),
                           **backend_options(name, args))
+
+
+def server_backend(args):
+    """The solves of this run on a `deqflow serve` server: its own model and solver settings apply."""
+    from runtime.errors import InputError
+    from runtime.serving.remote import ServerBackend
+
+    if args.checkpoint or args.model or args.backend:
+        raise InputError("--server runs the server's model: leave out --checkpoint, --model and --backend")
+    if args.warm_start:
+        raise InputError("--warm-start is not available with --server (the server's deqflow_stream model keeps "
+                         "each stream's fixed point itself; runtime.serving.client.Client.stream uses it)")
+    return ServerBackend(args.server)
 
 
 VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
@@ -203,7 +222,7 @@ def sequence_manifest(args, backend, source):
     """What this run's outputs depend on (runtime.manifest): compared with the folder's before any work."""
     from runtime.manifest import SequenceManifest, model_identity
 
-    model_path = args.checkpoint or args.model
+    model_path = args.checkpoint or args.model or args.server
     processing = {"pad_mode": args.pad_mode, "warm_start": args.warm_start,
                   "warm_start_mode": args.warm_start_mode if args.warm_start else None, "max_flow": args.max_flow}
     return SequenceManifest(model=model_identity(backend, model_path), backend=backend.label,
