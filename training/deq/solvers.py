@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -154,18 +155,20 @@ class _Tracker:
             self.snapshots[self.nstep] = self.best.clone()
         bad = ~torch.isfinite(absr)
         self.nonfinite |= bad
-        self.reason = self._reason(bool(bad.any()), current[self.mode]) or ""  # the one host sync per step
+        self.reason = self._reason(bad, current[self.mode]) or ""
         return bool(self.reason)
 
-    def _reason(self, bad: bool, current: Tensor) -> str | None:
-        """Why to stop after this evaluation (deqflow.solver_spec.stop_reason), or None."""
+    def _reason(self, bad: Tensor, current: Tensor) -> str | None:
+        """Why to stop after this evaluation (deqflow.solver_spec.stop_reason), or None. One device-to-host
+        copy per step: the NaN flags, the tolerance test and the residuals for the stagnation test together."""
         at_cap = self.nstep >= self.max_iter
         if self.stall is None and self.tol <= 0:
-            return "nonfinite" if bad else ("cap" if at_cap else None)
+            return "nonfinite" if bool(bad.any()) else ("cap" if at_cap else None)
         crit = current if self.return_final else self.lowest[self.mode]
-        converged = ((crit < self.tol) if self.tol > 0 else torch.zeros_like(self.nonfinite)).cpu().numpy()
-        stalled = converged & False if self.stall is None else self.stall.update(current.double().cpu().numpy())
-        return stop_reason(nonfinite=bad, converged=converged, stalled=stalled, at_cap=at_cap)
+        converged = (crit < self.tol) if self.tol > 0 else torch.zeros_like(bad)
+        host = torch.stack([bad.double(), converged.double(), current.double()]).cpu().numpy()
+        stalled = self.stall.update(host[2]) if self.stall is not None else np.zeros(len(host[2]), bool)
+        return stop_reason(nonfinite=bool(host[0].any()), converged=host[1] > 0, stalled=stalled, at_cap=at_cap)
 
     def result(self, shape: torch.Size) -> SolverResult:
         best = self.best.clone() if self.return_final else self.best  # don't pin a solver buffer
