@@ -265,6 +265,12 @@ def _row(label: str, steps: list[int], sets: list[str], epe: dict, delta: dict, 
             f"{epe['real']:.3f} ({delta['real']:+.3f}) | {epe['synthetic']:.3f} ({delta['synthetic']:+.3f}) |")
 
 
+def _stalls(runs: list[dict]) -> str:
+    """' (stalled on k of n pairs)' when the stagnation exit ended some of the solves."""
+    k = sum(r["reason"] == "stalled" for r in runs)
+    return f" (stalled on {k} of {len(runs)} pairs)" if k else ""
+
+
 def _shown(row: dict) -> bool:
     rule = row["rule"]
     return row["return_final"] and (rule["tol"] == 0 or rule["stall_window"] in (0, 6)) and rule["stall_margin"] == 0.01
@@ -277,8 +283,8 @@ def write_markdown(result: dict, path: str) -> None:
     replay = [_row(r["label"], r["steps"], sets, {k[4:]: r[k] for k in r if k.startswith("epe_")}, r["delta"],
                    r["solver_s"], r["speedup"]) for r in result["rules"] if r is result["rules"][0] or _shown(r)]
     d = result["default"]
-    real = [_row(label, [r["steps"] for r in a["runs"]], sets, a["epe"], a["delta"], a["solver_s"], a["speedup"])
-            for label, a in result["real"].items()]
+    real = [_row(label + _stalls(a["runs"]), [r["steps"] for r in a["runs"]], sets, a["epe"], a["delta"],
+                 a["solver_s"], a["speedup"]) for label, a in result["real"].items()]
     ok = max(d["measured"]["delta"].values()) <= result["budget_px"] and d["measured"]["speedup"] >= 3
     verdict = ("meets" if ok else "does not meet") + (f" the goal (within {result['budget_px']} px of the reference "
                                                       "on both sets in at least 3x less solver time)")
