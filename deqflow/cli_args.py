@@ -165,6 +165,10 @@ SOLVER_FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
     "solver": (("--solver", "--f_solver"), {"type": solver_name, "choices": tuple(SOLVER_OPTIONS), "metavar": "NAME",
                                             "help": f"fixed-point solver: {', '.join(SOLVER_OPTIONS)} "
                                                     "(naive_solver = fixed_point)"}),
+    "stall_window": (("--stall-window",), {"type": count_or_zero, "metavar": "W",
+                                           "help": "also stop once every sample's residual has stopped "
+                                                   "improving (by the model's stall margin) over W "
+                                                   "iterations; 0: off"}),
 }
 """Name -> (option strings, argparse keywords). The second and later option strings are the official names,
 accepted wherever the flag is."""

@@ -9,7 +9,8 @@ the exporter's verification, the scripts and the tests), so the stop rule cannot
 
 Semantics mirror the PyTorch solvers (training.deq.solvers), so step counts and residuals compare: a step
 is one evaluation of f; the solve stops when every sample's residual (in `stop_mode`) is below `tol` (never
-when tol <= 0), at the cap, or when a residual is NaN/Inf; the result is the last iterate (`return_final`,
+when tol <= 0) or stalled (deqflow.solver_spec.StallMonitor, the same test as the torch solvers), at the cap,
+or when a residual is NaN/Inf, and says why (`SolveStats.reason`); the result is the last iterate (`return_final`,
 the default here, as in the unrolled/Loop graphs) or per sample the lowest-residual one. Callers provide a
 `StepParts` object; the values it passes around (context, net, coords1) may stay on a device: the loop only
 pulls the (N,) residuals to the host each step, and the state when Anderson or lowest-residual tracking
@@ -26,7 +27,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from deqflow.errors import InputError
-from deqflow.solver_spec import SOLVER_NAMES, AndersonOptions, canonical_solver, check_stop_mode
+from deqflow.solver_spec import (
+    SOLVER_NAMES,
+    AndersonOptions,
+    StallMonitor,
+    StopRule,
+    canonical_solver,
+    check_stop_mode,
+    stop_reason,
+)
 
 HOST_METHODS = ("fixed_point", "anderson")
 """What the host loop runs; broyden runs in the torch backend only."""
@@ -44,6 +53,8 @@ class SolverSettings:
     anderson_m: int = 6
     anderson_lam: float = 1e-4
     anderson_beta: float = 1.0
+    stall_window: int | None = None  # stagnation exit over this many steps; 0 = off
+    stall_margin: float | None = None  # relative improvement that counts
 
     def __post_init__(self) -> None:
         if self.method is not None:
@@ -57,17 +68,33 @@ class SolverSettings:
         if self.tol is not None and not math.isfinite(float(self.tol)):
             raise InputError(f"tol must be a finite number, got {self.tol}")
         AndersonOptions(self.anderson_m, self.anderson_lam, self.anderson_beta).validate()
+        StopRule(stall_window=int(self.stall_window or 0),
+                 stall_margin=0.01 if self.stall_margin is None else float(self.stall_margin))
 
     def with_defaults(self, max_iter: int, tol: float = 0.0, stop_mode: str = "abs",
-                      method: str = "fixed_point") -> SolverSettings:
+                      method: str = "fixed_point", stall_window: int = 0, stall_margin: float = 0.01) -> SolverSettings:
         """A copy with every None filled from the model's defaults."""
         return replace(self, max_iter=int(self.max_iter if self.max_iter is not None else max_iter),
                        tol=float(self.tol if self.tol is not None else tol),
-                       stop_mode=self.stop_mode or stop_mode, method=self.method or method)
+                       stop_mode=self.stop_mode or stop_mode, method=self.method or method,
+                       stall_window=int(self.stall_window if self.stall_window is not None else stall_window),
+                       stall_margin=float(self.stall_margin if self.stall_margin is not None else stall_margin))
+
+    def with_rule(self, rule: StopRule, method: str = "fixed_point") -> SolverSettings:
+        """with_defaults from a model's stop rule."""
+        return self.with_defaults(rule.max_iter, rule.tol, rule.stop_mode, method, rule.stall_window,
+                                  rule.stall_margin)
+
+    def stop_rule(self) -> StopRule:
+        """The resolved settings' stop rule (print it with .describe())."""
+        return StopRule(tol=float(self.tol or 0.0), stop_mode=self.stop_mode or "abs", max_iter=int(self.max_iter or 1),
+                        stall_window=int(self.stall_window or 0),
+                        stall_margin=0.01 if self.stall_margin is None else float(self.stall_margin))
 
     def as_dict(self) -> dict:
         out = {"max_iter": self.max_iter, "tol": self.tol, "stop_mode": self.stop_mode, "method": self.method,
-               "return_final": self.return_final}
+               "return_final": self.return_final, "stall_window": self.stall_window,
+               "stall_margin": self.stall_margin}
         if self.method == "anderson":
             out.update(anderson_m=self.anderson_m, anderson_lam=self.anderson_lam, anderson_beta=self.anderson_beta)
         return out
@@ -90,6 +117,8 @@ class SolveStats:
     abs_trace: np.ndarray  # (N, iterations)
     rel_trace: np.ndarray
     nonfinite: bool = False
+    stalled: np.ndarray | None = None  # (N,) bool when the stagnation test ran
+    reason: str = ""  # why the solve ended: one of deqflow.solver_spec.STOP_REASONS
 
     @property
     def final_abs(self) -> np.ndarray:
@@ -222,6 +251,9 @@ class _Residuals:
         self.lowest = np.full(n, np.inf)  # in the stop mode
         self.best: np.ndarray | None = None  # packed (N, D) when tracking the lowest residual
         self.nonfinite = self.bad = False
+        window = int(settings.stall_window or 0)
+        self.stall = StallMonitor(n, window, settings.stall_margin or 0.0) if window > 0 else None
+        self.reason: str | None = None
 
     @property
     def keep_best(self) -> bool:
@@ -238,17 +270,21 @@ class _Residuals:
             self.best = fx.copy() if self.best is None else np.where(improved[:, None], fx, self.best)
         self.bad = not np.isfinite(res).all()
         self.nonfinite |= self.bad
-        self.current = current
+        crit = current if self.s.return_final else self.lowest
+        converged = crit < self.s.tol if self.s.tol > 0 else np.zeros(self.n, bool)
+        stalled = self.stall.update(current) if self.stall is not None else np.zeros(self.n, bool)
+        self.reason = stop_reason(nonfinite=self.bad, converged=converged, stalled=stalled,
+                                  at_cap=len(self.traces["abs"]) >= self.s.max_iter)
 
     def done(self) -> bool:
-        """The cap, a NaN/Inf residual, or every sample below the tolerance (current or lowest residual)."""
-        crit = self.current if self.s.return_final else self.lowest
-        return (len(self.traces["abs"]) >= self.s.max_iter or self.bad
-                or (self.s.tol > 0 and float(crit.max()) < self.s.tol))
+        """The cap, a NaN/Inf residual, or every sample below the tolerance (current or lowest residual) or
+        stalled."""
+        return self.reason is not None
 
     def stats(self) -> SolveStats:
         return SolveStats(iterations=len(self.traces["abs"]), abs_trace=np.stack(self.traces["abs"], axis=1),
-                          rel_trace=np.stack(self.traces["rel"], axis=1), nonfinite=self.nonfinite)
+                          rel_trace=np.stack(self.traces["rel"], axis=1), nonfinite=self.nonfinite,
+                          stalled=None if self.stall is None else self.stall.stalled.copy(), reason=self.reason or "")
 
 
 def check_settings(settings: SolverSettings) -> SolverSettings:

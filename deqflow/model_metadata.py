@@ -16,6 +16,7 @@ from pathlib import Path
 
 from deqflow.errors import FileFormatError
 from deqflow.shapes import ShapeProfiles
+from deqflow.solver_spec import StopRule
 
 if typing.TYPE_CHECKING:
     import onnx
@@ -36,6 +37,9 @@ ONNX_SUFFIX = ".onnx"
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".tar")
 REQUIRED = ("variant", "layout", "part", "iterations")
+STOP_EXITS = {"unrolled": ("cap",), "loop": ("tolerance", "cap"), "split": ("tolerance", "stalled", "cap")}
+"""What can end the solve of each layout: a graph cannot run the stagnation test (it needs the residual
+history), so the Loop exits on its tolerance and its trip count only; the split layout's host loop does all."""
 
 
 @dataclass
@@ -46,6 +50,8 @@ class ModelMetadata:
     parts: for split, {part: file name} of the sibling files (same folder).
     iterations: unrolled: steps written out; loop: trip count M (the cap); split: recommended host cap.
     tolerance: loop: early-exit threshold inside the graph (0 = never); split: recommended host stop rule.
+    stall_window / stall_margin: split: the host loop's stagnation exit (0 = off); always 0 for unrolled and
+    loop files, whose graphs cannot do it (`stop_exits` lists what ends their solve).
     context_names: split: encoder outputs that the step graph takes unchanged (besides net, coords1).
     shape_hints: dynamic exports: {'min'|'opt'|'max': {input name: shape}}; static: the fixed shapes.
     """
@@ -57,6 +63,9 @@ class ModelMetadata:
     solver: str = "fixed_point"
     tolerance: float = 0.0
     stop_mode: str = "abs"
+    stall_window: int = 0
+    stall_margin: float = 0.01
+    stop_exits: list[str] = field(default_factory=list)
     precision: str = "fp32"
     lookup: str = "gather"
     opset: int = 17
@@ -102,6 +111,12 @@ class ModelMetadata:
             raise FileFormatError(f"{source}: metadata format {version} is newer than this toolkit understands "
                                   f"({FORMAT_VERSION}); update deqflow")
         return cls(**values)
+
+    def stop_rule(self) -> StopRule:
+        """The stop rule this file's solve follows (the graph's own, or the split layout's recommendation)."""
+        window = self.stall_window if self.layout == "split" else 0
+        return StopRule(tol=self.tolerance if self.layout != "unrolled" else 0.0, stop_mode=self.stop_mode,
+                        max_iter=self.iterations, stall_window=window, stall_margin=self.stall_margin)
 
     def sibling_paths(self, path: str | os.PathLike) -> dict[str, Path]:
         """Split layout: {part: path} of the three files, resolved next to `path`."""

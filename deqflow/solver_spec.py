@@ -6,7 +6,10 @@ Torch-free on purpose: configs, exports and the runtime validate solver settings
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
 
 from deqflow.errors import InputError
 
@@ -83,3 +86,92 @@ def check_stop_mode(mode: str, what: str = "stop mode") -> str:
     if mode not in STOP_MODES:
         raise InputError(f"{what} must be one of {', '.join(STOP_MODES)}, got {mode!r}")
     return mode
+
+
+STOP_REASONS = ("tolerance", "stalled", "cap", "nonfinite")
+"""Why a solve ended: every sample below the tolerance; every sample below it or stalled (at least one
+stalled); the iteration cap; a NaN/Inf residual."""
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When a solve stops: residual (in `stop_mode`) below `tol` for every sample (never when tol <= 0), or
+    each remaining sample stalled (no relative improvement of at least `stall_margin` over `stall_window`
+    steps; window 0 = off), or `max_iter` steps. Plain data, carried by checkpoints and exports."""
+
+    tol: float = 0.0
+    stop_mode: str = "abs"
+    max_iter: int = 60
+    stall_window: int = 0
+    stall_margin: float = 0.01
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        check_stop_mode(self.stop_mode, "stop rule mode")
+        if not isinstance(self.max_iter, int) or self.max_iter < 1:
+            raise InputError(f"stop rule max_iter must be an integer >= 1, got {self.max_iter!r}")
+        if not isinstance(self.stall_window, int) or self.stall_window < 0:
+            raise InputError(f"stall window must be an integer >= 0 (0 = off), got {self.stall_window!r}")
+        if not 0 <= self.stall_margin < 1:
+            raise InputError(f"stall margin must be in [0, 1), got {self.stall_margin}")
+        if not math.isfinite(float(self.tol)):
+            raise InputError(f"stop rule tolerance must be finite, got {self.tol}")
+
+    def describe(self) -> str:
+        """One line for logs and printed summaries, e.g. 'rel < 0.005 or stalled over 6 or 60 iterations'."""
+        parts = [f"{self.stop_mode} < {self.tol:g}"] if self.tol > 0 else []
+        if self.stall_window > 0:
+            parts.append(f"stalled over {self.stall_window}")
+        return " or ".join([*parts, f"{self.max_iter} iterations"])
+
+    def as_dict(self) -> dict:
+        return {"tol": float(self.tol), "stop_mode": self.stop_mode, "max_iter": int(self.max_iter),
+                "stall_window": int(self.stall_window), "stall_margin": float(self.stall_margin)}
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "stop rule") -> StopRule:
+        """A rule from its as_dict() form; InputError naming `where` for anything else."""
+        names = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or set(data) - names:
+            raise InputError(f"{where} must be a mapping with keys {sorted(names)}, got {data!r}")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{where}: {exc}") from None
+
+
+class StallMonitor:
+    """Per-sample stagnation test, shared by the torch solvers and the host solver so both stop on the same
+    step: a sample's reference residual is its value at its last significant improvement (below
+    (1 - margin) x the previous reference); the sample is stalled (for good) once `window` consecutive
+    steps bring none. numpy on (N,) residuals; NaN never counts as an improvement."""
+
+    def __init__(self, n: int, window: int, margin: float) -> None:
+        self.window, self.factor = int(window), 1.0 - float(margin)
+        self.reference = np.full(n, np.inf)
+        self.since = np.zeros(n, np.int64)
+        self.stalled = np.zeros(n, bool)
+
+    def update(self, residual: np.ndarray) -> np.ndarray:
+        """Book one step's residuals; returns the (N,) stalled flags."""
+        residual = np.asarray(residual, np.float64).reshape(self.reference.shape)
+        improved = residual < self.reference * self.factor
+        improved |= np.isinf(self.reference) & np.isfinite(residual)
+        self.reference = np.where(improved, residual, self.reference)
+        self.since = np.where(improved, 0, self.since + 1)
+        if self.window > 0:
+            self.stalled |= self.since >= self.window
+        return self.stalled
+
+
+def stop_reason(*, nonfinite: bool, converged: np.ndarray, stalled: np.ndarray, at_cap: bool) -> str | None:
+    """The reason to stop after a step (STOP_REASONS), or None to go on. `converged`/`stalled`: (N,) bools."""
+    if nonfinite:
+        return "nonfinite"
+    if converged.all():
+        return "tolerance"
+    if (converged | stalled).all():
+        return "stalled"
+    return "cap" if at_cap else None

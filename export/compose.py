@@ -188,7 +188,7 @@ def build_unrolled(parts: Parts, iters: int) -> onnx.ModelProto:
 
 
 def build_loop(parts: Parts, iters: int, tolerance: float = 0.0, stop_mode: str = "abs") -> onnx.ModelProto:
-    """Encoder, one ONNX Loop over the step, decoder.
+    """Encoder, one ONNX Loop over the step, decoder. No stagnation exit (it needs the residual history).
 
     Trip count M = `iters` (an initializer). Without a tolerance the Loop has no condition input (a counted
     loop: TensorRT kCOUNT) and the body's condition output is its (true) condition input. With a tolerance
@@ -241,9 +241,9 @@ def build_loop(parts: Parts, iters: int, tolerance: float = 0.0, stop_mode: str 
     outputs = _outputs(parts, with_iterations=True)
     nodes = prune(nodes, [o.name for o in outputs])
     inputs = [_value_info(parts.encoder.graph, v.name) for v in parts.encoder.graph.input]
-    rule = (f"stops once max residual ({stop_mode}) < {tolerance:g}" if tolerance > 0 else "no early exit")
-    doc = (f"DEQ-Flow with the fixed-point solver as an ONNX Loop: at most {iters} steps, {rule}; then convex "
-           "upsampling. Inputs: float RGB 0..255, H and W multiples of 8.")
+    rule = f"stops once max residual ({stop_mode}) < {tolerance:g}" if tolerance > 0 else "no early exit"
+    doc = (f"DEQ-Flow with the fixed-point solver as an ONNX Loop: at most {iters} steps, {rule} (no stagnation "
+           "exit); then convex upsampling. Inputs: float RGB 0..255, H and W multiples of 8.")
     inits = [*prefixed_initializers(parts.encoder.graph, "encoder/"),
              *prefixed_initializers(parts.decode.graph, "decode/"), *consts]
     return _finish("deqflow_loop", nodes, inputs, outputs, inits, parts.encoder, doc)

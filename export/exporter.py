@@ -23,7 +23,7 @@ from deqflow import __version__
 from deqflow.errors import CheckpointError, DeqflowError, InputError
 from deqflow.fileio import atomic_outputs
 from deqflow.host_solver import SolverSettings
-from deqflow.model_metadata import ModelMetadata, split_part_names
+from deqflow.model_metadata import STOP_EXITS, ModelMetadata, split_part_names
 from deqflow.onnx_integrity import record_weights_digest
 from deqflow.onnx_session import run_export
 from export.checks import CheckReport, check_model, count_nodes, simplify
@@ -141,6 +141,8 @@ def _metadata(model: DEQFlow, cfg: ExportConfig, iters: int, stop_mode: str, sha
     return ModelMetadata(
         variant=model.cfg.variant, layout=cfg.layout, part=layout_part, iterations=iters,
         solver="fixed_point", tolerance=float(cfg.tolerance), stop_mode=stop_mode, precision=cfg.precision,
+        stall_window=model.cfg.deq.stall_window if cfg.layout == "split" else 0,
+        stall_margin=model.cfg.deq.stall_margin, stop_exits=list(STOP_EXITS[cfg.layout]),
         lookup=cfg.lookup, opset=cfg.opset, dynamic=cfg.dynamic, batch=cfg.batch, height=cfg.height,
         width=cfg.width, shape_hints=shape_hints, flow_init=cfg.flow_init, hidden_dim=model.cfg.hidden_dim,
         corr_levels=model.cfg.corr_levels, corr_radius=model.cfg.corr_radius, parts=parts, context_names=context,

@@ -64,7 +64,8 @@ class ModelFile:
         if m is not None:
             out.update(variant=m.variant, iterations=m.iterations, tolerance=m.tolerance, stop_mode=m.stop_mode,
                        precision=m.precision, lookup=m.lookup, height=m.height, width=m.width, batch=m.batch,
-                       dynamic=m.dynamic, checkpoint_sha256=m.checkpoint_sha256)
+                       dynamic=m.dynamic, checkpoint_sha256=m.checkpoint_sha256,
+                       stop_rule=m.stop_rule().describe())
         return out
 
 

@@ -19,7 +19,8 @@ from deqflow.checkpoint import (
     split_checkpoint,
     write_checkpoint,
 )
-from deqflow.errors import CheckpointError
+from deqflow.errors import CheckpointError, InputError
+from deqflow.solver_spec import StopRule
 from training.config import VARIANTS, ModelConfig
 from training.deq.config import DEQConfig
 from training.model.deq_flow import DEQFlow
@@ -75,14 +76,37 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, Any]
     model.load_state_dict(state_dict, strict=True)
 
 
+STOP_RULE_KEY = "stop_rule"
+"""Checkpoint metadata entry holding the model's own inference stop rule (StopRule.as_dict())."""
+
+
+def stop_rule_of(meta: Mapping[str, Any], path: str = "checkpoint") -> StopRule | None:
+    """The stop rule a checkpoint's metadata carries, None when it has none; CheckpointError if malformed."""
+    if meta.get(STOP_RULE_KEY) is None:
+        return None
+    try:
+        return StopRule.from_dict(meta[STOP_RULE_KEY], f"{path}: metadata {STOP_RULE_KEY}")
+    except InputError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def stamp_stop_rule(source: str | os.PathLike, output: str | os.PathLike, rule: StopRule) -> None:
+    """Write a copy of a deqflow-format checkpoint whose metadata carries `rule` (weights unchanged)."""
+    state_dict, cfg_dict, meta = split_checkpoint(read_checkpoint_file(str(source)), str(source))
+    if cfg_dict is None:
+        raise CheckpointError(f"{source} is an official state dict: load and save it with deqflow first")
+    write_checkpoint(output, make_payload(state_dict, cfg_dict, {**meta, STOP_RULE_KEY: rule.as_dict()}))
+
+
 def load_model(path: str | os.PathLike, *, variant: str | None = None, deq: DEQConfig | None = None,
-               device: str | torch.device = "cpu", lookup: str = "grid_sample",
+               device: str | torch.device = "cpu", lookup: str = "grid_sample", stop_rule: StopRule | None = None,
                **model_overrides: Any) -> tuple[DEQFlow, dict[str, Any]]:
     """Load an official or deqflow checkpoint into a DEQFlow model in eval mode.
 
     variant: the variant the caller expects (checked against the weights); inferred when None.
     deq: solver settings; default = the checkpoint's own (deqflow format) or the official evaluation
-    protocol (fixed-point iteration, 40 x 1.5 = 60 steps) for official checkpoints.
+    protocol (fixed-point iteration, 40 x 1.5 = 60 steps) for official checkpoints; then the inference stop
+    rule: `stop_rule`, else (when `deq` is None) the one in the checkpoint's metadata (`stop_rule` entry).
     Returns (model, metadata); metadata includes the checkpoint's sha256.
     """
     path = str(path)
@@ -102,6 +126,9 @@ def load_model(path: str | os.PathLike, *, variant: str | None = None, deq: DEQC
         setattr(cfg, key, value)
     if deq is not None:
         cfg.deq = deq
+    rule = stop_rule or (stop_rule_of(meta, path) if deq is None else None)
+    if rule is not None:
+        cfg.deq = cfg.deq.with_stop_rule(rule)
     model = DEQFlow(cfg, lookup=lookup)
     load_state_dict_strict(model, state_dict, path)
     meta = {**meta, "sha256": sha256_file(path), "path": path}

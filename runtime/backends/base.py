@@ -45,6 +45,8 @@ class InferenceResult:
     state: WarmState | None = None  # fixed point for warm-starting the next frame (split layout / torch)
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    stalled: np.ndarray | None = None  # (N,) bool when the stagnation test ran (split layout / torch)
+    stop_reason: str = ""  # deqflow.solver_spec.STOP_REASONS; '' when a graph ran the whole solve
 
     def outputs(self) -> dict[str, np.ndarray]:
         """Named outputs for comparison (same names as the ONNX graphs)."""
@@ -61,7 +63,8 @@ class InferenceResult:
                 "final_abs_residual": [float(v) for v in np.asarray(self.residual).ravel()],
                 "final_rel_residual": None if self.residual_rel is None
                 else [float(v) for v in np.asarray(self.residual_rel).ravel()],
-                "seconds": self.seconds}
+                "seconds": self.seconds, "stop_reason": self.stop_reason or None,
+                "stalled": None if self.stalled is None else [bool(v) for v in np.asarray(self.stalled).ravel()]}
 
 
 class Backend(ABC):
@@ -168,7 +171,7 @@ def resolve_for_file(settings: SolverSettings, file: ModelFile) -> SolverSetting
     meta = file.exported()
     if file.is_split:
         method = meta.solver if meta.solver in ("fixed_point", "anderson") else "fixed_point"
-        return settings.with_defaults(meta.iterations, meta.tolerance, meta.stop_mode, method)
+        return settings.with_rule(meta.stop_rule(), method)
     return graph_settings(settings, meta, str(file.path))
 
 
@@ -184,6 +187,9 @@ def graph_settings(settings: SolverSettings, meta: ModelMetadata, path: str) -> 
     if s.tol is not None and float(s.tol) != float(meta.tolerance) and not (s.tol <= 0 and meta.tolerance <= 0):
         raise InputError(f"{where} cannot stop at tolerance {s.tol:g}: its stopping rule is in the graph; "
                          "use the split layout or re-export the loop layout with --tolerance")
+    if s.stall_window:
+        raise InputError(f"{where} exits on its tolerance and trip count only: the stagnation exit needs the split "
+                         "layout or the torch backend")
     if s.method not in (None, "fixed_point") or not s.return_final:
         raise InputError(f"{where} runs plain fixed-point steps and returns the last iterate; Anderson or "
                          "lowest-residual selection needs the split layout")
@@ -244,7 +250,7 @@ class ExportedModelBackend(Backend):
         return InferenceResult(flow=r.flow, flow_low=r.flow_low, iterations=r.stats.iterations,
                                residual=r.stats.final_abs, residual_rel=r.stats.final_rel,
                                abs_trace=r.stats.abs_trace, rel_trace=r.stats.rel_trace, state=r.state,
-                               timings=r.timings)
+                               timings=r.timings, stalled=r.stats.stalled, stop_reason=r.stats.reason)
 
     def _graph_feeds(self, input_names, image1: np.ndarray, image2: np.ndarray,
                      flow_init: np.ndarray | None) -> dict[str, np.ndarray]:

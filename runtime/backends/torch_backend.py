@@ -60,7 +60,7 @@ class TorchBackend(Backend):
 
     def _resolve(self, settings: SolverSettings) -> SolverSettings:
         deq = self.model.cfg.deq
-        return settings.with_defaults(deq.eval_max_iter, deq.f_tol, deq.f_stop_mode, canonical_solver(deq.f_solver))
+        return settings.with_rule(deq.stop_rule(), canonical_solver(deq.f_solver))
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -99,7 +99,7 @@ class TorchBackend(Backend):
             with torch.no_grad():
                 out = self.model(t1, t2, flow_init=init, cached_state=cached, iters=s.max_iter, solver=s.method,
                                  tol=s.tol, stop_mode=s.stop_mode, return_final=s.return_final,
-                                 solver_options=options)
+                                 solver_options=options, stall_window=s.stall_window, stall_margin=s.stall_margin)
         except ValueError as exc:
             raise InputError(f"torch backend: {exc}") from None
         if self.device.type == "cuda":
@@ -109,7 +109,8 @@ class TorchBackend(Backend):
         return InferenceResult(flow=out.flow_up.float().cpu().numpy(), flow_low=out.flow_low.float().cpu().numpy(),
                                iterations=int(out.stats.nstep), residual=abs_trace[:, -1],
                                residual_rel=rel_trace[:, -1], abs_trace=abs_trace, rel_trace=rel_trace,
-                               state=WarmState(out.state[0], out.state[1]))
+                               state=WarmState(out.state[0], out.state[1]), stop_reason=out.stats.reason,
+                               stalled=None if out.stats.stalled is None else out.stats.stalled.cpu().numpy())
 
     def close(self) -> None:
         self.model = None

@@ -21,7 +21,8 @@ def add_solver_args(p: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> SolverSettings:
     return SolverSettings(max_iter=args.iters, tol=args.tol, stop_mode=args.stop_mode, method=args.solver,
-                          return_final=not getattr(args, "lowest_residual", False))
+                          return_final=not getattr(args, "lowest_residual", False),
+                          stall_window=getattr(args, "stall_window", None))
 
 
 def add_backend_options(p: argparse.ArgumentParser) -> None:

@@ -161,3 +161,91 @@ def test_settings_are_checked():
         solve(Halving(), IMG, IMG, SolverSettings())
     with pytest.raises(InputError, match="broyden"):
         _solve(Halving(), max_iter=3, tol=0.0, method="broyden")
+
+
+# ---------------------------------------------------------------------- stagnation exit and stop reasons
+
+def test_a_plateau_stalls_after_exactly_window_steps():
+    from deqflow.solver_spec import StallMonitor
+
+    monitor = StallMonitor(1, window=3, margin=0.01)
+    flags = [bool(monitor.update(np.array([r]))[0]) for r in (1.0, 0.5, 0.5, 0.499, 0.5, 0.6, 0.5)]
+    # 0.5 is the last significant improvement (step 2); steps 3, 4, 5 bring none (0.499 is within 1 %)
+    assert flags == [False, False, False, False, True, True, True]
+
+
+def test_a_residual_that_keeps_improving_never_stalls():
+    from deqflow.solver_spec import StallMonitor
+
+    monitor = StallMonitor(1, window=2, margin=0.01)
+    # 0.6 % per step: no single step is a significant improvement, but two together are (1.2 %)
+    assert not any(monitor.update(np.array([0.994 ** k]))[0] for k in range(500))
+
+
+def test_host_solver_stops_on_a_plateau_with_the_reason():
+    parts = Scripted([(1.0, 1.0)] * 20)
+    r = _solve(parts, max_iter=20, tol=0.0, stall_window=4)
+    assert r.stats.iterations == parts.steps == 5 and r.stats.reason == "stalled"
+    assert r.stats.stalled.tolist() == [True, True]
+    assert r.flow[0, 0, 0, 0] == 5 - 8  # the last iterate (step 5)
+
+
+def test_stagnation_is_per_sample_in_a_batch():
+    # sample 0 plateaus at 1.0; sample 1 improves by half each step and goes below tol at step 7
+    residuals = [(1.0, 2.0 ** -k) for k in range(30)]
+    r = _solve(Scripted(residuals), max_iter=30, tol=0.01, stall_window=3)
+    assert r.stats.iterations == 8 and r.stats.reason == "stalled"  # 2^-7 < 0.01 at step 8
+    assert r.stats.stalled.tolist() == [True, False]
+    # without a tolerance sample 1 never ends, so the batch runs to the cap
+    r = _solve(Scripted(residuals), max_iter=30, tol=0.0, stall_window=3)
+    assert r.stats.iterations == 30 and r.stats.reason == "cap" and r.stats.stalled.tolist() == [True, False]
+
+
+@pytest.mark.parametrize("settings,reason,steps", [
+    ({"max_iter": 5, "tol": 0.0}, "cap", 5),
+    ({"max_iter": 10, "tol": 1.5}, "tolerance", 3),
+    ({"max_iter": 10, "tol": 0.0, "stall_window": 2}, "cap", 10),  # halving never stalls
+])
+def test_stop_reasons(settings, reason, steps):
+    r = _solve(Halving(), **settings)
+    assert (r.stats.reason, r.stats.iterations) == (reason, steps)
+    assert (r.stats.stalled is None) == (not settings.get("stall_window"))
+
+
+def test_nonfinite_is_the_reason():
+    r = _solve(Scripted([(1.0, 1.0), (float("nan"), 1.0), (1.0, 1.0)]), max_iter=3, tol=0.0, stall_window=1)
+    assert r.stats.reason == "nonfinite" and r.stats.iterations == 2
+
+
+def test_stop_rule_data_and_description():
+    from deqflow.solver_spec import StopRule
+
+    rule = StopRule(tol=0.005, stop_mode="rel", max_iter=60, stall_window=6, stall_margin=0.01)
+    assert rule.describe() == "rel < 0.005 or stalled over 6 or 60 iterations"
+    assert StopRule(max_iter=60).describe() == "60 iterations"
+    assert StopRule.from_dict(rule.as_dict()) == rule
+    settings = SolverSettings(stall_window=6).with_rule(rule)
+    assert settings.stop_rule() == rule and settings.as_dict()["stall_window"] == 6
+    for bad in ({"stall_window": -1}, {"stall_margin": 1.0}, {"max_iter": 0}, {"stop_mode": "max"},
+                {"tol": float("nan")}):
+        with pytest.raises(InputError):
+            StopRule(**bad)
+    with pytest.raises(InputError, match="keys"):
+        StopRule.from_dict({"tol": 1, "window": 3})
+    with pytest.raises(InputError, match="stall window"):
+        SolverSettings(stall_window=-2)
+
+
+def test_export_metadata_carries_the_stop_rule():
+    from deqflow.model_metadata import STOP_EXITS, ModelMetadata
+    from deqflow.solver_spec import StopRule
+
+    meta = ModelMetadata(variant="T", layout="split", part="step", iterations=60, tolerance=0.005, stop_mode="rel",
+                         stall_window=6, stall_margin=0.02, stop_exits=list(STOP_EXITS["split"]))
+    back = ModelMetadata.from_props(meta.to_props())
+    assert back == meta
+    assert back.stop_rule() == StopRule(tol=0.005, stop_mode="rel", max_iter=60, stall_window=6, stall_margin=0.02)
+    loop = ModelMetadata(variant="T", layout="loop", part="model", iterations=60, tolerance=0.005, stall_window=6)
+    assert loop.stop_rule().stall_window == 0 and STOP_EXITS["loop"] == ("tolerance", "cap")
+    old = {k: v for k, v in meta.to_props().items() if "stall" not in k and "stop_exits" not in k}
+    assert ModelMetadata.from_props(old).stall_window == 0  # files written before the field existed

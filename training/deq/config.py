@@ -6,7 +6,7 @@ metadata can be read and validated where PyTorch is not installed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from deqflow.errors import InputError
 from deqflow.solver_spec import (
@@ -14,6 +14,7 @@ from deqflow.solver_spec import (
     AndersonOptions,
     BroydenOptions,
     FixedPointOptions,
+    StopRule,
     canonical_solver,
     check_stop_mode,
 )
@@ -43,6 +44,8 @@ class SolveOverrides:
     stop_mode: str | None = None
     return_final: bool | None = None
     options: SolverOptions | None = None
+    stall_window: int | None = None
+    stall_margin: float | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class SolveSettings:
     stop_mode: str
     return_final: bool
     options: SolverOptions  # an instance of SOLVER_OPTIONS[solver]
+    stall_window: int = 0  # stagnation exit (deqflow.solver_spec.StopRule); 0 = off
+    stall_margin: float = 0.01
 
 
 @dataclass
@@ -89,6 +94,8 @@ class DEQConfig:
     anderson_beta: float = 1.0  # Anderson mixing
     broyden_memory: int = 0  # Broyden rank-one terms kept; 0 = the solve's iteration cap
     sradius_mode: bool = False  # --sradius_mode: estimate the Jacobian spectral radius at eval
+    stall_window: int = 0  # evaluation only: stop once no residual improvement over this many steps; 0 = off
+    stall_margin: float = 0.01  # relative improvement that counts (see deqflow.solver_spec.StopRule)
 
     def __post_init__(self) -> None:
         self.indexing = tuple(int(i) for i in self.indexing)
@@ -122,6 +129,7 @@ class DEQConfig:
             raise InputError(f"evaluation iterations must be >= 1: eval_f_max_iter={self.eval_f_max_iter}, "
                              f"eval_factor={self.eval_factor}, f_max_iter={self.f_max_iter}")
         self._validate_schedule()
+        self.stop_rule()  # validates the stagnation settings
         for solver in SOLVER_OPTIONS:
             self.solver_options(solver).validate()
 
@@ -154,8 +162,20 @@ class DEQConfig:
         values = {option: getattr(self, field) for option, field in OPTION_FIELDS[solver].items()}
         return SOLVER_OPTIONS[solver](**values)
 
-    def forward_solve(self, overrides: SolveOverrides | None = None) -> SolveSettings:
-        """Settings of the forward solve: this config's, changed by `overrides` (validated)."""
+    def stop_rule(self, max_iter: int | None = None) -> StopRule:
+        """The evaluation stop rule (tolerance, mode, cap, stagnation exit) as plain data."""
+        return StopRule(tol=float(self.f_tol), stop_mode=self.f_stop_mode, stall_window=int(self.stall_window),
+                        max_iter=int(self.eval_max_iter if max_iter is None else max_iter),
+                        stall_margin=float(self.stall_margin))
+
+    def with_stop_rule(self, rule: StopRule) -> DEQConfig:
+        """A copy whose evaluation solves follow `rule` (f_tol and f_stop_mode also apply in training)."""
+        return replace(self, f_tol=float(rule.tol), f_stop_mode=rule.stop_mode, eval_f_max_iter=int(rule.max_iter),
+                       stall_window=int(rule.stall_window), stall_margin=float(rule.stall_margin))
+
+    def forward_solve(self, overrides: SolveOverrides | None = None, training: bool = False) -> SolveSettings:
+        """Settings of the forward solve: this config's, changed by `overrides` (validated). Training solves
+        never stop on stagnation (the official recipe's fixed budget)."""
         o = overrides or SolveOverrides()
         solver = canonical_solver(self.f_solver if o.solver is None else o.solver)
         options = self.solver_options(solver) if o.options is None else o.options
@@ -164,8 +184,13 @@ class DEQConfig:
                              f"got {type(options).__name__}")
         options.validate()
         stop_mode = check_stop_mode(self.f_stop_mode if o.stop_mode is None else o.stop_mode)
+        window = self.stall_window if o.stall_window is None else o.stall_window
+        margin = self.stall_margin if o.stall_margin is None else o.stall_margin
+        rule = StopRule(tol=0.0, stop_mode=stop_mode, stall_window=0 if training else int(window),
+                        stall_margin=float(margin))
         return SolveSettings(solver=solver, tol=float(self.f_tol if o.tol is None else o.tol),
-                             stop_mode=stop_mode, options=options,
+                             stop_mode=stop_mode, options=options, stall_window=rule.stall_window,
+                             stall_margin=rule.stall_margin,
                              return_final=bool(self.return_final if o.return_final is None else o.return_final))
 
     def backward_solve(self) -> SolveSettings:

@@ -69,7 +69,7 @@ class DEQ:
         """
         if max_iter is not None and int(max_iter) < 1:
             raise InputError(f"max_iter must be >= 1, got {max_iter}")
-        solve = self.cfg.forward_solve(overrides)
+        solve = self.cfg.forward_solve(overrides, training=training)
         if not training:
             return self._evaluate(f, z0, solve, max_iter, return_trajectory)
         if self.cfg.core == "sliced":

@@ -27,7 +27,8 @@ class Solver(Protocol):
 
     def __call__(self, f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "abs",
                  indexing: Sequence[int] | None = None, return_final: bool = False,
-                 options: SolverOptions | None = None) -> SolverResult: ...
+                 options: SolverOptions | None = None, stall_window: int = 0,
+                 stall_margin: float = 0.01) -> SolverResult: ...
 
 
 @dataclass(frozen=True)
@@ -47,13 +48,15 @@ class RegisteredSolver:
 
     def __call__(self, f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "abs",
                  indexing: Sequence[int] | None = None, return_final: bool = False,
-                 options: SolverOptions | None = None) -> SolverResult:
+                 options: SolverOptions | None = None, stall_window: int = 0,
+                 stall_margin: float = 0.01) -> SolverResult:
         options = self.options_type() if options is None else options
         if type(options) is not self.options_type:
             raise InputError(f"solver {self.name!r} takes {self.options_type.__name__}, "
                              f"got {type(options).__name__}")
         return self.algorithm(f, z0, max_iter=max_iter, tol=tol, stop_mode=stop_mode, indexing=indexing,
-                              return_final=return_final, **asdict(options))
+                              return_final=return_final, stall_window=stall_window, stall_margin=stall_margin,
+                              **asdict(options))
 
 
 SOLVERS: dict[str, Solver] = {
@@ -73,4 +76,5 @@ def run_solver(settings: SolveSettings, f: Func, z0: Tensor, *, max_iter: int,
     """One solve with resolved settings (DEQConfig.forward_solve / backward_solve)."""
     return get_solver(settings.solver)(f, z0, max_iter=max_iter, tol=settings.tol, stop_mode=settings.stop_mode,
                                        indexing=indexing, return_final=settings.return_final,
-                                       options=settings.options)
+                                       options=settings.options, stall_window=settings.stall_window,
+                                       stall_margin=settings.stall_margin)

@@ -7,7 +7,10 @@ Conventions shared by all solvers (and by the official DEQ-Flow code, so step co
   (the next iterate) and x itself for Broyden;
 - the returned z is, per sample, the estimate with the lowest residual in `stop_mode`, or the last one
   with `return_final`; the solve stops once that residual is below `tol` for every sample (never when
-  tol <= 0) or an evaluation is NaN/Inf (reported in `stats.nonfinite`, never iterated on).
+  tol <= 0), once every sample is below it or stalled (no relative improvement of `stall_margin` over
+  `stall_window` steps; deqflow.solver_spec.StallMonitor, shared with the host solver; window 0 = off), at
+  the cap, or when an evaluation is NaN/Inf (reported in `stats.nonfinite`, never iterated on). Why it
+  stopped is `stats.reason` (deqflow.solver_spec.STOP_REASONS).
 Solvers run without autograd: gradients are attached afterwards by `training.deq.grad`. States of any
 shape (B, ...) are accepted and handled as flat (B, D) vectors.
 """
@@ -18,11 +21,20 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from deqflow.errors import InputError
-from deqflow.solver_spec import REL_EPS, AndersonOptions, BroydenOptions, FixedPointOptions, check_stop_mode
+from deqflow.solver_spec import (
+    REL_EPS,
+    AndersonOptions,
+    BroydenOptions,
+    FixedPointOptions,
+    StallMonitor,
+    check_stop_mode,
+    stop_reason,
+)
 
 Func = Callable[[Tensor], Tensor]
 
@@ -43,6 +55,8 @@ class SolverStats:
     rel_lowest: Tensor  # (B,)
     sradius: Tensor | None = None  # (B,) spectral radius of the Jacobian at the fixed point, when estimated
     nonfinite: Tensor | None = None  # (B,) bool: the sample met NaN/Inf and the solve stopped there
+    stalled: Tensor | None = None  # (B,) bool: the sample's residual stopped improving (stagnation test)
+    reason: str = ""  # why the solve ended: one of deqflow.solver_spec.STOP_REASONS
 
     @property
     def final_abs(self) -> Tensor:
@@ -66,6 +80,8 @@ class SolverStats:
             "final_rel": _floats(self.final_rel),
             "sradius": None if self.sradius is None else _floats(self.sradius),
             "nonfinite": self.has_nonfinite,
+            "stalled": None if self.stalled is None else [bool(v) for v in self.stalled.tolist()],
+            "stop_reason": self.reason,
         }
         if traces:
             out["abs_trace"] = [_floats(row) for row in self.abs_trace]
@@ -78,6 +94,7 @@ class SolverStats:
         if len(parts) == 1:
             return parts[0]
         flags = [p.nonfinite for p in parts if p.nonfinite is not None]
+        stalls = [p.stalled for p in parts if p.stalled is not None]
         return cls(
             nstep=sum(p.nstep for p in parts),
             abs_trace=torch.cat([p.abs_trace for p in parts], dim=1),
@@ -86,6 +103,8 @@ class SolverStats:
             rel_lowest=torch.stack([p.rel_lowest for p in parts]).amin(0),
             sradius=parts[-1].sradius,
             nonfinite=torch.stack(flags).any(0) if flags else None,
+            stalled=torch.stack(stalls).any(0) if stalls else None,
+            reason=parts[-1].reason,
         )
 
 
@@ -100,7 +119,8 @@ class _Tracker:
     """Residual bookkeeping shared by the solvers: traces, per-sample best estimate, snapshots, stop test."""
 
     def __init__(self, x0: Tensor, *, max_iter: int, tol: float, stop_mode: str,
-                 indexing: Sequence[int] | None, return_final: bool) -> None:
+                 indexing: Sequence[int] | None, return_final: bool, stall_window: int = 0,
+                 stall_margin: float = 0.01) -> None:
         check_stop_mode(stop_mode, "stop_mode")
         if int(max_iter) < 1:
             raise InputError(f"max_iter must be >= 1, got {max_iter}")
@@ -117,6 +137,8 @@ class _Tracker:
         self.max_iter, self.tol, self.mode = int(max_iter), float(tol), stop_mode
         self.return_final = return_final
         self.nstep = 0
+        self.stall = StallMonitor(b, stall_window, stall_margin) if int(stall_window) > 0 else None
+        self.reason = ""
 
     def record(self, est: Tensor, fx: Tensor, x: Tensor) -> bool:
         """Book one evaluation fx = f(x) against the estimate `est`; True means stop now."""
@@ -133,17 +155,25 @@ class _Tracker:
             self.snapshots[self.nstep] = self.best.clone()
         bad = ~torch.isfinite(absr)
         self.nonfinite |= bad
-        if self.nstep >= self.max_iter:
-            return True
-        stop = bad.any()
-        if self.tol > 0:
-            crit = current[self.mode] if self.return_final else self.lowest[self.mode]
-            stop = stop | (crit.amax() < self.tol)
-        return bool(stop)  # the one host sync per step that early stopping needs
+        self.reason = self._reason(bad, current[self.mode]) or ""
+        return bool(self.reason)
+
+    def _reason(self, bad: Tensor, current: Tensor) -> str | None:
+        """Why to stop after this evaluation (deqflow.solver_spec.stop_reason), or None. One device-to-host
+        copy per step: the NaN flags, the tolerance test and the residuals for the stagnation test together."""
+        at_cap = self.nstep >= self.max_iter
+        if self.stall is None and self.tol <= 0:
+            return "nonfinite" if bool(bad.any()) else ("cap" if at_cap else None)
+        crit = current if self.return_final else self.lowest[self.mode]
+        converged = (crit < self.tol) if self.tol > 0 else torch.zeros_like(bad)
+        host = torch.stack([bad.double(), converged.double(), current.double()]).cpu().numpy()
+        stalled = self.stall.update(host[2]) if self.stall is not None else np.zeros(len(host[2]), bool)
+        return stop_reason(nonfinite=bool(host[0].any()), converged=host[1] > 0, stalled=stalled, at_cap=at_cap)
 
     def result(self, shape: torch.Size) -> SolverResult:
         best = self.best.clone() if self.return_final else self.best  # don't pin a solver buffer
         final = best.reshape(shape)
+        stalled = None if self.stall is None else torch.from_numpy(self.stall.stalled.copy())
         trajectory = [self.snapshots[s].reshape(shape) if s in self.snapshots else final for s in self.steps]
         stats = SolverStats(
             nstep=self.nstep,
@@ -152,6 +182,8 @@ class _Tracker:
             abs_lowest=self.lowest["abs"],
             rel_lowest=self.lowest["rel"],
             nonfinite=self.nonfinite,
+            stalled=None if stalled is None else stalled.to(self.nonfinite.device),
+            reason=self.reason,
         )
         return SolverResult(z=final, trajectory=trajectory, stats=stats)
 
@@ -177,12 +209,12 @@ def _flatten(f: Func, z0: Tensor) -> tuple[Func, Tensor]:
 @torch.no_grad()
 def fixed_point_iter(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "abs",
                      indexing: Sequence[int] | None = None, return_final: bool = False,
-                     damping: float = 1.0) -> SolverResult:
+                     damping: float = 1.0, stall_window: int = 0, stall_margin: float = 0.01) -> SolverResult:
     """Plain iteration z <- (1-d) z + d f(z) (the official `naive_solver` when d = 1)."""
     FixedPointOptions(damping=damping).validate()
     flat_f, x = _flatten(f, z0)
     track = _Tracker(x, max_iter=max_iter, tol=tol, stop_mode=stop_mode, indexing=indexing,
-                     return_final=return_final)
+                     return_final=return_final, stall_window=stall_window, stall_margin=stall_margin)
     while True:
         fx = flat_f(x)
         nxt = fx if damping == 1 else torch.lerp(x, fx, damping)
@@ -195,7 +227,8 @@ def fixed_point_iter(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mod
 @torch.no_grad()
 def anderson(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "abs",
              indexing: Sequence[int] | None = None, return_final: bool = False,
-             m: int = 6, lam: float = 1e-4, beta: float = 1.0) -> SolverResult:
+             m: int = 6, lam: float = 1e-4, beta: float = 1.0, stall_window: int = 0,
+             stall_margin: float = 0.01) -> SolverResult:
     """Anderson acceleration: the next iterate mixes the last m (x, f(x)) pairs with weights alpha that
     minimise ||sum_i alpha_i g_i||^2 + reg ||alpha||^2 subject to sum_i alpha_i = 1, g_i = f(x_i) - x_i.
 
@@ -208,7 +241,7 @@ def anderson(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str =
     AndersonOptions(m=m, lam=lam, beta=beta).validate()
     flat_f, x = _flatten(f, z0)
     track = _Tracker(x, max_iter=max_iter, tol=tol, stop_mode=stop_mode, indexing=indexing,
-                     return_final=return_final)
+                     return_final=return_final, stall_window=stall_window, stall_margin=stall_margin)
     b, d = x.shape
     m = min(m, int(max_iter))
     xs = x.new_zeros(b, m, d)
@@ -242,7 +275,7 @@ def anderson(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str =
 @torch.no_grad()
 def broyden(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "abs",
             indexing: Sequence[int] | None = None, return_final: bool = False,
-            memory: int = 0) -> SolverResult:
+            memory: int = 0, stall_window: int = 0, stall_margin: float = 0.01) -> SolverResult:
     """Limited-memory "good" Broyden on g(z) = f(z) - z, full steps (no line search).
 
     The inverse Jacobian of g is kept as -I + U V^T with at most `memory` rank-one terms (0: max_iter,
@@ -252,7 +285,7 @@ def broyden(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = 
     BroydenOptions(memory=memory).validate()
     flat_f, x = _flatten(f, z0)
     track = _Tracker(x, max_iter=max_iter, tol=tol, stop_mode=stop_mode, indexing=indexing,
-                     return_final=return_final)
+                     return_final=return_final, stall_window=stall_window, stall_margin=stall_margin)
     b, d = x.shape
     size = int(memory) or int(max_iter)
     us = x.new_zeros(b, d, size)
