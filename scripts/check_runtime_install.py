@@ -3,7 +3,8 @@
 Builds the project's wheel once (`pip wheel --no-deps` from a clean copy of the sources), installs it into a
 fresh virtual environment under build/ (pip's cache is reused, so a second run downloads nothing), and checks:
 - PyTorch and the training-only libraries (scipy, scikit-image, matplotlib, tqdm, onnxslim) are not importable;
-- `deqflow infer --model` runs the committed tiny export on a committed real pair (tests/fixtures/pair);
+- `deqflow infer --model` runs the committed tiny export on a committed real pair (tests/fixtures/pair), and on
+  a short sequence of those frames with the forward-warp warm start;
 - `deqflow compare --golden` reproduces the committed golden file with ONNX Runtime;
 - `deqflow bench` times the tiny export;
 - `deqflow export` and `bench --inputs real` (the Middlebury pair comes with scikit-image) say in one line
@@ -105,17 +106,30 @@ def check_imports(checks: Checks, python: Path, env: dict, cwd: Path) -> None:
                   f"(found: {' '.join(present) or 'none'}); runtime and its libraries import", proc)
 
 
-def check_verbs(checks: Checks, deqflow: Path, env: dict, out: Path) -> None:
-    """infer on the committed real pair, compare --golden, bench; the verbs that need an extra say which."""
-    model = str(TINY_ONNX)
-    proc = checks.step("deqflow infer", [str(deqflow), "infer", "--model", model, "--image1",
-                                         str(PAIR / "motorcycle-64x96-1.png"), "--image2",
-                                         str(PAIR / "motorcycle-64x96-2.png"), "--gt",
-                                         str(PAIR / "motorcycle-64x96-gt.png"), "--threads", "1", "--output",
+def check_infer(checks: Checks, deqflow: Path, env: dict, out: Path) -> None:
+    """infer --model on the committed real pair, and on a short sequence with the forward-warp warm start."""
+    pair = [str(PAIR / f"motorcycle-64x96-{name}.png") for name in ("1", "2", "gt")]
+    proc = checks.step("deqflow infer", [str(deqflow), "infer", "--model", str(TINY_ONNX), "--image1", pair[0],
+                                         "--image2", pair[1], "--gt", pair[2], "--threads", "1", "--output",
                                          str(out / "infer")], env=env, cwd=out)
     written = {p.name for p in (out / "infer").glob("*")}
     checks.expect(proc.returncode == 0 and {"flow.flo", "flow.png", "residual.png", "summary.json"} <= written,
                   "deqflow infer --model writes flow.flo, flow.png, residual.png, summary.json", proc)
+    frames = out / "frames"
+    frames.mkdir()
+    for k, image in enumerate((pair[0], pair[1], pair[0])):
+        shutil.copy(image, frames / f"{k}.png")
+    proc = checks.step("deqflow infer --folder (forward warm start)", [
+        str(deqflow), "infer", "--model", str(TINY_ONNX), "--folder", str(frames), "--warm-start",
+        "--warm-start-mode", "forward", "--threads", "1", "--output", str(out / "sequence")], env=env, cwd=out)
+    log = out / "sequence" / "frames.jsonl"
+    checks.expect(proc.returncode == 0 and log.is_file() and '"warm": true' in log.read_text(),
+                  "deqflow infer --warm-start-mode forward runs a sequence (no scipy)", proc)
+
+
+def check_verbs(checks: Checks, deqflow: Path, env: dict, out: Path) -> None:
+    """compare --golden and bench run; the verbs that need the train extra say so in one line."""
+    model = str(TINY_ONNX)
     proc = checks.step("deqflow compare --golden", [str(deqflow), "compare", "--golden", str(TINY_GOLDEN),
                                                     "--candidate", f"onnxruntime={model}", "--threads", "1",
                                                     "--output", str(out / "compare")], env=env, cwd=out)
@@ -147,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     env.update(OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
     with tempfile.TemporaryDirectory(prefix="deqflow-runtime-") as tmp:
         check_imports(checks, python, env, Path(tmp))
+        check_infer(checks, args.venv / "bin" / "deqflow", env, Path(tmp))
         check_verbs(checks, args.venv / "bin" / "deqflow", env, Path(tmp))
     size = _size_mb(args.venv)
     total = time.perf_counter() - t0
