@@ -1,7 +1,8 @@
 """Check deqflow as a deployment installs it: `pip install deqflow` with no extras, in a clean environment.
 
-Builds the project's wheel once (`pip wheel --no-deps` from a clean copy of the sources), installs it into a
-fresh virtual environment under build/ (pip's cache is reused, so a second run downloads nothing), and checks:
+Builds the project's wheel once (`pip wheel --no-deps` from a clean copy of the sources, in a temporary folder),
+installs it into a fresh virtual environment under build/ (pip's cache is reused, so a second run downloads
+nothing), and checks:
 - PyTorch and the training-only libraries (scipy, scikit-image, matplotlib, tqdm, onnxslim) are not importable;
 - `deqflow infer --model` runs the committed tiny export on a committed real pair (tests/fixtures/pair), and on
   a short sequence of those frames with the forward-warp warm start;
@@ -155,14 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     checks, t0 = Checks(), time.perf_counter()
     print(f"runtime-only install check in {args.venv}", flush=True)
-    wheel = build_wheel(checks, args.venv.parent / "runtime-wheel")
-    python = install(checks, wheel, args.venv)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env.update(OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
     with tempfile.TemporaryDirectory(prefix="deqflow-runtime-") as tmp:
-        check_imports(checks, python, env, Path(tmp))
-        check_infer(checks, args.venv / "bin" / "deqflow", env, Path(tmp))
-        check_verbs(checks, args.venv / "bin" / "deqflow", env, Path(tmp))
+        wheel = build_wheel(checks, Path(tmp) / "build")
+        python = install(checks, wheel, args.venv)
+        out = Path(tmp) / "run"
+        out.mkdir()
+        check_imports(checks, python, env, out)
+        check_infer(checks, args.venv / "bin" / "deqflow", env, out)
+        check_verbs(checks, args.venv / "bin" / "deqflow", env, out)
     size = _size_mb(args.venv)
     total = time.perf_counter() - t0
     print(f"runtime-only environment: {size:.0f} MB installed; wheel {wheel.name}; total {total:.1f} s "
