@@ -72,7 +72,7 @@ def build_wheel(checks: Checks, work: Path) -> Path:
             shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(path, src / name)
-    isolation = ["--no-build-isolation"] if _has_module("setuptools") else []  # else pip fetches setuptools
+    isolation = ["--no-build-isolation"] if _can_build_here() else []  # else pip fetches setuptools
     proc = checks.step("build wheel", [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation,
                                        "--quiet", "-w", str(wheels), str(src)])
     found = sorted(wheels.glob("deqflow-*.whl"))
@@ -180,10 +180,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _has_module(name: str) -> bool:
-    import importlib.util
+def _can_build_here() -> bool:
+    """Whether this interpreter's setuptools builds wheels by itself (70.1+ holds bdist_wheel): then the build
+    needs no isolated environment, and no download."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return importlib.util.find_spec(name) is not None
+    try:
+        major, minor = (int(part) for part in version("setuptools").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return False
+    return (major, minor) >= (70, 1)
 
 
 def _size_mb(path: Path) -> float:
