@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from deqflow import __version__
 from deqflow.cli_args import CliParser, DefaultsHelpFormatter
 from deqflow.errors import DeqflowError
+from deqflow.extras import LIBRARIES, install_hint
 
 # name -> module defining HELP, add_arguments(parser), run(args) -> int and optionally requires(args) -> modules
 COMMANDS: dict[str, str] = {
@@ -28,15 +29,8 @@ COMMANDS: dict[str, str] = {
     "triton-repo": "runtime.commands.triton_repo",
 }
 
-INSTALL = {
-    "torch": "PyTorch (pip install torch)",
-    "tensorrt": "TensorRT (pip install tensorrt)",
-    "onnxruntime": "ONNX Runtime (pip install onnxruntime)",
-    "onnx": "onnx (pip install onnx)",
-    "cv2": "OpenCV (pip install opencv-python-headless)",
-    "skimage": "scikit-image (pip install scikit-image)",
-}
-"""Optional libraries a verb may need: module name -> what to install."""
+INSTALL = {module: install_hint(module) for module in LIBRARIES}
+"""Libraries a verb may need: module name -> what to install (the deqflow extra that brings it)."""
 
 
 def build_parser(verbs: Iterable[str] | None = None) -> argparse.ArgumentParser:

@@ -4,14 +4,16 @@ scikit-image (no download), as an optical-flow pair.
 A rectified stereo pair is an optical-flow pair with flow (-d, 0) for disparity d; pixels without a finite
 disparity are invalid. `motorcycle` gives the full-resolution pair (the demo, the model card); `real_pair`
 a resized crop at any size with the flow scaled to match (tests, compare, bench, the export checks).
-numpy + OpenCV + scikit-image only.
+numpy + OpenCV + scikit-image only. scikit-image comes with the `train` extra: a runtime-only install runs on
+the user's own images (or generated ones) and says which extra brings this pair.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from deqflow.errors import InputError
+from deqflow.errors import InputError, MissingDependencyError
+from deqflow.extras import TRAIN
 
 REAL_PAIR_VIEWS = ((1.0, (0.5, 0.5)), (2.0, (0.4, 0.45)), (1.5, (0.8, 0.2)), (3.0, (0.5, 0.6)))
 """(zoom, crop offset) of the distinct views `real_pairs` takes."""
@@ -19,7 +21,11 @@ REAL_PAIR_VIEWS = ((1.0, (0.5, 0.5)), (2.0, (0.4, 0.45)), (1.5, (0.8, 0.2)), (3.
 
 def motorcycle() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(left, right) uint8 RGB (H,W,3), flow (H,W,2) float32 (0 where invalid) and valid (H,W) float32."""
-    from skimage import data
+    try:
+        from skimage import data
+    except ImportError:
+        raise MissingDependencyError("the Middlebury motorcycle pair ships with scikit-image, which is not installed "
+                                     f"here: {TRAIN} (or use your own images, or --inputs random)") from None
 
     left, right, disp = data.stereo_motorcycle()
     valid = np.isfinite(disp)

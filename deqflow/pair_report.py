@@ -4,7 +4,7 @@ Files: flow.flo, flow.png (Baker colour wheel), panel.png (image, flow and, with
 map side by side), residual.png (residual per solver step, when the solver ran on the host or in torch),
 error.png and flow_gt.png with ground truth, flow_kitti.png on request, and summary.json. Printed: size,
 solver iterations, final residuals and time, and with ground truth the EPE, 1/3/5 px accuracy and Fl-all.
-numpy + OpenCV + matplotlib only.
+numpy + OpenCV only.
 """
 
 from __future__ import annotations

@@ -2,12 +2,11 @@
 
 `flow_to_color` reproduces the look of RAFT's `flow_viz` and torchvision's `flow_to_image` (Middlebury
 colour wheel of Baker et al., ICCV 2007), so pictures can be compared with those in papers.
-matplotlib is imported only by `residual_plot`.
+numpy and OpenCV only (residual plots too: the runtime needs no plotting library).
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -15,7 +14,8 @@ import cv2
 import numpy as np
 
 from deqflow.errors import InputError
-from deqflow.fileio import PathLike, atomic_write_bytes
+from deqflow.fileio import PathLike
+from deqflow.image_io import write_image
 from deqflow.metrics import epe_map, valid_mask
 
 EPS = 1e-5
@@ -134,41 +134,110 @@ def error_map(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None,
     return img
 
 
+_PLOT_SIZE = (400, 600)  # (H, W) of a residual plot
+_PLOT_BOX = (40, 20, 50, 76)  # margins around the axes: top, right, bottom, left
+_PLOT_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
 def residual_plot(traces: Mapping[str, Sequence[float]], path: PathLike, title: str = "") -> Path:
-    """Plot fixed-point residual against solver iteration (log y) for each named trace; write `path`.
+    """Plot fixed-point residual against solver iteration (log y) for each named trace; write `path` (an image
+    format OpenCV writes: .png, .jpg, ...).
 
-    Non-positive values cannot be shown on a log axis and are left out. Uses matplotlib's Agg canvas
-    directly, so it never touches the global backend or needs a display.
+    Non-positive and non-finite values cannot be shown on a log axis and are left out. Drawn with OpenCV, so
+    the runtime needs no plotting library and no display.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     if not traces:
         raise InputError("residual_plot: no traces given")
-    fig = Figure(figsize=(6, 4), dpi=100)
-    canvas = FigureCanvasAgg(fig)
-    ext = Path(path).suffix.lower().lstrip(".")
-    if ext not in canvas.get_supported_filetypes():
-        raise InputError(f"residual_plot: cannot write '{path}'; use one of "
-                         f"{sorted(canvas.get_supported_filetypes())} as extension")
-    ax = fig.add_subplot(1, 1, 1)
+    if not cv2.haveImageWriter(str(path)):
+        raise InputError(f"residual_plot: cannot write '{path}'; use an image extension such as .png or .jpg")
+    series = {}
     for name, values in traces.items():
         y = np.asarray(values, dtype=np.float64)
         if y.ndim != 1:
             raise InputError(f"residual_plot: trace {name!r} must be 1-D (one value per iteration), "
                              f"got shape {y.shape}")
-        y = np.where(np.isfinite(y) & (y > 0), y, np.nan)
-        ax.plot(np.arange(1, y.size + 1), y, marker=".", label=name)
-    ax.set_yscale("log")
-    ax.set_xlabel("solver iteration")
-    ax.set_ylabel("residual")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format=ext)
-    return atomic_write_bytes(path, buf.getvalue())
+        series[name] = np.where(np.isfinite(y) & (y > 0), y, np.nan)
+    img = np.full((*_PLOT_SIZE, 3), 255, np.uint8)
+    to_pixel = _draw_axes(img, series, title)
+    for k, y in enumerate(series.values()):
+        _draw_trace(img, to_pixel, y, _PLOT_COLOURS[k % len(_PLOT_COLOURS)])
+    _draw_legend(img, list(series))
+    return write_image(path, img)
+
+
+def _draw_axes(img: np.ndarray, series: Mapping[str, np.ndarray], title: str):
+    """Frame, decade grid and labels of the log plot; returns (iteration, value) -> pixel (x, y)."""
+    top, right, bottom, left = _PLOT_BOX
+    (h, w), grey = img.shape[:2], (200, 200, 200)
+    x0, x1 = 1, max(2, max(y.size for y in series.values()))
+    positive = np.concatenate([y[np.isfinite(y)] for y in series.values()])
+    lo = int(np.floor(np.log10(positive.min()))) if positive.size else 0
+    hi = max(lo + 1, int(np.ceil(np.log10(positive.max()))) if positive.size else 1)
+
+    def to_pixel(i: float, value: float) -> tuple[int, int]:
+        px = left + (i - x0) / (x1 - x0) * (w - left - right)
+        py = top + (hi - np.log10(value)) / (hi - lo) * (h - top - bottom)
+        return round(px), round(py)
+
+    for decade in range(lo, hi + 1):
+        for m in range(1, 10 if decade < hi else 2):
+            y = to_pixel(x0, m * 10.0**decade)[1]
+            cv2.line(img, (left, y), (w - right, y), grey if m == 1 else (235, 235, 235), 1)
+        _text(img, f"1e{decade}", (left - 8, to_pixel(x0, 10.0**decade)[1] + 4), align="right")
+    step = _tick_step(x1 - x0)
+    for i in range(x0, x1 + 1):
+        if i % step == 0 or i == x0:
+            x = to_pixel(i, 10.0**lo)[0]
+            cv2.line(img, (x, top), (x, h - bottom), grey, 1)
+            _text(img, str(i), (x, h - bottom + 16), align="centre")
+    cv2.rectangle(img, (left, top), (w - right, h - bottom), (0, 0, 0), 1)
+    _text(img, "solver iteration", ((left + w - right) // 2, h - 12), align="centre")
+    label = np.full((18, 80, 3), 255, np.uint8)
+    _text(label, "residual", (40, 13), align="centre")
+    y_label = cv2.rotate(label, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    mid = (top + h - bottom) // 2 - 40
+    img[mid:mid + 80, 4:22] = y_label
+    _text(img, title, ((left + w - right) // 2, top - 14), align="centre", scale=0.5)
+    return to_pixel
+
+
+def _draw_trace(img: np.ndarray, to_pixel, y: np.ndarray, colour: tuple[int, int, int]) -> None:
+    """One trace: line segments between consecutive shown values (a left-out value breaks the line), dots."""
+    points = [None if np.isnan(v) else to_pixel(i + 1, v) for i, v in enumerate(y)]
+    for a, b in zip(points[:-1], points[1:]):
+        if a is not None and b is not None:
+            cv2.line(img, a, b, colour, 2, cv2.LINE_AA)
+    for p in points:
+        if p is not None:
+            cv2.circle(img, p, 3, colour, -1, cv2.LINE_AA)
+
+
+def _draw_legend(img: np.ndarray, names: Sequence[str]) -> None:
+    """The trace names with their colours, in the top right corner of the axes."""
+    top, right = _PLOT_BOX[0], _PLOT_BOX[1]
+    width = 40 + max(cv2.getTextSize(str(n), _FONT, 0.4, 1)[0][0] for n in names)
+    x = img.shape[1] - right - width - 8
+    cv2.rectangle(img, (x, top + 6), (x + width, top + 10 + 18 * len(names)), (160, 160, 160), 1)
+    for k, name in enumerate(names):
+        y = top + 20 + 18 * k
+        cv2.line(img, (x + 6, y - 4), (x + 28, y - 4), _PLOT_COLOURS[k % len(_PLOT_COLOURS)], 2, cv2.LINE_AA)
+        _text(img, str(name), (x + 34, y))
+
+
+def _tick_step(span: int) -> int:
+    """A 1-2-5 step that puts at most 10 iteration ticks on the x axis."""
+    step = 1
+    while span / step > 10:
+        step *= 5 if str(step).startswith("2") else 2
+    return step
+
+
+def _text(img: np.ndarray, text: str, at: tuple[int, int], align: str = "left", scale: float = 0.4) -> None:
+    """Black text whose baseline starts at, centres on or ends at `at`."""
+    width = cv2.getTextSize(text, _FONT, scale, 1)[0][0]
+    x = at[0] - {"left": 0, "centre": width // 2, "right": width}[align]
+    cv2.putText(img, text, (x, at[1]), _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
 
 
 def side_by_side(images: Sequence[np.ndarray], labels: Sequence[str] | None = None,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deqflow.errors import MissingDependencyError
+from deqflow.extras import TRAIN
 from deqflow.model_metadata import ModelMetadata, load_model_proto
 from deqflow.onnx_integrity import check_onnx_weights
 from export.trt_compat import TrtReport, trt_compatibility
@@ -123,7 +124,7 @@ def simplify(model):
     try:
         import onnxslim
     except ImportError:
-        raise MissingDependencyError("--simplify needs onnxslim: pip install onnxslim") from None
+        raise MissingDependencyError(f"--simplify needs onnxslim: {TRAIN}") from None
     props = [(p.key, p.value) for p in model.metadata_props]
     slim = onnxslim.slim(model)
     del slim.metadata_props[:]

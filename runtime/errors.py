@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from deqflow.errors import DeqflowError, FileFormatError, InputError, MissingDependencyError
+from deqflow.extras import GPU, PYCUDA, TRAIN
 
 __all__ = ["DeqflowError", "EngineMismatchError", "FileFormatError", "InputError", "MissingDependencyError",
            "ProfileError", "missing_dependency"]
 
 INSTALL_HINTS = {
-    "tensorrt": "pip install tensorrt (TensorRT 10 or 11 for your CUDA; `pip install deqflow[gpu]`)",
-    "cuda": "pip install cuda-python (NVIDIA's CUDA bindings) or torch with CUDA; pycuda also works",
+    "tensorrt": f"{GPU} (TensorRT and cuda-python; or pip install tensorrt for TensorRT 10 or 11 for your CUDA)",
+    "cuda": f"{GPU} (cuda-python, NVIDIA's CUDA bindings) or torch with CUDA; pycuda ({PYCUDA}) also works",
     "onnxruntime": "pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA/TensorRT providers; uninstall "
                    "onnxruntime first, both provide the `onnxruntime` module)",
     "onnxruntime-gpu": "pip uninstall onnxruntime && pip install onnxruntime-gpu (CUDA 12 + cuDNN 9); the "
                        "TensorRT provider also needs TensorRT's libraries on the library path",
-    "torch": "pip install torch (the `torch` backend is the PyTorch reference; deployments can use "
+    "torch": f"{TRAIN} (the `torch` backend is the PyTorch reference; deployments can use "
              "`--backend onnxruntime` or `tensorrt` without it)",
     "gpu": "a CUDA GPU with a working NVIDIA driver (nvidia-smi must list it)",
 }

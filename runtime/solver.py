@@ -24,7 +24,7 @@ from deqflow.host_solver import (
 from runtime.errors import InputError
 
 __all__ = ["HOST_METHODS", "SolveResult", "SolveStats", "SolverSettings", "StepParts", "WarmState", "as_numpy",
-           "forward_warp_state", "initial_state", "solve"]
+           "forward_warp_state", "initial_state", "nearest_points", "solve"]
 
 
 def forward_warp_state(state: WarmState) -> WarmState:
@@ -35,11 +35,9 @@ def forward_warp_state(state: WarmState) -> WarmState:
     landing cell, taking its flow and hidden state with it; where several land on one cell the largest motion
     wins (a moving object usually occludes what is behind it); cells nothing lands on (disocclusions) take
     the state of the nearest landing point, as the official Sintel warm start's nearest-neighbour
-    `forward_interpolate` does. Cells whose flow leaves the image are dropped. Returns numpy arrays (every
-    backend accepts them).
+    `forward_interpolate` does (`nearest_points`: numpy only, so the runtime needs no scipy). Cells whose flow
+    leaves the image are dropped. Returns numpy arrays (every backend accepts them).
     """
-    from scipy.spatial import cKDTree
-
     flow, hidden = as_numpy(state.flow_low).astype(np.float32), as_numpy(state.hidden).astype(np.float32)
     if flow.ndim != 4 or flow.shape[1] != 2 or hidden.ndim != 4 or hidden.shape[2:] != flow.shape[2:]:
         raise InputError(f"warm-start state must be hidden (N,C,h,w) and flow (N,2,h,w), got {hidden.shape} / "
@@ -61,10 +59,30 @@ def forward_warp_state(state: WarmState) -> WarmState:
         src = np.full(h * w, -1, np.int64)
         src[cells] = inside[order[first]]
         holes = np.flatnonzero(src < 0)
-        if holes.size:
-            _, nearest = cKDTree(np.stack([x1[inside], y1[inside]], axis=1)).query(
-                np.stack([xs.ravel()[holes], ys.ravel()[holes]], axis=1))
-            src[holes] = inside[nearest]
+        if holes.size:  # equally near landing points: the slowest wins (a disocclusion shows the background)
+            slow = np.argsort(magnitude, kind="stable")
+            nearest = nearest_points(np.stack([x1[inside], y1[inside]], axis=1)[slow],
+                                     np.stack([xs.ravel()[holes], ys.ravel()[holes]], axis=1))
+            src[holes] = inside[slow[nearest]]
         out_flow[i] = flow[i].reshape(2, -1)[:, src].reshape(2, h, w)
         out_hidden[i] = hidden[i].reshape(c, -1)[:, src].reshape(c, h, w)
     return WarmState(hidden=out_hidden, flow_low=out_flow)
+
+
+def nearest_points(points: np.ndarray, queries: np.ndarray, block_elements: int = 1 << 20) -> np.ndarray:
+    """Index into `points` (P,2) of the point nearest to each of `queries` (Q,2), by exact Euclidean distance
+    (the lowest index on a tie). Brute force over blocks of queries, so memory stays near `block_elements`
+    distances: the 1/8 grid of a frame has a few thousand cells, and only disoccluded cells are queried."""
+    px, py = np.asarray(points, np.float64).T
+    queries = np.asarray(queries, np.float64)
+    out = np.empty(len(queries), np.int64)
+    step = max(1, block_elements // max(1, px.size))
+    for start in range(0, len(queries), step):
+        block = queries[start:start + step]
+        d2 = block[:, :1] - px
+        d2 *= d2
+        dy = block[:, 1:] - py
+        dy *= dy
+        d2 += dy
+        out[start:start + step] = d2.argmin(axis=1)
+    return out

@@ -78,8 +78,8 @@ def test_torch_verbs_without_torch_say_what_to_install(argv):
     run = _without_torch(*argv)
     assert run.returncode == 0 and "exit 2" in run.stdout, run.stderr  # main returned 2
     assert "Traceback" not in run.stderr
-    assert run.stderr.strip() == (f"deqflow {argv[0]}: error: this command needs PyTorch (pip install torch), "
-                                  "which is not installed here")
+    assert run.stderr.strip() == (f"deqflow {argv[0]}: error: this command needs PyTorch (pip install "
+                                  "'deqflow[train]'), which is not installed here")
 
 
 def test_torch_free_paths_without_torch(real_pair, tmp_path):
@@ -90,7 +90,7 @@ def test_torch_free_paths_without_torch(real_pair, tmp_path):
     infer = _without_torch("infer", "--checkpoint", "x.pth", "--image1", str(real_pair / "left.png"), "--image2",
                            str(real_pair / "right.png"), "--output", str(tmp_path / "o"))
     assert "exit 2" in infer.stdout and "Traceback" not in infer.stderr
-    assert len(infer.stderr.strip().splitlines()) == 1 and "pip install torch" in infer.stderr
+    assert len(infer.stderr.strip().splitlines()) == 1 and "pip install 'deqflow[train]'" in infer.stderr
     assert not (tmp_path / "o").exists()
 
 

@@ -35,7 +35,7 @@ def test_runtime_imports_without_torch_tensorrt_or_onnxruntime():
     assert "loaded []" in proc.stdout
     # the torch backend says what is missing in one message
     assert "torch MissingDependencyError the torch backend needs torch" in proc.stdout
-    assert "pip install torch" in proc.stdout
+    assert "pip install 'deqflow[train]'" in proc.stdout
 
 
 # --- host solver ---------------------------------------------------------------------------------------
