@@ -2,7 +2,7 @@
 library, so a command that needs a missing library says in one line what to install.
 
 `pip install deqflow` is the runtime only (numpy, OpenCV, onnx, ONNX Runtime); PyTorch and everything behind
-training, evaluation and export come with `train`, TensorRT with `gpu`.
+training, evaluation and export come with `train`, TensorRT with `gpu`, Triton serving with `serve`.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 TRAIN = "pip install 'deqflow[train]'"
 GPU = "pip install 'deqflow[gpu]'"
 PYCUDA = "pip install 'deqflow[pycuda]'"
+SERVE = "pip install 'deqflow[serve]'"
 
 LIBRARIES: dict[str, tuple[str, str]] = {
     "torch": ("PyTorch", TRAIN),
@@ -20,6 +21,8 @@ LIBRARIES: dict[str, tuple[str, str]] = {
     "tensorrt": ("TensorRT", GPU),
     "cuda": ("cuda-python", GPU),
     "pycuda": ("pycuda", PYCUDA),
+    "pytriton": ("PyTriton (Triton Inference Server)", SERVE),
+    "tritonclient": ("tritonclient", SERVE),
     "onnxruntime": ("ONNX Runtime", "pip install onnxruntime, or onnxruntime-gpu instead of it"),
     "onnx": ("onnx", "pip install onnx"),
     "cv2": ("OpenCV", "pip install opencv-python-headless"),

@@ -14,7 +14,8 @@ from deqflow.extras import LIBRARIES, TRAIN
 
 CORE = {"numpy": "numpy", "opencv-python-headless": "cv2", "onnx": "onnx", "onnxruntime": "onnxruntime"}
 # Imported by deqflow/runtime only inside a function, for a backend or a feature that names its extra when absent.
-OPTIONAL = {"torch", "training", "tensorrt", "cuda", "pycuda", "skimage"}
+OPTIONAL = {"torch", "training", "tensorrt", "cuda", "pycuda", "skimage", "pytriton", "tritonclient"}
+IN_TRITON_ONLY = {"triton_python_backend_utils"}  # exists only inside Triton's python backend (bls_model.py)
 
 
 def _requirements(items) -> set[str]:
@@ -56,7 +57,7 @@ def _third_party_imports(package: str) -> dict[str, set[str]]:
 
 @pytest.mark.parametrize("package", ["deqflow", "runtime"])
 def test_the_runtime_imports_only_core_or_optional_libraries(package):
-    allowed = set(CORE.values()) | OPTIONAL | {"google"}  # google.protobuf comes with onnx
+    allowed = set(CORE.values()) | OPTIONAL | IN_TRITON_ONLY | {"google"}  # google.protobuf comes with onnx
     extra = {name: files for name, files in _third_party_imports(package).items() if name not in allowed}
     assert not extra, f"{package} imports libraries a runtime-only install lacks: {extra}"
 
