@@ -37,6 +37,8 @@ class PairRun:
     rel_trace: np.ndarray | None = None
     backend: str = ""  # e.g. 'torch:cpu', 'onnxruntime:cpu (split)'
     settings: dict = field(default_factory=dict)
+    stop_rule: str = ""  # the rule the solve followed, e.g. 'rel < 0.005 or stalled over 6 or 60 iterations'
+    stop_reason: str | None = None  # 'tolerance' | 'stalled' | 'cap' | 'nonfinite', when the solver reports it
 
 
 def write_pair_report(out_dir: str | Path, run: PairRun, *, gt: tuple[np.ndarray, np.ndarray] | None = None,
@@ -109,6 +111,8 @@ def _summary(run: PairRun, label: str, out: Path) -> dict:
                "final_rel_residual": None if run.final_rel is None else float(run.final_rel)}
     if run.backend:
         summary.update(backend=run.backend, settings=run.settings)
+    if run.stop_rule:
+        summary.update(stop_rule=run.stop_rule, stop_reason=run.stop_reason)
     return summary
 
 
@@ -135,6 +139,9 @@ def print_summary(s: dict, out: Path, written: list[str]) -> None:
     backend = f" ({s['backend']})" if s.get("backend") else ""
     print(f"{s['label']}: {s['size'][0]}x{s['size'][1]}, {s['iterations']} solver iterations, final residual "
           f"abs {s['final_abs_residual']:.3g} / rel {rel}, {s['seconds']:.2f} s{backend}")
+    if s.get("stop_rule"):
+        reason = f" (stopped: {s['stop_reason']})" if s.get("stop_reason") else ""
+        print(f"  stop: {s['stop_rule']}{reason}")
     if "metrics" in s:
         m = s["metrics"]
         print(f"  EPE {m['epe']:.3f} px (zero flow: {s['zero_flow_epe']:.3f} px), 1px {100 * m['1px']:.1f}%, "

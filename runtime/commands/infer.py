@@ -206,8 +206,16 @@ def report_pair(backend, image1, image2, out_dir: Path, *, gt=None, label: str =
                   final_rel=None if r.residual_rel is None else float(np.max(r.residual_rel)), seconds=seconds,
                   abs_trace=None if r.abs_trace is None else r.abs_trace[0],
                   rel_trace=None if r.rel_trace is None else r.rel_trace[0], backend=backend.label,
-                  settings=backend.resolved.as_dict())
+                  settings=backend.resolved.as_dict(), stop_rule=stop_rule_text(backend),
+                  stop_reason=getattr(r, "stop_reason", None))
     return write_pair_report(out_dir, run, gt=gt, label=label, max_flow=max_flow, kitti=kitti)
+
+
+def stop_rule_text(backend) -> str:
+    """The stop rule the backend's solves follow, in one line ('' for a server: its rule is the server's)."""
+    if backend.name == "server" or backend.resolved.max_iter is None:
+        return ""
+    return backend.resolved.stop_rule().describe()
 
 
 # --- sequences -------------------------------------------------------------------------------------------
