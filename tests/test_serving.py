@@ -274,6 +274,29 @@ def test_bad_requests_are_refused_while_others_are_served(server, local):
 
 @needs_server
 @pytest.mark.slow
+def test_infer_with_server_writes_the_same_flow_as_local_inference(server, local, tmp_path):
+    """`deqflow infer --server URL` (a pair, then a folder) runs infer's pipeline with the solves on the server."""
+    from deqflow.cli import main
+    from deqflow.flow_io import read_flo
+    from deqflow.image_io import write_image
+
+    video = local["frames"]
+    for k, frame in enumerate(video):
+        write_image(tmp_path / "frames" / f"{k:03d}.png", frame)
+    for url in (server.http, server.grpc):
+        out = tmp_path / url.split(":")[0]
+        assert main(["infer", "--server", url, "--image1", str(tmp_path / "frames" / "000.png"), "--image2",
+                     str(tmp_path / "frames" / "001.png"), "--output", str(out / "pair")]) == 0
+        assert np.abs(read_flo(out / "pair" / "flow.flo") - local["pair"].flow).max() <= 1e-5
+    assert main(["infer", "--server", server.grpc, "--folder", str(tmp_path / "frames"), "--output",
+                 str(tmp_path / "seq")]) == 0
+    assert len(list((tmp_path / "seq").rglob("*.flo"))) == len(video) - 1
+    assert main(["infer", "--server", server.grpc, "--model", "x.onnx", "--folder", str(tmp_path / "frames"),
+                 "--output", str(tmp_path / "bad")]) == 2
+
+
+@needs_server
+@pytest.mark.slow
 def test_server_stops_cleanly_after_in_flight_requests(server, local):
     from runtime import prepare
 
@@ -388,26 +411,3 @@ def test_split_repository_runs_in_the_bundled_triton(small_export, local, tmp_pa
             assert client.ready()
     finally:
         triton.stop()
-
-
-@needs_server
-@pytest.mark.slow
-def test_infer_with_server_writes_the_same_flow_as_local_inference(server, local, tmp_path):
-    """`deqflow infer --server URL` (a pair, then a folder) runs infer's pipeline with the solves on the server."""
-    from deqflow.cli import main
-    from deqflow.flow_io import read_flo
-    from deqflow.image_io import write_image
-
-    video = local["frames"]
-    for k, frame in enumerate(video):
-        write_image(tmp_path / "frames" / f"{k:03d}.png", frame)
-    for url in (server.http, server.grpc):
-        out = tmp_path / url.split(":")[0]
-        assert main(["infer", "--server", url, "--image1", str(tmp_path / "frames" / "000.png"), "--image2",
-                     str(tmp_path / "frames" / "001.png"), "--output", str(out / "pair")]) == 0
-        assert np.abs(read_flo(out / "pair" / "flow.flo") - local["pair"].flow).max() <= 1e-5
-    assert main(["infer", "--server", server.grpc, "--folder", str(tmp_path / "frames"), "--output",
-                 str(tmp_path / "seq")]) == 0
-    assert len(list((tmp_path / "seq").rglob("*.flo"))) == len(video) - 1
-    assert main(["infer", "--server", server.grpc, "--model", "x.onnx", "--folder", str(tmp_path / "frames"),
-                 "--output", str(tmp_path / "bad")]) == 2

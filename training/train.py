@@ -380,7 +380,10 @@ class Trainer:
 def train(cfg: TrainConfig) -> dict[str, float]:
     trainer = Trainer(cfg)
     try:
-        return trainer.fit()
+        results = trainer.fit()
+        if trainer.distributed and dist.is_initialized():
+            dist.barrier()  # every rank done (rank 0 saves and validates last) before the group is torn down
+        return results
     finally:
         if trainer.distributed and dist.is_initialized():
             dist.destroy_process_group()
