@@ -200,7 +200,8 @@ CASES = [
          ("is a file",)),
     Case("export: --output read-only", ["export", "--checkpoint", "{tiny}", "--output", "{ro}/m.onnx"], 2,
          ("cannot write",), read_only=True),
-    Case("export --check: bit-rotted ONNX", ["export", "--check", "{rot_onnx}"], 2, ("damaged", "nan"), subprocess=True),
+    Case("export --check: bit-rotted ONNX", ["export", "--check", "{rot_onnx}"], 2, ("damaged", "nan"),
+         subprocess=True),
     Case("export --check: truncated ONNX", ["export", "--check", "{trunc_onnx}"], 2, ("corrupt or truncated",)),
     Case("export --check: missing ONNX", ["export", "--check", "{nonexistent}"], 2, ("not found",)),
     # --- build (validated before TensorRT is looked for) -------------------------------------------------------------
@@ -317,3 +318,107 @@ def test_bad_input(case: Case, files, capsys, monkeypatch, tmp_path):
     assert code == case.code, text
     for word in case.words:
         assert word.lower() in text.lower(), (word, text)
+
+
+# --- results never lost, leftovers of killed runs, file modes -----------------------------------------------------
+
+
+def _fail_writes_to(monkeypatch, name: str) -> None:
+    """Make the atomic write of files called `name` fail, as a full disk would, after the output was checked."""
+    import deqflow.fileio as fileio
+
+    real = fileio.atomic_write_bytes
+
+    def write(path, data):
+        if Path(path).name == name:
+            raise OSError(28, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(fileio, "atomic_write_bytes", write)
+
+
+def _fallback_file(text: str) -> Path:
+    path = Path(text.split("saved to ", 1)[1].split(" instead", 1)[0])
+    assert path.is_file(), text
+    return path
+
+
+def test_bench_keeps_its_results_when_the_report_cannot_be_written(tmp_path, monkeypatch, capsys):
+    _fail_writes_to(monkeypatch, "full.json")
+    code = main([*BENCH, "--backend", ORT, "--output", str(tmp_path / "full.json")])
+    text = capsys.readouterr().err
+    assert code == 2 and "no space left" in text.lower() and "not lost" in text
+    fallback = _fallback_file(text)
+    assert json.loads(fallback.read_text())["results"][0]["latency_ms"]["median"] > 0
+    fallback.unlink()
+
+
+def test_evaluate_keeps_its_results_when_the_json_cannot_be_written(files, tmp_path, monkeypatch, capsys):
+    _fail_writes_to(monkeypatch, "eval.json")
+    code = main(["evaluate", "--checkpoint", str(files["tiny"]), "--dataset", "synthetic", "--max-samples", "1",
+                 "--iters", "2", "--output", str(tmp_path / "eval.json")])
+    out = capsys.readouterr()
+    assert code == 2 and "1 sample(s)" in out.out and "up to 2 iterations" in out.out  # its length, up front
+    fallback = _fallback_file(out.err)
+    assert "synthetic" in json.loads(fallback.read_text())["results"]
+    fallback.unlink()
+
+
+class _Killed(Exception):
+    """Stands for a SIGKILL: the run stops between two statements, nothing is cleaned up."""
+
+
+def test_a_killed_train_leaves_no_orphans_and_its_log_no_repeated_steps(tmp_path, capsys):
+    from helpers import TINY_ENCODER_DIMS
+
+    from deqflow.fileio import writer_tag
+    from training.config import ModelConfig
+    from training.deq.config import DEQConfig
+    from training.train import TrainConfig, Trainer
+
+    def config(**kw):
+        deq = DEQConfig(f_solver="fixed_point", f_max_iter=2, n_states=1)
+        return TrainConfig(stage="synthetic", output=str(tmp_path / "run"), num_steps=4, batch_size=1,
+                           image_size=(64, 64), ckpt_every=2, log_every=1, val_every=1000,
+                           model=ModelConfig(variant="T", encoder_dims=TINY_ENCODER_DIMS, corr_levels=2,
+                                             corr_radius=2, deq=deq), **kw)
+
+    first = Trainer(config())
+    save = first.save
+
+    def killed_at_step_4(name="last.pth", metrics=None):
+        if first.step == 4:  # steps 3 and 4 are logged, the checkpoint still says step 2
+            raise _Killed
+        return save(name, metrics)
+
+    first.save = killed_at_step_4
+    with pytest.raises(_Killed):
+        first.fit()
+    out = Path(first.cfg.output)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = out / f".last.pth.{writer_tag().split('-')[0]}-{int(dead.stdout)}.0badc0de.tmp.pth"
+    orphan.write_bytes(b"half a checkpoint")  # what a kill during torch.save leaves
+    log = out / "train_log.jsonl"
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4]
+
+    resumed = Trainer(config(resume="auto"))
+    assert not orphan.exists() and resumed.step == 2
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2]
+    resumed.fit()
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4]
+    assert sorted(p.name for p in out.iterdir()) == ["final.pth", "last.pth", "train_log.jsonl"]
+    text = capsys.readouterr().out
+    assert "2 step(s) to go (steps 3..4)" in text
+
+
+def test_exported_onnx_files_have_the_usual_mode_and_no_temporary_files(files, tmp_path, capsys):
+    out = tmp_path / "export"
+    code = main(["export", "--checkpoint", str(files["tiny"]), "--output", str(out / "m.onnx"), "--layout", "split",
+                 "--height", "128", "--width", "128", "--iters", "1"])
+    assert code == 0, capsys.readouterr()
+    umask = os.umask(0)
+    os.umask(umask)
+    written = sorted(out.iterdir())
+    assert [p.name for p in written] == ["m.decode.onnx", "m.encoder.onnx", "m.step.onnx"]
+    for path in written:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
