@@ -43,7 +43,7 @@ def add_deq_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--damping", type=positive_number, default=d.damping,
                    help="fixed-point damping z <- (1-d) z + d f(z)")
     g.add_argument("--anderson_m", type=count, default=d.anderson_m, help="Anderson window")
-    g.add_argument("--anderson_lam", type=non_negative_number, default=d.anderson_lam, help="Anderson regularisation")
+    g.add_argument("--anderson_lam", type=positive_number, default=d.anderson_lam, help="Anderson regularisation")
     g.add_argument("--anderson_beta", type=positive_number, default=d.anderson_beta, help="Anderson mixing")
     g.add_argument("--broyden_memory", type=count_or_zero, default=d.broyden_memory,
                    help="Broyden rank-one terms kept (0: the solve's iteration cap)")
