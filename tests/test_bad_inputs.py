@@ -77,6 +77,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     put(f, "garbage", d / "garbage.pth", np.random.default_rng(1).bytes(4096))
     put(f, "empty", d / "empty.pth", b"")
     torch.save({"state_dict": {"w": torch.zeros(1)}, "hook": print}, f.setdefault("zip_pickle", d / "zip.pth"))
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "hook": _Exploit()}, f.setdefault("zip_exploit", d / "ze.pth"))
     put(f, "raw_pickle", d / "raw.pth", pickle.dumps(_Exploit(), protocol=2))
     rot = d / "rot"
     rot.mkdir()
@@ -121,6 +122,7 @@ CASES = [
     Case("info: truncated checkpoint", ["info", "{truncated}"], 2, ("truncated",)),
     Case("info: 64 KiB randomised in the middle", ["info", "{corrupt}"], 2, ("corrupt", "crc")),
     Case("info: zipped pickle with a code reference", ["info", "{zip_pickle}"], 2, ("refuses", "print")),
+    Case("info: zipped pickle that runs a command", ["info", "{zip_exploit}"], 2, ("refuses", "system")),
     Case("info: raw pickle that runs a command", ["info", "{raw_pickle}"], 2, ("refuses",)),
     Case("info: a good checkpoint states its format", ["info", "{tiny}"], 0, ('"format": "deqflow"',)),
     # --- evaluate --------------------------------------------------------------------------------------------
@@ -142,6 +144,8 @@ CASES = [
     Case("evaluate: --output in a read-only folder", ["evaluate", "--checkpoint", "{tiny}", "--dataset",
                                                       "synthetic", "--output", "{ro}/r.json"], 2,
          ("cannot write",), read_only=True),
+    Case("evaluate: unknown dataset", ["evaluate", "--checkpoint", "{tiny}", "--dataset", "foo"], 2,
+         ("unknown evaluation set", "synthetic")),
     Case("evaluate: stereo files missing", ["evaluate", "--checkpoint", "{tiny}", "--stereo", "{nonexistent}",
                                             "{nonexistent}", "{nonexistent}"], 2, ("not found",)),
     # --- train: settings and outputs, refused before any step ----------------------------------------------------
@@ -166,12 +170,15 @@ CASES = [
     Case("train: --output under a file", ["train", "--num-steps", "1", "--output", "{file}/run"], 2, ("is a file",)),
     Case("train: --output read-only", ["train", "--num-steps", "1", "--output", "{ro}/run"], 2, ("cannot write",),
          read_only=True),
-    Case("train: --resume missing", ["train", "--num-steps", "1", "--output", "{dir}/r1", "--resume",
+    Case("train: --resume missing", ["train", "--num-steps", "1", "--tiny", "--output", "{dir}/r1", "--resume",
                                      "{nonexistent}"], 2, ("--resume", "no such checkpoint")),
-    Case("train: --resume a folder", ["train", "--num-steps", "1", "--output", "{dir}/r2", "--resume", "{dir}"], 2,
-         ("is a folder",)),
+    Case("train: --resume a folder", ["train", "--num-steps", "1", "--tiny", "--output", "{dir}/r2", "--resume",
+                                      "{dir}"], 2, ("is a folder",)),
     Case("train: --init corrupt checkpoint", ["train", "--num-steps", "1", "--output", "{dir}/r3", "--tiny",
                                               "--init", "{corrupt}"], 2, ("crc",)),
+    Case("train: dataset folder missing", ["train", "--stage", "chairs", "--tiny", "--num-steps", "1",
+                                           "--data-root", "{dir}", "--output", "{dir}/r4"], 2,
+         ("does not exist", "FlyingChairs")),
     # --- demo ----------------------------------------------------------------------------------------------------
     Case("demo: missing checkpoint", ["demo", "--checkpoint", "{nonexistent}", "--output", "{dir}/demo1"], 2,
          ("not found",)),
@@ -192,6 +199,8 @@ CASES = [
     Case("export: --batch 0", ["export", "--batch", "0"], 2, (">= 1",)),
     Case("export: --iters 1000000", ["export", "--iters", "1000000"], 2, ("between 1 and",)),
     Case("export: --tol nan", ["export", "--tol", "nan"], 2, ("finite",)),
+    Case("export: --opset 5", ["export", "--checkpoint", "{tiny}", "--output", "{dir}/o.onnx", "--opset", "5"], 2,
+         ("opset 5", "17-19")),
     Case("export: --output not .onnx", ["export", "--checkpoint", "{tiny}", "--output", "{dir}/m.txt"], 2,
          (".onnx",)),
     Case("export: --output is a folder", ["export", "--checkpoint", "{tiny}", "--output", "{dir}"], 2,
@@ -218,6 +227,8 @@ CASES = [
                                            "--optimization-level", "9"], 2, ("--optimization-level", "0 to 5")),
     Case("build: --device-id -1", ["build", "--onnx", TINY, "--output", "m.engine", "--device-id", "-1"], 2,
          ("--device-id", ">= 0")),
+    Case("build: --shape garbage", ["build", "--onnx", TINY, "--output", "{dir}/g.engine", "--shape", "garbage"], 2,
+         ("must look like hxw",)),
     Case("build: bit-rotted ONNX", ["build", "--onnx", "{rot_onnx}", "--output", "{dir}/r.engine"], 2,
          ("damaged",), subprocess=True),
     # --- infer (the cases that worked before this issue stay working) ------------------------------------------------
@@ -277,6 +288,9 @@ CASES = [
     Case("bench: --output is a folder", [*BENCH, "--backend", ORT, "--output", "{dir}"], 2, ("is a folder",)),
     Case("bench: --markdown under a file", [*BENCH, "--backend", ORT, "--output", "{dir}/b8.json", "--markdown",
                                             "{file}/t.md"], 2, ("--markdown", "is a file")),
+    Case("bench: unknown backend", ["bench", "--backend", "foo=bar"], 2, ("unknown backend 'foo'",)),
+    Case("bench: --anchor not among the backends", [*BENCH, "--backend", ORT, "--anchor", "nope"], 2,
+         ("--anchor", "not one of")),
     Case("bench: --runs 0", [*BENCH, "--backend", ORT, "--runs", "0"], 2, (">= 1",)),
     Case("bench: bit-rotted ONNX", [*BENCH, "--backend", "onnxruntime={rot_onnx}", "--output", "{dir}/b9.json"], 2,
          ("damaged",), subprocess=True),

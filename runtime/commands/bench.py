@@ -69,6 +69,9 @@ def run(args) -> int:
         raise InputError("give --iters (no export among the backends to take the iteration count from)")
     baseline = read_baseline(args.baseline) if args.baseline else None
     cases = bench_cases(args, specs, sizes, iters)
+    labels = sorted({c.label for c in cases})
+    if args.anchor and args.anchor not in labels:
+        raise InputError(f"--anchor {args.anchor!r} is not one of this run's backends: {', '.join(labels)}")
     print(f"bench: {len(cases)} case(s), {iters} iterations, batch {args.batch}, warm-up {args.warmup}, "
           f"{args.runs} interleaved runs")
     report = run_bench(cases, warmup=args.warmup, runs=args.runs, inputs=args.inputs, iterations=iters, log=print)
