@@ -120,11 +120,12 @@ def check_output_dir(path: PathLike, flag: str = "--output") -> Path:
     return path
 
 
-def check_output_file(path: PathLike, flag: str = "--output") -> Path:
-    """The file `path` checked before any work: not a folder, its folder creatable and writable."""
+def check_output_file(path: PathLike, flag: str = "--output", example: str = "model.onnx") -> Path:
+    """The file `path` checked before any work: not a folder, its folder creatable and writable. `example`: a
+    file name that the message suggests inside a folder given by mistake."""
     path = Path(path)
     if path.is_dir():
-        raise InputError(f"{flag} {path} is a folder: give a file path (e.g. {path / 'model.onnx'})")
+        raise InputError(f"{flag} {path} is a folder: give a file path (e.g. {path / example})")
     _check_writable_ancestor(path.parent if str(path.parent) else Path("."), flag, shown=path)
     return path
 

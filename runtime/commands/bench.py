@@ -55,9 +55,9 @@ def run(args) -> int:
     from runtime.errors import InputError
     from runtime.modelfile import open_model_file
 
-    check_output_file(args.output)
+    check_output_file(args.output, example="bench.json")
     if args.markdown:
-        check_output_file(args.markdown, "--markdown")
+        check_output_file(args.markdown, "--markdown", "bench.md")
     specs = [parse_spec(s) for s in args.backend]
     sizes = args.size or [default_size([p for _, _, p in specs])]
     baked = model_defaults([p for _, _, p in specs])
@@ -79,10 +79,13 @@ def run(args) -> int:
         from runtime.bench import ratios
 
         report["ratios"] = ratios(report["results"], args.anchor)
-    rc = skip_gate(report, args.allow_skip)
+    rc, verdict = skip_gate(report, args.allow_skip)
     if baseline is not None and any("latency_ms" in e for e in report["results"]):
-        rc = max(rc, apply_gate(report, baseline, args))
+        gate_rc, gate_verdict = apply_gate(report, baseline, args)
+        rc, verdict = max(rc, gate_rc), "; ".join(v for v in (verdict, gate_verdict) if v)
     write_outputs(report, args.output, args.markdown and (args.markdown, markdown_table(report)))
+    if verdict:
+        print(f"bench: {verdict}")  # last, where a CI log is read
     return rc
 
 
@@ -102,23 +105,20 @@ def read_baseline(path: str) -> dict:
     return baseline
 
 
-def skip_gate(report: dict, allow_skip: bool) -> int:
-    """1 when a requested backend was skipped (unless allow_skip) or when nothing at all was measured."""
+def skip_gate(report: dict, allow_skip: bool) -> tuple[int, str]:
+    """(1, why) when a requested backend was skipped (unless allow_skip) or when nothing at all was measured."""
     skipped = [e for e in report["results"] if "skipped" in e]
     measured = [e for e in report["results"] if "latency_ms" in e]
     report["skipped"] = len(skipped)
     if not measured:
-        print("bench: FAILED: nothing was measured: every requested backend was skipped (see above)")
-        return 1
+        return 1, "FAILED: nothing was measured: every requested backend was skipped (reasons above)"
     if not skipped:
-        return 0
+        return 0, ""
     names = ", ".join(f"{e['label']} {e['size'][0]}x{e['size'][1]}" for e in skipped)
     if allow_skip:
-        print(f"bench: {len(skipped)} case(s) skipped, allowed by --allow-skip: {names}")
-        return 0
-    print(f"bench: FAILED: {len(skipped)} requested case(s) skipped: {names}; fix them, or pass --allow-skip to "
-          "accept a run without them")
-    return 1
+        return 0, f"{len(skipped)} case(s) skipped, allowed by --allow-skip: {names}"
+    return 1, (f"FAILED: {len(skipped)} requested case(s) skipped: {names} (reasons above); fix them, or pass "
+               "--allow-skip to accept a run without them")
 
 
 def write_outputs(report: dict, output: str, markdown: tuple[str, str] | None) -> None:
@@ -160,8 +160,9 @@ def bench_cases(args, specs: list, sizes: list, iters: int) -> list:
     return cases
 
 
-def apply_gate(report: dict, baseline: dict, args) -> int:
-    """Compare with the baseline (report['gate']), print each check; 1 when a backend regressed."""
+def apply_gate(report: dict, baseline: dict, args) -> tuple[int, str]:
+    """Compare with the baseline (report['gate']), print each check; (1, why) when a backend regressed or nothing
+    in the baseline is comparable (unless --allow-skip)."""
     from runtime.bench import gate
 
     report["gate"] = g = gate(report, baseline, tolerance=args.max_slowdown, anchor=args.anchor, mode=args.gate_mode)
@@ -170,7 +171,11 @@ def apply_gate(report: dict, baseline: dict, args) -> int:
               f"({100 * c['slower_by']:+.1f} %, allowed {100 * c['tolerance']:.0f} %): "
               f"{'ok' if c['passed'] else 'REGRESSION'}")
     if not g["compared"]:
-        verdict = "allowed by --allow-skip" if args.allow_skip else "FAILED (pass --allow-skip to accept)"
-        print(f"  gate: nothing comparable in the baseline (labels / sizes / batch differ): {verdict}")
-        return 0 if args.allow_skip else 1
-    return 0 if g["passed"] else 1
+        what = "nothing comparable in the baseline (labels / sizes / batch differ)"
+        if args.allow_skip:
+            return 0, f"{what}: allowed by --allow-skip"
+        return 1, f"FAILED: {what}; pass --allow-skip to accept"
+    regressed = [c["label"] for c in g["checks"] if not c["passed"]]
+    if regressed:
+        return 1, f"FAILED: slower than the baseline: {', '.join(regressed)}"
+    return 0, f"gate passed ({g['compared']} check(s))"

@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from runtime.tensorrt.build import build_engine
     from runtime.tensorrt.cache import EngineCache, split_engine_paths, write_engine
 
-    check_output_file(args.output)
+    check_output_file(args.output, example="model.engine")
     file = open_model_file(args.onnx)
     if file.kind != "onnx":
         raise InputError(f"--onnx must be a deqflow ONNX export, got a {file.kind}: {args.onnx}")

@@ -47,7 +47,7 @@ def run(args) -> int:
 
     check_output_dir(args.output)
     if args.save_golden:
-        check_output_file(args.save_golden, "--save-golden")
+        check_output_file(args.save_golden, "--save-golden", "golden.npz")
     specs = [parse_spec(s) for s in args.candidate]
     golden = load_golden(args.golden) if args.golden else None
     if golden is None and not (args.reference or args.checkpoint):
@@ -84,6 +84,7 @@ def run(args) -> int:
     save_results(out / "compare.md", report.to_markdown().encode())
     print_verdicts(report)
     print(f"wrote {out / 'compare.json'} and {out / 'compare.md'}")
+    print(f"compare: {report.verdict()}")  # last, where a CI log is read
     return 0 if report.passed else 1
 
 
@@ -151,7 +152,6 @@ def print_verdicts(report) -> None:
               f"diff {_f(f.get('fl_all_pct'))} %, iterations {c['iterations_reference']} / "
               f"{c['iterations_candidate']}, "
               f"NaN/Inf {c['nonfinite']}; smallest passing tolerance {json.dumps(c['min_tolerance'])}")
-    print(f"compare: {report.verdict()}")
 
 
 def inputs_source(text: str) -> str:

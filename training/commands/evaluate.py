@@ -37,7 +37,7 @@ def run(args) -> int:
     from training.evaluate import format_table, run_sets
 
     if args.output:
-        check_output_file(args.output)
+        check_output_file(args.output, example="results.json")
     model, meta = load_model(args.checkpoint, device=args.device)
     changes = {"f_solver": args.solver}
     if args.tol is not None:
