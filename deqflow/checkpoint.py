@@ -48,7 +48,9 @@ def read_checkpoint_file(path: str | os.PathLike) -> Any:
 
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+        inside = sorted(p.name for p in path.glob("*.pt*") if p.is_file())[:5]
+        hint = f"; it holds {', '.join(inside)}: give one of them" if inside else ": give the checkpoint file's path"
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file{hint}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     data = path.read_bytes()

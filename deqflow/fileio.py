@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from deqflow.errors import InputError
+from deqflow.errors import DeqflowError, InputError
 
 PathLike = str | os.PathLike
 
@@ -120,11 +120,12 @@ def check_output_dir(path: PathLike, flag: str = "--output") -> Path:
     return path
 
 
-def check_output_file(path: PathLike, flag: str = "--output") -> Path:
-    """The file `path` checked before any work: not a folder, its folder creatable and writable."""
+def check_output_file(path: PathLike, flag: str = "--output", example: str = "model.onnx") -> Path:
+    """The file `path` checked before any work: not a folder, its folder creatable and writable. `example`: a
+    file name that the message suggests inside a folder given by mistake."""
     path = Path(path)
     if path.is_dir():
-        raise InputError(f"{flag} {path} is a folder: give a file path (e.g. {path / 'model.onnx'})")
+        raise InputError(f"{flag} {path} is a folder: give a file path (e.g. {path / example})")
     _check_writable_ancestor(path.parent if str(path.parent) else Path("."), flag, shown=path)
     return path
 
@@ -141,3 +142,24 @@ def _check_writable_ancestor(folder: Path, flag: str, shown: Path | None = None)
     if not os.access(probe, os.W_OK | os.X_OK):
         raise InputError(f"{flag} {shown}: cannot write in {probe} (read-only or no permission); choose another "
                          "location")
+
+
+def save_results(path: PathLike, data: bytes, flag: str = "--output") -> Path:
+    """Write computed results to `path` (atomically); when that write fails, the results are not lost: they go
+    to a file in the system's temporary folder (or, failing that, to stdout) and the error says where."""
+    import sys
+    import tempfile
+
+    try:
+        return atomic_write_bytes(path, data)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        fallback = Path(tempfile.gettempdir()) / f"deqflow-{writer_tag()}-{Path(path).name}"
+        try:
+            atomic_write_bytes(fallback, data)
+        except OSError:
+            sys.stdout.write(data.decode(errors="replace") + "\n")
+            kept = "they are printed above"
+        else:
+            kept = f"they were saved to {fallback} instead"
+        raise DeqflowError(f"could not write {flag} {path} ({reason}); the results are not lost: {kept}") from None

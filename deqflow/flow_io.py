@@ -70,8 +70,8 @@ def read_flo(path: PathLike) -> np.ndarray:
         if np.frombuffer(data, dtype=f"{order}f4", count=1)[0] == FLO_MAGIC:
             break
     else:
-        found = np.frombuffer(data, dtype="<f4", count=1)[0]
-        raise FileFormatError(f"{path} is not a .flo file: magic number {found!r}, expected {FLO_MAGIC}")
+        raise FileFormatError(f"{path} is not a Middlebury .flo file: it starts with {bytes(data[:4])!r} instead of "
+                              "the .flo magic b'PIEH' (check the file and its extension)")
     width, height = (int(x) for x in np.frombuffer(data, dtype=f"{order}i4", count=2, offset=4))
     _check_size(path, width, height)
     expected = FLO_HEADER_BYTES + 8 * width * height

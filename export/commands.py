@@ -56,6 +56,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from deqflow.errors import InputError
+    from deqflow.fileio import check_output_file
 
     if args.check:
         from export.checks import check_files
@@ -72,6 +73,9 @@ def run(args) -> int:
         return 0
     if not args.checkpoint or not args.output:
         raise InputError("deqflow export needs --checkpoint and --output (or --check FILE)")
+    check_output_file(args.output)
+    if not args.output.endswith(".onnx"):
+        raise InputError(f"--output {args.output} must end in .onnx (e.g. {args.output.rsplit('.', 1)[0]}.onnx)")
     from export.config import ExportConfig
 
     cfg = ExportConfig(layout=args.layout, iters=args.iters, height=args.height, width=args.width,

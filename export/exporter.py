@@ -21,7 +21,7 @@ import torch
 
 from deqflow import __version__
 from deqflow.errors import CheckpointError, DeqflowError, InputError
-from deqflow.fileio import atomic_outputs
+from deqflow.fileio import atomic_outputs, check_output_file
 from deqflow.host_solver import SolverSettings
 from deqflow.model_metadata import STOP_EXITS, ModelMetadata, split_part_names
 from deqflow.onnx_integrity import record_weights_digest
@@ -194,6 +194,7 @@ def export_onnx(source: str | os.PathLike | DEQFlow, output: str | os.PathLike, 
     output = Path(output)
     if output.suffix != ".onnx":
         raise InputError(f"output {output} must end in .onnx")
+    check_output_file(output)  # before the model is loaded and traced
     start = time.perf_counter()
     model, sha, ckpt_name = load_for_export(source, cfg.variant)
     cfg = cfg.with_changes(levels=model.cfg.corr_levels)  # re-validates the sizes for this model

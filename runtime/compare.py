@@ -176,13 +176,29 @@ class CompareReport:
     settings: dict
     candidates: list[dict]
     versions: dict = field(default_factory=version_info)
+    allow_skip: bool = False  # candidates that could not be loaded do not fail the report (one must be measured)
 
     @property
     def passed(self) -> bool:
-        return all(c.get("passed") for c in self.candidates)
+        measured = [c for c in self.candidates if not c.get("skipped")]
+        skipped_ok = self.allow_skip or len(measured) == len(self.candidates)
+        return all(c.get("passed") for c in measured) and skipped_ok and (bool(measured) or not self.candidates)
+
+    def verdict(self) -> str:
+        """One line: PASS or FAIL and why, naming skipped candidates and what to do about them."""
+        skipped = [c["label"] for c in self.candidates if c.get("skipped")]
+        if not skipped:
+            return "PASS" if self.passed else "FAIL (see the candidates above)"
+        names = ", ".join(skipped)
+        if len(skipped) == len(self.candidates):
+            return f"FAIL: nothing was compared: every candidate was skipped ({names})"
+        if not self.allow_skip:
+            return f"FAIL: candidate(s) skipped: {names}; fix them, or pass --allow-skip to accept a run without them"
+        return f"{'PASS' if self.passed else 'FAIL'} (skipped, allowed by --allow-skip: {names})"
 
     def as_dict(self) -> dict:
-        return {"passed": self.passed, "reference": self.reference, "inputs": self.inputs, "settings": self.settings,
+        return {"passed": self.passed, "verdict": self.verdict(), "reference": self.reference, "inputs": self.inputs,
+                "settings": self.settings,
                 "candidates": self.candidates, "versions": self.versions, "tiers": TIERS}
 
     def to_json(self) -> str:

@@ -20,11 +20,15 @@ from tqdm import tqdm
 
 from deqflow.checkpoint import make_payload, read_checkpoint_file, split_checkpoint, write_checkpoint
 from deqflow.errors import CheckpointError, DeqflowError, InputError, MissingDependencyError
+from deqflow.fileio import atomic_write_bytes, remove_stale_temps
 from training.checkpoint import load_state_dict_strict
 from training.config import ModelConfig
 from training.loss import fixed_point_correction_loss
 from training.model.deq_flow import DEQFlow
 from training.stages import STAGES
+
+ETA_AFTER_STEPS = 5
+"""The ETA is printed after this many steps of a run (the first step includes one-time start-up costs)."""
 
 
 class TrainingDiverged(DeqflowError):
@@ -128,6 +132,7 @@ class Trainer:
         self.is_main = self.rank == 0
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(self.out)  # temporary checkpoint files of a killed earlier run
 
         stage = STAGES[cfg.stage]
         mcfg = cfg.model
@@ -159,6 +164,9 @@ class Trainer:
             path = self.out / "last.pth"
             return path if path.is_file() else None
         path = Path(self.cfg.resume)
+        if path.is_dir():
+            raise CheckpointError(f"--resume {path} is a folder, not a checkpoint file: give its last.pth, or "
+                                  "--resume auto with --output set to that folder")
         if not path.is_file():
             raise CheckpointError(f"--resume {path}: no such checkpoint")
         return path
@@ -187,6 +195,8 @@ class Trainer:
         torch.manual_seed(self.cfg.seed + self.step)
         self.last_good = (path, self.step)
         if self.is_main:
+            for log in ("train_log.jsonl", "val_log.jsonl"):
+                truncate_log(self.out / log, self.step)
             print(f"resumed from {path} at step {self.step}")
 
     def cpu_hours(self) -> float:
@@ -306,29 +316,22 @@ class Trainer:
         loader, sampler = self._loader()
         batches = _infinite(loader, sampler, self.epoch)
         self.train_mode()
+        self._announce()
         bar = tqdm(total=cfg.num_steps, initial=self.step, disable=not self.is_main, desc=f"train {cfg.stage}",
                    dynamic_ncols=True)
         running: dict[str, float] = {}
         last: dict[str, float] = {}
-        t0 = time.time()
+        t0, first = time.time(), self.step
         while self.step < cfg.num_steps:
             self.epoch, batch = next(batches)
             metrics = self.train_step(batch)
             for k, v in metrics.items():
                 running[k] = running.get(k, 0.0) + v
             bar.update(1)
+            if self.step - first == ETA_AFTER_STEPS and self.is_main:
+                self._print_eta(time.time() - t0, self.step - first)
             if self.step % cfg.log_every == 0 or self.step == cfg.num_steps:
-                n = cfg.log_every if self.step % cfg.log_every == 0 else max(1, self.step % cfg.log_every)
-                last = self.mean_over_ranks({k: v / n for k, v in running.items()})
-                running = {}
-                bar.set_postfix(loss=f"{last['loss']:.3f}", epe=f"{last['epe']:.2f}", it=f"{last['nstep']:.0f}")
-                if self.writer is not None:
-                    for k, v in last.items():
-                        self.writer.add_scalar(f"train/{k}", v, self.step)
-                if self.is_main:
-                    with open(self.out / "train_log.jsonl", "a") as fh:
-                        fh.write(json.dumps({"step": self.step, "time": round(time.time() - t0, 1),
-                                             "cpu_hours": round(self.cpu_hours(), 4), **last}) + "\n")
+                last, running = self._log(running, bar, t0), {}
             # checkpoint before validating, so a failing validation never costs the steps since the last save
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.num_steps:
                 spread = self.check_replicas()
@@ -357,6 +360,36 @@ class Trainer:
             self._real_sets = heldout_sets()
         return quick_scores(self.model, self._real_sets)
 
+    def _announce(self) -> None:
+        """The length of the work, up front: steps to go, batch, crop size, where the results go."""
+        if not self.is_main:
+            return
+        cfg = self.cfg
+        left = cfg.num_steps - self.step
+        default = ": the stage default; --num-steps N for less" if cfg.num_steps == STAGES[cfg.stage].num_steps else ""
+        print(f"train {cfg.stage}: {left} step(s) to go (steps {self.step + 1}..{cfg.num_steps}{default}), "
+              f"batch {cfg.batch_size} x {self.world} process(es), crops {cfg.image_size[0]}x{cfg.image_size[1]}, "
+              f"output {self.out}; an ETA follows after {ETA_AFTER_STEPS} steps")
+
+    def _print_eta(self, seconds: float, steps: int) -> None:
+        left = self.cfg.num_steps - self.step
+        tqdm.write(f"ETA: about {_duration(seconds / steps * left)} for the remaining {left} step(s) "
+                   f"({seconds / steps:.2f} s per step over the first {steps})")
+
+    def _log(self, running: dict[str, float], bar, t0: float) -> dict[str, float]:
+        """Average the losses since the last log line; show them, append them to train_log.jsonl."""
+        n = self.cfg.log_every if self.step % self.cfg.log_every == 0 else max(1, self.step % self.cfg.log_every)
+        last = self.mean_over_ranks({k: v / n for k, v in running.items()})
+        bar.set_postfix(loss=f"{last['loss']:.3f}", epe=f"{last['epe']:.2f}", it=f"{last['nstep']:.0f}")
+        if self.writer is not None:
+            for k, v in last.items():
+                self.writer.add_scalar(f"train/{k}", v, self.step)
+        if self.is_main:
+            with open(self.out / "train_log.jsonl", "a") as fh:
+                fh.write(json.dumps({"step": self.step, "time": round(time.time() - t0, 1),
+                                     "cpu_hours": round(self.cpu_hours(), 4), **last}) + "\n")
+        return last
+
     def _validate(self) -> None:
         from training.evaluate import validate
 
@@ -375,6 +408,31 @@ class Trainer:
         tqdm.write(f"step {self.step} validation: " + ", ".join(f"{k} {v:.3f}" for k, v in results.items()
                                                                if isinstance(v, float)))
         self.train_mode()
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop the lines of a JSON-lines log written after `step` (a resumed run repeats those steps), atomically."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if _log_step(line) <= step]
+    if len(kept) != len(lines):
+        atomic_write_bytes(path, "".join(kept).encode())
+
+
+def _log_step(line: str) -> float:
+    try:
+        return float(json.loads(line).get("step", math.inf))
+    except (ValueError, AttributeError):  # a line cut by a kill: dropped
+        return math.inf
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def train(cfg: TrainConfig) -> dict[str, float]:

@@ -40,31 +40,38 @@ def add_arguments(p) -> None:
     g.add_argument("--gate-mode", choices=["auto", "ratio", "absolute"], default="auto",
                    help="ratio: compare latency ratios to the anchor measured in the same run (robust on a noisy, "
                         "shared machine); absolute: medians; auto: ratio when possible")
+    g.add_argument("--allow-skip", action="store_true",
+                   help="exit 0 even when a requested backend was skipped (not installed, a size its export lacks, "
+                        "a bad model file) or nothing in the baseline is comparable; by default either fails the "
+                        "run, so a CI gate never passes on nothing measured. A run that measured nothing fails always")
     add_backend_options(p)
 
 
 def run(args) -> int:
-    import json
-    from pathlib import Path
-
+    from deqflow.fileio import check_output_file
     from runtime.backends import parse_spec
-    from runtime.bench import markdown_table, run_bench, write_report
+    from runtime.bench import markdown_table, run_bench
     from runtime.commands.common import default_size, model_defaults
-    from runtime.errors import FileFormatError, InputError
+    from runtime.errors import InputError
+    from runtime.modelfile import open_model_file
 
+    check_output_file(args.output, example="bench.json")
+    if args.markdown:
+        check_output_file(args.markdown, "--markdown", "bench.md")
     specs = [parse_spec(s) for s in args.backend]
     sizes = args.size or [default_size([p for _, _, p in specs])]
     baked = model_defaults([p for _, _, p in specs])
     iters = args.iters or (baked["max_iter"] if baked else None)
     if iters is None:
+        for name, _, path in specs:  # an export that cannot be read says why, rather than lacking an iteration count
+            if name != "torch":
+                open_model_file(path)
         raise InputError("give --iters (no export among the backends to take the iteration count from)")
-    baseline = None
-    if args.baseline:
-        try:
-            baseline = json.loads(Path(args.baseline).read_text())
-        except (OSError, ValueError) as exc:
-            raise FileFormatError(f"cannot read baseline {args.baseline}: {exc}") from None
+    baseline = read_baseline(args.baseline) if args.baseline else None
     cases = bench_cases(args, specs, sizes, iters)
+    labels = sorted({c.label for c in cases})
+    if args.anchor and args.anchor not in labels:
+        raise InputError(f"--anchor {args.anchor!r} is not one of this run's backends: {', '.join(labels)}")
     print(f"bench: {len(cases)} case(s), {iters} iterations, batch {args.batch}, warm-up {args.warmup}, "
           f"{args.runs} interleaved runs")
     report = run_bench(cases, warmup=args.warmup, runs=args.runs, inputs=args.inputs, iterations=iters, log=print)
@@ -72,12 +79,58 @@ def run(args) -> int:
         from runtime.bench import ratios
 
         report["ratios"] = ratios(report["results"], args.anchor)
-    rc = 0 if baseline is None else apply_gate(report, baseline, args)
-    write_report(report, args.output)
-    if args.markdown:
-        Path(args.markdown).write_text(markdown_table(report))
-    print(f"wrote {args.output}" + (f" and {args.markdown}" if args.markdown else ""))
+    rc, verdict = skip_gate(report, args.allow_skip)
+    if baseline is not None and any("latency_ms" in e for e in report["results"]):
+        gate_rc, gate_verdict = apply_gate(report, baseline, args)
+        rc, verdict = max(rc, gate_rc), "; ".join(v for v in (verdict, gate_verdict) if v)
+    write_outputs(report, args.output, args.markdown and (args.markdown, markdown_table(report)))
+    if verdict:
+        print(f"bench: {verdict}")  # last, where a CI log is read
     return rc
+
+
+def read_baseline(path: str) -> dict:
+    """The baseline report, read before anything is measured."""
+    import json
+    from pathlib import Path
+
+    from runtime.errors import FileFormatError
+
+    try:
+        baseline = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise FileFormatError(f"cannot read baseline {path}: {exc}") from None
+    if not isinstance(baseline, dict) or not isinstance(baseline.get("results", []), list):
+        raise FileFormatError(f"cannot read baseline {path}: not a deqflow bench report (no 'results' list)")
+    return baseline
+
+
+def skip_gate(report: dict, allow_skip: bool) -> tuple[int, str]:
+    """(1, why) when a requested backend was skipped (unless allow_skip) or when nothing at all was measured."""
+    skipped = [e for e in report["results"] if "skipped" in e]
+    measured = [e for e in report["results"] if "latency_ms" in e]
+    report["skipped"] = len(skipped)
+    if not measured:
+        return 1, "FAILED: nothing was measured: every requested backend was skipped (reasons above)"
+    if not skipped:
+        return 0, ""
+    names = ", ".join(f"{e['label']} {e['size'][0]}x{e['size'][1]}" for e in skipped)
+    if allow_skip:
+        return 0, f"{len(skipped)} case(s) skipped, allowed by --allow-skip: {names}"
+    return 1, (f"FAILED: {len(skipped)} requested case(s) skipped: {names} (reasons above); fix them, or pass "
+               "--allow-skip to accept a run without them")
+
+
+def write_outputs(report: dict, output: str, markdown: tuple[str, str] | None) -> None:
+    """The JSON report (and Markdown table); a failed write keeps the results (deqflow.fileio.save_results)."""
+    import json
+
+    from deqflow.fileio import save_results
+
+    save_results(output, json.dumps(report, indent=2, default=str).encode())
+    if markdown:
+        save_results(markdown[0], markdown[1].encode(), "--markdown")
+    print(f"wrote {output}" + (f" and {markdown[0]}" if markdown else ""))
 
 
 def bench_cases(args, specs: list, sizes: list, iters: int) -> list:
@@ -107,8 +160,9 @@ def bench_cases(args, specs: list, sizes: list, iters: int) -> list:
     return cases
 
 
-def apply_gate(report: dict, baseline: dict, args) -> int:
-    """Compare with the baseline (report['gate']), print each check; 1 when a backend regressed."""
+def apply_gate(report: dict, baseline: dict, args) -> tuple[int, str]:
+    """Compare with the baseline (report['gate']), print each check; (1, why) when a backend regressed or nothing
+    in the baseline is comparable (unless --allow-skip)."""
     from runtime.bench import gate
 
     report["gate"] = g = gate(report, baseline, tolerance=args.max_slowdown, anchor=args.anchor, mode=args.gate_mode)
@@ -117,5 +171,11 @@ def apply_gate(report: dict, baseline: dict, args) -> int:
               f"({100 * c['slower_by']:+.1f} %, allowed {100 * c['tolerance']:.0f} %): "
               f"{'ok' if c['passed'] else 'REGRESSION'}")
     if not g["compared"]:
-        print("  gate: nothing comparable in the baseline (labels / sizes / batch differ)")
-    return 0 if g["passed"] else 1
+        what = "nothing comparable in the baseline (labels / sizes / batch differ)"
+        if args.allow_skip:
+            return 0, f"{what}: allowed by --allow-skip"
+        return 1, f"FAILED: {what}; pass --allow-skip to accept"
+    regressed = [c["label"] for c in g["checks"] if not c["passed"]]
+    if regressed:
+        return 1, f"FAILED: slower than the baseline: {', '.join(regressed)}"
+    return 0, f"gate passed ({g['compared']} check(s))"

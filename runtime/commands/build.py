@@ -11,11 +11,16 @@ if TYPE_CHECKING:  # the command modules import their dependencies when run
     from runtime.modelfile import ModelFile
     from runtime.tensorrt.build import BuildSettings
 
+MAX_OPTIMIZATION_LEVEL = 5
+"""TensorRT's builder optimization levels are 0..5."""
+
 HELP = ("build a TensorRT engine from a deqflow ONNX export (profiles, precision, TF32, timing cache); split "
         "exports give <stem>.encoder/.step/.decode engines")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from deqflow.cli_args import count, count_or_zero
+
     p.add_argument("--onnx", required=True, help="ONNX export (a split export by its base name or any part)")
     p.add_argument("--output", required=True, help="engine file, e.g. model.engine (+ model.engine.json)")
     p.add_argument("--shape", default=None, help="static image shape HxW or BxHxW (default: the export's)")
@@ -27,11 +32,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the ONNX (a --precision mixed16 export; the only way on TensorRT 11)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 (off by default: float32 engines stay float32)")
     p.add_argument("--timing-cache", default=None, help="timing cache file, read before and updated after the build")
-    p.add_argument("--workspace-mb", type=int, default=None)
-    p.add_argument("--optimization-level", type=int, default=None, help="builder optimization level 0..5")
+    p.add_argument("--workspace-mb", type=count, default=None,
+                   help="builder workspace limit in MiB (default: TensorRT's)")
+    p.add_argument("--optimization-level", type=optimization_level, default=None,
+                   help="builder optimization level 0..5 (default: TensorRT's)")
     p.add_argument("--cache-dir", default=None, help="also keep the engine in this engine cache")
-    p.add_argument("--device-id", type=int, default=0)
+    p.add_argument("--device-id", type=count_or_zero, default=0, help="GPU index")
     p.add_argument("--verbose", action="store_true")
+
+
+def optimization_level(text: str) -> int:
+    """--optimization-level: TensorRT's builder levels, 0 to 5."""
+    from deqflow.cli_args import count_or_zero
+
+    value = count_or_zero(text)
+    if value > MAX_OPTIMIZATION_LEVEL:
+        raise argparse.ArgumentTypeError(f"must be 0 to {MAX_OPTIMIZATION_LEVEL}, got {value}")
+    return value
 
 
 def _dynamic_profiles(args: argparse.Namespace, file: ModelFile, meta: ModelMetadata) -> ShapeProfiles:
@@ -79,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
+    from deqflow.fileio import check_output_file
     from deqflow.model_metadata import ENGINE_SUFFIXES, IMAGE_PARTS
     from runtime.errors import InputError
     from runtime.modelfile import open_model_file
@@ -86,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from runtime.tensorrt.build import build_engine
     from runtime.tensorrt.cache import EngineCache, split_engine_paths, write_engine
 
+    check_output_file(args.output, example="model.engine")
     file = open_model_file(args.onnx)
     if file.kind != "onnx":
         raise InputError(f"--onnx must be a deqflow ONNX export, got a {file.kind}: {args.onnx}")

@@ -28,6 +28,9 @@ def add_arguments(p) -> None:
                    help="tolerance tier (auto: float16 for mixed16 exports / fp16 engines)")
     p.add_argument("--output", default="compare", help="folder for compare.json and compare.md")
     p.add_argument("--pad-mode", choices=["sintel", "kitti"], default="sintel", help="how inputs are padded")
+    p.add_argument("--allow-skip", action="store_true",
+                   help="exit 0 even when a candidate could not be loaded (not installed, a bad model file) as long "
+                        "as another candidate was compared and passed; by default a skipped candidate fails the run")
     add_solver_args(p)
     add_backend_options(p)
 
@@ -35,42 +38,37 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from pathlib import Path
 
+    from deqflow.errors import DeqflowError
+    from deqflow.fileio import check_output_dir, check_output_file, save_results
     from runtime.backends import create_backend, parse_spec
-    from runtime.commands.common import backend_options
-    from runtime.compare import compare, load_golden, save_golden
+    from runtime.commands.common import backend_options, spec_label
+    from runtime.compare import compare, load_golden
     from runtime.errors import InputError
 
+    check_output_dir(args.output)
+    if args.save_golden:
+        check_output_file(args.save_golden, "--save-golden", "golden.npz")
     specs = [parse_spec(s) for s in args.candidate]
     golden = load_golden(args.golden) if args.golden else None
-    if golden is None:
-        if args.reference:
-            ref_spec = parse_spec(args.reference)
-        elif args.checkpoint:
-            ref_spec = ("torch", {}, args.checkpoint)
-        else:
-            raise InputError("give a reference: --checkpoint CKPT (torch float32), --reference SPEC or --golden FILE")
+    if golden is None and not (args.reference or args.checkpoint):
+        raise InputError("give a reference: --checkpoint CKPT (torch float32), --reference SPEC or --golden FILE")
     if not specs and not args.save_golden:
         raise InputError("nothing to compare: add --candidate SPEC (or --save-golden FILE to only save the reference)")
     settings = resolved_settings(args, specs, golden)
     pairs, label = input_pairs(args, specs, golden)
     reference = None
     if golden is None:
-        name, opts, path = ref_spec
+        name, opts, path = parse_spec(args.reference) if args.reference else ("torch", {}, args.checkpoint)
         reference = create_backend(name, path, settings=settings, **backend_options(name, args, opts))
-    candidates = []
+    candidates, skipped = [], []
     try:
         for name, opts, path in specs:
-            candidates.append(create_backend(name, path, settings=settings, **backend_options(name, args, opts)))
-        if args.save_golden and reference is not None:
-            from runtime.compare import Golden, run_outputs
-
-            outs, _ = run_outputs(reference, pairs, args.pad_mode)
-            meta = {"label": reference.label, "reference": reference.describe(),
-                    "settings": getattr(reference, "resolved", settings).as_dict(),
-                    "pad_mode": args.pad_mode, "inputs": label}
-            save_golden(args.save_golden, pairs, outs, meta)
-            print(f"saved golden inputs/outputs to {args.save_golden}")
-            golden = Golden(pairs, outs, {**meta, "label": reference.label})
+            try:
+                candidates.append(create_backend(name, path, settings=settings, **backend_options(name, args, opts)))
+            except DeqflowError as exc:  # a candidate that cannot be loaded is reported, and fails the gate
+                skipped.append({"label": spec_label(name, backend_options(name, args, opts), path), "spec":
+                                f"{name}={path}", "passed": False, "skipped": str(exc), "error": f"skipped: {exc}"})
+        golden = save_reference(args, reference, pairs, settings, label) or golden
         report = compare(reference, candidates, pairs, golden=golden, tier=args.tier, pad_mode=args.pad_mode,
                          settings=settings.as_dict(), inputs_label=label)
         if reference is not None:
@@ -79,13 +77,29 @@ def run(args) -> int:
         for b in [reference, *candidates]:
             if b is not None:
                 b.close()
+    report.candidates += skipped
+    report.allow_skip = args.allow_skip
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(report.to_json())
-    (out / "compare.md").write_text(report.to_markdown())
+    save_results(out / "compare.json", report.to_json().encode())
+    save_results(out / "compare.md", report.to_markdown().encode())
     print_verdicts(report)
     print(f"wrote {out / 'compare.json'} and {out / 'compare.md'}")
+    print(f"compare: {report.verdict()}")  # last, where a CI log is read
     return 0 if report.passed else 1
+
+
+def save_reference(args, reference, pairs, settings, label: str):
+    """--save-golden: the reference's outputs on `pairs` saved as a golden file, returned as the reference."""
+    from runtime.compare import Golden, run_outputs, save_golden
+
+    if not args.save_golden or reference is None:
+        return None
+    outs, _ = run_outputs(reference, pairs, args.pad_mode)
+    meta = {"label": reference.label, "reference": reference.describe(),
+            "settings": getattr(reference, "resolved", settings).as_dict(), "pad_mode": args.pad_mode, "inputs": label}
+    save_golden(args.save_golden, pairs, outs, meta)
+    print(f"saved golden inputs/outputs to {args.save_golden}")
+    return Golden(pairs, outs, {**meta, "label": reference.label})
 
 
 def resolved_settings(args, specs: list, golden):
@@ -125,6 +139,9 @@ def print_verdicts(report) -> None:
     import json
 
     for c in report.candidates:
+        if c.get("skipped"):
+            print(f"{c['label']}: SKIPPED ({c['skipped']})")
+            continue
         if c.get("error"):
             print(f"{c['label']}: ERROR {c['error']}")
             continue

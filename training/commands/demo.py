@@ -39,9 +39,11 @@ def run(args) -> int:
 
     from deqflow import middlebury
     from deqflow.errors import CheckpointError
+    from deqflow.fileio import check_output_dir
     from deqflow.flow_io import read_flo, write_flow
     from deqflow.image_io import write_image
 
+    check_output_dir(args.output)
     ckpt = args.checkpoint or shipped_checkpoint()
     if ckpt is None:
         raise CheckpointError(f"{DEFAULT_CHECKPOINT} is not in this checkout (it is committed in the repository: "

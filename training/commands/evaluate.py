@@ -31,12 +31,13 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     import json
-    from pathlib import Path
 
-    from deqflow.errors import InputError
+    from deqflow.fileio import check_output_file, save_results
     from training.checkpoint import load_model
-    from training.evaluate import EvalSet, format_table, run_sets, standard_sets
+    from training.evaluate import format_table, run_sets
 
+    if args.output:
+        check_output_file(args.output, example="results.json")
     model, meta = load_model(args.checkpoint, device=args.device)
     changes = {"f_solver": args.solver}
     if args.tol is not None:
@@ -44,6 +45,28 @@ def run(args) -> int:
     if args.stop_mode is not None:
         changes["f_stop_mode"] = args.stop_mode
     model.configure_deq(**changes)
+    sets = evaluation_sets(args)
+    cap = args.iters or model.cfg.deq.eval_max_iter
+    sizes = [len(s.dataset) if args.max_samples is None else min(args.max_samples, len(s.dataset)) for s in sets]
+    print(f"evaluate: {sum(sizes)} sample(s) in {len(sets)} set(s) "
+          f"({', '.join(f'{s.name} {n}' for s, n in zip(sets, sizes))}), up to {cap} iterations each")
+    results = run_sets(model, sets, iters=args.iters, device=args.device, max_samples=args.max_samples)
+    print(format_table(results))
+    print("EPE per-pixel = mean over all valid pixels (Sintel/Chairs/Things); per-image = mean of image means "
+          "(KITTI); Fl-all = % of valid pixels with EPE > 3 px and > 5% of |gt|")
+    if args.output:
+        payload = {"checkpoint": str(args.checkpoint), "sha256": meta.get("sha256"),
+                   "solver": model.cfg.deq.f_solver, "iterations_cap": cap, "results": results}
+        save_results(args.output, json.dumps(payload, indent=2).encode())
+        print(f"wrote {args.output}")
+    return 0
+
+
+def evaluation_sets(args) -> list:
+    """The EvalSets named by --dataset, --folder and --stereo (InputError when none is)."""
+    from deqflow.errors import InputError
+    from training.evaluate import EvalSet, standard_sets
+
     sets = []
     for name in args.dataset:
         sets += standard_sets(name, args.data_root, args.max_samples)
@@ -57,14 +80,4 @@ def run(args) -> int:
         sets.append(EvalSet("stereo", StereoPairDataset(*args.stereo), args.pad_mode, "epe_per_pixel"))
     if not sets:
         raise InputError("nothing to evaluate: give --dataset, --folder or --stereo")
-    results = run_sets(model, sets, iters=args.iters, device=args.device, max_samples=args.max_samples)
-    print(format_table(results))
-    print("EPE per-pixel = mean over all valid pixels (Sintel/Chairs/Things); per-image = mean of image means "
-          "(KITTI); Fl-all = % of valid pixels with EPE > 3 px and > 5% of |gt|")
-    if args.output:
-        payload = {"checkpoint": str(args.checkpoint), "sha256": meta.get("sha256"),
-                   "solver": model.cfg.deq.f_solver, "iterations_cap": args.iters or model.cfg.deq.eval_max_iter,
-                   "results": results}
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(payload, indent=2))
-    return 0
+    return sets

@@ -77,11 +77,13 @@ def _add_model_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from deqflow.fileio import check_output_dir
     from training.commands.model_args import model_config_from_args
     from training.deq.args import deq_config_from_args
     from training.stages import STAGES
     from training.train import TrainConfig, train
 
+    check_output_dir(args.output or f"runs/{args.stage}")
     stage = STAGES[args.stage]
     if args.f_thres is None:
         args.f_thres = stage.f_max_iter

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from deqflow.cli_args import count, count_or_zero, iterations, non_negative_number, positive_number
 from deqflow.solver_spec import SOLVER_NAMES, STOP_MODES
 from training.deq.config import DEQConfig
 
@@ -16,35 +17,35 @@ def add_deq_args(parser: argparse.ArgumentParser) -> None:
                    help="weight norm on the update block (official flag; the model config decides)")
     g.add_argument("--f_solver", default=d.f_solver, choices=sorted(SOLVER_NAMES), help="forward solver")
     g.add_argument("--b_solver", default=d.b_solver, choices=sorted(SOLVER_NAMES), help="IFT backward solver")
-    g.add_argument("--f_thres", type=int, default=d.f_max_iter, help="forward solver max steps")
-    g.add_argument("--b_thres", type=int, default=d.b_max_iter, help="backward solver max steps")
-    g.add_argument("--f_eps", type=float, default=d.f_tol,
+    g.add_argument("--f_thres", type=iterations, default=d.f_max_iter, help="forward solver max steps")
+    g.add_argument("--b_thres", type=iterations, default=d.b_max_iter, help="backward solver max steps")
+    g.add_argument("--f_eps", type=non_negative_number, default=d.f_tol,
                    help="forward stop tolerance (<= 0: no early stop)")
-    g.add_argument("--b_eps", type=float, default=d.b_tol, help="backward stop tolerance")
+    g.add_argument("--b_eps", type=non_negative_number, default=d.b_tol, help="backward stop tolerance")
     g.add_argument("--f_stop_mode", default=d.f_stop_mode, choices=STOP_MODES)
     g.add_argument("--b_stop_mode", default=d.b_stop_mode, choices=STOP_MODES)
-    g.add_argument("--eval_factor", type=float, default=d.eval_factor,
+    g.add_argument("--eval_factor", type=positive_number, default=d.eval_factor,
                    help="test steps = f_thres * eval_factor")
-    g.add_argument("--eval_f_thres", type=int, default=d.eval_f_max_iter,
+    g.add_argument("--eval_f_thres", type=count_or_zero, default=d.eval_f_max_iter,
                    help="test steps (overrides eval_factor when > 0)")
     g.add_argument("--indexing_core", action="store_true",
                    help="one solve with gradients at absolute steps (default: sliced segments)")
     g.add_argument("--ift", action="store_true", help="exact implicit gradient for the last loss term")
     g.add_argument("--safe_ift", action="store_true", help="IFT on a separate graph (one extra f evaluation)")
-    g.add_argument("--n_losses", type=int, default=d.n_states,
+    g.add_argument("--n_losses", type=count, default=d.n_states,
                    help="states sampled along the trajectory (fixed-point correction)")
-    g.add_argument("--indexing", type=int, nargs="+", default=list(d.indexing), help="explicit sampled steps")
-    g.add_argument("--phantom_grad", type=int, nargs="+", default=list(d.phantom_grad),
+    g.add_argument("--indexing", type=count, nargs="+", default=list(d.indexing), help="explicit sampled steps")
+    g.add_argument("--phantom_grad", type=count, nargs="+", default=list(d.phantom_grad),
                    help="unrolled phantom-gradient steps (one value, or one per loss term)")
-    g.add_argument("--tau", type=float, default=d.tau, help="damping of the phantom steps")
+    g.add_argument("--tau", type=positive_number, default=d.tau, help="damping of the phantom steps")
     g.add_argument("--sup_all", action="store_true", help="supervise every phantom step")
     g.add_argument("--sradius_mode", action="store_true", help="Jacobian spectral radius at test")
-    g.add_argument("--damping", type=float, default=d.damping,
+    g.add_argument("--damping", type=positive_number, default=d.damping,
                    help="fixed-point damping z <- (1-d) z + d f(z)")
-    g.add_argument("--anderson_m", type=int, default=d.anderson_m, help="Anderson window")
-    g.add_argument("--anderson_lam", type=float, default=d.anderson_lam, help="Anderson regularisation")
-    g.add_argument("--anderson_beta", type=float, default=d.anderson_beta, help="Anderson mixing")
-    g.add_argument("--broyden_memory", type=int, default=d.broyden_memory,
+    g.add_argument("--anderson_m", type=count, default=d.anderson_m, help="Anderson window")
+    g.add_argument("--anderson_lam", type=positive_number, default=d.anderson_lam, help="Anderson regularisation")
+    g.add_argument("--anderson_beta", type=positive_number, default=d.anderson_beta, help="Anderson mixing")
+    g.add_argument("--broyden_memory", type=count_or_zero, default=d.broyden_memory,
                    help="Broyden rank-one terms kept (0: the solve's iteration cap)")
     g.add_argument("--return_final", action="store_true",
                    help="return the last iterate instead of the lowest-residual one")
