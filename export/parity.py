@@ -45,11 +45,12 @@ def synthetic_pair(height: int, width: int, seed: int = 0, max_displacement: flo
 
 def reference_model(model: DEQFlow, lookup: str = "grid_sample", tolerance: float = 0.0,
                     stop_mode: str = "abs") -> DEQFlow:
-    """A copy of `model` configured like the exported graphs: fixed-point steps, last iterate."""
+    """A copy of `model` configured like the exported graphs: fixed-point steps, last iterate, no stagnation
+    exit (a graph has none; the model's own stop rule may carry one)."""
     ref = copy.deepcopy(model).eval()
     ref.lookup = lookup
     ref.configure_deq(f_solver="fixed_point", f_tol=float(tolerance), f_stop_mode=stop_mode, return_final=True,
-                      damping=1.0)
+                      damping=1.0, stall_window=0)
     return ref
 
 

@@ -140,7 +140,7 @@ def test_loop_tolerance_iteration_count(tmp_path_factory, pairs, name):
     ref = _reference(name, "real", pairs, iters=cap, tolerance=tol)
     assert 2 < ref["iterations"] < cap
     for layout in ("loop", "split"):
-        result = _export(tmp_path_factory, name, layout, "gather", iters=cap, tolerance=tol)
+        result = _export(tmp_path_factory, name, layout, "gather", iters=cap, tolerance=tol, stop_mode="abs")
         got = _run(result, _feed(*pairs["real"]), iters=cap, tolerance=tol)
         assert got["iterations"] == ref["iterations"], (layout, got["iterations"], ref["iterations"])
         assert float(np.abs(got["flow"] - ref["flow"]).max()) <= FLOW_TOL

@@ -52,11 +52,15 @@ def small_payload(seed: int = 0, **meta) -> dict:
 
 
 # ------------------------------------------------------------------ checkpoints
-def test_shipped_checkpoint_without_digest_still_loads():
+def test_checkpoint_without_digest_still_loads(tmp_path):
+    """Files written before digests existed (deqflow's earlier files, official checkpoints) load unchecked."""
     obj = read_checkpoint_file(SHIPPED)
-    assert DIGEST_KEY not in obj["meta"]  # written before digests existed
-    state, config, _ = split_checkpoint(obj, str(SHIPPED))
-    assert config["variant"] == "T" and state
+    assert DIGEST_KEY in obj["meta"]
+    del obj["meta"][DIGEST_KEY]
+    legacy = tmp_path / "legacy.pth"
+    torch.save(obj, legacy)
+    state, config, meta = split_checkpoint(read_checkpoint_file(legacy), str(legacy))
+    assert config["variant"] == "T" and state and DIGEST_KEY not in meta
 
 
 def test_checkpoint_with_randomised_middle_fails_its_crc(tmp_path):
