@@ -11,6 +11,7 @@ HELP = ("serve a model with NVIDIA's Triton Inference Server (PyTriton): image p
 
 
 def add_arguments(p) -> None:
+    from deqflow.cli_args import count, count_or_zero, positive_number
     from runtime.commands.common import add_backend_options, add_solver_args
 
     g = p.add_argument_group("model")
@@ -20,14 +21,14 @@ def add_arguments(p) -> None:
                    help="default: torch with --checkpoint, onnxruntime with --model (tensorrt for .engine files)")
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    s.add_argument("--http-port", type=int, default=8000)
-    s.add_argument("--grpc-port", type=int, default=8001)
-    s.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics (/metrics)")
-    s.add_argument("--max-batch", type=int, default=8, help="largest batch Triton forms (and accepts per request)")
-    s.add_argument("--max-queue-delay-us", type=int, default=2000,
+    s.add_argument("--http-port", type=count, default=8000, help="HTTP port")
+    s.add_argument("--grpc-port", type=count, default=8001, help="gRPC port")
+    s.add_argument("--metrics-port", type=count, default=8002, help="Prometheus metrics (/metrics)")
+    s.add_argument("--max-batch", type=count, default=8, help="largest batch Triton forms (and accepts per request)")
+    s.add_argument("--max-queue-delay-us", type=count_or_zero, default=2000,
                    help="how long Triton holds a request to batch it with others (microseconds)")
-    s.add_argument("--instances", type=int, default=1, help="model instances (each with its own backend)")
-    s.add_argument("--stream-idle-timeout", type=float, default=60.0,
+    s.add_argument("--instances", type=count, default=1, help="model instances (each with its own backend)")
+    s.add_argument("--stream-idle-timeout", type=positive_number, default=60.0,
                    help="seconds after which an idle stream's state is freed")
     s.add_argument("--workspace", default=None, help="PyTriton workspace folder (default: a temporary one)")
     s.add_argument("--verbose", action="store_true", help="print Triton's own log")
