@@ -22,10 +22,11 @@ def add_arguments(p) -> None:
     p.add_argument("--max-samples", type=count, default=None, help="samples per set (default: all)")
     p.add_argument("--output", default=None, help="write the results as JSON here (default: only print them)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
-    add_solver_group(p, ("iters", "tol", "stop_mode", "solver"), defaults={"solver": "fixed_point"},
+    add_solver_group(p, ("iters", "tol", "stop_mode", "solver", "stall_window"), defaults={"solver": "fixed_point"},
                      notes={"iters": "default: the checkpoint's evaluation cap, eval_f_thres or f_thres x "
                                      "eval_factor",
-                            "solver": "fixed_point is the official evaluation protocol"},
+                            "solver": "fixed_point is the official evaluation protocol (with --iters 60 --tol "
+                                      "0.001 --stop-mode abs --stall-window 0)"},
                      unset="default: the checkpoint's")
 
 
@@ -44,12 +45,15 @@ def run(args) -> int:
         changes["f_tol"] = args.tol
     if args.stop_mode is not None:
         changes["f_stop_mode"] = args.stop_mode
+    if args.stall_window is not None:
+        changes["stall_window"] = args.stall_window
     model.configure_deq(**changes)
     sets = evaluation_sets(args)
     cap = args.iters or model.cfg.deq.eval_max_iter
     sizes = [len(s.dataset) if args.max_samples is None else min(args.max_samples, len(s.dataset)) for s in sets]
     print(f"evaluate: {sum(sizes)} sample(s) in {len(sets)} set(s) "
-          f"({', '.join(f'{s.name} {n}' for s, n in zip(sets, sizes))}), up to {cap} iterations each")
+          f"({', '.join(f'{s.name} {n}' for s, n in zip(sets, sizes))}); stop: "
+          f"{model.cfg.deq.stop_rule(cap).describe()}")
     results = run_sets(model, sets, iters=args.iters, device=args.device, max_samples=args.max_samples)
     print(format_table(results))
     print("EPE per-pixel = mean over all valid pixels (Sintel/Chairs/Things); per-image = mean of image means "
