@@ -184,3 +184,14 @@ def test_heldout_scoring_sweep_and_baselines():
     assert len(scored["rel_residual"]) == 2 and set(scored["per_pair"]) == {p.name for p in pairs}
     zero = baseline_scores({"h": pairs}, ("zero",))["h"]["zero"]
     assert zero == pytest.approx(scored["baselines"]["zero"]["epe_per_pixel"]) and 0 < zero <= 4.0
+
+
+def test_heldout_motorcycle_pair_is_the_demo_pair():
+    """The held-out set's real pair comes from the one Middlebury loader (deqflow.middlebury)."""
+    from deqflow.middlebury import motorcycle
+    from training.data.heldout_real import motorcycle_pair
+
+    pair = motorcycle_pair()
+    left, _, flow, valid = motorcycle()
+    assert pair.name == "motorcycle" and pair.image1.shape == left.shape == (500, 741, 3)
+    assert np.array_equal(pair.flow, flow) and np.array_equal(pair.valid, valid)

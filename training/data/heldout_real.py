@@ -82,7 +82,7 @@ def heldout_homography_pairs(cfg: HeldoutRealConfig = HeldoutRealConfig()) -> li
 
 def motorcycle_pair() -> RealPair:
     """Middlebury 2014 'motorcycle' (shipped in scikit-image), the demo's real pair: flow (-d, 0)."""
-    from training.commands.demo import real_stereo_pair
+    from deqflow.middlebury import motorcycle
 
-    left, right, flow, valid = real_stereo_pair()
+    left, right, flow, valid = motorcycle()
     return RealPair("motorcycle", np.ascontiguousarray(left), np.ascontiguousarray(right), flow, valid)
