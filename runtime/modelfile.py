@@ -18,10 +18,9 @@ from deqflow.model_metadata import (
     FULL_LAYOUTS,
     ONNX_SUFFIX,
     ModelMetadata,
-    read_metadata,
     split_paths,
 )
-from deqflow.onnx_integrity import verify_onnx_file
+from deqflow.onnx_integrity import load_onnx_checked
 from runtime.errors import FileFormatError, InputError
 from runtime.tensorrt.cache import engine_metadata, split_engine_paths
 
@@ -89,10 +88,10 @@ def open_model_file(path: str | os.PathLike) -> ModelFile:
 def open_onnx(p: Path) -> ModelFile:
     """An ONNX export: one full-layout file, or the split set named by any of its files or its base name."""
     if p.is_file():
-        meta = read_metadata(p)
+        meta, digest = read_checked(p)
         if meta.layout in FULL_LAYOUTS:
             return ModelFile(path=p, kind="onnx", layout=meta.layout, parts={"model": p}, metadata={"model": meta},
-                             weights_digest={"model": verify_onnx_file(p)})
+                             weights_digest={"model": digest})
         if meta.layout != "split":
             raise FileFormatError(f"{p}: unknown layout {meta.layout!r} in its deqflow metadata")
     try:
@@ -102,10 +101,19 @@ def open_onnx(p: Path) -> ModelFile:
             raise FileFormatError(f"model file not found: {p} (nor a split export {p.stem}.encoder.onnx / "
                                   f".step.onnx / .decode.onnx beside it)") from None
         raise
-    metas = {part: read_metadata(q) for part, q in parts.items()}
+    checked = {part: read_checked(q) for part, q in parts.items()}
+    metas = {part: meta for part, (meta, _) in checked.items()}
     check_split_set(p, parts, metas)
     return ModelFile(path=p, kind="onnx", layout="split", parts=dict(parts), metadata=metas,
-                     weights_digest={part: verify_onnx_file(q) for part, q in parts.items()})
+                     weights_digest={part: digest for part, (_, digest) in checked.items()})
+
+
+def read_checked(p: Path) -> tuple[ModelMetadata, str]:
+    """One full read of an ONNX file: its weights checked (deqflow.onnx_integrity: finite, digest) and its
+    deqflow metadata, from the same parsed model."""
+    model, digest = load_onnx_checked(p)
+    props = {prop.key: prop.value for prop in model.metadata_props}
+    return ModelMetadata.from_props(props, source=str(p)), digest
 
 
 def open_engine(path: Path) -> ModelFile:
