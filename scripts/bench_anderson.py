@@ -311,7 +311,12 @@ def write_markdown(result: dict, path: str) -> None:
         lines.append(f"| {r['config']} | {r['set']} | {r['start']} | {r['evals']:.1f} | {r['ratio']:.2f}x | "
                      f"{r['reached']}/{r['pairs']} | {r['epe']:.3f} | {r['stalled']}/{r['pairs']}, "
                      f"{r['stall_epe']:.3f} |")
-    lines += ["", "## Diagnosis", "", *diagnosis_lines(rows, d, result["tol"]), ""]
+    lines += ["", "## Diagnosis", "", *diagnosis_lines(rows, d, result["tol"]), "", "## Using the safeguard", "",
+              "Off by default (0: the official rule, so official-format checkpoints reproduce the official code). "
+              "Torch: `AndersonOptions(m=3, safeguard=1.0)` (training.deq.solvers.anderson, the registry), "
+              "`DEQConfig(anderson_safeguard=1.0)` or `--anderson_safeguard 1`; the split layout's host solver and "
+              "the runtime: `SolverSettings(method='anderson', anderson_m=3, anderson_safeguard=1.0)`. Plain "
+              "iteration stays the default solver: Anderson does not win on evaluations here.", ""]
     Path(path).write_text("\n".join(lines))
 
 
