@@ -39,9 +39,9 @@ class AndersonOptions:
     """Anderson acceleration with window `m`, Tikhonov regularisation `lam` and mixing `beta`.
 
     `safeguard` > 0 restarts a sample's history when its residual ||f(x) - x|| exceeds `safeguard` times the
-    previous step's (the next step is then a plain one): on the trained DEQ-Flow model, stale secant pairs
-    from the nonlinear start of a cold solve make the mixing extrapolate into a residual jump and a plateau
-    (docs/anderson.md). 0 (the default) never restarts, as the official code."""
+    previous step's (the next step is then a plain one): on the trained DEQ-Flow model, secant pairs from
+    the start of a cold solve mislead the mixing into a residual jump and a plateau (docs/anderson.md).
+    0 (the default) never restarts, as the official code."""
 
     m: int = 6
     lam: float = 1e-4

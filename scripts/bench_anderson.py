@@ -221,7 +221,8 @@ def measure(args) -> dict:
     with tqdm(total=n_solves, desc="solves") as bar:
         rows = solve_all(cold + video[1:], [("cold", None)] * (len(cold) + len(video) - 1), args, bar)
         rows += solve_all(video[1:], warm_starts(video, args), args, bar)
-        late = [(f"after {args.late_steps} plain, tol {args.late_tol:g}", plain_solution(p, p.z0, args, args.late_steps)) for p in cold]
+        label = f"after {args.late_steps} plain, tol {args.late_tol:g}"
+        late = [(label, plain_solution(p, p.z0, args, args.late_steps)) for p in cold]
         rows += solve_all(cold, late, args, bar, LATE, args.late_tol)
     return {"checkpoint": Path(args.checkpoint).name, "sha256": meta.get("sha256"), "threads": args.threads,
             "torch": torch.__version__, "tol": args.tol, "late_tol": args.late_tol, "stop_mode": "rel", "cap": args.cap,

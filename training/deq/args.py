@@ -76,6 +76,7 @@ def deq_config_from_args(ns: argparse.Namespace) -> DEQConfig:
         return_final=bool(get("return_final", d.return_final)), damping=get("damping", d.damping),
         anderson_m=get("anderson_m", d.anderson_m), anderson_lam=get("anderson_lam", d.anderson_lam),
         anderson_beta=get("anderson_beta", d.anderson_beta),
-        anderson_safeguard=get("anderson_safeguard", d.anderson_safeguard), broyden_memory=get("broyden_memory", d.broyden_memory),
+        anderson_safeguard=get("anderson_safeguard", d.anderson_safeguard),
+        broyden_memory=get("broyden_memory", d.broyden_memory),
         sradius_mode=bool(get("sradius_mode", d.sradius_mode)),
     )
