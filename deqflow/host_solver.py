@@ -53,6 +53,7 @@ class SolverSettings:
     anderson_m: int = 6
     anderson_lam: float = 1e-4
     anderson_beta: float = 1.0
+    anderson_safeguard: float = 0.0  # restart the history when the residual grows this much (0 = off)
     stall_window: int | None = None  # stagnation exit over this many steps; 0 = off
     stall_margin: float | None = None  # relative improvement that counts
 
@@ -67,7 +68,7 @@ class SolverSettings:
             check_stop_mode(self.stop_mode, "stop_mode")
         if self.tol is not None and not math.isfinite(float(self.tol)):
             raise InputError(f"tol must be a finite number, got {self.tol}")
-        AndersonOptions(self.anderson_m, self.anderson_lam, self.anderson_beta).validate()
+        AndersonOptions(self.anderson_m, self.anderson_lam, self.anderson_beta, self.anderson_safeguard).validate()
         StopRule(stall_window=int(self.stall_window or 0),
                  stall_margin=0.01 if self.stall_margin is None else float(self.stall_margin))
 
@@ -96,7 +97,8 @@ class SolverSettings:
                "return_final": self.return_final, "stall_window": self.stall_window,
                "stall_margin": self.stall_margin}
         if self.method == "anderson":
-            out.update(anderson_m=self.anderson_m, anderson_lam=self.anderson_lam, anderson_beta=self.anderson_beta)
+            out.update(anderson_m=self.anderson_m, anderson_lam=self.anderson_lam, anderson_beta=self.anderson_beta,
+                       anderson_safeguard=self.anderson_safeguard)
         return out
 
 
@@ -166,17 +168,22 @@ def as_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def anderson_mix(xs: np.ndarray, fs: np.ndarray, n: int, lam: float, beta: float) -> np.ndarray:
+def anderson_mix(xs: np.ndarray, fs: np.ndarray, n: int, lam: float, beta: float,
+                 keep: np.ndarray | None = None) -> np.ndarray:
     """Next Anderson iterate from the last n (x, f(x)) pairs (B, m, D): training.deq.solvers.anderson's rule,
-    i.e. the bordered system [[0, 1^T], [1, G G^T + reg I]] with reg = lam * max ||g_i||^2."""
+    i.e. the bordered system [[0, 1^T], [1, G G^T + reg I]] with reg = lam * max ||g_i||^2; slots with
+    keep (B, m) 0 (a restarted history) get weight 0."""
     xw, fw = xs[:, :n], fs[:, :n]
     g = (fw - xw).astype(np.float64)
+    border = np.ones(g.shape[:2]) if keep is None else keep[:, :n].astype(np.float64)
+    if keep is not None:
+        g = g * border[:, :, None]
     b = g.shape[0]
     gram = g @ g.transpose(0, 2, 1)
     reg = np.maximum(lam * np.diagonal(gram, axis1=1, axis2=2).max(axis=1), np.finfo(np.float32).tiny)
     system = np.zeros((b, n + 1, n + 1))
-    system[:, 0, 1:] = 1
-    system[:, 1:, 0] = 1
+    system[:, 0, 1:] = border
+    system[:, 1:, 0] = border
     system[:, 1:, 1:] = gram + reg[:, None, None] * np.eye(n)
     rhs = np.zeros((b, n + 1))
     rhs[:, 0] = 1
@@ -226,20 +233,31 @@ class _Packer:
 
 
 class _Anderson:
-    """The ring buffer of the last m (x, f(x)) pairs and the mixing step."""
+    """The ring buffer of the last m (x, f(x)) pairs and the mixing step; with `safeguard` > 0, a sample whose
+    residual grew by more than that factor forgets its history (AndersonOptions.safeguard)."""
 
-    def __init__(self, m: int, lam: float, beta: float) -> None:
-        self.m, self.lam, self.beta, self.k = m, lam, beta, 0
+    def __init__(self, m: int, lam: float, beta: float, safeguard: float = 0.0) -> None:
+        self.m, self.lam, self.beta, self.safeguard, self.k = m, lam, beta, safeguard, 0
         self.xs: np.ndarray | None = None
         self.fs: np.ndarray | None = None
+        self.keep: np.ndarray | None = None
+        self.previous: np.ndarray | None = None
 
-    def next(self, x: np.ndarray, fx: np.ndarray) -> np.ndarray:
+    def next(self, x: np.ndarray, fx: np.ndarray, res: Any = None) -> np.ndarray:
         if self.xs is None:
             self.xs = np.zeros((x.shape[0], self.m, x.shape[1]), np.float32)
             self.fs = np.zeros_like(self.xs)
-        self.xs[:, self.k % self.m], self.fs[:, self.k % self.m] = x, fx
+            self.keep = np.ones((x.shape[0], self.m)) if self.safeguard > 0 else None
+            self.previous = np.full(x.shape[0], np.inf)
+        slot = self.k % self.m
+        self.xs[:, slot], self.fs[:, slot] = x, fx
+        if self.keep is not None:
+            res = np.linalg.norm(fx - x, axis=1) if res is None else np.asarray(res, np.float64).reshape(-1)
+            self.keep[res > self.safeguard * self.previous] = 0
+            self.keep[:, slot] = 1
+            self.previous = res
         self.k += 1
-        return anderson_mix(self.xs, self.fs, min(self.k, self.m), self.lam, self.beta)
+        return anderson_mix(self.xs, self.fs, min(self.k, self.m), self.lam, self.beta, self.keep)
 
 
 class _Residuals:
@@ -306,7 +324,8 @@ def fixed_point_loop(parts: StepParts, ctx: Any, start: tuple[np.ndarray, np.nda
     residuals = _Residuals(start[0].shape[0], settings)
     mixer = None
     if settings.method == "anderson":
-        mixer = _Anderson(min(settings.anderson_m, settings.max_iter), settings.anderson_lam, settings.anderson_beta)
+        mixer = _Anderson(min(settings.anderson_m, settings.max_iter), settings.anderson_lam, settings.anderson_beta,
+                          settings.anderson_safeguard)
     net, coords1 = parts.from_host(start[0]), parts.from_host(start[1])
     while True:
         fnet, fcoords, res, rel = parts.step(ctx, net, coords1)
@@ -316,7 +335,7 @@ def fixed_point_loop(parts: StepParts, ctx: Any, start: tuple[np.ndarray, np.nda
         if stop or mixer is None:
             net, coords1 = fnet, fcoords
         else:
-            net, coords1 = packer.unpack(mixer.next(packer.pack(net, coords1), fx))
+            net, coords1 = packer.unpack(mixer.next(packer.pack(net, coords1), fx, res))
         if stop:
             break
     if residuals.best is not None:

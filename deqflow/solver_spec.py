@@ -36,11 +36,17 @@ class FixedPointOptions:
 
 @dataclass(frozen=True)
 class AndersonOptions:
-    """Anderson acceleration with window `m`, Tikhonov regularisation `lam` and mixing `beta`."""
+    """Anderson acceleration with window `m`, Tikhonov regularisation `lam` and mixing `beta`.
+
+    `safeguard` > 0 restarts a sample's history when its residual ||f(x) - x|| exceeds `safeguard` times the
+    previous step's (the next step is then a plain one): on the trained DEQ-Flow model, secant pairs from
+    the start of a cold solve mislead the mixing into a residual jump and a plateau (docs/anderson.md).
+    0 (the default) never restarts, as the official code."""
 
     m: int = 6
     lam: float = 1e-4
     beta: float = 1.0
+    safeguard: float = 0.0
 
     def validate(self) -> None:
         if int(self.m) < 1:
@@ -49,6 +55,8 @@ class AndersonOptions:
             raise InputError(f"anderson lam must be > 0 (it keeps the mixing system non-singular), got {self.lam}")
         if not 0 < self.beta <= 1:
             raise InputError(f"anderson beta must be in (0, 1], got {self.beta}")
+        if not (math.isfinite(self.safeguard) and self.safeguard >= 0):
+            raise InputError(f"anderson safeguard must be >= 0 (0 = off), got {self.safeguard}")
 
 
 @dataclass(frozen=True)

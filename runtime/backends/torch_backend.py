@@ -94,7 +94,8 @@ class TorchBackend(Backend):
         init = None if flow_init is None else self._tensor(flow_init)
         options = None  # the model's own options for the other solvers
         if s.method == "anderson":
-            options = AndersonOptions(m=s.anderson_m, lam=s.anderson_lam, beta=s.anderson_beta)
+            options = AndersonOptions(m=s.anderson_m, lam=s.anderson_lam, beta=s.anderson_beta,
+                                      safeguard=s.anderson_safeguard)
         try:
             with torch.no_grad():
                 out = self.model(t1, t2, flow_init=init, cached_state=cached, iters=s.max_iter, solver=s.method,

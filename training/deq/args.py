@@ -45,6 +45,8 @@ def add_deq_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--anderson_m", type=count, default=d.anderson_m, help="Anderson window")
     g.add_argument("--anderson_lam", type=positive_number, default=d.anderson_lam, help="Anderson regularisation")
     g.add_argument("--anderson_beta", type=positive_number, default=d.anderson_beta, help="Anderson mixing")
+    g.add_argument("--anderson_safeguard", type=non_negative_number, default=d.anderson_safeguard,
+                   help="Anderson: forget the history when the residual grows by this factor (0: never, official)")
     g.add_argument("--broyden_memory", type=count_or_zero, default=d.broyden_memory,
                    help="Broyden rank-one terms kept (0: the solve's iteration cap)")
     g.add_argument("--return_final", action="store_true",
@@ -73,6 +75,8 @@ def deq_config_from_args(ns: argparse.Namespace) -> DEQConfig:
         core="indexing" if get("indexing_core", False) else "sliced",
         return_final=bool(get("return_final", d.return_final)), damping=get("damping", d.damping),
         anderson_m=get("anderson_m", d.anderson_m), anderson_lam=get("anderson_lam", d.anderson_lam),
-        anderson_beta=get("anderson_beta", d.anderson_beta), broyden_memory=get("broyden_memory", d.broyden_memory),
+        anderson_beta=get("anderson_beta", d.anderson_beta),
+        anderson_safeguard=get("anderson_safeguard", d.anderson_safeguard),
+        broyden_memory=get("broyden_memory", d.broyden_memory),
         sradius_mode=bool(get("sradius_mode", d.sradius_mode)),
     )

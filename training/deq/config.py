@@ -25,7 +25,8 @@ SolverOptions = FixedPointOptions | AndersonOptions | BroydenOptions
 
 OPTION_FIELDS: dict[str, dict[str, str]] = {
     "fixed_point": {"damping": "damping"},
-    "anderson": {"m": "anderson_m", "lam": "anderson_lam", "beta": "anderson_beta"},
+    "anderson": {"m": "anderson_m", "lam": "anderson_lam", "beta": "anderson_beta",
+                 "safeguard": "anderson_safeguard"},
     "broyden": {"memory": "broyden_memory"},
 }
 """Canonical solver name -> {option field of its options dataclass: DEQConfig field holding it}."""
@@ -92,6 +93,7 @@ class DEQConfig:
     anderson_m: int = 6  # Anderson window
     anderson_lam: float = 1e-4  # Anderson regularisation
     anderson_beta: float = 1.0  # Anderson mixing
+    anderson_safeguard: float = 0.0  # Anderson restart on residual growth by this factor; 0 = off (official)
     broyden_memory: int = 0  # Broyden rank-one terms kept; 0 = the solve's iteration cap
     sradius_mode: bool = False  # --sradius_mode: estimate the Jacobian spectral radius at eval
     stall_window: int = 0  # evaluation only: stop once no residual improvement over this many steps; 0 = off

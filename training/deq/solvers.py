@@ -224,10 +224,32 @@ def fixed_point_iter(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mod
     return track.result(z0.shape)
 
 
+def _anderson_step(xw: Tensor, fw: Tensor, lam: float, beta: float, keep: Tensor | None) -> Tensor:
+    """The mixed iterate from the window (B, n, D); slots with keep 0 (restarted history) get weight 0 exactly:
+    their g rows and border entries are zeroed, so their equation reads reg * alpha_i = 0."""
+    b, n, _ = xw.shape
+    g = fw - xw
+    if keep is not None:
+        g = g * keep[:, :, None]
+    system = xw.new_zeros(b, n + 1, n + 1)
+    system[:, 0, 1:] = 1 if keep is None else keep
+    system[:, 1:, 0] = 1 if keep is None else keep
+    gram = torch.bmm(g, g.transpose(1, 2))
+    reg = (lam * gram.diagonal(dim1=1, dim2=2).amax(dim=1)).clamp_min(torch.finfo(xw.dtype).tiny)
+    system[:, 1:, 1:] = gram + reg[:, None, None] * torch.eye(n, dtype=xw.dtype, device=xw.device)
+    rhs = xw.new_zeros(b, n + 1, 1)
+    rhs[:, 0] = 1
+    alpha = torch.linalg.solve(system, rhs)[:, 1:, 0].unsqueeze(1)  # (B, 1, n)
+    x = torch.bmm(alpha, fw)[:, 0]
+    if beta != 1:
+        x = beta * x + (1 - beta) * torch.bmm(alpha, xw)[:, 0]
+    return x
+
+
 @torch.no_grad()
 def anderson(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "abs",
              indexing: Sequence[int] | None = None, return_final: bool = False,
-             m: int = 6, lam: float = 1e-4, beta: float = 1.0, stall_window: int = 0,
+             m: int = 6, lam: float = 1e-4, beta: float = 1.0, safeguard: float = 0.0, stall_window: int = 0,
              stall_margin: float = 0.01) -> SolverResult:
     """Anderson acceleration: the next iterate mixes the last m (x, f(x)) pairs with weights alpha that
     minimise ||sum_i alpha_i g_i||^2 + reg ||alpha||^2 subject to sum_i alpha_i = 1, g_i = f(x_i) - x_i.
@@ -236,39 +258,33 @@ def anderson(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str =
     [nu; alpha] = [1; 0], solved per sample; beta mixes f(x) (beta = 1) with x. Unlike the official code
     (reg = lam), reg = lam * max_i ||g_i||^2 is relative: an absolute lam swamps G G^T once residuals
     fall below sqrt(lam) and turns the mixing into plain averaging, which can make Anderson slower than
-    plain iteration on slowly contracting maps even at tol 1e-3.
+    plain iteration on slowly contracting maps even at tol 1e-3. safeguard > 0: a sample whose residual
+    grew by more than that factor over its previous step forgets its history (AndersonOptions).
     """
-    AndersonOptions(m=m, lam=lam, beta=beta).validate()
+    AndersonOptions(m=m, lam=lam, beta=beta, safeguard=safeguard).validate()
     flat_f, x = _flatten(f, z0)
     track = _Tracker(x, max_iter=max_iter, tol=tol, stop_mode=stop_mode, indexing=indexing,
                      return_final=return_final, stall_window=stall_window, stall_margin=stall_margin)
     b, d = x.shape
     m = min(m, int(max_iter))
     xs = x.new_zeros(b, m, d)
-    tiny = torch.finfo(x.dtype).tiny
     fs = x.new_zeros(b, m, d)
+    keep = x.new_ones(b, m) if safeguard > 0 else None
+    previous = x.new_full((b,), math.inf)
     k = 0
     while True:
         fx = flat_f(x)
         xs[:, k % m], fs[:, k % m] = x, fx
         if track.record(fs[:, k % m], fx, x):
             break
+        if keep is not None:
+            res = (fx - x).norm(dim=1)
+            keep[res > safeguard * previous] = 0
+            keep[:, k % m] = 1
+            previous = res
         k += 1
         n = min(k, m)
-        xw, fw = xs[:, :n], fs[:, :n]
-        g = fw - xw
-        system = x.new_zeros(b, n + 1, n + 1)
-        system[:, 0, 1:] = 1
-        system[:, 1:, 0] = 1
-        gram = torch.bmm(g, g.transpose(1, 2))
-        reg = (lam * gram.diagonal(dim1=1, dim2=2).amax(dim=1)).clamp_min(tiny)
-        system[:, 1:, 1:] = gram + reg[:, None, None] * torch.eye(n, dtype=x.dtype, device=x.device)
-        rhs = x.new_zeros(b, n + 1, 1)
-        rhs[:, 0] = 1
-        alpha = torch.linalg.solve(system, rhs)[:, 1:, 0].unsqueeze(1)  # (B, 1, n)
-        x = torch.bmm(alpha, fw)[:, 0]
-        if beta != 1:
-            x = beta * x + (1 - beta) * torch.bmm(alpha, xw)[:, 0]
+        x = _anderson_step(xs[:, :n], fs[:, :n], lam, beta, None if keep is None else keep[:, :n])
     return track.result(z0.shape)
 
 
