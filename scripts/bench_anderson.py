@@ -251,6 +251,19 @@ def warm_starts(video: list, args) -> list[tuple]:
     return starts
 
 
+def summary_lines(rows: list[dict]) -> list[str]:
+    """The README's pivot: mean f-evaluations to the tolerance (ratio to plain iteration) per set and start."""
+    cols = list(dict.fromkeys((r["set"], r["start"]) for r in rows if not r["start"].startswith("after")))
+    configs = list(dict.fromkeys(r["config"] for r in rows))
+    shown = [c for c in configs if c == PLAIN or "official" in c or c == "anderson m=3 safeguard=1"]
+    cell = {(r["config"], r["set"], r["start"]): r for r in rows}
+    lines = ["| solver | " + " | ".join(f"{s}, {st}" for s, st in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for c in shown:
+        lines.append(f"| {c} | " + " | ".join(f"{cell[(c, *k)]['evals']:.1f} ({cell[(c, *k)]['ratio']:.2f}x)"
+                                             for k in cols) + " |")
+    return lines
+
+
 def group(runs: list[dict]) -> list[dict]:
     """Per (set, start, configuration): mean f-evaluations to tol, ratio to plain iteration, EPE, stalls."""
     keys = list(dict.fromkeys((r["set"], r["start"], r["config"]) for r in runs))
@@ -312,7 +325,8 @@ def write_markdown(result: dict, path: str) -> None:
         lines.append(f"| {r['config']} | {r['set']} | {r['start']} | {r['evals']:.1f} | {r['ratio']:.2f}x | "
                      f"{r['reached']}/{r['pairs']} | {r['epe']:.3f} | {r['stalled']}/{r['pairs']}, "
                      f"{r['stall_epe']:.3f} |")
-    lines += ["", "## Diagnosis", "", *diagnosis_lines(rows, d, result["tol"]), "", "## Using the safeguard", "",
+    lines += ["", "## Summary", "", *summary_lines(rows), "", "## Diagnosis", "", *diagnosis_lines(rows, d, result["tol"]),
+              "", "## Using the safeguard", "",
               "Off by default (0: the official rule, so official-format checkpoints reproduce the official code). "
               "Torch: `AndersonOptions(m=3, safeguard=1.0)` (training.deq.solvers.anderson, the registry), "
               "`DEQConfig(anderson_safeguard=1.0)` or `--anderson_safeguard 1`; the split layout's host solver and "
