@@ -93,7 +93,7 @@ STOP_REASONS = ("tolerance", "stalled", "cap", "nonfinite")
 flow tolerance); every sample below it or stalled (at least one stalled); the iteration cap; a NaN/Inf
 residual."""
 
-WARM_FLOW_TOL = 0.05
+WARM_FLOW_TOL = 0.028
 """Flow tolerance (px on the 1/8 grid) of a warm-started solve whose rule sets none (StopRule.for_warm_start).
 A warm start begins next to the fixed point, so its flow settles within a few steps while the residual of
 the stacked (hidden state, flow) vector, dominated by the hidden state, keeps the solve going: measured in
