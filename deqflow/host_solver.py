@@ -83,21 +83,22 @@ class SolverSettings:
 
     def with_defaults(self, max_iter: int, tol: float = 0.0, stop_mode: str = "abs",
                       method: str = "fixed_point", stall_window: int = 0, stall_margin: float = 0.01,
-                      flow_tol: float = 0.0, warm_flow_tol: float | None = None) -> SolverSettings:
-        """A copy with every None filled from the model's defaults. A flow_tol asked for also applies to warm
-        starts unless warm_flow_tol is asked for too."""
-        flow = float(self.flow_tol if self.flow_tol is not None else flow_tol)
-        warm = next(v for v in (self.warm_flow_tol, self.flow_tol, warm_flow_tol, flow) if v is not None)
-        return replace(self, flow_tol=flow, warm_flow_tol=float(warm), max_iter=int(self.max_iter if self.max_iter is not None else max_iter),
+                      flow_tol: float = 0.0) -> SolverSettings:
+        """A copy with every None filled from the model's defaults (warm_flow_tol: the flow_tol asked for, if
+        any; else it stays None, i.e. warm starts follow the same rule, until with_rule fills it)."""
+        warm = self.warm_flow_tol if self.warm_flow_tol is not None else self.flow_tol
+        return replace(self, flow_tol=float(self.flow_tol if self.flow_tol is not None else flow_tol),
+                       warm_flow_tol=None if warm is None else float(warm), max_iter=int(self.max_iter if self.max_iter is not None else max_iter),
                        tol=float(self.tol if self.tol is not None else tol),
                        stop_mode=self.stop_mode or stop_mode, method=self.method or method,
                        stall_window=int(self.stall_window if self.stall_window is not None else stall_window),
                        stall_margin=float(self.stall_margin if self.stall_margin is not None else stall_margin))
 
     def with_rule(self, rule: StopRule, method: str = "fixed_point") -> SolverSettings:
-        """with_defaults from a model's stop rule."""
-        return self.with_defaults(rule.max_iter, rule.tol, rule.stop_mode, method, rule.stall_window,
-                                  rule.stall_margin, rule.flow_tol, rule.for_warm_start().flow_tol)
+        """with_defaults from a model's stop rule; warm starts default to the resolved rule's for_warm_start()."""
+        s = self.with_defaults(rule.max_iter, rule.tol, rule.stop_mode, method, rule.stall_window, rule.stall_margin,
+                               rule.flow_tol)
+        return s if s.warm_flow_tol is not None else replace(s, warm_flow_tol=s.stop_rule().for_warm_start().flow_tol)
 
     def for_start(self, warm: bool) -> SolverSettings:
         """The settings one solve runs: a warm-started one (from a previous fixed point) tests the flow step

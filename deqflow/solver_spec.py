@@ -149,8 +149,9 @@ class StopRule:
 
     def for_warm_start(self, flow_tol: float = WARM_FLOW_TOL) -> StopRule:
         """The rule of a warm-started solve: this one, with `flow_tol` when it sets no flow tolerance of its
-        own (a cold start's zero flow moves far on its first steps, a warm start's barely: see WARM_FLOW_TOL)."""
-        return self if self.flow_tol > 0 else replace(self, flow_tol=float(flow_tol))
+        own (see WARM_FLOW_TOL). A rule that never stops early (tol <= 0: a fixed budget, as golden files and
+        the official protocol use) keeps its budget."""
+        return self if self.flow_tol > 0 or self.tol <= 0 else replace(self, flow_tol=float(flow_tol))
 
     @classmethod
     def from_dict(cls, data: object, where: str = "stop rule") -> StopRule:

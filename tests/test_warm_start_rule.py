@@ -93,6 +93,8 @@ def test_warm_default_and_explicit_settings():
     assert (s.flow_tol, s.warm_flow_tol) == (0.0, WARM_FLOW_TOL)
     assert s.for_start(warm=False) is s and s.for_start(warm=True).stop_rule() == rule.for_warm_start()
     assert SolverSettings(warm_flow_tol=0.0).with_rule(rule).for_start(warm=True).flow_tol == 0.0
+    assert SolverSettings(tol=0.0).with_rule(rule).for_start(warm=True).flow_tol == 0.0  # a fixed budget stays
+    assert StopRule(tol=0.0).for_warm_start().flow_tol == 0.0
     assert SolverSettings(flow_tol=0.01).with_rule(rule).for_start(warm=True).flow_tol == 0.01
     own = StopRule(flow_tol=0.2)
     assert own.for_warm_start() is own and SolverSettings().with_rule(own).warm_flow_tol == 0.2
