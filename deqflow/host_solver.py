@@ -10,12 +10,12 @@ the exporter's verification, the scripts and the tests), so the stop rule cannot
 Semantics mirror the PyTorch solvers (training.deq.solvers), so step counts and residuals compare: a step
 is one evaluation of f; the solve stops when every sample's residual (in `stop_mode`) is below `tol` (never
 when tol <= 0) or its flow step below `flow_tol` (deqflow.solver_spec.converged; a warm-started solve uses
-`warm_flow_tol`, see SolverSettings.for_start) or stalled (deqflow.solver_spec.StallMonitor, the same test as the torch solvers), at the cap,
-or when a residual is NaN/Inf, and says why (`SolveStats.reason`); the result is the last iterate (`return_final`,
-the default here, as in the unrolled/Loop graphs) or per sample the lowest-residual one. Callers provide a
-`StepParts` object; the values it passes around (context, net, coords1) may stay on a device: the loop only
-pulls the (N,) residuals to the host each step, and the state when Anderson or lowest-residual tracking
-needs it. numpy only: no torch, no ONNX Runtime.
+`warm_flow_tol`, see SolverSettings.for_start) or stalled (deqflow.solver_spec.StallMonitor, the same test as
+the torch solvers), at the cap, or when a residual is NaN/Inf, and says why (`SolveStats.reason`); the result
+is the last iterate (`return_final`, the default here, as in the unrolled/Loop graphs) or per sample the
+lowest-residual one. Callers provide a `StepParts` object; the values it passes around (context, net, coords1)
+may stay on a device: the loop only pulls the (N,) residuals to the host each step, the flow (N,2,h,w) when a
+flow tolerance is tested, and the state when Anderson or lowest-residual tracking needs it. numpy only: no torch, no ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ class SolverSettings:
         any; else it stays None, i.e. warm starts follow the same rule, until with_rule fills it)."""
         warm = self.warm_flow_tol if self.warm_flow_tol is not None else self.flow_tol
         return replace(self, flow_tol=float(self.flow_tol if self.flow_tol is not None else flow_tol),
-                       warm_flow_tol=None if warm is None else float(warm), max_iter=int(self.max_iter if self.max_iter is not None else max_iter),
+                       warm_flow_tol=None if warm is None else float(warm),
+                       max_iter=int(self.max_iter if self.max_iter is not None else max_iter),
                        tol=float(self.tol if self.tol is not None else tol),
                        stop_mode=self.stop_mode or stop_mode, method=self.method or method,
                        stall_window=int(self.stall_window if self.stall_window is not None else stall_window),

@@ -226,7 +226,8 @@ def main(argv=None) -> int:
            "argv": sys.argv[1:], "backend": backend, "backend_name": args.backend, "size": [h, w],
            "frames": args.frames, "seed": args.seed, "max_displacement": args.max_displacement,
            "rule": {"stop_mode": args.stop_mode, "tol": args.tol, "max_iter": args.max_iter},
-           "cold_rule": cold_rule, "warm_rule": warm_rule, "warm_flow_tol": warm_flow_tol, "equal_accuracy_px": EQUAL_EPE_PX,
+           "cold_rule": cold_rule, "warm_rule": warm_rule, "warm_flow_tol": warm_flow_tol,
+           "equal_accuracy_px": EQUAL_EPE_PX,
            "ref_iters": args.ref_iters, "summary": summary, "pairs": frames, "versions": version_info()}
     docs = Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)
