@@ -15,7 +15,8 @@ the torch solvers), at the cap, or when a residual is NaN/Inf, and says why (`So
 is the last iterate (`return_final`, the default here, as in the unrolled/Loop graphs) or per sample the
 lowest-residual one. Callers provide a `StepParts` object; the values it passes around (context, net, coords1)
 may stay on a device: the loop only pulls the (N,) residuals to the host each step, the flow (N,2,h,w) when a
-flow tolerance is tested, and the state when Anderson or lowest-residual tracking needs it. numpy only: no torch, no ONNX Runtime.
+flow tolerance is tested, and the state when Anderson or lowest-residual tracking needs it.
+numpy only: no torch, no ONNX Runtime.
 """
 
 from __future__ import annotations
