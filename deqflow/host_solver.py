@@ -61,8 +61,7 @@ class SolverSettings:
     stall_window: int | None = None  # stagnation exit over this many steps; 0 = off
     stall_margin: float | None = None  # relative improvement that counts
     flow_tol: float | None = None  # stop once the flow step is below this (px on the 1/8 grid); 0 = off
-    warm_flow_tol: float | None = None  # flow_tol of warm-started solves (None: flow_tol if set, else the
-    # model rule's StopRule.for_warm_start())
+    warm_flow_tol: float | None = None  # flow_tol of warm-started solves (None: flow_tol, as cold ones)
 
     def __post_init__(self) -> None:
         if self.method is not None:
@@ -86,7 +85,7 @@ class SolverSettings:
                       method: str = "fixed_point", stall_window: int = 0, stall_margin: float = 0.01,
                       flow_tol: float = 0.0) -> SolverSettings:
         """A copy with every None filled from the model's defaults (warm_flow_tol: the flow_tol asked for, if
-        any; else it stays None, i.e. warm starts follow the same rule, until with_rule fills it)."""
+        any; else None: warm starts follow the cold rule)."""
         warm = self.warm_flow_tol if self.warm_flow_tol is not None else self.flow_tol
         return replace(self, flow_tol=float(self.flow_tol if self.flow_tol is not None else flow_tol),
                        warm_flow_tol=None if warm is None else float(warm),
@@ -97,10 +96,11 @@ class SolverSettings:
                        stall_margin=float(self.stall_margin if self.stall_margin is not None else stall_margin))
 
     def with_rule(self, rule: StopRule, method: str = "fixed_point") -> SolverSettings:
-        """with_defaults from a model's stop rule; warm starts default to the resolved rule's for_warm_start()."""
-        s = self.with_defaults(rule.max_iter, rule.tol, rule.stop_mode, method, rule.stall_window, rule.stall_margin,
-                               rule.flow_tol)
-        return s if s.warm_flow_tol is not None else replace(s, warm_flow_tol=s.stop_rule().for_warm_start().flow_tol)
+        """with_defaults from a model's stop rule. Warm starts keep it unless warm_flow_tol is asked for: the
+        recommended StopRule.for_warm_start() halves their steps but is not the default, because no warm start
+        (whatever its rule) matches a cold solve's accuracy on the synthetic videos (docs/warm_start.md)."""
+        return self.with_defaults(rule.max_iter, rule.tol, rule.stop_mode, method, rule.stall_window,
+                                  rule.stall_margin, rule.flow_tol)
 
     def for_start(self, warm: bool) -> SolverSettings:
         """The settings one solve runs: a warm-started one (from a previous fixed point) tests the flow step

@@ -89,15 +89,15 @@ def test_host_solver_uses_the_flow_tolerance_for_warm_starts_only(tol, steps):
 
 def test_warm_default_and_explicit_settings():
     rule = StopRule(tol=0.005, stop_mode="rel", max_iter=60, stall_window=6)
-    s = SolverSettings().with_rule(rule)
-    assert (s.flow_tol, s.warm_flow_tol) == (0.0, WARM_FLOW_TOL)
+    s = SolverSettings().with_rule(rule)  # opt-in: warm starts follow the model's rule unless asked
+    assert (s.flow_tol, s.warm_flow_tol) == (0.0, None) and s.for_start(warm=True) is s
+    s = SolverSettings(warm_flow_tol=WARM_FLOW_TOL).with_rule(rule)
     assert s.for_start(warm=False) is s and s.for_start(warm=True).stop_rule() == rule.for_warm_start()
     assert SolverSettings(warm_flow_tol=0.0).with_rule(rule).for_start(warm=True).flow_tol == 0.0
-    assert SolverSettings(tol=0.0).with_rule(rule).for_start(warm=True).flow_tol == 0.0  # a fixed budget stays
-    assert StopRule(tol=0.0).for_warm_start().flow_tol == 0.0
+    assert StopRule(tol=0.0).for_warm_start().flow_tol == 0.0  # a fixed budget stays
     assert SolverSettings(flow_tol=0.01).with_rule(rule).for_start(warm=True).flow_tol == 0.01
     own = StopRule(flow_tol=0.2)
-    assert own.for_warm_start() is own and SolverSettings().with_rule(own).warm_flow_tol == 0.2
+    assert own.for_warm_start() is own and SolverSettings().with_rule(own).for_start(warm=True).flow_tol == 0.2
     assert "flow step < 0.028 px" in rule.for_warm_start(0.028).describe()
     for bad in (-0.1, float("nan"), "x"):
         with pytest.raises(InputError, match="flow"):
