@@ -308,7 +308,8 @@ def plot(out: dict, path: Path) -> None:
     r = out["rule"]
     ax.set_xlabel("frame pair")
     ax.set_ylabel("solver iterations")
-    ax.set_title(f"{out['label']}: cold {r['stop_mode']} < {r['tol']:g}; warm {out['warm_rule']}", fontsize=8)
+    ax.set_title(f"{out['label']}\ncold: {r['stop_mode']} < {r['tol']:g}; warm: + flow step < "
+                 f"{out['warm_flow_tol']:g} px (or residual rule only)", fontsize=8)
     ax.legend(fontsize=7)
     if has_curves:
         c = out["summary"]["curves"]

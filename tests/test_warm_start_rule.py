@@ -126,7 +126,8 @@ def test_rule_round_trips_and_old_files_still_load(tmp_path):
     assert ModelMetadata.from_props(props).stop_rule().flow_tol == 0.0
 
 
-def test_tiny_model_host_and_torch_agree_on_warm_start_iterations(tmp_path):
+@pytest.mark.parametrize("method", ["fixed_point", "anderson"])
+def test_tiny_model_host_and_torch_agree_on_warm_start_iterations(tmp_path, method):
     from runtime import create_backend
     from runtime.pipeline import FlowEstimator
     from training.data.synthetic import make_synthetic_video
@@ -135,7 +136,7 @@ def test_tiny_model_host_and_torch_agree_on_warm_start_iterations(tmp_path):
     video = make_synthetic_video(5, TINY_ONNX_SIZE, seed=2)
     its = {}
     for warm_tol in (0.1, 0.0):  # this random model's first warm flow step is 0.04-0.05 px: well inside 0.1
-        settings = SolverSettings(max_iter=25, tol=1e-2, stop_mode="rel", warm_flow_tol=warm_tol)
+        settings = SolverSettings(max_iter=25, tol=1e-2, stop_mode="rel", method=method, warm_flow_tol=warm_tol)
         for name, path in (("torch", ckpt), ("onnxruntime", TINY_ONNX)):
             with create_backend(name, path, settings=settings, threads=1) as be:
                 est = FlowEstimator(be, warm_start=True)

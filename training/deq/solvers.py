@@ -10,7 +10,9 @@ Conventions shared by all solvers (and by the official DEQ-Flow code, so step co
   tol <= 0), once every sample is below it or stalled (no relative improvement of `stall_margin` over
   `stall_window` steps; deqflow.solver_spec.StallMonitor, shared with the host solver; window 0 = off), at
   the cap, or when an evaluation is NaN/Inf (reported in `stats.nonfinite`, never iterated on). Why it
-  stopped is `stats.reason` (deqflow.solver_spec.STOP_REASONS).
+  stopped is `stats.reason` (deqflow.solver_spec.STOP_REASONS). Inside `flow_stop(FlowStop(tol, size))` a
+  sample also counts as converged once the flow part of f(x) - x moves it by less than tol px per cell
+  (deqflow.solver_spec.converged, as the host solver tests it).
 Solvers run without autograd: gradients are attached afterwards by `training.deq.grad`. States of any
 shape (B, ...) are accepted and handled as flat (B, D) vectors.
 """
