@@ -150,8 +150,8 @@ class StopRule:
 
     def for_warm_start(self, flow_tol: float = WARM_FLOW_TOL) -> StopRule:
         """The recommended rule of a warm-started solve: this one, with `flow_tol` when it sets no flow
-        tolerance of its own (see WARM_FLOW_TOL). A rule that never stops early (tol <= 0: a fixed budget, as golden files and
-        the official protocol use) keeps its budget."""
+        tolerance of its own (see WARM_FLOW_TOL). A rule that never stops early (tol <= 0: a fixed budget, as
+        golden files and the official protocol use) keeps its budget."""
         return self if self.flow_tol > 0 or self.tol <= 0 else replace(self, flow_tol=float(flow_tol))
 
     @classmethod
