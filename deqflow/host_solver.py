@@ -9,12 +9,14 @@ the exporter's verification, the scripts and the tests), so the stop rule cannot
 
 Semantics mirror the PyTorch solvers (training.deq.solvers), so step counts and residuals compare: a step
 is one evaluation of f; the solve stops when every sample's residual (in `stop_mode`) is below `tol` (never
-when tol <= 0) or stalled (deqflow.solver_spec.StallMonitor, the same test as the torch solvers), at the cap,
-or when a residual is NaN/Inf, and says why (`SolveStats.reason`); the result is the last iterate (`return_final`,
-the default here, as in the unrolled/Loop graphs) or per sample the lowest-residual one. Callers provide a
-`StepParts` object; the values it passes around (context, net, coords1) may stay on a device: the loop only
-pulls the (N,) residuals to the host each step, and the state when Anderson or lowest-residual tracking
-needs it. numpy only: no torch, no ONNX Runtime.
+when tol <= 0) or its flow step below `flow_tol` (deqflow.solver_spec.converged; a warm-started solve uses
+`warm_flow_tol`, see SolverSettings.for_start) or stalled (deqflow.solver_spec.StallMonitor, the same test as
+the torch solvers), at the cap, or when a residual is NaN/Inf, and says why (`SolveStats.reason`); the result
+is the last iterate (`return_final`, the default here, as in the unrolled/Loop graphs) or per sample the
+lowest-residual one. Callers provide a `StepParts` object; the values it passes around (context, net, coords1)
+may stay on a device: the loop only pulls the (N,) residuals to the host each step, the flow (N,2,h,w) when a
+flow tolerance is tested, and the state when Anderson or lowest-residual tracking needs it.
+numpy only: no torch, no ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ from deqflow.solver_spec import (
     StallMonitor,
     StopRule,
     canonical_solver,
+    check_flow_tol,
     check_stop_mode,
+    converged,
+    flow_step,
     stop_reason,
 )
 
@@ -56,6 +61,8 @@ class SolverSettings:
     anderson_safeguard: float = 0.0  # restart the history when the residual grows this much (0 = off)
     stall_window: int | None = None  # stagnation exit over this many steps; 0 = off
     stall_margin: float | None = None  # relative improvement that counts
+    flow_tol: float | None = None  # stop once the flow step is below this (px on the 1/8 grid); 0 = off
+    warm_flow_tol: float | None = None  # flow_tol of warm-started solves (None: flow_tol, as cold ones)
 
     def __post_init__(self) -> None:
         if self.method is not None:
@@ -69,33 +76,51 @@ class SolverSettings:
         if self.tol is not None and not math.isfinite(float(self.tol)):
             raise InputError(f"tol must be a finite number, got {self.tol}")
         AndersonOptions(self.anderson_m, self.anderson_lam, self.anderson_beta, self.anderson_safeguard).validate()
+        for name in ("flow_tol", "warm_flow_tol"):
+            if getattr(self, name) is not None:
+                check_flow_tol(getattr(self, name), name)
         StopRule(stall_window=int(self.stall_window or 0),
                  stall_margin=0.01 if self.stall_margin is None else float(self.stall_margin))
 
     def with_defaults(self, max_iter: int, tol: float = 0.0, stop_mode: str = "abs",
-                      method: str = "fixed_point", stall_window: int = 0, stall_margin: float = 0.01) -> SolverSettings:
-        """A copy with every None filled from the model's defaults."""
-        return replace(self, max_iter=int(self.max_iter if self.max_iter is not None else max_iter),
+                      method: str = "fixed_point", stall_window: int = 0, stall_margin: float = 0.01,
+                      flow_tol: float = 0.0) -> SolverSettings:
+        """A copy with every None filled from the model's defaults (warm_flow_tol: the flow_tol asked for, if
+        any; else None: warm starts follow the cold rule)."""
+        warm = self.warm_flow_tol if self.warm_flow_tol is not None else self.flow_tol
+        return replace(self, flow_tol=float(self.flow_tol if self.flow_tol is not None else flow_tol),
+                       warm_flow_tol=None if warm is None else float(warm),
+                       max_iter=int(self.max_iter if self.max_iter is not None else max_iter),
                        tol=float(self.tol if self.tol is not None else tol),
                        stop_mode=self.stop_mode or stop_mode, method=self.method or method,
                        stall_window=int(self.stall_window if self.stall_window is not None else stall_window),
                        stall_margin=float(self.stall_margin if self.stall_margin is not None else stall_margin))
 
     def with_rule(self, rule: StopRule, method: str = "fixed_point") -> SolverSettings:
-        """with_defaults from a model's stop rule."""
+        """with_defaults from a model's stop rule. Warm starts keep it unless warm_flow_tol is asked for: the
+        recommended StopRule.for_warm_start() halves their steps but is not the default, because no warm start
+        (whatever its rule) matches a cold solve's accuracy on the synthetic videos (docs/warm_start.md)."""
         return self.with_defaults(rule.max_iter, rule.tol, rule.stop_mode, method, rule.stall_window,
-                                  rule.stall_margin)
+                                  rule.stall_margin, rule.flow_tol)
+
+    def for_start(self, warm: bool) -> SolverSettings:
+        """The settings one solve runs: a warm-started one (from a previous fixed point) tests the flow step
+        against warm_flow_tol, since its residual overstates how far its flow still has to go."""
+        if warm and self.warm_flow_tol is not None:
+            return replace(self, flow_tol=self.warm_flow_tol)
+        return self
 
     def stop_rule(self) -> StopRule:
         """The resolved settings' stop rule (print it with .describe())."""
         return StopRule(tol=float(self.tol or 0.0), stop_mode=self.stop_mode or "abs", max_iter=int(self.max_iter or 1),
                         stall_window=int(self.stall_window or 0),
-                        stall_margin=0.01 if self.stall_margin is None else float(self.stall_margin))
+                        stall_margin=0.01 if self.stall_margin is None else float(self.stall_margin),
+                        flow_tol=float(self.flow_tol or 0.0))
 
     def as_dict(self) -> dict:
         out = {"max_iter": self.max_iter, "tol": self.tol, "stop_mode": self.stop_mode, "method": self.method,
                "return_final": self.return_final, "stall_window": self.stall_window,
-               "stall_margin": self.stall_margin}
+               "stall_margin": self.stall_margin, "flow_tol": self.flow_tol, "warm_flow_tol": self.warm_flow_tol}
         if self.method == "anderson":
             out.update(anderson_m=self.anderson_m, anderson_lam=self.anderson_lam, anderson_beta=self.anderson_beta,
                        anderson_safeguard=self.anderson_safeguard)
@@ -121,6 +146,7 @@ class SolveStats:
     nonfinite: bool = False
     stalled: np.ndarray | None = None  # (N,) bool when the stagnation test ran
     reason: str = ""  # why the solve ended: one of deqflow.solver_spec.STOP_REASONS
+    flow_trace: np.ndarray | None = None  # (N, iterations) flow steps, when a flow tolerance was tested
 
     @property
     def final_abs(self) -> np.ndarray:
@@ -265,7 +291,7 @@ class _Residuals:
 
     def __init__(self, n: int, settings: SolverSettings) -> None:
         self.n, self.s = n, settings
-        self.traces: dict[str, list[np.ndarray]] = {"abs": [], "rel": []}
+        self.traces: dict[str, list[np.ndarray]] = {"abs": [], "rel": [], "flow": []}
         self.lowest = np.full(n, np.inf)  # in the stop mode
         self.best: np.ndarray | None = None  # packed (N, D) when tracking the lowest residual
         self.nonfinite = self.bad = False
@@ -277,10 +303,13 @@ class _Residuals:
     def keep_best(self) -> bool:
         return not self.s.return_final
 
-    def add(self, res: Any, rel: Any, fx: np.ndarray | None) -> None:
+    def add(self, res: Any, rel: Any, fx: np.ndarray | None, flow: np.ndarray | None = None) -> None:
+        """Book one step: residuals (N,), the packed f(x) when kept, the (N,) flow steps when tested."""
         res, rel = np.asarray(res, np.float64).reshape(self.n), np.asarray(rel, np.float64).reshape(self.n)
         self.traces["abs"].append(res)
         self.traces["rel"].append(rel)
+        if flow is not None:
+            self.traces["flow"].append(np.asarray(flow, np.float64))
         current = res if self.s.stop_mode == "abs" else rel
         improved = current < self.lowest
         self.lowest = np.where(improved, current, self.lowest)
@@ -289,9 +318,9 @@ class _Residuals:
         self.bad = not np.isfinite(res).all()
         self.nonfinite |= self.bad
         crit = current if self.s.return_final else self.lowest
-        converged = crit < self.s.tol if self.s.tol > 0 else np.zeros(self.n, bool)
+        done = converged(crit, self.s.tol, flow, float(self.s.flow_tol or 0.0))
         stalled = self.stall.update(current) if self.stall is not None else np.zeros(self.n, bool)
-        self.reason = stop_reason(nonfinite=self.bad, converged=converged, stalled=stalled,
+        self.reason = stop_reason(nonfinite=self.bad, converged=done, stalled=stalled,
                                   at_cap=len(self.traces["abs"]) >= self.s.max_iter)
 
     def done(self) -> bool:
@@ -302,7 +331,8 @@ class _Residuals:
     def stats(self) -> SolveStats:
         return SolveStats(iterations=len(self.traces["abs"]), abs_trace=np.stack(self.traces["abs"], axis=1),
                           rel_trace=np.stack(self.traces["rel"], axis=1), nonfinite=self.nonfinite,
-                          stalled=None if self.stall is None else self.stall.stalled.copy(), reason=self.reason or "")
+                          stalled=None if self.stall is None else self.stall.stalled.copy(), reason=self.reason or "",
+                          flow_trace=np.stack(self.traces["flow"], axis=1) if self.traces["flow"] else None)
 
 
 def check_settings(settings: SolverSettings) -> SolverSettings:
@@ -330,7 +360,8 @@ def fixed_point_loop(parts: StepParts, ctx: Any, start: tuple[np.ndarray, np.nda
     while True:
         fnet, fcoords, res, rel = parts.step(ctx, net, coords1)
         fx = packer.pack(fnet, fcoords) if (mixer is not None or residuals.keep_best) else None
-        residuals.add(res, rel, fx)
+        flow = flow_step(parts.to_host(fcoords) - parts.to_host(coords1)) if settings.flow_tol else None
+        residuals.add(res, rel, fx, flow)
         stop = residuals.done()
         if stop or mixer is None:
             net, coords1 = fnet, fcoords
@@ -347,7 +378,7 @@ def solve(parts: StepParts, image1: np.ndarray, image2: np.ndarray, settings: So
           flow_init: np.ndarray | None = None, state: WarmState | None = None) -> SolveResult:
     """Run the encoder, the host loop over the step graph, and the decoder. `settings` must be resolved
     (no None: see SolverSettings.with_defaults)."""
-    settings = check_settings(settings)
+    settings = check_settings(settings).for_start(warm=state is not None)
     t0 = time.perf_counter()
     ctx, coords0 = parts.encode(image1, image2)
     t_enc = time.perf_counter()

@@ -89,6 +89,8 @@ class ModelConfig:
         out = asdict(self)
         out["encoder_dims"] = list(self.encoder_dims)
         out["deq"] = {k: list(v) if isinstance(v, tuple) else v for k, v in out["deq"].items()}
+        if not out["deq"]["flow_tol"]:  # written only when on, so older toolkits still read the file
+            del out["deq"]["flow_tol"]
         return out
 
     @classmethod

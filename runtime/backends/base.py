@@ -187,9 +187,9 @@ def graph_settings(settings: SolverSettings, meta: ModelMetadata, path: str) -> 
     if s.tol is not None and float(s.tol) != float(meta.tolerance) and not (s.tol <= 0 and meta.tolerance <= 0):
         raise InputError(f"{where} cannot stop at tolerance {s.tol:g}: its stopping rule is in the graph; "
                          "use the split layout or re-export the loop layout with --tolerance")
-    if s.stall_window:
-        raise InputError(f"{where} exits on its tolerance and trip count only: the stagnation exit needs the split "
-                         "layout or the torch backend")
+    if s.stall_window or s.flow_tol:
+        raise InputError(f"{where} exits on its tolerance and trip count only: the stagnation and flow-step exits "
+                         "need the split layout or the torch backend")
     if s.method not in (None, "fixed_point") or not s.return_final:
         raise InputError(f"{where} runs plain fixed-point steps and returns the last iterate; Anderson or "
                          "lowest-residual selection needs the split layout")

@@ -88,7 +88,7 @@ class TorchBackend(Backend):
         return (meta.get("weights_sha256") or meta.get("sha256") or "")[:12]
 
     def _infer(self, image1, image2, flow_init, state: WarmState | None) -> InferenceResult:
-        torch, s = self.torch, self.resolved
+        torch, s = self.torch, self.resolved.for_start(warm=state is not None)
         t1, t2 = self._tensor(image1), self._tensor(image2)
         cached = None if state is None else (self._tensor(state.hidden), self._tensor(state.flow_low))
         init = None if flow_init is None else self._tensor(flow_init)
@@ -100,7 +100,8 @@ class TorchBackend(Backend):
             with torch.no_grad():
                 out = self.model(t1, t2, flow_init=init, cached_state=cached, iters=s.max_iter, solver=s.method,
                                  tol=s.tol, stop_mode=s.stop_mode, return_final=s.return_final,
-                                 solver_options=options, stall_window=s.stall_window, stall_margin=s.stall_margin)
+                                 solver_options=options, stall_window=s.stall_window, stall_margin=s.stall_margin,
+                                 flow_tol=s.flow_tol)
         except ValueError as exc:
             raise InputError(f"torch backend: {exc}") from None
         if self.device.type == "cuda":

@@ -27,7 +27,8 @@ FORMATS = ("flo", "kitti", "color")
 
 
 def add_arguments(p) -> None:
-    from deqflow.cli_args import count, positive_number
+    from deqflow.cli_args import count, non_negative_number, positive_number
+    from deqflow.solver_spec import WARM_FLOW_TOL
     from runtime.commands.common import add_backend_options, add_solver_args
 
     g = p.add_argument_group("model")
@@ -71,6 +72,11 @@ def add_arguments(p) -> None:
     p.add_argument("--warm-start-mode", choices=["reuse", "forward"], default="reuse",
                    help="reuse: start from the previous fixed point unchanged (see docs/warm_start.md); forward: "
                         "move it along its own flow first")
+    p.add_argument("--warm-flow-tol", type=non_negative_number, default=None, metavar="PX",
+                   help="with --warm-start: a warm-started frame also stops once its flow step (mean |delta flow| "
+                        f"on the 1/8 grid, px) is below PX; {WARM_FLOW_TOL:g} takes about half the cold frames' "
+                        "iterations, see docs/warm_start.md; 0: off (default: the model's own rule, as for cold "
+                        "frames)")
     p.add_argument("--pad-mode", choices=["sintel", "kitti"], default="sintel", help="how images are padded")
     add_solver_args(p)
     add_backend_options(p)
@@ -78,6 +84,8 @@ def add_arguments(p) -> None:
 
 def make_backend(args):
     """The backend chosen by --backend / --checkpoint / --model, with the solver flags."""
+    from dataclasses import replace
+
     from deqflow.model_metadata import ENGINE_SUFFIXES
     from runtime.backends import create_backend
     from runtime.commands.common import backend_options, settings_from_args
@@ -99,8 +107,8 @@ def make_backend(args):
     if name != "torch" and not args.model:
         raise InputError(f"--backend {name} needs --model (an ONNX export or engine); export the checkpoint with "
                          "deqflow export first")
-    return create_backend(name, args.checkpoint or args.model, settings=settings_from_args(args),
-                          **backend_options(name, args))
+    settings = replace(settings_from_args(args), warm_flow_tol=args.warm_flow_tol)
+    return create_backend(name, args.checkpoint or args.model, settings=settings, **backend_options(name, args))
 
 
 def server_backend(args):

@@ -47,6 +47,7 @@ class SolveOverrides:
     options: SolverOptions | None = None
     stall_window: int | None = None
     stall_margin: float | None = None
+    flow_tol: float | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class SolveSettings:
     options: SolverOptions  # an instance of SOLVER_OPTIONS[solver]
     stall_window: int = 0  # stagnation exit (deqflow.solver_spec.StopRule); 0 = off
     stall_margin: float = 0.01
+    flow_tol: float = 0.0  # flow-step exit (deqflow.solver_spec.StopRule.flow_tol); 0 = off
 
 
 @dataclass
@@ -98,6 +100,7 @@ class DEQConfig:
     sradius_mode: bool = False  # --sradius_mode: estimate the Jacobian spectral radius at eval
     stall_window: int = 0  # evaluation only: stop once no residual improvement over this many steps; 0 = off
     stall_margin: float = 0.01  # relative improvement that counts (see deqflow.solver_spec.StopRule)
+    flow_tol: float = 0.0  # evaluation only: also stop once the flow step is below this (px at 1/8); 0 = off
 
     def __post_init__(self) -> None:
         self.indexing = tuple(int(i) for i in self.indexing)
@@ -168,12 +171,13 @@ class DEQConfig:
         """The evaluation stop rule (tolerance, mode, cap, stagnation exit) as plain data."""
         return StopRule(tol=float(self.f_tol), stop_mode=self.f_stop_mode, stall_window=int(self.stall_window),
                         max_iter=int(self.eval_max_iter if max_iter is None else max_iter),
-                        stall_margin=float(self.stall_margin))
+                        stall_margin=float(self.stall_margin), flow_tol=float(self.flow_tol))
 
     def with_stop_rule(self, rule: StopRule) -> DEQConfig:
         """A copy whose evaluation solves follow `rule` (f_tol and f_stop_mode also apply in training)."""
         return replace(self, f_tol=float(rule.tol), f_stop_mode=rule.stop_mode, eval_f_max_iter=int(rule.max_iter),
-                       stall_window=int(rule.stall_window), stall_margin=float(rule.stall_margin))
+                       stall_window=int(rule.stall_window), stall_margin=float(rule.stall_margin),
+                       flow_tol=float(rule.flow_tol))
 
     def forward_solve(self, overrides: SolveOverrides | None = None, training: bool = False) -> SolveSettings:
         """Settings of the forward solve: this config's, changed by `overrides` (validated). Training solves
@@ -188,11 +192,12 @@ class DEQConfig:
         stop_mode = check_stop_mode(self.f_stop_mode if o.stop_mode is None else o.stop_mode)
         window = self.stall_window if o.stall_window is None else o.stall_window
         margin = self.stall_margin if o.stall_margin is None else o.stall_margin
+        flow_tol = self.flow_tol if o.flow_tol is None else o.flow_tol
         rule = StopRule(tol=0.0, stop_mode=stop_mode, stall_window=0 if training else int(window),
-                        stall_margin=float(margin))
+                        stall_margin=float(margin), flow_tol=0.0 if training else float(flow_tol))
         return SolveSettings(solver=solver, tol=float(self.f_tol if o.tol is None else o.tol),
                              stop_mode=stop_mode, options=options, stall_window=rule.stall_window,
-                             stall_margin=rule.stall_margin,
+                             stall_margin=rule.stall_margin, flow_tol=rule.flow_tol,
                              return_final=bool(self.return_final if o.return_final is None else o.return_final))
 
     def backward_solve(self) -> SolveSettings:

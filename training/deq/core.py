@@ -23,7 +23,7 @@ from training.deq.config import DEQConfig, SolveOverrides, SolveSettings
 from training.deq.grad import attach_ift, attach_phantom
 from training.deq.jacobian import estimate_spectral_radius
 from training.deq.registry import run_solver
-from training.deq.solvers import Func, SolverStats
+from training.deq.solvers import FlowStop, Func, SolverStats, flow_stop
 
 
 class DEQ:
@@ -57,30 +57,34 @@ class DEQ:
         return [b - a for a, b in zip(steps, steps[1:])]
 
     def __call__(self, f: Func, z0: Tensor, *, training: bool, max_iter: int | None = None,
-                 return_trajectory: bool = False,
-                 overrides: SolveOverrides | None = None) -> tuple[list[Tensor], SolverStats]:
+                 return_trajectory: bool = False, overrides: SolveOverrides | None = None,
+                 flow_size: int = 0) -> tuple[list[Tensor], SolverStats]:
         """Solve and return (states, stats).
 
         training: the sampled states with gradients (n_terms of them; k per term with sup_all).
         eval: [z*]; with return_trajectory, the estimates at the indexing-core steps of the evaluation
         budget, the last being z*, so the training loss can be computed on them.
         max_iter overrides f_max_iter (training) or eval_max_iter (eval); `overrides` changes the forward
-        solve of this call only (the IFT backward solve keeps the b_* settings).
+        solve of this call only (the IFT backward solve keeps the b_* settings). flow_size: how many trailing
+        entries of the state are the flow, which a flow tolerance (evaluation only) tests.
         """
         if max_iter is not None and int(max_iter) < 1:
             raise InputError(f"max_iter must be >= 1, got {max_iter}")
         solve = self.cfg.forward_solve(overrides, training=training)
         if not training:
-            return self._evaluate(f, z0, solve, max_iter, return_trajectory)
+            return self._evaluate(f, z0, solve, max_iter, return_trajectory, flow_size)
         if self.cfg.core == "sliced":
             return self._train_sliced(f, z0, solve, max_iter)
         return self._train_indexing(f, z0, solve, max_iter)
 
     def _evaluate(self, f: Func, z0: Tensor, solve: SolveSettings, max_iter: int | None,
-                  return_trajectory: bool) -> tuple[list[Tensor], SolverStats]:
+                  return_trajectory: bool, flow_size: int = 0) -> tuple[list[Tensor], SolverStats]:
         total = self.cfg.eval_max_iter if max_iter is None else int(max_iter)
         steps = self._absolute_steps(total) if return_trajectory else None
-        with torch.no_grad():
+        stop = FlowStop(solve.flow_tol, int(flow_size)) if solve.flow_tol > 0 else None
+        if stop is not None and stop.size <= 0:
+            raise InputError("a flow tolerance needs the flow's place in the state: pass flow_size")
+        with torch.no_grad(), flow_stop(stop):
             result = run_solver(solve, f, z0, max_iter=total, indexing=steps)
         if self.cfg.sradius_mode:
             result.stats.sradius = estimate_spectral_radius(f, result.z)

@@ -10,7 +10,9 @@ Conventions shared by all solvers (and by the official DEQ-Flow code, so step co
   tol <= 0), once every sample is below it or stalled (no relative improvement of `stall_margin` over
   `stall_window` steps; deqflow.solver_spec.StallMonitor, shared with the host solver; window 0 = off), at
   the cap, or when an evaluation is NaN/Inf (reported in `stats.nonfinite`, never iterated on). Why it
-  stopped is `stats.reason` (deqflow.solver_spec.STOP_REASONS).
+  stopped is `stats.reason` (deqflow.solver_spec.STOP_REASONS). Inside `flow_stop(FlowStop(tol, size))` a
+  sample also counts as converged once the flow part of f(x) - x moves it by less than tol px per cell
+  (deqflow.solver_spec.converged, as the host solver tests it).
 Solvers run without autograd: gradients are attached afterwards by `training.deq.grad`. States of any
 shape (B, ...) are accepted and handled as flat (B, D) vectors.
 """
@@ -18,7 +20,9 @@ shape (B, ...) are accepted and handled as flat (B, D) vectors.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +37,7 @@ from deqflow.solver_spec import (
     FixedPointOptions,
     StallMonitor,
     check_stop_mode,
+    converged,
     stop_reason,
 )
 
@@ -115,6 +120,29 @@ class SolverResult:
     stats: SolverStats
 
 
+@dataclass(frozen=True)
+class FlowStop:
+    """A flow tolerance (deqflow.solver_spec.StopRule.flow_tol) and where the flow sits in the flat state:
+    its last `size` entries, laid out (2, cells) as DEQFlow packs (hidden, coords1)."""
+
+    tol: float
+    size: int
+
+
+_FLOW_STOP: ContextVar[FlowStop | None] = ContextVar("deqflow_flow_stop", default=None)
+
+
+@contextmanager
+def flow_stop(stop: FlowStop | None) -> Iterator[None]:
+    """Solves started inside also stop on the flow step (`FlowStop`). A context rather than a solver argument:
+    the generic solvers know nothing of the state's layout, and every solver's tracker picks it up alike."""
+    token = _FLOW_STOP.set(stop)
+    try:
+        yield
+    finally:
+        _FLOW_STOP.reset(token)
+
+
 class _Tracker:
     """Residual bookkeeping shared by the solvers: traces, per-sample best estimate, snapshots, stop test."""
 
@@ -139,6 +167,10 @@ class _Tracker:
         self.nstep = 0
         self.stall = StallMonitor(b, stall_window, stall_margin) if int(stall_window) > 0 else None
         self.reason = ""
+        self.flow = _FLOW_STOP.get()
+        if self.flow is not None and not (0 < self.flow.size <= x0.shape[1] and self.flow.size % 2 == 0):
+            raise InputError(f"flow stop size must be even and within the state's {x0.shape[1]} entries, "
+                             f"got {self.flow.size}")
 
     def record(self, est: Tensor, fx: Tensor, x: Tensor) -> bool:
         """Book one evaluation fx = f(x) against the estimate `est`; True means stop now."""
@@ -155,20 +187,29 @@ class _Tracker:
             self.snapshots[self.nstep] = self.best.clone()
         bad = ~torch.isfinite(absr)
         self.nonfinite |= bad
-        self.reason = self._reason(bad, current[self.mode]) or ""
+        self.reason = self._reason(bad, current[self.mode], self._flow_step(fx, x)) or ""
         return bool(self.reason)
 
-    def _reason(self, bad: Tensor, current: Tensor) -> str | None:
+    def _flow_step(self, fx: Tensor, x: Tensor) -> Tensor | None:
+        """(B,) mean per-cell |delta flow| of this evaluation (deqflow.solver_spec.flow_step), in float64 as
+        the host solver computes it; None without a flow stop."""
+        if self.flow is None:
+            return None
+        delta = (fx[:, -self.flow.size:] - x[:, -self.flow.size:]).double().reshape(fx.shape[0], 2, -1)
+        return delta.square().sum(dim=1).sqrt().mean(dim=1)
+
+    def _reason(self, bad: Tensor, current: Tensor, flow: Tensor | None) -> str | None:
         """Why to stop after this evaluation (deqflow.solver_spec.stop_reason), or None. One device-to-host
-        copy per step: the NaN flags, the tolerance test and the residuals for the stagnation test together."""
+        copy per step: the NaN flags, the tolerance and flow tests' inputs and the residuals together."""
         at_cap = self.nstep >= self.max_iter
-        if self.stall is None and self.tol <= 0:
+        if self.stall is None and self.tol <= 0 and flow is None:
             return "nonfinite" if bool(bad.any()) else ("cap" if at_cap else None)
         crit = current if self.return_final else self.lowest[self.mode]
-        converged = (crit < self.tol) if self.tol > 0 else torch.zeros_like(bad)
-        host = torch.stack([bad.double(), converged.double(), current.double()]).cpu().numpy()
+        rows = [bad.double(), crit.double(), current.double()] + ([] if flow is None else [flow])
+        host = torch.stack(rows).cpu().numpy()
+        done = converged(host[1], self.tol, None if flow is None else host[3], 0.0 if flow is None else self.flow.tol)
         stalled = self.stall.update(host[2]) if self.stall is not None else np.zeros(len(host[2]), bool)
-        return stop_reason(nonfinite=bool(host[0].any()), converged=host[1] > 0, stalled=stalled, at_cap=at_cap)
+        return stop_reason(nonfinite=bool(host[0].any()), converged=done, stalled=stalled, at_cap=at_cap)
 
     def result(self, shape: torch.Size) -> SolverResult:
         best = self.best.clone() if self.return_final else self.best  # don't pin a solver buffer

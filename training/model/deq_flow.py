@@ -176,19 +176,22 @@ class DEQFlow(nn.Module):
                 iters: int | None = None, solver: str | None = None, tol: float | None = None,
                 stop_mode: str | None = None, return_final: bool | None = None,
                 solver_options: SolverOptions | None = None, stall_window: int | None = None,
-                stall_margin: float | None = None) -> FlowOutput:
+                stall_margin: float | None = None, flow_tol: float | None = None) -> FlowOutput:
         """Estimate the flow from image1 to image2.
 
         iters overrides the evaluation iteration cap (default f_max_iter * eval_factor); training uses
         f_max_iter and the sampled-state schedule of the DEQ config. solver, tol, stop_mode, return_final,
-        solver_options (the solver's options dataclass) and the stagnation exit (stall_window, stall_margin;
-        evaluation only) change the forward solve of this call only;
+        solver_options (the solver's options dataclass), the stagnation exit (stall_window, stall_margin;
+        evaluation only) and the flow-step exit (flow_tol, px at 1/8; evaluation only) change the forward
+        solve of this call only;
         None keeps the model's DEQ config, which is never modified here.
         """
         overrides = SolveOverrides(solver=solver, tol=tol, stop_mode=stop_mode, return_final=return_final,
-                                   options=solver_options, stall_window=stall_window, stall_margin=stall_margin)
+                                   options=solver_options, stall_window=stall_window, stall_margin=stall_margin,
+                                   flow_tol=flow_tol)
         ctx, packer, f, z0 = self.fixed_point_problem(image1, image2, flow_init, cached_state)
-        states, stats = self.deq(f, z0, training=self.training, max_iter=iters, overrides=overrides)
+        states, stats = self.deq(f, z0, training=self.training, max_iter=iters, overrides=overrides,
+                                 flow_size=packer.sizes[-1])
         decoded = [packer.unpack(z) for z in states]
         flows = [self.decode(h, c - ctx.coords0) for h, c in decoded]
         net_final, coords_final = decoded[-1]
