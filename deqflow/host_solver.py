@@ -31,6 +31,7 @@ import numpy as np
 from deqflow.errors import InputError
 from deqflow.solver_spec import (
     SOLVER_NAMES,
+    STALL_MARGIN,
     AndersonOptions,
     StallMonitor,
     StopRule,
@@ -80,10 +81,10 @@ class SolverSettings:
             if getattr(self, name) is not None:
                 check_flow_tol(getattr(self, name), name)
         StopRule(stall_window=int(self.stall_window or 0),
-                 stall_margin=0.01 if self.stall_margin is None else float(self.stall_margin))
+                 stall_margin=STALL_MARGIN if self.stall_margin is None else float(self.stall_margin))
 
     def with_defaults(self, max_iter: int, tol: float = 0.0, stop_mode: str = "abs",
-                      method: str = "fixed_point", stall_window: int = 0, stall_margin: float = 0.01,
+                      method: str = "fixed_point", stall_window: int = 0, stall_margin: float = STALL_MARGIN,
                       flow_tol: float = 0.0) -> SolverSettings:
         """A copy with every None filled from the model's defaults (warm_flow_tol: the flow_tol asked for, if
         any; else None: warm starts follow the cold rule)."""
@@ -114,7 +115,7 @@ class SolverSettings:
         """The resolved settings' stop rule (print it with .describe())."""
         return StopRule(tol=float(self.tol or 0.0), stop_mode=self.stop_mode or "abs", max_iter=int(self.max_iter or 1),
                         stall_window=int(self.stall_window or 0),
-                        stall_margin=0.01 if self.stall_margin is None else float(self.stall_margin),
+                        stall_margin=STALL_MARGIN if self.stall_margin is None else float(self.stall_margin),
                         flow_tol=float(self.flow_tol or 0.0))
 
     def as_dict(self) -> dict:

@@ -109,6 +109,9 @@ state, keeps the solve going: with it, warm starts take 0.44-0.51x the cold iter
 at the accuracy of residual-rule warm starts (docs/warm_start.md, scripts/warm_start_video.py)."""
 
 
+# A stalled solve: the residual improved by less than this fraction over the stall window (one default everywhere).
+STALL_MARGIN = 0.01
+
 @dataclass(frozen=True)
 class StopRule:
     """When a solve stops: residual (in `stop_mode`) below `tol` for every sample (never when tol <= 0), or
@@ -122,7 +125,7 @@ class StopRule:
     stop_mode: str = "abs"
     max_iter: int = 60
     stall_window: int = 0
-    stall_margin: float = 0.01
+    stall_margin: float = STALL_MARGIN
     flow_tol: float = 0.0
 
     def __post_init__(self) -> None:

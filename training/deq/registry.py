@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 from torch import Tensor
 
 from deqflow.errors import InputError
-from deqflow.solver_spec import SOLVER_OPTIONS, canonical_solver
+from deqflow.solver_spec import SOLVER_OPTIONS, STALL_MARGIN, canonical_solver
 from training.deq.config import SolverOptions, SolveSettings
 from training.deq.solvers import Func, SolverResult, anderson, broyden, fixed_point_iter
 
@@ -28,7 +28,7 @@ class Solver(Protocol):
     def __call__(self, f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "abs",
                  indexing: Sequence[int] | None = None, return_final: bool = False,
                  options: SolverOptions | None = None, stall_window: int = 0,
-                 stall_margin: float = 0.01) -> SolverResult: ...
+                 stall_margin: float = STALL_MARGIN) -> SolverResult: ...
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class RegisteredSolver:
     def __call__(self, f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "abs",
                  indexing: Sequence[int] | None = None, return_final: bool = False,
                  options: SolverOptions | None = None, stall_window: int = 0,
-                 stall_margin: float = 0.01) -> SolverResult:
+                 stall_margin: float = STALL_MARGIN) -> SolverResult:
         options = self.options_type() if options is None else options
         if type(options) is not self.options_type:
             raise InputError(f"solver {self.name!r} takes {self.options_type.__name__}, "

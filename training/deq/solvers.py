@@ -32,6 +32,7 @@ from torch import Tensor
 from deqflow.errors import InputError
 from deqflow.solver_spec import (
     REL_EPS,
+    STALL_MARGIN,
     AndersonOptions,
     BroydenOptions,
     FixedPointOptions,
@@ -148,7 +149,7 @@ class _Tracker:
 
     def __init__(self, x0: Tensor, *, max_iter: int, tol: float, stop_mode: str,
                  indexing: Sequence[int] | None, return_final: bool, stall_window: int = 0,
-                 stall_margin: float = 0.01) -> None:
+                 stall_margin: float = STALL_MARGIN) -> None:
         check_stop_mode(stop_mode, "stop_mode")
         if int(max_iter) < 1:
             raise InputError(f"max_iter must be >= 1, got {max_iter}")
@@ -250,7 +251,7 @@ def _flatten(f: Func, z0: Tensor) -> tuple[Func, Tensor]:
 @torch.no_grad()
 def fixed_point_iter(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "abs",
                      indexing: Sequence[int] | None = None, return_final: bool = False,
-                     damping: float = 1.0, stall_window: int = 0, stall_margin: float = 0.01) -> SolverResult:
+                     damping: float = 1.0, stall_window: int = 0, stall_margin: float = STALL_MARGIN) -> SolverResult:
     """Plain iteration z <- (1-d) z + d f(z) (the official `naive_solver` when d = 1)."""
     FixedPointOptions(damping=damping).validate()
     flat_f, x = _flatten(f, z0)
@@ -291,7 +292,7 @@ def _anderson_step(xw: Tensor, fw: Tensor, lam: float, beta: float, keep: Tensor
 def anderson(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "abs",
              indexing: Sequence[int] | None = None, return_final: bool = False,
              m: int = 6, lam: float = 1e-4, beta: float = 1.0, safeguard: float = 0.0, stall_window: int = 0,
-             stall_margin: float = 0.01) -> SolverResult:
+             stall_margin: float = STALL_MARGIN) -> SolverResult:
     """Anderson acceleration: the next iterate mixes the last m (x, f(x)) pairs with weights alpha that
     minimise ||sum_i alpha_i g_i||^2 + reg ||alpha||^2 subject to sum_i alpha_i = 1, g_i = f(x_i) - x_i.
 
@@ -332,7 +333,7 @@ def anderson(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str =
 @torch.no_grad()
 def broyden(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "abs",
             indexing: Sequence[int] | None = None, return_final: bool = False,
-            memory: int = 0, stall_window: int = 0, stall_margin: float = 0.01) -> SolverResult:
+            memory: int = 0, stall_window: int = 0, stall_margin: float = STALL_MARGIN) -> SolverResult:
     """Limited-memory "good" Broyden on g(z) = f(z) - z, full steps (no line search).
 
     The inverse Jacobian of g is kept as -I + U V^T with at most `memory` rank-one terms (0: max_iter,
