@@ -27,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
@@ -72,8 +74,62 @@ def bptt_predictions(model, image1, image2, iters: int):
     return [model.decode(net, coords - ctx.coords0)]
 
 
+@contextmanager
+def kept_for_backward(model):
+    """Bytes of the tensors autograd keeps for backward while the block runs (distinct storages), by the
+    top-level module that saved them: the profile of what a training step holds when backward starts."""
+    import torch
+
+    owner, sizes, kept = ["other"], {}, Counter()
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in sizes:
+            sizes[storage.data_ptr()] = storage.nbytes()
+            kept[owner[-1]] += storage.nbytes()
+        return t
+
+    def leave(module, args, out) -> None:
+        owner.pop()
+
+    handles = []
+    for name in ("fnet", "cnet", "update_block", "mask"):
+        module = getattr(model, name)
+        handles.append(module.register_forward_pre_hook(lambda m, args, name=name: owner.append(name)))
+        handles.append(module.register_forward_hook(leave))
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            yield kept
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _inputs(spec: dict, device):
+    import torch
+
+    b, (h, w) = spec["batch"], spec["size"]
+    image1 = torch.rand(b, 3, h, w, device=device) * 255
+    image2 = torch.rand(b, 3, h, w, device=device) * 255
+    return image1, image2, torch.randn(b, 2, h, w, device=device) * 4, torch.ones(b, h, w, device=device)
+
+
+def _peak_probe(device):
+    """Resets the peak; returns a function giving the peak since then, MiB above the memory at the reset."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        return lambda: (torch.cuda.synchronize(), (torch.cuda.max_memory_allocated() - base) / 2**20)[1]
+    base = _rss_kib("VmRSS")
+    _reset_peak()
+    return lambda: (_rss_kib("VmHWM") - base) / 1024
+
+
 def worker(spec: dict) -> dict:
-    """One training step for `spec`; returns peak memory (MiB above baseline) and seconds."""
+    """One training step for `spec`; returns peak memory (MiB above baseline), seconds and what autograd kept."""
     import torch
 
     from training.loss import fixed_point_correction_loss
@@ -84,32 +140,18 @@ def worker(spec: dict) -> dict:
     model = build(spec["variant"], spec["method"], spec["iters"], tuple(spec["encoder_dims"])).to(device)
     model.memory_saving = bool(spec.get("saving", False))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    b, (h, w) = spec["batch"], spec["size"]
-    image1 = torch.rand(b, 3, h, w, device=device) * 255
-    image2 = torch.rand(b, 3, h, w, device=device) * 255
-    flow_gt = torch.randn(b, 2, h, w, device=device) * 4
-    valid = torch.ones(b, h, w, device=device)
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _rss_kib("VmRSS")
-        _reset_peak()
+    image1, image2, flow_gt, valid = _inputs(spec, device)
+    peak = _peak_probe(device)
     start, cpu_start = time.perf_counter(), time.process_time()
-    if spec["method"] == "bptt":
-        preds = bptt_predictions(model, image1, image2, spec["iters"])
-    else:
-        preds = model(image1, image2).flow_predictions
-    loss, _ = fixed_point_correction_loss(preds, flow_gt, valid)
+    with kept_for_backward(model) as kept:
+        if spec["method"] == "bptt":
+            preds = bptt_predictions(model, image1, image2, spec["iters"])
+        else:
+            preds = model(image1, image2).flow_predictions
+        loss, _ = fixed_point_correction_loss(preds, flow_gt, valid)
     loss.backward()
     opt.step()
-    if cuda:
-        torch.cuda.synchronize()
-        peak_mib = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        peak_mib = (_rss_kib("VmHWM") - base) / 1024
+    peak_mib = peak()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     grads = {name: p.grad.cpu() for name, p in model.named_parameters() if p.grad is not None}
     grad_norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads.values())))
@@ -117,6 +159,7 @@ def worker(spec: dict) -> dict:
         torch.save(grads, spec["grad_file"])
     return {**spec, "peak_mib": round(peak_mib, 1), "seconds": round(seconds, 3), "loss": float(loss.detach()),
             "cpu_seconds": round(cpu_seconds, 3), "grad_norm": grad_norm,
+            "kept_for_backward_mib": {k: round(v / 2**20, 1) for k, v in kept.most_common()},
             "recomputed_segments": model.fnet.recomputed_segments + model.cnet.recomputed_segments}
 
 
@@ -208,6 +251,8 @@ def summarise_saving(rows: list[dict]) -> list[dict]:
                              "seconds_median": statistics.median(r["seconds"] for r in sel),
                              "cpu_seconds_median": statistics.median(r["cpu_seconds"] for r in sel),
                              "max_grad_diff": max(r["max_grad_diff"] for r in sel),
+                             "kept_encoders_mib": statistics.median(_kept(r, ("fnet", "cnet")) for r in sel),
+                             "kept_rest_mib": statistics.median(_kept(r, REST) for r in sel),
                              "recomputed_segments": max(r["recomputed_segments"] for r in sel)}
         for saving in (False, True):
             stats[saving]["peak_ratio"] = round(stats[saving]["peak_mib_median"] / stats[False]["peak_mib_median"], 3)
@@ -217,19 +262,40 @@ def summarise_saving(rows: list[dict]) -> list[dict]:
     return out
 
 
+REST = ("update_block", "mask", "other")
+
+
+def _kept(row: dict, modules: tuple[str, ...]) -> float:
+    return round(sum(row["kept_for_backward_mib"].get(m, 0.0) for m in modules), 1)
+
+
+SAVING_NOTES = """
+Peak: resident-set high-water mark of one training step (forward, loss, backward, AdamW step) above the
+process's memory just before it, each run in a fresh process, one thread; median over the repeats with the
+range. Kept for backward: the tensors autograd holds when backward starts (distinct storages, recorded with
+torch.autograd.graph.saved_tensors_hooks), split into the two encoders and the rest (update step, upsampling
+mask, correlation pyramid, loss). Memory saving checkpoints the encoders' stem and six residual blocks
+(training/model/extractor.py): their activations are recomputed, one block at a time, during backward. The
+gradient difference compares every parameter's gradient with the plain run of the same repeat (same seed,
+weights and inputs). CPU seconds (process time) are the time measure: wall time moves by up to 2x on the
+shared machine.
+"""
+
+
 def markdown_saving(summary: list[dict], batch: int, size: list[int]) -> str:
-    lines = ["| variant | configuration | path | peak MiB median [min-max] | ratio to plain | CPU s (median) "
-             "| wall s (median) | CPU time ratio | max abs gradient difference |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| variant | configuration | path | peak MiB median [min-max] | ratio to plain | kept for backward MiB "
+             "(encoders + rest) | CPU s (median) | wall s (median) | CPU time ratio | max abs gradient difference |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summary:
         config = f"batch {batch}, {size[0]}x{size[1]}, {LABELS[s['method']]}, {s['iters']} solver steps"
         path = "memory saving" if s["saving"] else "plain"
         diff = f"{s['max_grad_diff']:.1e}" if s["saving"] else "-"
         lines.append(f"| {s['variant']} | {config} | {path} | {s['peak_mib_median']:.0f} [{s['peak_mib_min']:.0f}-"
-                     f"{s['peak_mib_max']:.0f}] | {s['peak_ratio']:.2f}x | {s['cpu_seconds_median']:.1f} | "
+                     f"{s['peak_mib_max']:.0f}] | {s['peak_ratio']:.2f}x | {s['kept_encoders_mib']:.0f} + "
+                     f"{s['kept_rest_mib']:.0f} | {s['cpu_seconds_median']:.1f} | "
                      f"{s['seconds_median']:.1f} | "
                      f"{s['time_ratio']:.2f}x | {diff} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + SAVING_NOTES
 
 
 def plot(rows: list[dict], path: Path) -> None:
