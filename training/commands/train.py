@@ -50,9 +50,9 @@ def add_arguments(p) -> None:
     p.add_argument("--init", default=None, help="start from these weights with a fresh optimizer (default: random)")
     p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
     p.add_argument("--device", default="cpu", help="cpu or cuda (with torchrun: one GPU per process)")
-    p.add_argument("--no-memory-saving", dest="memory_saving", action="store_false",
-                   help="keep the encoders' activations instead of recomputing them in backward (same gradients; "
-                   "more peak memory, a little less time; see docs/bench_train_memory_saving.md)")
+    p.add_argument("--memory-saving", action="store_true",
+                   help="recompute the encoders' activations in backward instead of keeping them: same gradients, "
+                   "about 0.7x the peak memory, 7-22%% more time per step (docs/bench_train_memory_saving.md)")
     _add_model_arguments(p)
 
 
