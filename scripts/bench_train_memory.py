@@ -292,7 +292,7 @@ shared machine.
 Where the peak came from (profile of the plain B step above, CPU, torch 2.13):
 - What autograd keeps: the encoders hold 539 of 645 MiB (feature net 335, of which its two 1/2-resolution
   residual blocks 201; context net 170). The DEQ solve keeps nothing (it runs without autograd); the update
-  step with its phantom gradient keeps 53 MiB, the correlation pyramid, upsampling and loss 45 MiB.
+  step with its phantom gradient keeps 53 MiB, the mask head 6, the correlation pyramid, upsampling and loss 45.
 - Resident memory by phase: 641 MiB after the encoders, 731 after the forward, 974 at the end of backward;
   with the encoders' parameters frozen (no encoder backward) the whole step peaks at 185 MiB. So the
   encoders' activations and their backward make the peak; solver histories and the correlation pyramid
