@@ -298,13 +298,13 @@ Where the peak came from (profile of the plain B step above, CPU, torch 2.13):
   encoders' activations and their backward make the peak; solver histories and the correlation pyramid
   (17 MiB at this size, kept once: avg-pool and grid-sample share the same volumes) are not worth touching.
 - Tensor memory vs resident memory (torch.profiler memory timeline): tensors peak at 679 MiB plain and
-  282 MiB with memory saving, while the resident peak is about 300 MiB higher: glibc keeps freed heap
+  282 MiB with memory saving, while the resident peak is 240-330 MiB higher: glibc keeps freed heap
   memory (after the step the process still holds +753 / +455 MiB, which the next steps reuse). With
   MALLOC_MMAP_THRESHOLD_=131072 the resident peaks follow the tensors (702 / 313 MiB) but a step takes 3x
   as long, so that is not used.
 
 Default: off in `deqflow train` (`--memory-saving` turns it on). Gradients are equal bit for bit, but the
-recomputation costs 7-22% more CPU time per step over the runs made (B and T here; T with 32/48/64
+recomputation costs 5-22% more CPU time per step over the runs made (B and T here; T with 32/48/64
 encoders, batch 4, 192x256, 60 steps, the project's CPU run: 0.67x the peak, 1.17x the time), and CPU runs
 are bound by time, not memory. Turn it on where memory limits the batch or the crop.
 """

@@ -107,5 +107,5 @@ def test_train_turns_it_on_when_asked(tmp_path):
         cfg = TrainConfig(output=str(tmp_path / str(saving)), memory_saving=saving,
                           model=ModelConfig(variant="T", encoder_dims=TINY_ENCODER_DIMS))
         assert Trainer(cfg).model.memory_saving is saving
-    assert TrainConfig().memory_saving is False  # off by default: 7-22% more CPU time per step
+    assert TrainConfig().memory_saving is False  # off by default: 5-22% more CPU time per step
     assert DEQFlow(ModelConfig(variant="T", encoder_dims=TINY_ENCODER_DIMS)).memory_saving is False  # model default

@@ -52,7 +52,7 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (with torchrun: one GPU per process)")
     p.add_argument("--memory-saving", action="store_true",
                    help="recompute the encoders' activations in backward instead of keeping them: same gradients, "
-                   "about 0.7x the peak memory, 7-22%% more time per step (docs/bench_train_memory_saving.md)")
+                   "about 0.7x the peak memory, 5-22%% more time per step (docs/bench_train_memory_saving.md)")
     _add_model_arguments(p)
 
 
