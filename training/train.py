@@ -62,6 +62,10 @@ class TrainConfig:
     drift_weight: float = 0.0  # penalty on a sampled state worse than the one before it (loss.py)
     tensorboard: bool = False
     device: str = "cpu"
+    # Activation checkpointing of the encoders (DEQFlow.memory_saving): same outputs and gradients, about
+    # 0.7x the peak memory for 5-22% more CPU time per step (docs/bench_train_memory_saving.md). Off by
+    # default: CPU runs are bound by time, not memory; turn it on where memory limits the batch or crop.
+    memory_saving: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def resolved(self) -> TrainConfig:
@@ -137,7 +141,7 @@ class Trainer:
         stage = STAGES[cfg.stage]
         mcfg = cfg.model
         mcfg.all_grad = mcfg.all_grad or stage.all_grad
-        self.model = DEQFlow(mcfg).to(self.device)
+        self.model = DEQFlow(mcfg, memory_saving=cfg.memory_saving).to(self.device)
         self.optimizer, self.scheduler = _build_optimizer(self.model, cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=mcfg.mixed_precision and self.device.type == "cuda")
         self.step, self.epoch = 0, 0

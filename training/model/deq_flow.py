@@ -68,7 +68,8 @@ def _is_exporting() -> bool:
 class DEQFlow(nn.Module):
     """Deep Equilibrium Optical Flow. Inputs: float images (N,3,H,W) in 0..255, H and W multiples of 8."""
 
-    def __init__(self, cfg: ModelConfig | None = None, lookup: str = "grid_sample") -> None:
+    def __init__(self, cfg: ModelConfig | None = None, lookup: str = "grid_sample",
+                 memory_saving: bool = False) -> None:
         super().__init__()
         self.cfg = cfg = cfg or ModelConfig()
         self.lookup = lookup
@@ -89,8 +90,20 @@ class DEQFlow(nn.Module):
         if cfg.wnorm:
             apply_weight_norm(self.update_block)
         self.deq = DEQ(cfg.deq)
+        self.memory_saving = memory_saving
 
     # ------------------------------------------------------------------ configuration
+    @property
+    def memory_saving(self) -> bool:
+        """Activation checkpointing of both encoders while autograd records (training.model.extractor): the
+        encoders hold most of a training step's peak memory. Outputs and gradients are unchanged, so it
+        is a run-time switch, not part of the config a checkpoint stores."""
+        return self.fnet.memory_saving
+
+    @memory_saving.setter
+    def memory_saving(self, on: bool) -> None:
+        self.fnet.memory_saving = self.cnet.memory_saving = bool(on)
+
     def configure_deq(self, **changes) -> None:
         """Change the model's default solver settings (DEQConfig fields, e.g. f_solver, f_tol,
         eval_f_max_iter). To change one call only, pass solver/tol/iters/... to forward instead."""

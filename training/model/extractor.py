@@ -2,12 +2,22 @@
 
 Parameter names follow the official checkpoints (`conv1`, `norm1`, `layer{1,2,3}.{0,1}`, `downsample.{0,1}`,
 `conv2`) so official weights load without renaming.
+
+Memory saving (`Encoder.memory_saving`): the encoders run at 1/2 to 1/8 of the image size and hold most of
+what autograd keeps for one DEQ training step (the DEQ solve itself keeps nothing). With the option on, the
+stem and every residual block are activation-checkpointed: only each segment's input is kept, and the
+segment's forward is recomputed during backward. Forward values are unchanged (same ops, same order) and
+so are the gradients; the cost is one more encoder forward per step.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -60,6 +70,8 @@ class Encoder(nn.Module):
         self.layer3 = nn.Sequential(ResidualBlock(d2, d3, norm, 2), ResidualBlock(d3, d3, norm))
         self.conv2 = nn.Conv2d(d3, output_dim, 1)
         self.dropout = nn.Dropout2d(p=dropout) if dropout > 0 else None
+        self.memory_saving = False  # activation checkpointing of the stem and residual blocks (module docstring)
+        self.recomputed_segments = 0  # segments re-run by backward: proof that the checkpointed path ran
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -67,10 +79,42 @@ class Encoder(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu1(self.norm1(self.conv1(x)))
+
+    def segments(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """The stem and the six residual blocks, in order: the units that memory saving checkpoints."""
+        return [self._stem, *self.layer1, *self.layer2, *self.layer3]
+
+    def _checkpointing(self) -> bool:
+        exporting = torch.jit.is_tracing() or torch.compiler.is_exporting()
+        return self.memory_saving and torch.is_grad_enabled() and not exporting
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu1(self.norm1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
+        if self._checkpointing():
+            for segment in self.segments():
+                x = checkpoint(segment, x, use_reentrant=False, context_fn=self._checkpoint_contexts)
+        else:
+            x = self.layer3(self.layer2(self.layer1(self._stem(x))))
         x = self.conv2(x)
         if self.training and self.dropout is not None:
             x = self.dropout(x)
         return x
+
+    def _checkpoint_contexts(self):
+        return nullcontext(), self._recomputing()
+
+    @contextmanager
+    def _recomputing(self) -> Iterator[None]:
+        """Around a segment's recomputation in backward. A BatchNorm in training mode would count the batch a
+        second time in its running statistics, so they are restored afterwards: a step with memory saving
+        leaves the model in the same state as one without."""
+        self.recomputed_segments += 1
+        buffers = [b for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for b in m.buffers()]
+        saved = [b.clone() for b in buffers]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for buf, old in zip(buffers, saved):
+                    buf.copy_(old)
