@@ -311,7 +311,8 @@ are bound by time, not memory. Turn it on where memory limits the batch or the c
 
 
 def markdown_saving(summary: list[dict], batch: int, size: list[int]) -> str:
-    lines = ["| variant | configuration | path | peak MiB median [min-max] | ratio to plain | kept for backward MiB "
+    lines = ["## Plain against memory saving", "",
+             "| variant | configuration | path | peak MiB median [min-max] | ratio to plain | kept for backward MiB "
              "(encoders + rest) | CPU s (median) | wall s (median) | CPU time ratio | max abs gradient difference |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summary:
@@ -323,7 +324,7 @@ def markdown_saving(summary: list[dict], batch: int, size: list[int]) -> str:
                      f"{s['kept_rest_mib']:.0f} | {s['cpu_seconds_median']:.1f} | "
                      f"{s['seconds_median']:.1f} | "
                      f"{s['time_ratio']:.2f}x | {diff} |")
-    return "\n".join(lines) + "\n" + SAVING_NOTES
+    return "\n".join(lines) + "\n\n## Notes\n" + SAVING_NOTES
 
 
 def plot(rows: list[dict], path: Path) -> None:
