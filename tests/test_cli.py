@@ -168,7 +168,9 @@ def test_the_shipped_checkpoint_is_in_the_repository():
     assert path is not None, f"{DEFAULT_CHECKPOINT} is missing"
     model, meta = load_model(path)
     assert model.cfg.variant == "T" and meta["stage"] == "synthetic"
-    assert [p["phase"] for p in meta["training_phases"]] == [1, 2]
+    assert [p["phase"] for p in meta["training_phases"]] == [1, 2, 3]
+    assert meta["training_phases"][2]["synthetic_preset"] == "realistic"
+    assert meta["stop_rule"]["tol"] == 5e-4 and meta["stop_rule"]["stall_window"] == 10  # docs/stop_rule.md
     assert path.stat().st_size < 8_000_000
 
 
