@@ -195,3 +195,40 @@ def test_heldout_motorcycle_pair_is_the_demo_pair():
     left, _, flow, valid = motorcycle()
     assert pair.name == "motorcycle" and pair.image1.shape == left.shape == (500, 741, 3)
     assert np.array_equal(pair.flow, flow) and np.array_equal(pair.valid, valid)
+
+
+def test_realistic_mix_draws_classic_scenes_at_its_share(monkeypatch):
+    """realistic-mix: 30 % of the scenes come from the classic layered renderer (same textures); a classic
+    scene is exactly what the classic renderer makes from the generator after the share's draw."""
+    import training.data.synthetic as synthetic
+
+    assert synthetic_preset("realistic-mix").realism.classic_share == 0.3
+    assert synthetic_preset("realistic").realism.classic_share == 0.0
+    calls = {"realistic": 0}
+
+    def fake_realistic(rng, size, config):
+        calls["realistic"] += 1
+        z = np.zeros((*size, 3), np.float32)
+        return z, z, np.zeros((*size, 2), np.float32), np.ones(size, bool)
+
+    monkeypatch.setattr(synthetic, "render_realistic_pair", fake_realistic)
+    cfg = replace(synthetic_preset("realistic-mix"), photometric=False, max_displacement=8.0, n_layers=(0, 1))
+    n = 120
+    for i in range(n):
+        render_pair(np.random.default_rng([7, i]), (32, 40), cfg)
+    classic = n - calls["realistic"]
+    assert 0.18 * n <= classic <= 0.42 * n, classic  # binomial(120, 0.3): mean 36, sd 5
+    # the first seed whose draw picks the classic renderer reproduces it exactly
+    i = next(i for i in range(n) if np.random.default_rng([7, i]).random() < 0.3)
+    rng = np.random.default_rng([7, i])
+    got = render_pair(rng, (32, 40), cfg)
+    ref_rng = np.random.default_rng([7, i])
+    ref_rng.random()
+    ref = render_pair(ref_rng, (32, 40), replace(cfg, realism=None))
+    np.testing.assert_array_equal(got.flow, ref.flow)
+    np.testing.assert_array_equal(got.image2, ref.image2)
+
+
+def test_classic_share_must_be_a_probability():
+    with pytest.raises(InputError, match="classic_share must be a probability"):
+        RealismConfig(classic_share=1.5)

@@ -36,8 +36,9 @@ def add_arguments(p) -> None:
     p.add_argument("--ckpt-every", type=count, default=200, help="save <output>/last.pth every N steps")
     p.add_argument("--snapshot-every", type=count_or_zero, default=0,
                    help="also keep the weights every N steps under <output>/snapshots (0: never)")
-    p.add_argument("--synthetic-preset", choices=["classic", "realistic"], default="classic",
-                   help="scene options of the synthetic stage (classic: the shipped model's data)")
+    p.add_argument("--synthetic-preset", choices=["classic", "realistic", "realistic-mix"],
+                   default="classic", help="scene options of the synthetic stage (classic: layered scenes; realistic: "
+                   "photograph-like; realistic-mix: that with 30%% classic scenes)")
     p.add_argument("--val-real", action="store_true",
                    help="validation also scores the held-out real-photograph set (after 16 and 60 iterations)")
     p.add_argument("--drift-weight", type=non_negative_number, default=0.0,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from deqflow.errors import InputError
 from training.data.homography import HomographyConfig
@@ -49,9 +49,14 @@ class RealismConfig:
     nonrigid_amplitude: float = 0.08  # deformation amplitude, fraction of the scene's max displacement
     nonrigid_period: tuple[float, float] = (48.0, 160.0)  # its spatial scale, px
     object_follows_camera_prob: float = 0.6  # objects move with the camera, plus their own motion
+    # Share of scenes drawn by the classic layered renderer instead (large affine motions up to
+    # max_displacement, the same texture pool): fine-tuning on photograph-like data alone made the model
+    # forget large motions (checkpoints/deqflow-T-synthetic.md). 0 draws nothing extra from the generator, so
+    # the "realistic" preset's samples stay what they were.
+    classic_share: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("small_motion_prob", "nonrigid_prob", "object_follows_camera_prob"):
+        for name in ("small_motion_prob", "nonrigid_prob", "object_follows_camera_prob", "classic_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InputError(f"{name} must be a probability, got {getattr(self, name)}")
 
@@ -61,8 +66,14 @@ def _realistic() -> SyntheticConfig:
                                                                           photo_zoom=(-1.0, 1.2)))
 
 
-# "classic" reproduces the data the shipped model was trained on; "realistic" is the photograph-like set.
-SYNTHETIC_PRESETS = {"classic": SyntheticConfig, "realistic": _realistic}
+def _realistic_mix() -> SyntheticConfig:
+    base = _realistic()
+    return replace(base, realism=replace(base.realism, classic_share=0.3))
+
+
+# "classic" reproduces the data of the first two training phases; "realistic" is the photograph-like set;
+# "realistic-mix" is that with 30 % classic layered scenes mixed in.
+SYNTHETIC_PRESETS = {"classic": SyntheticConfig, "realistic": _realistic, "realistic-mix": _realistic_mix}
 
 
 def synthetic_preset(name: str) -> SyntheticConfig:

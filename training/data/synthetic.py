@@ -96,6 +96,9 @@ def render_pair(rng: np.random.Generator, size: tuple[int, int],
     """Render one random scene at `size` (H, W) with its exact flow (the renderer config.realism picks)."""
     size = _check_size(size)
     config = config or SyntheticConfig()
+    share = 0.0 if config.realism is None else config.realism.classic_share
+    if share > 0 and rng.random() < share:
+        config = replace(config, realism=None)  # a classic layered scene, same textures
     if config.realism is not None:
         image1, image2, flow, noc = render_realistic_pair(rng, size, config)
         return SyntheticSample(image1, image2, flow, np.ones(size, np.float32), noc)
