@@ -139,3 +139,22 @@ def write_tiny_onnx_fixture(folder: Path = TINY_ONNX_DIR) -> None:
 if __name__ == "__main__":
     write_tiny_onnx_fixture()
     print("wrote", *sorted(p.name for p in TINY_ONNX_DIR.iterdir()))
+
+
+class HostStepParts:
+    """Base of the hand-made `deqflow.host_solver.StepParts` in the solver tests: host arrays throughout, the
+    decoded flow is coords1 - coords0 at both resolutions. Subclasses set coords0 and define encode/step."""
+
+    coords0 = None
+
+    def decode(self, ctx, net, coords1):
+        return coords1 - self.coords0, coords1 - self.coords0
+
+    def to_host(self, x):
+        import numpy as np
+
+        return np.asarray(x)
+
+    def from_host(self, x):
+        return x
+

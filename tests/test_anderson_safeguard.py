@@ -5,6 +5,7 @@ default (0) is the official rule; it still accelerates a contraction."""
 import numpy as np
 import pytest
 import torch
+from helpers import HostStepParts
 
 from deqflow.errors import InputError
 from deqflow.host_solver import SolverSettings, _Anderson, solve
@@ -62,7 +63,7 @@ def test_it_still_accelerates_a_contraction():
     assert guarded <= 0.5 * plain
 
 
-class KinkedParts:
+class KinkedParts(HostStepParts):
     """A split-layout StepParts for a piecewise-linear map on (net, coords1) of 1x1 grids: f(z) = A z + b +
     0.6 |z - c|, kinks like the bilinear correlation lookup; `torch_f` is the same map for the torch solver."""
 
@@ -89,15 +90,6 @@ class KinkedParts:
         res = np.linalg.norm(fz - z, axis=1)
         return (fz[:, :3].reshape(net.shape), fz[:, 3:].reshape(coords1.shape), res,
                 res / (np.linalg.norm(fz, axis=1) + REL_EPS))
-
-    def decode(self, ctx, net, coords1):
-        return coords1 - self.coords0, coords1 - self.coords0
-
-    def to_host(self, x):
-        return np.asarray(x)
-
-    def from_host(self, x):
-        return x
 
 
 @pytest.mark.parametrize("safeguard", [0.0, 1.0])

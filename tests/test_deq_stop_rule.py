@@ -5,7 +5,7 @@ by checkpoints (metadata `stop_rule`) into the model's DEQ defaults."""
 import numpy as np
 import pytest
 import torch
-from helpers import save_tiny_checkpoint, tiny_model
+from helpers import HostStepParts, save_tiny_checkpoint, tiny_model
 
 from deqflow.errors import CheckpointError, InputError
 from deqflow.host_solver import SolverSettings, solve
@@ -64,7 +64,7 @@ def test_stop_reasons_without_stagnation():
     assert SolverStats.concat(parts).reason == "cap"
 
 
-class TorchContraction:
+class TorchContraction(HostStepParts):
     """The host solver's StepParts for f(z) = A z + b on z = (net: 1 channel, coords1: 2 channels) on a 1x1 grid,
     computed by torch with the torch solvers' residual formula, so both loops see identical residuals."""
 
@@ -85,15 +85,6 @@ class TorchContraction:
         res = (fx - x).norm(dim=1)
         out = fx.numpy().reshape(len(net), 3, 1, 1)
         return out[:, :1], out[:, 1:], res.double().numpy(), (res / (fx.norm(dim=1) + REL_EPS)).double().numpy()
-
-    def decode(self, ctx, net, coords1):
-        return coords1 - self.coords0, coords1 - self.coords0
-
-    def to_host(self, x):
-        return np.asarray(x)
-
-    def from_host(self, x):
-        return x
 
 
 @pytest.mark.parametrize("rule,final", [

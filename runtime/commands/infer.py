@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 HELP = ("estimate optical flow of an image pair, a folder of frames or a video with the torch, onnxruntime or "
@@ -84,8 +85,6 @@ def add_arguments(p) -> None:
 
 def make_backend(args):
     """The backend chosen by --backend / --checkpoint / --model, with the solver flags."""
-    from dataclasses import replace
-
     from deqflow.model_metadata import ENGINE_SUFFIXES
     from runtime.backends import create_backend
     from runtime.commands.common import backend_options, settings_from_args
