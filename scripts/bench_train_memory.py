@@ -289,24 +289,12 @@ gradient difference compares every parameter's gradient with the plain run of th
 weights and inputs). CPU seconds (process time) are the time measure: wall time moves by up to 2x on the
 shared machine.
 
-Where the peak came from (profile of the plain B step above, CPU, torch 2.13):
-- What autograd keeps: the encoders hold 539 of 645 MiB (feature net 335, of which its two 1/2-resolution
-  residual blocks 201; context net 170). The DEQ solve keeps nothing (it runs without autograd); the update
-  step with its phantom gradient keeps 53 MiB, the mask head 6, the correlation pyramid, upsampling and loss 45.
-- Resident memory by phase: 641 MiB after the encoders, 731 after the forward, 974 at the end of backward;
-  with the encoders' parameters frozen (no encoder backward) the whole step peaks at 185 MiB. So the
-  encoders' activations and their backward make the peak; solver histories and the correlation pyramid
-  (17 MiB at this size, kept once: avg-pool and grid-sample share the same volumes) are not worth touching.
-- Tensor memory vs resident memory (torch.profiler memory timeline): tensors peak at 679 MiB plain and
-  282 MiB with memory saving, while the resident peak is 240-330 MiB higher: glibc keeps freed heap
-  memory (after the step the process still holds +753 / +455 MiB, which the next steps reuse). With
-  MALLOC_MMAP_THRESHOLD_=131072 the resident peaks follow the tensors (702 / 313 MiB) but a step takes 3x
-  as long, so that is not used.
+Where the peak comes from (a one-off profile of the plain B step, with its numbers):
+`docs/train_memory_profile.md`.
 
 Default: off in `deqflow train` (`--memory-saving` turns it on). Gradients are equal bit for bit, but the
-recomputation costs 5-22% more CPU time per step over the runs made (B and T here; T with 32/48/64
-encoders, batch 4, 192x256, 60 steps, the project's CPU run: 0.67x the peak, 1.17x the time), and CPU runs
-are bound by time, not memory. Turn it on where memory limits the batch or the crop.
+recomputation costs more CPU time per step (the CPU time ratio above), and CPU runs are bound by time, not
+memory. Turn it on where memory limits the batch or the crop.
 """
 
 
