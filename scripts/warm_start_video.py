@@ -325,7 +325,7 @@ def plot(out: dict, path: Path) -> None:
 
 
 def describe_variant(variant: str, d: dict) -> str:
-    """'reuse, + flow step < 0.028 px' (with the flow-step exit) or 'reuse, residual rule only'."""
+    """'reuse, + flow step < 0.015 px' (with the flow-step exit) or 'reuse, residual rule only'."""
     start, _, rule = variant.partition("_")
     return f"{start}, residual rule only" if rule else f"{start}, + flow step < {d['warm_flow_tol']:g} px"
 
@@ -339,7 +339,7 @@ def markdown(paths) -> str:
              "first (`runtime.solver.forward_warp_state`). Warm rules: the residual rule alone (the runtime's "
              "default, as for cold solves) and with the flow-step exit (`StopRule.for_warm_start`: also stop once "
              "the flow step -- mean |delta flow| of the last step on the 1/8 grid -- is below "
-             "`deqflow.solver_spec.WARM_FLOW_TOL` px; `deqflow infer --warm-start --warm-flow-tol 0.028`). Cold "
+             "the tolerance in the row, px; `deqflow infer --warm-start --warm-flow-tol PX`). Cold "
              f"solves always follow the residual rule. Equal accuracy: warm EPE vs GT at most {EQUAL_EPE_PX} px "
              "above the cold solve's (marked yes/no). Time ratios: the host solver loop alone (onnxruntime only; "
              "'-' for torch, whose solver runs inside the model call) and the whole infer call (the encoder, which "
@@ -423,7 +423,7 @@ def summary_table(paths) -> str:
             "(scripts/warm_start_video.py; details in docs/warm_start.md). Cold starts: rel residual < 0.005 (or "
             "stalled over 6, cap 40). Warm starts: the previous pair's fixed point (`reuse`, the runtime's default) "
             "or that moved along its flow (`forward`), stopping on the same rule or also once the flow step is "
-            f"below 0.028 px on the 1/8 grid (`--warm-flow-tol 0.028`). Equal accuracy: warm EPE vs ground truth "
+            f"below the tolerance in the row on the 1/8 grid (`--warm-flow-tol PX`). Equal accuracy: warm EPE vs ground truth "
             f"within {EQUAL_EPE_PX} px of the cold solve's.")
     return "\n".join([note, "", *lines]) + "\n"
 

@@ -75,9 +75,8 @@ def add_arguments(p) -> None:
                         "move it along its own flow first")
     p.add_argument("--warm-flow-tol", type=non_negative_number, default=None, metavar="PX",
                    help="with --warm-start: a warm-started frame also stops once its flow step (mean |delta flow| "
-                        f"on the 1/8 grid, px) is below PX; {WARM_FLOW_TOL:g} takes about half the cold frames' "
-                        "iterations, see docs/warm_start.md; 0: off (default: the model's own rule, as for cold "
-                        "frames)")
+                        f"on the 1/8 grid, px) is below PX; {WARM_FLOW_TOL:g} is the shipped model's recommendation, "
+                        "see docs/warm_start.md; 0: off (default: the model's own rule, as for cold frames)")
     p.add_argument("--pad-mode", choices=["sintel", "kitti"], default="sintel", help="how images are padded")
     add_solver_args(p)
     add_backend_options(p)
