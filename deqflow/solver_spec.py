@@ -105,9 +105,9 @@ WARM_FLOW_TOL = 0.015
 """Recommended flow tolerance (px on the 1/8 grid) of warm-started solves (StopRule.for_warm_start; opt-in:
 `deqflow infer --warm-start --warm-flow-tol`). A warm start begins next to the fixed point, so its flow settles
 within a few steps while the residual of the stacked (hidden state, flow) vector, dominated by the hidden
-state, keeps the solve going. The value is the largest that keeps the shipped model's warm starts as accurate
-as its cold ones on the synthetic videos; it depends on the model (docs/warm_start.md,
-scripts/warm_start_video.py)."""
+state, keeps the solve going. Of the tolerances tried on the shipped model, this is the largest that kept its
+warm starts (with `forward` on the slow video) as accurate as its cold ones on the synthetic videos; the right
+value depends on the model (docs/warm_start.md, scripts/warm_start_video.py)."""
 
 
 # A stalled solve: the residual improved by less than this fraction over the stall window (one default everywhere).

@@ -33,47 +33,43 @@ def _to_hwc(t: torch.Tensor) -> np.ndarray:
     return t.permute(1, 2, 0).numpy()
 
 
+def _per_pair(acc: FlowMetricAccumulator) -> list[float]:
+    """Each pair's own EPE, kept because one failed scene can move a mean over scenes a lot."""
+    return [float(r["epe"]) for r in acc.per_image]
+
+
 def evaluate_pairs(model, pairs, desc: str) -> dict[str, dict[str, float]]:
-    names = ("deqflow", *BASELINES)
-    accs = {name: FlowMetricAccumulator() for name in names}
-    per_pair = {name: [] for name in names}  # one failed scene can move the mean a lot: keep each pair's EPE
+    accs = {name: FlowMetricAccumulator() for name in ("deqflow", *BASELINES)}
     iters, seconds = [], []
     for img1, img2, flow, valid in tqdm(pairs, desc=desc):
         t0 = time.perf_counter()
         res = estimate_flow(model, img1, img2)
         seconds.append(time.perf_counter() - t0)
         iters.append(res.stats.nstep)
-        estimates = {"deqflow": res.flow, **{name: opencv_flow(name, img1, img2) for name in BASELINES}}
-        for name, est in estimates.items():
-            accs[name].add(est, flow, valid)
-            one = FlowMetricAccumulator()
-            one.add(est, flow, valid)
-            per_pair[name].append(float(one.summary()["epe_per_pixel"]))
+        accs["deqflow"].add(res.flow, flow, valid)
+        for name in BASELINES:
+            accs[name].add(opencv_flow(name, img1, img2), flow, valid)
     out = {name: {k: float(v) for k, v in acc.summary().items()} for name, acc in accs.items()}
-    for name in names:
-        out[name]["epe_per_pair"] = per_pair[name]
-        out[name]["epe_median_over_pairs"] = float(np.median(per_pair[name]))
+    for name, acc in accs.items():
+        out[name]["epe_per_pair"] = _per_pair(acc)
+        out[name]["epe_median_over_pairs"] = float(np.median(_per_pair(acc)))
     out["deqflow"]["mean_iterations"] = float(np.mean(iters))
     out["deqflow"]["mean_seconds"] = float(np.mean(seconds))
     return out
 
 
 def iteration_sweep(model, pairs, desc: str) -> dict[str, list[float]]:
-    """Per-pixel EPE after k cold-start fixed-point iterations (k in SWEEP_STEPS), and the mean relative
-    residual at each k."""
+    """Per-pixel EPE (over all pairs, and its median over pairs) after k cold-start fixed-point iterations
+    (k in SWEEP_STEPS), and the mean relative residual at each k."""
     accs = {k: FlowMetricAccumulator() for k in SWEEP_STEPS}
-    per_pair = {k: [] for k in SWEEP_STEPS}
     residuals = []
     for img1, img2, flow, valid in tqdm(pairs, desc=desc):
         flows, res = flow_trajectory(model, img1, img2, SWEEP_STEPS)
         residuals.append([res[k - 1] for k in SWEEP_STEPS])
         for k in SWEEP_STEPS:
             accs[k].add(flows[k], flow, valid)
-            one = FlowMetricAccumulator()
-            one.add(flows[k], flow, valid)
-            per_pair[k].append(float(one.summary()["epe_per_pixel"]))
     return {"steps": list(SWEEP_STEPS), "epe": [float(accs[k].summary()["epe_per_pixel"]) for k in SWEEP_STEPS],
-            "epe_median_over_pairs": [float(np.median(per_pair[k])) for k in SWEEP_STEPS],
+            "epe_median_over_pairs": [float(np.median(_per_pair(accs[k]))) for k in SWEEP_STEPS],
             "rel_residual": [float(v) for v in np.mean(residuals, axis=0)]}
 
 
