@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 def average(paths: list[str], weights: list[float] | None = None) -> tuple[dict, dict, dict]:
     """(averaged state dict, model config, metadata) of checkpoints with identical keys and shapes; `weights`
-    (one per checkpoint, normalised to sum 1) make it a weighted mean."""
+    (one per checkpoint, normalised to sum 1) make it a weighted mean. The metadata is the last checkpoint's,
+    plus where the average came from."""
     import torch
 
     from deqflow.checkpoint import read_checkpoint_file, split_checkpoint
@@ -49,6 +50,9 @@ def average(paths: list[str], weights: list[float] | None = None) -> tuple[dict,
             out[key] = torch.tensordot(w, stacked, dims=1).to(last.dtype)
         else:
             out[key] = last.clone()
+    meta = {**meta, "averaged_from": [str(Path(p)) for p in paths]}  # make_payload renews the digest
+    if weights is not None:
+        meta["averaging_weights"] = w.tolist()
     return out, cfg, meta
 
 
@@ -71,9 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     state, cfg, meta = average(args.checkpoints, args.weights)
     if cfg is None:
         raise SystemExit(f"error: {args.checkpoints[-1]} has no model config (not a deqflow checkpoint)")
-    meta = {**meta, "averaged_from": [str(Path(p)) for p in args.checkpoints]}  # make_payload renews the digest
-    if args.weights is not None:
-        meta["averaging_weights"] = [w / sum(args.weights) for w in args.weights]
     write_checkpoint(args.output, make_payload(state, cfg, meta))
     load_model(args.output)  # strict reload: the file is usable as written
     how = "weighted mean" if args.weights is not None else "mean"

@@ -51,8 +51,9 @@ def evaluate_pairs(model, pairs, desc: str) -> dict[str, dict[str, float]]:
             accs[name].add(opencv_flow(name, img1, img2), flow, valid)
     out = {name: {k: float(v) for k, v in acc.summary().items()} for name, acc in accs.items()}
     for name, acc in accs.items():
-        out[name]["epe_per_pair"] = _per_pair(acc)
-        out[name]["epe_median_over_pairs"] = float(np.median(_per_pair(acc)))
+        per_pair = _per_pair(acc)
+        out[name]["epe_per_pair"] = per_pair
+        out[name]["epe_median_over_pairs"] = float(np.median(per_pair))
     out["deqflow"]["mean_iterations"] = float(np.mean(iters))
     out["deqflow"]["mean_seconds"] = float(np.mean(seconds))
     return out

@@ -53,8 +53,8 @@ def main() -> None:
     FigureCanvasAgg(fig)
     for i, name in enumerate(sets):
         ax = fig.add_subplot(1, len(sets), i + 1)
+        xs = [x for phase in phases for x, _ in phase]
         for k in steps:
-            xs = [x for phase in phases for x, _ in phase]
             ys = [r[name][str(k)] for phase in phases for _, r in phase]
             ax.plot(xs, ys, marker="o", markersize=3, label=f"DEQ-Flow, {k} iterations")
         for label, start in zip(labels, starts):  # where each phase starts

@@ -423,8 +423,8 @@ def summary_table(paths) -> str:
             "(scripts/warm_start_video.py; details in docs/warm_start.md). Cold starts: rel residual < 0.005 (or "
             "stalled over 6, cap 40). Warm starts: the previous pair's fixed point (`reuse`, the runtime's default) "
             "or that moved along its flow (`forward`), stopping on the same rule or also once the flow step is "
-            f"below the tolerance in the row on the 1/8 grid (`--warm-flow-tol PX`). Equal accuracy: warm EPE vs ground truth "
-            f"within {EQUAL_EPE_PX} px of the cold solve's.")
+            "below the tolerance in the row on the 1/8 grid (`--warm-flow-tol PX`). Equal accuracy: warm EPE vs "
+            f"ground truth within {EQUAL_EPE_PX} px of the cold solve's.")
     return "\n".join([note, "", *lines]) + "\n"
 
 

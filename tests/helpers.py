@@ -136,11 +136,6 @@ def write_tiny_onnx_fixture(folder: Path = TINY_ONNX_DIR) -> None:
         raise SystemExit(f"deqflow compare failed ({rc})")
 
 
-if __name__ == "__main__":
-    write_tiny_onnx_fixture()
-    print("wrote", *sorted(p.name for p in TINY_ONNX_DIR.iterdir()))
-
-
 class HostStepParts:
     """Base of the hand-made `deqflow.host_solver.StepParts` in the solver tests: host arrays throughout, the
     decoded flow is coords1 - coords0 at both resolutions. Subclasses set coords0 and define encode/step."""
@@ -158,3 +153,7 @@ class HostStepParts:
     def from_host(self, x):
         return x
 
+
+if __name__ == "__main__":
+    write_tiny_onnx_fixture()
+    print("wrote", *sorted(p.name for p in TINY_ONNX_DIR.iterdir()))

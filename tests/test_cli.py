@@ -169,7 +169,8 @@ def test_the_shipped_checkpoint_is_in_the_repository():
     model, meta = load_model(path)
     assert model.cfg.variant == "T" and meta["stage"] == "synthetic"
     assert [p["phase"] for p in meta["training_phases"]] == [1, 2, 3, 4, 5]
-    assert [p.get("synthetic_preset") for p in meta["training_phases"][2:]] == ["realistic", "realistic-mix", "realistic-mix"]
+    presets = [p.get("synthetic_preset") for p in meta["training_phases"][2:]]
+    assert presets == ["realistic", "realistic-mix", "realistic-mix"]
     assert meta["stop_rule"]["tol"] == 3e-3 and meta["stop_rule"]["stall_window"] == 10  # docs/stop_rule.md
     assert path.stat().st_size < 8_000_000
 

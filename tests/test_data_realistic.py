@@ -232,3 +232,17 @@ def test_realistic_mix_draws_classic_scenes_at_its_share(monkeypatch):
 def test_classic_share_must_be_a_probability():
     with pytest.raises(InputError, match="classic_share must be a probability"):
         RealismConfig(classic_share=1.5)
+
+
+def test_train_cli_offers_exactly_the_presets():
+    """`deqflow train --synthetic-preset` lists the names itself (importing the presets would load torch when
+    the CLI builds its parser); this keeps the list equal to SYNTHETIC_PRESETS."""
+    import argparse
+
+    from training.commands import train
+    from training.data.scene_config import SYNTHETIC_PRESETS
+
+    p = argparse.ArgumentParser()
+    train.add_arguments(p)
+    action = next(a for a in p._actions if a.dest == "synthetic_preset")
+    assert sorted(action.choices) == sorted(SYNTHETIC_PRESETS)

@@ -50,9 +50,9 @@ class RealismConfig:
     nonrigid_period: tuple[float, float] = (48.0, 160.0)  # its spatial scale, px
     object_follows_camera_prob: float = 0.6  # objects move with the camera, plus their own motion
     # Share of scenes drawn by the classic layered renderer instead (large affine motions up to
-    # max_displacement, the same texture pool): fine-tuning on photograph-like data alone made the model
-    # forget large motions (checkpoints/deqflow-T-synthetic.md). 0 draws nothing extra from the generator, so
-    # the "realistic" preset's samples stay what they were.
+    # max_displacement, the same texture pool), so that fine-tuning on photograph-like data keeps seeing large
+    # motions (checkpoints/deqflow-T-synthetic.md). 0 draws nothing extra from the generator, so the
+    # "realistic" preset's samples stay what they were.
     classic_share: float = 0.0
 
     def __post_init__(self) -> None:
