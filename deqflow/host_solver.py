@@ -10,7 +10,7 @@ the exporter's verification, the scripts and the tests), so the stop rule cannot
 Semantics mirror the PyTorch solvers (training.deq.solvers), so step counts and residuals compare: a step
 is one evaluation of f; the solve stops when every sample's residual (in `stop_mode`) is below `tol` (never
 when tol <= 0) or its flow step below `flow_tol` (deqflow.solver_spec.converged; a warm-started solve uses
-`warm_flow_tol`, see SolverSettings.for_start) or stalled (deqflow.solver_spec.StallMonitor, the same test as
+`warm_flow_tol`, see StopRule.for_start) or stalled (deqflow.solver_spec.StallMonitor, the same test as
 the torch solvers), at the cap, or when a residual is NaN/Inf, and says why (`SolveStats.reason`); the result
 is the last iterate (`return_final`, the default here, as in the unrolled/Loop graphs) or per sample the
 lowest-residual one. Callers provide a `StepParts` object; the values it passes around (context, net, coords1)
@@ -21,111 +21,17 @@ numpy only: no torch, no ONNX Runtime.
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from deqflow.errors import InputError
-from deqflow.solver_spec import (
-    SOLVER_NAMES,
-    STALL_MARGIN,
-    AndersonOptions,
-    StallMonitor,
-    StopRule,
-    canonical_solver,
-    check_flow_tol,
-    check_stop_mode,
-    converged,
-    flow_step,
-    stop_reason,
-)
+from deqflow.solver_spec import SolveSpec, StallMonitor, converged, flow_step, stop_reason
 
 HOST_METHODS = ("fixed_point", "anderson")
 """What the host loop runs; broyden runs in the torch backend only."""
-
-
-@dataclass
-class SolverSettings:
-    """Solver options; None means 'the model's own default' (its metadata or checkpoint config)."""
-
-    max_iter: int | None = None
-    tol: float | None = None  # <= 0: never stop early
-    stop_mode: str | None = None  # one of deqflow.solver_spec.STOP_MODES
-    method: str | None = None  # 'fixed_point' | 'anderson' ('broyden': torch backend only)
-    return_final: bool = True  # last iterate (as the graphs) or the lowest-residual one per sample
-    anderson_m: int = 6
-    anderson_lam: float = 1e-4
-    anderson_beta: float = 1.0
-    anderson_safeguard: float = 0.0  # restart the history when the residual grows this much (0 = off)
-    stall_window: int | None = None  # stagnation exit over this many steps; 0 = off
-    stall_margin: float | None = None  # relative improvement that counts
-    flow_tol: float | None = None  # stop once the flow step is below this (px on the 1/8 grid); 0 = off
-    warm_flow_tol: float | None = None  # flow_tol of warm-started solves (None: flow_tol, as cold ones)
-
-    def __post_init__(self) -> None:
-        if self.method is not None:
-            if self.method not in SOLVER_NAMES:
-                raise InputError(f"solver method must be one of {', '.join(SOLVER_NAMES)}, got {self.method!r}")
-            self.method = canonical_solver(self.method)
-        if self.max_iter is not None and int(self.max_iter) < 1:
-            raise InputError(f"max_iter must be >= 1, got {self.max_iter}")
-        if self.stop_mode is not None:
-            check_stop_mode(self.stop_mode, "stop_mode")
-        if self.tol is not None and not math.isfinite(float(self.tol)):
-            raise InputError(f"tol must be a finite number, got {self.tol}")
-        AndersonOptions(self.anderson_m, self.anderson_lam, self.anderson_beta, self.anderson_safeguard).validate()
-        for name in ("flow_tol", "warm_flow_tol"):
-            if getattr(self, name) is not None:
-                check_flow_tol(getattr(self, name), name)
-        StopRule(stall_window=int(self.stall_window or 0),
-                 stall_margin=STALL_MARGIN if self.stall_margin is None else float(self.stall_margin))
-
-    def with_defaults(self, max_iter: int, tol: float = 0.0, stop_mode: str = "abs",
-                      method: str = "fixed_point", stall_window: int = 0, stall_margin: float = STALL_MARGIN,
-                      flow_tol: float = 0.0) -> SolverSettings:
-        """A copy with every None filled from the model's defaults (warm_flow_tol: the flow_tol asked for, if
-        any; else None: warm starts follow the cold rule)."""
-        warm = self.warm_flow_tol if self.warm_flow_tol is not None else self.flow_tol
-        return replace(self, flow_tol=float(self.flow_tol if self.flow_tol is not None else flow_tol),
-                       warm_flow_tol=None if warm is None else float(warm),
-                       max_iter=int(self.max_iter if self.max_iter is not None else max_iter),
-                       tol=float(self.tol if self.tol is not None else tol),
-                       stop_mode=self.stop_mode or stop_mode, method=self.method or method,
-                       stall_window=int(self.stall_window if self.stall_window is not None else stall_window),
-                       stall_margin=float(self.stall_margin if self.stall_margin is not None else stall_margin))
-
-    def with_rule(self, rule: StopRule, method: str = "fixed_point") -> SolverSettings:
-        """with_defaults from a model's stop rule. Warm starts keep it unless warm_flow_tol is asked for: the
-        recommended StopRule.for_warm_start() halves their steps but is not the default, because no warm start
-        (whatever its rule) matches a cold solve's accuracy on the synthetic videos (docs/warm_start.md)."""
-        return self.with_defaults(rule.max_iter, rule.tol, rule.stop_mode, method, rule.stall_window,
-                                  rule.stall_margin, rule.flow_tol)
-
-    def for_start(self, warm: bool) -> SolverSettings:
-        """The settings one solve runs: a warm-started one (from a previous fixed point) tests the flow step
-        against warm_flow_tol, since its residual overstates how far its flow still has to go."""
-        if warm and self.warm_flow_tol is not None:
-            return replace(self, flow_tol=self.warm_flow_tol)
-        return self
-
-    def stop_rule(self) -> StopRule:
-        """The resolved settings' stop rule (print it with .describe())."""
-        return StopRule(tol=float(self.tol or 0.0), stop_mode=self.stop_mode or "abs", max_iter=int(self.max_iter or 1),
-                        stall_window=int(self.stall_window or 0),
-                        stall_margin=STALL_MARGIN if self.stall_margin is None else float(self.stall_margin),
-                        flow_tol=float(self.flow_tol or 0.0))
-
-    def as_dict(self) -> dict:
-        out = {"max_iter": self.max_iter, "tol": self.tol, "stop_mode": self.stop_mode, "method": self.method,
-               "return_final": self.return_final, "stall_window": self.stall_window,
-               "stall_margin": self.stall_margin, "flow_tol": self.flow_tol, "warm_flow_tol": self.warm_flow_tol}
-        if self.method == "anderson":
-            out.update(anderson_m=self.anderson_m, anderson_lam=self.anderson_lam, anderson_beta=self.anderson_beta,
-                       anderson_safeguard=self.anderson_safeguard)
-        return out
 
 
 @dataclass
@@ -290,19 +196,19 @@ class _Anderson:
 class _Residuals:
     """Residual traces, the stop rule and (optionally) each sample's lowest-residual iterate."""
 
-    def __init__(self, n: int, settings: SolverSettings) -> None:
-        self.n, self.s = n, settings
+    def __init__(self, n: int, spec: SolveSpec) -> None:
+        self.n, self.rule, self.return_final = n, spec.stop, spec.return_final
         self.traces: dict[str, list[np.ndarray]] = {"abs": [], "rel": [], "flow": []}
         self.lowest = np.full(n, np.inf)  # in the stop mode
         self.best: np.ndarray | None = None  # packed (N, D) when tracking the lowest residual
         self.nonfinite = self.bad = False
-        window = int(settings.stall_window or 0)
-        self.stall = StallMonitor(n, window, settings.stall_margin or 0.0) if window > 0 else None
+        window = self.rule.stall_window
+        self.stall = StallMonitor(n, window, self.rule.stall_margin) if window > 0 else None
         self.reason: str | None = None
 
     @property
     def keep_best(self) -> bool:
-        return not self.s.return_final
+        return not self.return_final
 
     def add(self, res: Any, rel: Any, fx: np.ndarray | None, flow: np.ndarray | None = None) -> None:
         """Book one step: residuals (N,), the packed f(x) when kept, the (N,) flow steps when tested."""
@@ -311,18 +217,18 @@ class _Residuals:
         self.traces["rel"].append(rel)
         if flow is not None:
             self.traces["flow"].append(np.asarray(flow, np.float64))
-        current = res if self.s.stop_mode == "abs" else rel
+        current = res if self.rule.stop_mode == "abs" else rel
         improved = current < self.lowest
         self.lowest = np.where(improved, current, self.lowest)
         if self.keep_best:
             self.best = fx.copy() if self.best is None else np.where(improved[:, None], fx, self.best)
         self.bad = not np.isfinite(res).all()
         self.nonfinite |= self.bad
-        crit = current if self.s.return_final else self.lowest
-        done = converged(crit, self.s.tol, flow, float(self.s.flow_tol or 0.0))
+        crit = current if self.return_final else self.lowest
+        done = converged(crit, self.rule.tol, flow, self.rule.flow_tol)
         stalled = self.stall.update(current) if self.stall is not None else np.zeros(self.n, bool)
         self.reason = stop_reason(nonfinite=self.bad, converged=done, stalled=stalled,
-                                  at_cap=len(self.traces["abs"]) >= self.s.max_iter)
+                                  at_cap=len(self.traces["abs"]) >= self.rule.max_iter)
 
     def done(self) -> bool:
         """The cap, a NaN/Inf residual, or every sample below the tolerance (current or lowest residual) or
@@ -336,32 +242,31 @@ class _Residuals:
                           flow_trace=np.stack(self.traces["flow"], axis=1) if self.traces["flow"] else None)
 
 
-def check_settings(settings: SolverSettings) -> SolverSettings:
-    """`settings` with method and stop mode filled in; a clear error for what the host loop cannot run."""
-    if settings.max_iter is None or settings.tol is None:
-        raise InputError("solve() needs resolved settings: max_iter and tol (see SolverSettings.with_defaults)")
-    settings = replace(settings, method=settings.method or "fixed_point", stop_mode=settings.stop_mode or "abs")
-    if settings.method not in HOST_METHODS:
-        raise InputError(f"the host solver runs {' and '.join(HOST_METHODS)}, not {settings.method!r} "
+def check_spec(spec: SolveSpec) -> SolveSpec:
+    """`spec` if the host loop can run its method; a clear error otherwise."""
+    if not isinstance(spec, SolveSpec):
+        raise InputError(f"the host solver takes a SolveSpec, got {type(spec).__name__}")
+    if spec.method not in HOST_METHODS:
+        raise InputError(f"the host solver runs {' and '.join(HOST_METHODS)}, not {spec.method!r} "
                          "(broyden runs in the torch backend)")
-    return settings
+    return spec
 
 
 def fixed_point_loop(parts: StepParts, ctx: Any, start: tuple[np.ndarray, np.ndarray],
-                     settings: SolverSettings) -> tuple[Any, Any, SolveStats]:
+                     spec: SolveSpec) -> tuple[Any, Any, SolveStats]:
     """Iterate the step from the host state `start` = (net, coords1) until the stop rule holds; returns the
-    chosen iterate (native) and the statistics. `settings` as check_settings returns them."""
+    chosen iterate (native) and the statistics. `spec` as check_spec accepts it."""
     packer = _Packer(parts, *start)
-    residuals = _Residuals(start[0].shape[0], settings)
+    residuals = _Residuals(start[0].shape[0], spec)
     mixer = None
-    if settings.method == "anderson":
-        mixer = _Anderson(min(settings.anderson_m, settings.max_iter), settings.anderson_lam, settings.anderson_beta,
-                          settings.anderson_safeguard)
+    if spec.method == "anderson":
+        o = spec.options
+        mixer = _Anderson(min(o.m, spec.stop.max_iter), o.lam, o.beta, o.safeguard)
     net, coords1 = parts.from_host(start[0]), parts.from_host(start[1])
     while True:
         fnet, fcoords, res, rel = parts.step(ctx, net, coords1)
         fx = packer.pack(fnet, fcoords) if (mixer is not None or residuals.keep_best) else None
-        flow = flow_step(parts.to_host(fcoords) - parts.to_host(coords1)) if settings.flow_tol else None
+        flow = flow_step(parts.to_host(fcoords) - parts.to_host(coords1)) if spec.stop.flow_tol > 0 else None
         residuals.add(res, rel, fx, flow)
         stop = residuals.done()
         if stop or mixer is None:
@@ -375,16 +280,16 @@ def fixed_point_loop(parts: StepParts, ctx: Any, start: tuple[np.ndarray, np.nda
     return net, coords1, residuals.stats()
 
 
-def solve(parts: StepParts, image1: np.ndarray, image2: np.ndarray, settings: SolverSettings,
+def solve(parts: StepParts, image1: np.ndarray, image2: np.ndarray, spec: SolveSpec,
           flow_init: np.ndarray | None = None, state: WarmState | None = None) -> SolveResult:
-    """Run the encoder, the host loop over the step graph, and the decoder. `settings` must be resolved
-    (no None: see SolverSettings.with_defaults)."""
-    settings = check_settings(settings).for_start(warm=state is not None)
+    """Run the encoder, the host loop over the step graph, and the decoder; a warm start (`state`) runs
+    the spec's warm-start rule (SolveSpec.for_start)."""
+    spec = check_spec(spec).for_start(warm=state is not None)
     t0 = time.perf_counter()
     ctx, coords0 = parts.encode(image1, image2)
     t_enc = time.perf_counter()
     start = initial_state(coords0, parts.hidden_dim, flow_init, state)
-    net, coords1, stats = fixed_point_loop(parts, ctx, start, settings)
+    net, coords1, stats = fixed_point_loop(parts, ctx, start, spec)
     t_loop = time.perf_counter()
     flow, flow_low = parts.decode(ctx, net, coords1)
     t_dec = time.perf_counter()

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from deqflow.errors import DeqflowError, FileFormatError, InputError, MissingDependencyError
-from deqflow.host_solver import SolverSettings, solve
+from deqflow.host_solver import solve
+from deqflow.solver_spec import SolveSpec
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 CPU_PROVIDERS = ("CPUExecutionProvider",)
@@ -152,18 +153,18 @@ class SessionStepParts:
         return x
 
 
-def run_split(parts: SessionStepParts, feed: dict[str, np.ndarray], settings: SolverSettings) -> dict[str, np.ndarray]:
+def run_split(parts: SessionStepParts, feed: dict[str, np.ndarray], spec: SolveSpec) -> dict[str, np.ndarray]:
     """A split export's outputs for `feed` under the host loop, named as the unrolled / Loop graphs name them
     (flow, flow_low, residual, residual_rel, iterations), so every layout is checked the same way."""
-    result = solve(parts, feed["image1"], feed["image2"], settings, flow_init=feed.get("flow_init"))
+    result = solve(parts, feed["image1"], feed["image2"], spec, flow_init=feed.get("flow_init"))
     return {"flow": result.flow, "flow_low": result.flow_low, "residual": result.stats.final_abs,
             "residual_rel": result.stats.final_rel, "iterations": np.array([result.stats.iterations], np.int32)}
 
 
-def run_export(models: dict[str, Any], feed: dict[str, np.ndarray], settings: SolverSettings,
+def run_export(models: dict[str, Any], feed: dict[str, np.ndarray], spec: SolveSpec,
                config: SessionConfig = SessionConfig()) -> dict[str, np.ndarray]:
     """Named outputs of an export on ONNX Runtime (CPU): `models` maps 'model' (unrolled / Loop) or 'encoder',
-    'step', 'decode' (split; run under the host loop with `settings`) to a path, bytes or a ModelProto."""
+    'step', 'decode' (split; run under the host loop with `spec`) to a path, bytes or a ModelProto."""
     if "model" in models:
         return run_session(create_session(models["model"], config), feed)
-    return run_split(SessionStepParts.from_files([models[p] for p in SPLIT_PARTS], config), feed, settings)
+    return run_split(SessionStepParts.from_files([models[p] for p in SPLIT_PARTS], config), feed, spec)

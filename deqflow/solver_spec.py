@@ -7,7 +7,9 @@ Torch-free on purpose: configs, exports and the runtime validate solver settings
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable
+from typing import Any
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
@@ -79,6 +81,8 @@ SOLVER_OPTIONS: dict[str, type] = {
 
 SOLVER_NAMES = tuple(SOLVER_OPTIONS) + tuple(SOLVER_ALIASES)
 
+SolverOptions = FixedPointOptions | AndersonOptions | BroydenOptions
+
 
 def canonical_solver(name: str) -> str:
     """The canonical solver name for `name` (official aliases accepted); a clear error otherwise."""
@@ -96,18 +100,29 @@ def check_stop_mode(mode: str, what: str = "stop mode") -> str:
     return mode
 
 
+def check_flow_tol(value: object, what: str = "flow tolerance") -> float:
+    """`value` as a float if it is finite and >= 0 (0 = off), else a clear error naming `what`."""
+    try:
+        tol = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        tol = math.nan
+    if not (math.isfinite(tol) and tol >= 0):
+        raise InputError(f"{what} must be a finite number of pixels >= 0 (0 = off), got {value!r}")
+    return tol
+
+
 STOP_REASONS = ("tolerance", "stalled", "cap", "nonfinite")
 """Why a solve ended: every sample below the tolerance (its residual, or its flow step when the rule has a
 flow tolerance); every sample below it or stalled (at least one stalled); the iteration cap; a NaN/Inf
 residual."""
 
 WARM_FLOW_TOL = 0.015
-"""Recommended flow tolerance (px on the 1/8 grid) of warm-started solves (StopRule.for_warm_start; opt-in:
-`deqflow infer --warm-start --warm-flow-tol`). A warm start begins next to the fixed point, so its flow settles
-within a few steps while the residual of the stacked (hidden state, flow) vector, dominated by the hidden
-state, keeps the solve going. Of the tolerances tried on the shipped model, this is the largest that kept its
-warm starts (with `forward` on the slow video) as accurate as its cold ones on the synthetic videos; the right
-value depends on the model (docs/warm_start.md, scripts/warm_start_video.py)."""
+"""Fallback flow tolerance (px on the 1/8 grid) of warm-started solves, for models whose metadata recommends
+none (a model's own value is its stop rule's `warm_flow_tol`, written by `stamp_stop_rule`; StopRule.for_warm_start;
+opt-in: `deqflow infer --warm-start --warm-flow-tol`). A warm start begins next to the fixed point, so its flow
+settles within a few steps while the residual of the stacked (hidden state, flow) vector, dominated by the hidden
+state, keeps the solve going. How the value was chosen for the model it was tuned on: docs/warm_start.md,
+scripts/warm_start_video.py."""
 
 
 # A stalled solve: the residual improved by less than this fraction over the stall window (one default everywhere).
@@ -119,8 +134,9 @@ class StopRule:
     each remaining sample stalled (no relative improvement of at least `stall_margin` over `stall_window`
     steps; window 0 = off), or `max_iter` steps. `flow_tol` > 0 also counts a sample as converged once its
     flow step (`flow_step`: mean per-cell |delta flow| of the last step, px on the 1/8 grid) is below it: the
-    accuracy a user sees, which settles before the hidden state does. Plain data, carried by checkpoints and
-    exports (as_dict writes flow_tol only when it is on, so files without it read as before)."""
+    accuracy a user sees, which settles before the hidden state does. `warm_flow_tol` > 0 replaces `flow_tol`
+    in warm-started solves (`for_start`): a model's own warm-start exit, carried by its checkpoint or export.
+    Plain data (as_dict writes the flow tolerances only when on, so files without them read as before)."""
 
     tol: float = 0.0
     stop_mode: str = "abs"
@@ -128,6 +144,7 @@ class StopRule:
     stall_window: int = 0
     stall_margin: float = STALL_MARGIN
     flow_tol: float = 0.0
+    warm_flow_tol: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -143,6 +160,7 @@ class StopRule:
         if not math.isfinite(float(self.tol)):
             raise InputError(f"stop rule tolerance must be finite, got {self.tol}")
         check_flow_tol(self.flow_tol)
+        check_flow_tol(self.warm_flow_tol, "warm-start flow tolerance")
 
     def describe(self) -> str:
         """One line for logs and printed summaries, e.g. 'rel < 0.005 or stalled over 6 or 60 iterations'."""
@@ -156,9 +174,15 @@ class StopRule:
     def as_dict(self) -> dict:
         out = {"tol": float(self.tol), "stop_mode": self.stop_mode, "max_iter": int(self.max_iter),
                "stall_window": int(self.stall_window), "stall_margin": float(self.stall_margin)}
-        if self.flow_tol > 0:  # absent when off: older readers reject keys they do not know
-            out["flow_tol"] = float(self.flow_tol)
+        for name in ("flow_tol", "warm_flow_tol"):  # absent when off: older readers reject keys they do not know
+            if getattr(self, name) > 0:
+                out[name] = float(getattr(self, name))
         return out
+
+    def for_start(self, warm: bool) -> StopRule:
+        """The rule one solve runs: a warm-started one (from a previous fixed point) tests the flow step against
+        warm_flow_tol when it is set, since its residual overstates how far its flow still has to go."""
+        return replace(self, flow_tol=self.warm_flow_tol) if warm and self.warm_flow_tol > 0 else self
 
     def for_warm_start(self, flow_tol: float = WARM_FLOW_TOL) -> StopRule:
         """The recommended rule of a warm-started solve: this one, with `flow_tol` when it sets no flow
@@ -177,6 +201,101 @@ class StopRule:
         except (TypeError, ValueError) as exc:
             raise InputError(f"{where}: {exc}") from None
 
+
+RULE_FIELDS = ("tol", "stop_mode", "max_iter", "stall_window", "stall_margin", "flow_tol", "warm_flow_tol")
+
+
+@dataclass(frozen=True)
+class SolveSpec:
+    """Everything one fixed-point solve needs besides f and its start: the method with its typed options, the
+    stop rule, and what to return (the last iterate, as the exported graphs do, or per sample the
+    lowest-residual one). One type for the host solver and the torch solvers; the CLI builds it from
+    SolveOverrides over a model's own spec, checkpoints and exports carry the rule."""
+
+    method: str = "fixed_point"
+    options: SolverOptions | None = None  # None: SOLVER_OPTIONS[method]() (filled in on construction)
+    stop: StopRule = field(default_factory=StopRule)
+    return_final: bool = True
+
+    def __post_init__(self) -> None:
+        method = canonical_solver(self.method)
+        object.__setattr__(self, "method", method)
+        options = SOLVER_OPTIONS[method]() if self.options is None else self.options
+        if type(options) is not SOLVER_OPTIONS[method]:
+            raise InputError(f"solver {method!r} takes {SOLVER_OPTIONS[method].__name__}, "
+                             f"got {type(options).__name__}")
+        options.validate()
+        object.__setattr__(self, "options", options)
+        if not isinstance(self.stop, StopRule):
+            raise InputError(f"a solve spec's stop rule must be a StopRule, got {type(self.stop).__name__}")
+
+    @classmethod
+    def of(cls, method: str = "fixed_point", options: SolverOptions | None = None, return_final: bool = True,
+           **rule: Any) -> SolveSpec:
+        """A spec with its stop rule given as keywords (StopRule's fields), e.g. SolveSpec.of(max_iter=8, tol=0)."""
+        return cls(method=method, options=options, stop=StopRule(**rule), return_final=return_final)
+
+    def for_start(self, warm: bool) -> SolveSpec:
+        """The spec one solve runs (StopRule.for_start)."""
+        stop = self.stop.for_start(warm)
+        return self if stop is self.stop else replace(self, stop=stop)
+
+    def as_dict(self) -> dict:
+        """Plain data for reports: method, its options, the rule's fields, return_final."""
+        return {"method": self.method, "options": asdict(self.options), **self.stop.as_dict(),
+                "return_final": self.return_final}
+
+
+@dataclass(frozen=True)
+class SolveOverrides:
+    """The partial form of a SolveSpec: what one call (a CLI invocation, a request, a forward call) changes;
+    None keeps the model's value. `options` must be the options dataclass of the method used; left None, a
+    changed method takes that method's options from the model (`options_for`) or their defaults."""
+
+    method: str | None = None
+    options: SolverOptions | None = None
+    max_iter: int | None = None
+    tol: float | None = None
+    stop_mode: str | None = None
+    stall_window: int | None = None
+    stall_margin: float | None = None
+    flow_tol: float | None = None
+    warm_flow_tol: float | None = None
+    return_final: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.method is not None:
+            object.__setattr__(self, "method", canonical_solver(self.method))
+        if self.max_iter is not None and (isinstance(self.max_iter, bool) or int(self.max_iter) < 1):
+            raise InputError(f"max_iter must be >= 1, got {self.max_iter}")
+        if self.stop_mode is not None:
+            check_stop_mode(self.stop_mode, "stop_mode")
+        if self.tol is not None and not math.isfinite(float(self.tol)):
+            raise InputError(f"tol must be a finite number, got {self.tol}")
+        for name in ("flow_tol", "warm_flow_tol"):
+            if getattr(self, name) is not None:
+                check_flow_tol(getattr(self, name), name)
+        if self.options is not None:
+            self.options.validate()
+
+    def as_dict(self) -> dict:
+        """The fields set here (options as a mapping), for reports."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        if self.options is not None:
+            out["options"] = asdict(self.options)
+        return out
+
+    def apply(self, spec: SolveSpec, options_for: Callable[[str], SolverOptions] | None = None) -> SolveSpec:
+        """`spec` with every field set here replaced (validated)."""
+        method = self.method or spec.method
+        options = self.options
+        if options is None:
+            options = spec.options if method == spec.method else (options_for(method) if options_for else None)
+        changes = {name: getattr(self, name) for name in RULE_FIELDS if getattr(self, name) is not None}
+        casts = {"max_iter": int, "stall_window": int, "stop_mode": str}
+        stop = replace(spec.stop, **{k: casts.get(k, float)(v) for k, v in changes.items()}) if changes else spec.stop
+        final = spec.return_final if self.return_final is None else bool(self.return_final)
+        return SolveSpec(method=method, options=options, stop=stop, return_final=final)
 
 class StallMonitor:
     """Per-sample stagnation test, shared by the torch solvers and the host solver so both stop on the same
@@ -200,17 +319,6 @@ class StallMonitor:
         if self.window > 0:
             self.stalled |= self.since >= self.window
         return self.stalled
-
-
-def check_flow_tol(value: object, what: str = "flow tolerance") -> float:
-    """`value` as a float if it is finite and >= 0 (0 = off), else a clear error naming `what`."""
-    try:
-        tol = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        tol = math.nan
-    if not (math.isfinite(tol) and tol >= 0):
-        raise InputError(f"{what} must be a finite number of pixels >= 0 (0 = off), got {value!r}")
-    return tol
 
 
 def flow_step(delta: np.ndarray) -> np.ndarray:

@@ -22,10 +22,10 @@ import torch
 from deqflow import __version__
 from deqflow.errors import CheckpointError, DeqflowError, InputError
 from deqflow.fileio import atomic_outputs, check_output_file
-from deqflow.host_solver import SolverSettings
 from deqflow.model_metadata import STOP_EXITS, ModelMetadata, split_part_names
 from deqflow.onnx_integrity import record_weights_digest
 from deqflow.onnx_session import run_export
+from deqflow.solver_spec import SolveSpec, StopRule
 from export.checks import CheckReport, check_model, count_nodes, simplify
 from export.compose import Parts, build_loop, build_split, build_unrolled
 from export.config import ExportConfig, check_size
@@ -172,7 +172,8 @@ def _verify(model: DEQFlow, protos: dict[str, onnx.ModelProto], cfg: ExportConfi
     feed = {k: v.numpy() for k, v in example.items() if cfg.flow_init or k != "flow_init"}
     ref = reference_solve(model, example["image1"], example["image2"], iters, cfg.lookup,
                           example["flow_init"] if cfg.flow_init else None, cfg.tolerance, stop_mode)
-    got = run_export(protos, feed, SolverSettings(max_iter=iters, tol=float(cfg.tolerance), stop_mode=stop_mode))
+    spec = SolveSpec(stop=StopRule(tol=float(cfg.tolerance), stop_mode=stop_mode, max_iter=int(iters)))
+    got = run_export(protos, feed, spec)
     diff = float(np.abs(got["flow"] - ref["flow"].numpy()).max())
     result = {"max_abs_flow_diff": diff, "iterations_torch": ref["iterations"],
               "iterations_onnx": int(got["iterations"][0]) if "iterations" in got else iters}

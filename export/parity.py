@@ -16,6 +16,7 @@ import torch
 from deqflow import middlebury
 from deqflow.errors import InputError
 from deqflow.padding import InputPadder
+from deqflow.solver_spec import FixedPointOptions, SolveOverrides
 from training.model.deq_flow import DEQFlow
 
 
@@ -50,7 +51,7 @@ def reference_model(model: DEQFlow, lookup: str = "grid_sample", tolerance: floa
     ref = copy.deepcopy(model).eval()
     ref.lookup = lookup
     ref.configure_deq(f_solver="fixed_point", f_tol=float(tolerance), f_stop_mode=stop_mode, return_final=True,
-                      damping=1.0, stall_window=0)
+                      fixed_point=FixedPointOptions(), stall_window=0)
     return ref
 
 
@@ -58,7 +59,7 @@ def torch_flow(model: DEQFlow, image1: torch.Tensor, image2: torch.Tensor, iters
                flow_init: torch.Tensor | None = None) -> dict:
     """PyTorch eager forward of a `reference_model`: flow, flow_low, residuals and the steps run."""
     with torch.no_grad():
-        out = model(image1, image2, iters=iters, flow_init=flow_init)
+        out = model(image1, image2, solve=SolveOverrides(max_iter=iters), flow_init=flow_init)
     return {"flow": out.flow_up.numpy(), "flow_low": out.flow_low.numpy(), "iterations": int(out.stats.nstep),
             "residual": out.stats.final_abs.numpy(), "residual_rel": out.stats.final_rel.numpy(),
             "abs_trace": out.stats.abs_trace.numpy(), "rel_trace": out.stats.rel_trace.numpy()}

@@ -4,7 +4,7 @@ check them against a float32 reference (`compare`) and track their latency (`ben
 Importing `runtime` (and every module in it) never imports torch, tensorrt, pycuda or onnxruntime: each
 backend imports its library when it is created, so deployment machines need only what they run.
 
-    from runtime import create_backend, prepare, SolverSettings
+    from runtime import create_backend, prepare, SolveOverrides
     with create_backend("onnxruntime", "model.onnx", provider="cpu") as backend:
         batch = prepare(rgb1, rgb2)                       # uint8 (H,W,3) -> padded float32 (1,3,H',W')
         result = backend.infer(batch.image1, batch.image2)
@@ -12,15 +12,17 @@ backend imports its library when it is created, so deployment machines need only
         result.iterations, result.residual
 """
 
+from deqflow.host_solver import WarmState, solve
+from deqflow.solver_spec import SolveOverrides, SolveSpec
 from runtime.backends import BACKENDS, Backend, InferenceResult, TensorSpec, create_backend, parse_spec
 from runtime.errors import EngineMismatchError, ProfileError
 from runtime.modelfile import ModelFile, open_model_file
 from runtime.pipeline import FlowEstimator, PairFlow
 from runtime.preprocessing import PreparedBatch, load_image, prepare, real_pair, real_pairs, to_batch, unpad_flow
-from runtime.solver import SolverSettings, WarmState, solve
 
 __all__ = [
     "BACKENDS", "Backend", "EngineMismatchError", "FlowEstimator", "InferenceResult", "ModelFile", "PairFlow",
-    "PreparedBatch", "ProfileError", "SolverSettings", "TensorSpec", "WarmState", "create_backend", "load_image",
+    "PreparedBatch", "ProfileError", "SolveOverrides", "SolveSpec", "TensorSpec", "WarmState", "create_backend",
+    "load_image",
     "open_model_file", "parse_spec", "prepare", "real_pair", "real_pairs", "solve", "to_batch", "unpad_flow",
 ]

@@ -2,8 +2,8 @@
 with the exporter's verification, the scripts and the tests) and the video warm start that moves a solved
 frame's fixed point along its own flow.
 
-Backends provide a `StepParts` object and call `solve`; `SolverSettings` carries the user's overrides (None:
-the model's own defaults) and `WarmState` a previous frame's fixed point.
+Backends provide a `StepParts` object and call `solve`; a `SolveSpec` says how to solve and `WarmState`
+holds a previous frame's fixed point.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import numpy as np
 from deqflow.host_solver import (
     HOST_METHODS,
     SolveResult,
-    SolverSettings,
     SolveStats,
     StepParts,
     WarmState,
@@ -23,7 +22,7 @@ from deqflow.host_solver import (
 )
 from runtime.errors import InputError
 
-__all__ = ["HOST_METHODS", "SolveResult", "SolveStats", "SolverSettings", "StepParts", "WarmState", "as_numpy",
+__all__ = ["HOST_METHODS", "SolveResult", "SolveStats", "StepParts", "WarmState", "as_numpy",
            "forward_warp_state", "initial_state", "nearest_points", "solve"]
 
 

@@ -66,7 +66,7 @@ class OrtCandidate:
         from deqflow.host_solver import SolverSettings
         from deqflow.onnx_session import SessionConfig, SessionStepParts, create_session
 
-        self.result, self.settings = result, SolverSettings(max_iter=iters, tol=0.0)
+        self.result, self.settings = result, SolveSpec.of(max_iter=iters, tol=0.0)
         config = SessionConfig(threads=threads, inter_threads=1)
         start = time.perf_counter()
         if result.config.layout == "split":

@@ -58,7 +58,7 @@ def main(argv=None) -> int:
                             lookup=args.lookup)
             for threads in args.threads:
                 torch.set_num_threads(threads)
-                fixed = SolverSettings(max_iter=args.iters, tol=0.0)
+                fixed = SolveOverrides(max_iter=args.iters, tol=0.0)
                 cases = [
                     BenchCase("torch:cpu", lambda s=fixed, t=threads: create_backend(
                         "torch", args.checkpoint, settings=s, threads=t), (h, w), 1, {"threads": threads}),

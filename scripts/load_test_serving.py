@@ -139,7 +139,7 @@ def check_pairs(run: dict, backend, pairs) -> dict:
     for r in run.pop("records"):
         key = (r["pair"], r["iterations"])
         if key not in cache:
-            backend.configure(SolverSettings(max_iter=r["iterations"], tol=0.0, stop_mode="abs"))
+            backend.configure(SolveOverrides(max_iter=r["iterations"], tol=0.0, stop_mode="abs"))
             cache[key] = FlowEstimator(backend)(*pairs[r["pair"]]).flow
         diff = float(np.abs(r["flow"] - cache[key]).max())
         worst, wrong = max(worst, diff), wrong + (diff > TOLERANCE_PX)
@@ -239,7 +239,7 @@ def main(argv=None) -> int:
         batch1 = serve_and_load(model, args, 1, 0, pairs)
         streams = serve_and_load(model, args, args.max_batch, args.max_queue_delay_us, frames=frames)
         backend = create_backend("onnxruntime", model, threads=args.threads)
-        settings = SolverSettings(max_iter=args.iters, tol=args.tol, stop_mode=args.stop_mode)
+        settings = SolveOverrides(max_iter=args.iters, tol=args.tol, stop_mode=args.stop_mode)
         for run in (batched, batch1):
             run["pairs"]["check"] = check_pairs(run["pairs"], backend, pairs)
         streams["streams"] = check_streams(streams["streams"], backend, frames, settings)

@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     h, w = parse_size(args.size)
     a, b, _, _ = real_pair((h, w))
     batch = prepare(a, b)
-    settings = SolverSettings(max_iter=args.iters, tol=0.0)
+    settings = SolveOverrides(max_iter=args.iters, tol=0.0)
     with create_backend("torch", args.checkpoint, settings=settings) as ref_backend:
         ref = ref_backend.infer(batch.image1, batch.image2).flow
     print("| layout | lookup | max abs flow diff vs torch (px) | iterations |\n|---|---|---:|---:|")

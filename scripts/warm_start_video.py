@@ -101,8 +101,7 @@ def run_settings(args) -> dict:
     out = {}
     for method in METHODS:
         for rule, warm_tol in (("flow", flow_tol), ("residual", 0.0)):
-            out[method, rule] = SolverSettings(max_iter=args.max_iter, tol=args.tol, stop_mode=args.stop_mode,
-                                               method=method, warm_flow_tol=warm_tol)
+            out[method, rule] = SolveOverrides(max_iter=args.max_iter, tol=args.tol, stop_mode=args.stop_mode, method=method, warm_flow_tol=warm_tol)
     return out
 
 
@@ -131,8 +130,7 @@ def curve(be, batch, gt, previous, args) -> dict:
     for start in STARTS:
         state, done, epes = warm_state(previous, start), 0, []
         for k in CURVE_STEPS:
-            be.configure(SolverSettings(max_iter=k - done, tol=0.0, stop_mode=args.stop_mode, method="fixed_point",
-                                        warm_flow_tol=0.0))
+            be.configure(SolveOverrides(max_iter=k - done, tol=0.0, stop_mode=args.stop_mode, method="fixed_point", warm_flow_tol=0.0))
             r = be.infer(batch.image1, batch.image2, state=state)
             state, done = r.state, k
             epes.append(flow_metrics(batch.unpad(r.flow)[0], gt)["epe"])
@@ -148,7 +146,7 @@ def run_pairs(be, pairs, args) -> list[dict]:
     settings, frames, states = run_settings(args), [], {}
     for i, (a, b, gt) in enumerate(pairs):
         batch = prepare(a, b)
-        be.configure(SolverSettings(max_iter=args.ref_iters, tol=0.0, stop_mode=args.stop_mode, method="fixed_point"))
+        be.configure(SolveOverrides(max_iter=args.ref_iters, tol=0.0, stop_mode=args.stop_mode, method="fixed_point"))
         ref_result = be.infer(batch.image1, batch.image2)
         ref = batch.unpad(ref_result.flow)[0]
         rec = {"pair": i, "gt_magnitude": float(np.linalg.norm(gt, axis=-1).mean()),

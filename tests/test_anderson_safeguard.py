@@ -96,13 +96,13 @@ class KinkedParts(HostStepParts):
 def test_host_and_torch_take_the_same_steps(safeguard):
     parts = KinkedParts()
     img = np.zeros((2, 3, 8, 8), np.float32)
-    settings = SolverSettings(max_iter=12, tol=0.0, method="anderson", anderson_m=4, anderson_safeguard=safeguard)
+    settings = SolveSpec.of(max_iter=12, tol=0.0, method="anderson", options=AndersonOptions(m=4, safeguard=safeguard))
     host = solve(parts, img, img, settings)
     z0 = torch.cat([torch.zeros(2, 3), torch.from_numpy(parts.coords0.reshape(2, 2))], 1)
     ref = anderson(parts.torch_f, z0, max_iter=12, tol=0.0, m=4, safeguard=safeguard)
     np.testing.assert_allclose(host.stats.abs_trace, ref.stats.abs_trace.numpy(), rtol=1e-4, atol=1e-5)
     if safeguard:  # Anderson raises the residual on this map, so the restarts change the steps
-        free = solve(KinkedParts(), img, img, SolverSettings(max_iter=12, tol=0.0, method="anderson", anderson_m=4))
+        free = solve(KinkedParts(), img, img, SolveSpec.of(max_iter=12, tol=0.0, method="anderson", options=AndersonOptions(m=4)))
         assert not np.allclose(host.stats.abs_trace, free.stats.abs_trace)
 
 
@@ -119,6 +119,6 @@ def test_the_option_is_validated_and_settable():
     with pytest.raises(InputError, match="safeguard"):
         AndersonOptions(safeguard=-1.0).validate()
     with pytest.raises(InputError, match="safeguard"):
-        SolverSettings(anderson_safeguard=float("nan"))
+        SolveSpec.of(options=AndersonOptions(safeguard=float("nan")))
     assert AndersonOptions().safeguard == 0.0  # official behaviour by default
     assert DEQConfig(anderson_safeguard=1.0).solver_options("anderson").safeguard == 1.0

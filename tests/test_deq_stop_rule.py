@@ -102,7 +102,7 @@ def test_torch_and_host_solvers_stop_on_the_same_step(rule, final):
     z0 = torch.from_numpy(np.concatenate([np.zeros((2, 1)), parts.coords0.reshape(2, 2)], 1).astype(np.float32))
     t = fixed_point_iter(parts.f, z0, max_iter=rule.max_iter, tol=rule.tol, stop_mode=rule.stop_mode,
                          return_final=final, stall_window=rule.stall_window, stall_margin=rule.stall_margin)
-    h = solve(parts, None, None, SolverSettings(return_final=final).with_rule(rule)).stats
+    h = solve(parts, None, None, SolveSpec.of(return_final=final).with_rule(rule)).stats
     assert (h.iterations, h.reason) == (t.stats.nstep, t.stats.reason)
     np.testing.assert_array_equal(h.abs_trace, t.stats.abs_trace.double().numpy())
     if rule.stall_window:

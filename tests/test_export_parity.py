@@ -97,7 +97,7 @@ def _run(result, feed: dict[str, np.ndarray], iters: int = ITERS, tolerance: flo
     """ONNX Runtime outputs of an export; the split layout under the runtime's host loop (deqflow.host_solver)."""
     metas = [read_metadata(p) for p in result.paths]
     out = run_export({m.part: p for m, p in zip(metas, result.paths)}, feed,
-                     SolverSettings(max_iter=iters, tol=tolerance, stop_mode="abs"), ONE_THREAD)
+                     SolveSpec.of(max_iter=iters, tol=tolerance, stop_mode="abs"), ONE_THREAD)
     if "iterations" in out:
         out["iterations"] = int(out["iterations"][0])
     return out

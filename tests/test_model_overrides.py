@@ -56,7 +56,7 @@ def test_per_call_override_equals_configuring_the_model_and_leaves_it_alone():
 def test_torch_backend_overrides_per_call_without_touching_the_model():
     model = _model()
     before = dataclasses.asdict(model.cfg.deq)
-    backend = TorchBackend(model, settings=SolverSettings(max_iter=6, tol=0.0, method="anderson", anderson_m=2))
+    backend = TorchBackend(model, settings=SolveOverrides(max_iter=6, tol=0.0, method="anderson", options=AndersonOptions(m=2)))
     i1, i2 = (t.numpy() for t in _pair())
     result = backend.infer(i1, i2)
     assert dataclasses.asdict(model.cfg.deq) == before

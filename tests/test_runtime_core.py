@@ -96,7 +96,7 @@ def test_host_solver_matches_the_pytorch_solvers(method):
     from training.deq.solvers import anderson, fixed_point_iter
 
     parts = LinearParts()
-    settings = SolverSettings(max_iter=400, tol=1e-3, stop_mode="abs", method=method)
+    settings = SolveSpec.of(max_iter=400, tol=1e-3, stop_mode="abs", method=method)
     img = np.zeros((2, 3, 8, 8), np.float32)
     result = solve(parts, img, img, settings)
     # the PyTorch solver on the same f from the same start (net 0, coords1 = coords0)
@@ -120,20 +120,20 @@ def test_host_solver_warm_start_lowest_residual_and_cap():
 
     parts = LinearParts(rho=0.8)
     img = np.zeros((2, 3, 8, 8), np.float32)
-    cold = solve(parts, img, img, SolverSettings(max_iter=200, tol=1e-4, stop_mode="abs"))
-    warm = solve(parts, img, img, SolverSettings(max_iter=200, tol=1e-4, stop_mode="abs"), state=cold.state)
+    cold = solve(parts, img, img, SolveSpec.of(max_iter=200, tol=1e-4, stop_mode="abs"))
+    warm = solve(parts, img, img, SolveSpec.of(max_iter=200, tol=1e-4, stop_mode="abs"), state=cold.state)
     assert cold.stats.iterations > 20 and warm.stats.iterations == 1  # starts at the fixed point
-    capped = solve(parts, img, img, SolverSettings(max_iter=5, tol=0.0))
+    capped = solve(parts, img, img, SolveSpec.of(max_iter=5, tol=0.0))
     assert capped.stats.iterations == 5 and capped.stats.abs_trace.shape == (2, 5)
-    best = solve(parts, img, img, SolverSettings(max_iter=5, tol=0.0, return_final=False))
+    best = solve(parts, img, img, SolveSpec.of(max_iter=5, tol=0.0, return_final=False))
     np.testing.assert_allclose(best.flow, capped.flow, atol=1e-5)  # contraction: the last is the lowest
     with pytest.raises(InputError, match="warm-start state"):
-        solve(parts, img, img, SolverSettings(max_iter=5, tol=0.0),
+        solve(parts, img, img, SolveSpec.of(max_iter=5, tol=0.0),
               state=WarmState(np.zeros((2, 3, 3, 3)), np.zeros((2, 2, 3, 3))))
     with pytest.raises(InputError, match="resolved"):
-        solve(parts, img, img, SolverSettings())
+        solve(parts, img, img, SolveSpec.of())
     with pytest.raises(InputError, match="method"):
-        SolverSettings(method="newton")
+        SolveSpec.of(method="newton")
 
 
 # --- preprocessing -------------------------------------------------------------------------------------

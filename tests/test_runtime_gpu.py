@@ -76,7 +76,7 @@ def _golden_check(backend, limit):
 def test_tensorrt_fp32_matches_the_golden_outputs(exports, layout, tmp_path):
     from runtime import SolverSettings, create_backend
 
-    settings = SolverSettings(max_iter=8, tol=0.0) if layout == "split" else None
+    settings = SolveOverrides(max_iter=8, tol=0.0) if layout == "split" else None
     with create_backend("tensorrt", exports[layout], settings=settings, cache_dir=tmp_path) as be:
         r = _golden_check(be, 1e-3)  # tier 2: TensorRT float32, TF32 off
         assert r.iterations == 8
@@ -108,7 +108,7 @@ def test_deqflow_build_writes_an_engine_that_loads(exports, layout, tmp_path):
     parts = ["m"] if layout == "unrolled" else ["m.encoder", "m.step", "m.decode"]
     assert all((tmp_path / f"{p}.engine").is_file() and (tmp_path / f"{p}.engine.json").is_file() for p in parts)
     assert (tmp_path / "timing.cache").is_file()
-    settings = SolverSettings(max_iter=8, tol=0.0) if layout == "split" else None
+    settings = SolveOverrides(max_iter=8, tol=0.0) if layout == "split" else None
     with create_backend("tensorrt", engine, settings=settings) as be:
         _golden_check(be, 1e-3)
 
@@ -123,7 +123,7 @@ def test_tensorrt_memory_providers_give_the_golden_flow(exports, memory, tmp_pat
     if importlib.util.find_spec(module) is None:
         pytest.skip(f"{memory} is not installed")
     try:
-        be = create_backend("tensorrt", exports["split"], settings=SolverSettings(max_iter=8, tol=0.0),
+        be = create_backend("tensorrt", exports["split"], settings=SolveOverrides(max_iter=8, tol=0.0),
                             cache_dir=tmp_path, memory=memory, cuda_graph=True)
     except MissingDependencyError as exc:  # e.g. a CPU-only torch
         pytest.skip(str(exc))
@@ -150,7 +150,7 @@ def test_onnxruntime_cuda_matches_the_golden_outputs(exports, monkeypatch):
 
     monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")  # cuDNN 9 ignores use_tf32=0 for convolutions
     for layout in ("unrolled", "split"):
-        s = SolverSettings(max_iter=8, tol=0.0) if layout == "split" else None
+        s = SolveOverrides(max_iter=8, tol=0.0) if layout == "split" else None
         with create_backend("onnxruntime", exports[layout], provider="cuda", settings=s) as be:
             _golden_check(be, 1e-3)
 
@@ -171,5 +171,5 @@ def test_torch_cuda_matches_the_golden_outputs():
         pytest.skip("needs a CUDA build of torch and a CUDA GPU")
     from runtime import SolverSettings, create_backend
 
-    with create_backend("torch", CKPT, device="cuda", settings=SolverSettings(max_iter=8, tol=0.0)) as be:
+    with create_backend("torch", CKPT, device="cuda", settings=SolveOverrides(max_iter=8, tol=0.0)) as be:
         _golden_check(be, 1e-3)

@@ -51,7 +51,7 @@ def _run_golden(backend: str, checkpoint: Path, exports: dict[str, Path], golden
     """Run `backend` ('torch' or 'onnxruntime-<layout>') on a golden file's pair: (result, reference outputs)."""
     g = load_golden(golden)
     (a, b), ref = g.pairs[0], g.outputs[0]
-    settings = SolverSettings(max_iter=ITERS, tol=0.0)
+    settings = SolveOverrides(max_iter=ITERS, tol=0.0)
     if backend == "torch":
         be = create_backend("torch", checkpoint, settings=settings)
     else:
@@ -107,7 +107,7 @@ def test_backends_reproduce_the_shipped_golden_outputs(backend, shipped_exports)
 
 
 def test_split_warm_start_matches_torch_and_saves_iterations(exports, video):
-    settings = SolverSettings(max_iter=30, tol=3e-3, stop_mode="rel")
+    settings = SolveOverrides(max_iter=30, tol=3e-3, stop_mode="rel")
     runs = {}
     for name, be in (("torch", create_backend("torch", OFFICIAL_CKPT, settings=settings)),
                      ("ort", _ort(exports["split"], settings=settings))):
@@ -131,7 +131,7 @@ def test_split_anderson_and_flow_init_match_torch(exports):
     a, b, _, _ = real_pair((128, 160))
     batch = prepare(a, b)
     init = np.full((1, 2, 16, 20), 1.5, np.float32)
-    s = SolverSettings(max_iter=20, tol=3e-3, stop_mode="rel", method="anderson")
+    s = SolveOverrides(max_iter=20, tol=3e-3, stop_mode="rel", method="anderson")
     with create_backend("torch", OFFICIAL_CKPT, settings=s) as t, _ort(exports["split"], settings=s) as o:
         rt, ro = t.infer(batch.image1, batch.image2, init), o.infer(batch.image1, batch.image2, init)
     assert rt.iterations == ro.iterations and 2 <= ro.iterations < 20
@@ -190,9 +190,9 @@ def test_graph_without_flow_init_refuses_one(tmp_path):
 
 def test_clear_errors_for_what_a_model_cannot_do(exports):
     with pytest.raises(InputError, match="re-export with --iters 5"):
-        _ort(exports["unrolled"], settings=SolverSettings(max_iter=5))
+        _ort(exports["unrolled"], settings=SolveOverrides(max_iter=5))
     with pytest.raises(InputError, match="split layout"):
-        _ort(exports["unrolled"], settings=SolverSettings(method="anderson"))
+        _ort(exports["unrolled"], settings=SolveOverrides(method="anderson"))
     with _ort(exports["unrolled"]) as be:
         big = np.zeros((1, 3, 136, 168), np.float32)
         with pytest.raises(ProfileError, match=r"exported for 1x3x128x160"):
@@ -201,10 +201,10 @@ def test_clear_errors_for_what_a_model_cannot_do(exports):
         with pytest.raises(InputError, match="warm start"):
             be.infer(img, img, state=WarmState(np.zeros((1, 32, 16, 20)), np.zeros((1, 2, 16, 20))))
         with pytest.raises(InputError, match="cannot stop at tolerance"):
-            be.configure(SolverSettings(tol=1e-3))
+            be.configure(SolveOverrides(tol=1e-3))
     with _ort(exports["split"]) as be:  # the split layout takes any settings, defaults from its metadata
         assert be.resolved.max_iter == ITERS and be.resolved.tol == 0.0
-        assert be.configure(SolverSettings(max_iter=3, method="anderson")).max_iter == 3
+        assert be.configure(SolveOverrides(max_iter=3, method="anderson")).max_iter == 3
         img = np.zeros((1, 3, 128, 160), np.float32)
         assert be.infer(img, img).iterations == 3
     with pytest.raises(InputError, match="onnxruntime backend runs ONNX exports"):
@@ -382,7 +382,7 @@ def test_tiny_onnx_fixture_matches_the_model_code(tmp_path):
 
     ckpt = save_tiny_checkpoint(tmp_path / "tiny.pth", **TINY_ONNX_MODEL)
     g = load_golden(TINY_GOLDEN)
-    settings = SolverSettings(max_iter=TINY_ONNX_ITERS, tol=0.0)
+    settings = SolveOverrides(max_iter=TINY_ONNX_ITERS, tol=0.0)
     with create_backend("torch", ckpt, settings=settings) as be:
         batch = prepare(*g.pairs[0])
         r = be.infer(batch.image1, batch.image2)

@@ -145,7 +145,7 @@ def local(small_export):
     from runtime import FlowEstimator, SolverSettings, create_backend
 
     backend = create_backend("onnxruntime", small_export, threads=1,
-                             settings=SolverSettings(max_iter=40, tol=5e-3, stop_mode="rel"))
+                             settings=SolveOverrides(max_iter=40, tol=5e-3, stop_mode="rel"))
     video = frames()
     pair = FlowEstimator(backend)(video[0], video[1])
     warm = FlowEstimator(backend, warm_start=True)
@@ -348,7 +348,7 @@ def test_every_repository_config_parses_against_model_config(small_export, tmp_p
     plan.write_bytes(b"stand-in: only the configuration is written")
     cases = {"split-ort": (small_export, RepoOptions()), "split-python": (small_export, RepoOptions(parts="python")),
              "static-ort": (whole, RepoOptions(device="cpu")), "static-trt": (whole, RepoOptions(plan=str(plan))),
-             "split-settings": (small_export, RepoOptions(settings=SolverSettings(max_iter=20, tol=1e-3)))}
+             "split-settings": (small_export, RepoOptions(settings=SolveOverrides(max_iter=20, tol=1e-3)))}
     for name, (export, options) in cases.items():
         configs = write_repository(export, tmp_path / name, options)
         parsed = {c.parent.name: parse_config(c.read_text()) for c in configs}
@@ -381,8 +381,7 @@ def test_split_repository_runs_in_the_bundled_triton(small_export, local, tmp_pa
     from runtime.serving.triton_repo import RepoOptions, write_repository
 
     repo = tmp_path / "repo"
-    write_repository(small_export, repo, RepoOptions(parts="python", device="cpu", settings=SolverSettings(
-        max_iter=40, tol=5e-3, stop_mode="rel")))
+    write_repository(small_export, repo, RepoOptions(parts="python", device="cpu", settings=SolveOverrides(max_iter=40, tol=5e-3, stop_mode="rel")))
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the python stubs import deqflow from this checkout
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("LD_LIBRARY_PATH", os.environ.get("LD_LIBRARY_PATH", ""))

@@ -79,7 +79,7 @@ def test_torch_solver_stops_on_the_flow_step(tol, steps):
 
 @pytest.mark.parametrize("tol,steps", [(0.5, 4), (0.1, 6)])
 def test_host_solver_uses_the_flow_tolerance_for_warm_starts_only(tol, steps):
-    settings = SolverSettings(warm_flow_tol=tol).with_rule(StopRule(tol=1e-3, stop_mode="abs", max_iter=50))
+    settings = SolveOverrides(warm_flow_tol=tol).with_rule(StopRule(tol=1e-3, stop_mode="abs", max_iter=50))
     warm = solve(HalvingParts(), None, None, settings, state=warm_flow()).stats
     assert (warm.iterations, warm.reason) == (steps, "tolerance")
     np.testing.assert_allclose(warm.flow_trace[0], 5 / 2.0 ** np.arange(1, steps + 1), rtol=1e-6)
@@ -89,19 +89,19 @@ def test_host_solver_uses_the_flow_tolerance_for_warm_starts_only(tol, steps):
 
 def test_warm_default_and_explicit_settings():
     rule = StopRule(tol=0.005, stop_mode="rel", max_iter=60, stall_window=6)
-    s = SolverSettings().with_rule(rule)  # opt-in: warm starts follow the model's rule unless asked
+    s = SolveOverrides().with_rule(rule)  # opt-in: warm starts follow the model's rule unless asked
     assert (s.flow_tol, s.warm_flow_tol) == (0.0, None) and s.for_start(warm=True) is s
-    s = SolverSettings(warm_flow_tol=WARM_FLOW_TOL).with_rule(rule)
+    s = SolveOverrides(warm_flow_tol=WARM_FLOW_TOL).with_rule(rule)
     assert s.for_start(warm=False) is s and s.for_start(warm=True).stop_rule() == rule.for_warm_start()
-    assert SolverSettings(warm_flow_tol=0.0).with_rule(rule).for_start(warm=True).flow_tol == 0.0
+    assert SolveOverrides(warm_flow_tol=0.0).with_rule(rule).for_start(warm=True).flow_tol == 0.0
     assert StopRule(tol=0.0).for_warm_start().flow_tol == 0.0  # a fixed budget stays
-    assert SolverSettings(flow_tol=0.01).with_rule(rule).for_start(warm=True).flow_tol == 0.01
+    assert SolveOverrides(flow_tol=0.01).with_rule(rule).for_start(warm=True).flow_tol == 0.01
     own = StopRule(flow_tol=0.2)
-    assert own.for_warm_start() is own and SolverSettings().with_rule(own).for_start(warm=True).flow_tol == 0.2
+    assert own.for_warm_start() is own and SolveOverrides().with_rule(own).for_start(warm=True).flow_tol == 0.2
     assert "flow step < 0.028 px" in rule.for_warm_start(0.028).describe()
     for bad in (-0.1, float("nan"), "x"):
         with pytest.raises(InputError, match="flow"):
-            SolverSettings(warm_flow_tol=bad)
+            SolveOverrides(warm_flow_tol=bad)
         with pytest.raises(InputError, match="flow tolerance"):
             StopRule(flow_tol=bad)
 
@@ -136,7 +136,7 @@ def test_tiny_model_host_and_torch_agree_on_warm_start_iterations(tmp_path, meth
     video = make_synthetic_video(5, TINY_ONNX_SIZE, seed=2)
     its = {}
     for warm_tol in (0.1, 0.0):  # this random model's first warm flow step is 0.04-0.05 px: well inside 0.1
-        settings = SolverSettings(max_iter=25, tol=1e-2, stop_mode="rel", method=method, warm_flow_tol=warm_tol)
+        settings = SolveOverrides(max_iter=25, tol=1e-2, stop_mode="rel", method=method, warm_flow_tol=warm_tol)
         for name, path in (("torch", ckpt), ("onnxruntime", TINY_ONNX)):
             with create_backend(name, path, settings=settings, threads=1) as be:
                 est = FlowEstimator(be, warm_start=True)

@@ -62,7 +62,7 @@ class ModelConfig:
         if len(self.encoder_dims) != 3 or min(self.encoder_dims) < 8:
             raise InputError(f"encoder_dims must be three widths >= 8, got {self.encoder_dims}")
         if isinstance(self.deq, dict):
-            self.deq = DEQConfig(**self.deq)
+            self.deq = DEQConfig.from_dict(self.deq)
 
     @property
     def dims(self) -> VariantDims:
@@ -88,7 +88,7 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["encoder_dims"] = list(self.encoder_dims)
-        out["deq"] = {k: list(v) if isinstance(v, tuple) else v for k, v in out["deq"].items()}
+        out["deq"] = self.deq.to_dict()
         if not out["deq"]["flow_tol"]:  # written only when on, so older toolkits still read the file
             del out["deq"]["flow_tol"]
         return out
@@ -100,10 +100,4 @@ class ModelConfig:
         if unknown:
             raise InputError(f"unknown model config keys {sorted(unknown)}")
         data = dict(data)
-        deq = data.pop("deq", {}) or {}
-        deq_known = {f.name for f in fields(DEQConfig)}
-        bad = set(deq) - deq_known
-        if bad:
-            raise InputError(f"unknown DEQ config keys {sorted(bad)}")
-        deq = {k: tuple(v) if isinstance(v, list) else v for k, v in deq.items()}
-        return cls(**data, deq=DEQConfig(**deq))
+        return cls(**data, deq=DEQConfig.from_dict(data.pop("deq", {}) or {}))

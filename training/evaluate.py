@@ -19,6 +19,7 @@ from tqdm import tqdm
 from deqflow.errors import InputError
 from deqflow.metrics import FlowMetricAccumulator
 from deqflow.padding import InputPadder
+from deqflow.solver_spec import SolveOverrides
 from training.model.deq_flow import DEQFlow
 
 # Synthetic evaluation scenes come from this seed; training uses small seeds (scene = f(seed, index)).
@@ -48,7 +49,7 @@ def evaluate_dataset(model: DEQFlow, dataset: Dataset, *, pad_mode: str = "sinte
         image1, image2, flow, valid = dataset[i][:4]
         padder = InputPadder(image1.shape, mode=pad_mode)
         p1, p2 = padder.pad(image1[None].to(device), image2[None].to(device))
-        out = model(p1, p2, iters=iters)
+        out = model(p1, p2, solve=None if iters is None else SolveOverrides(max_iter=iters))
         pred = padder.unpad(out.flow_up)[0].permute(1, 2, 0).cpu().numpy()
         acc.add(pred, flow.permute(1, 2, 0).numpy(), valid.numpy())
         steps.append(out.stats.nstep)

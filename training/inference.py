@@ -9,6 +9,7 @@ import torch
 
 from deqflow.image_io import pair_to_batch
 from deqflow.padding import InputPadder
+from deqflow.solver_spec import SolveOverrides
 from training.deq import SolverStats, fixed_point_iter
 from training.model.deq_flow import DEQFlow
 
@@ -34,7 +35,7 @@ def estimate_flow(model: DEQFlow, image1: np.ndarray, image2: np.ndarray, *, ite
                   pad_mode: str = "sintel", cached_state=None, device: str | torch.device = "cpu") -> PairResult:
     """image1, image2: (H,W,3) uint8 RGB. Pads to a multiple of 8 (replicate), runs, unpads."""
     t1, t2, padder = _padded_tensors(image1, image2, pad_mode, device)
-    out = model(t1, t2, iters=iters, cached_state=cached_state)
+    out = model(t1, t2, solve=None if iters is None else SolveOverrides(max_iter=iters), cached_state=cached_state)
     flow = padder.unpad(out.flow_up)[0].permute(1, 2, 0).cpu().numpy().astype(np.float32)
     return PairResult(flow=flow, stats=out.stats, state=out.state)
 

@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 
 from deqflow.finite_check import check_finite_outputs
+from deqflow.host_solver import HOST_METHODS, StepParts, WarmState, solve
 from deqflow.model_metadata import ModelMetadata
+from deqflow.solver_spec import SolveOverrides, SolveSpec, StopRule
 from runtime.errors import InputError
 from runtime.modelfile import ModelFile, open_model_file
 from runtime.preprocessing import check_model_inputs
-from runtime.solver import SolverSettings, StepParts, WarmState, solve
 
 
 @dataclass
@@ -74,8 +75,9 @@ class Backend(ABC):
     multiples of 8 (runtime.preprocessing.prepare pads them), optional flow_init (N,2,H/8,W/8) added to the
     initial flow, optional warm-start `state` from a previous result (split layout / torch backend).
 
-    Every attribute callers read is declared here: `settings` (as asked), `resolved` (what runs: the asked
-    settings completed and checked against the model by `configure`), `levels` (correlation levels, which
+    Every attribute callers read is declared here: `settings` (the SolveOverrides asked for), `resolved` (the
+    SolveSpec that runs: the model's own spec changed by `settings` and checked against the model by
+    `configure`; None where the solve runs elsewhere, e.g. on a server), `levels` (correlation levels, which
     set the smallest input size) and `supports_warm_start`.
     """
 
@@ -84,14 +86,14 @@ class Backend(ABC):
     allow_nonfinite: bool = False
     """Return NaN/Inf outputs instead of raising NonFiniteOutputError (for debugging a model)."""
     model_path: Any
-    settings: SolverSettings
-    resolved: SolverSettings
+    settings: SolveOverrides
+    resolved: SolveSpec | None
     levels: int
 
-    def __init__(self, model: Any, *, settings: SolverSettings | None = None) -> None:
+    def __init__(self, model: Any, *, settings: SolveOverrides | None = None) -> None:
         self.model_path = model
-        self.settings = settings or SolverSettings()
-        self.resolved = self.settings  # until the subclass calls configure() on its loaded model
+        self.settings = settings or SolveOverrides()
+        self.resolved = None  # until the subclass calls configure() on its loaded model
         self.levels = 4
         self._closed = False
 
@@ -146,14 +148,18 @@ class Backend(ABC):
     def _infer(self, image1: np.ndarray, image2: np.ndarray, flow_init: np.ndarray | None,
                state: WarmState | None) -> InferenceResult: ...
 
-    def configure(self, settings: SolverSettings) -> SolverSettings:
-        """Change the solver settings (validated against the model); returns the resolved settings."""
+    def configure(self, settings: SolveOverrides) -> SolveSpec | None:
+        """Change the solve (validated against the model); returns the spec that runs."""
         self.settings = settings
         self.resolved = self._resolve(settings)
         return self.resolved
 
-    def _resolve(self, settings: SolverSettings) -> SolverSettings:
-        return settings
+    def _resolve(self, settings: SolveOverrides) -> SolveSpec | None:
+        return None
+
+    def solve_dict(self) -> dict:
+        """What runs (the resolved spec), or what was asked where the solve runs elsewhere; JSON-ready."""
+        return self.settings.as_dict() if self.resolved is None else self.resolved.as_dict()
 
     def close(self) -> None:
         self._closed = True
@@ -165,19 +171,19 @@ class Backend(ABC):
         self.close()
 
 
-def resolve_for_file(settings: SolverSettings, file: ModelFile) -> SolverSettings:
-    """Settings for an ONNX export / engine: the split layout takes any (defaults from its metadata), a full
-    graph only what is baked into it."""
+def resolve_for_file(settings: SolveOverrides, file: ModelFile) -> SolveSpec:
+    """The spec for an ONNX export / engine: the split layout takes any (defaults from its metadata), a full
+    graph only what is baked into it. The runtime returns the last iterate unless asked otherwise."""
     meta = file.exported()
     if file.is_split:
-        method = meta.solver if meta.solver in ("fixed_point", "anderson") else "fixed_point"
-        return settings.with_rule(meta.stop_rule(), method)
-    return graph_settings(settings, meta, str(file.path))
+        method = meta.solver if meta.solver in HOST_METHODS else "fixed_point"
+        return settings.apply(SolveSpec(method=method, stop=meta.stop_rule(), return_final=True))
+    return graph_spec(settings, meta, str(file.path))
 
 
-def graph_settings(settings: SolverSettings, meta: ModelMetadata, path: str) -> SolverSettings:
-    """Resolved settings of an unrolled / Loop graph, whose solver is baked in: requests it cannot honour
-    are refused (rather than silently ignored)."""
+def graph_spec(settings: SolveOverrides, meta: ModelMetadata, path: str) -> SolveSpec:
+    """The spec of an unrolled / Loop graph, whose solver is baked in: requests it cannot honour are refused
+    (rather than silently ignored)."""
     where = f"{path} ({meta.layout}, {meta.iterations} iterations" + \
         (f", tolerance {meta.tolerance:g} {meta.stop_mode})" if meta.tolerance > 0 else ")")
     s = settings
@@ -187,13 +193,15 @@ def graph_settings(settings: SolverSettings, meta: ModelMetadata, path: str) -> 
     if s.tol is not None and float(s.tol) != float(meta.tolerance) and not (s.tol <= 0 and meta.tolerance <= 0):
         raise InputError(f"{where} cannot stop at tolerance {s.tol:g}: its stopping rule is in the graph; "
                          "use the split layout or re-export the loop layout with --tolerance")
-    if s.stall_window or s.flow_tol:
+    if s.stall_window or s.flow_tol or s.warm_flow_tol:
         raise InputError(f"{where} exits on its tolerance and trip count only: the stagnation and flow-step exits "
                          "need the split layout or the torch backend")
-    if s.method not in (None, "fixed_point") or not s.return_final:
+    if s.method not in (None, "fixed_point") or s.return_final is False:
         raise InputError(f"{where} runs plain fixed-point steps and returns the last iterate; Anderson or "
                          "lowest-residual selection needs the split layout")
-    return s.with_defaults(meta.iterations, meta.tolerance, meta.stop_mode, "fixed_point")
+    stop_mode = s.stop_mode or meta.stop_mode
+    return SolveSpec(stop=StopRule(tol=float(meta.tolerance if s.tol is None else s.tol), stop_mode=stop_mode,
+                                   max_iter=int(meta.iterations)))
 
 
 class ExportedModelBackend(Backend):
@@ -213,7 +221,7 @@ class ExportedModelBackend(Backend):
     parts: StepParts | None
     """Split layout: the encoder / step / decode the host solver drives; None for a whole-solver graph."""
 
-    def __init__(self, model: str | os.PathLike | ModelFile, *, settings: SolverSettings | None = None) -> None:
+    def __init__(self, model: str | os.PathLike | ModelFile, *, settings: SolveOverrides | None = None) -> None:
         super().__init__(model, settings=settings)
         self.file = model if isinstance(model, ModelFile) else open_model_file(model)
         if self.file.kind not in self.kinds:
@@ -234,7 +242,7 @@ class ExportedModelBackend(Backend):
         self.supports_warm_start = parts is not None
         self.configure(self.settings)
 
-    def _resolve(self, settings: SolverSettings) -> SolverSettings:
+    def _resolve(self, settings: SolveOverrides) -> SolveSpec:
         return resolve_for_file(settings, self.file)
 
     @property

@@ -27,10 +27,10 @@ from deqflow import onnx_session
 from deqflow.model_metadata import IMAGE_PARTS
 from deqflow.onnx_session import OPTIMIZATION_LEVELS, SessionConfig, create_session
 from deqflow.shapes import ShapeProfiles
+from deqflow.solver_spec import SolveOverrides
 from runtime.backends.base import ExportedModelBackend, InferenceResult, TensorSpec
 from runtime.errors import InputError, ProfileError, missing_dependency
 from runtime.modelfile import ModelFile
-from runtime.solver import SolverSettings
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
@@ -249,7 +249,7 @@ class OnnxRuntimeBackend(ExportedModelBackend):
     name = "onnxruntime"
     kinds = ("onnx",)
 
-    def __init__(self, model: str | os.PathLike | ModelFile, *, settings: SolverSettings | None = None,
+    def __init__(self, model: str | os.PathLike | ModelFile, *, settings: SolveOverrides | None = None,
                  provider: str = "cpu", device_id: int = 0, threads: int | None = None, io_binding: bool = True,
                  optimization: str = "all", fp16: bool = False, tf32: bool = False,
                  cache_dir: str | os.PathLike | None = None, profile: ShapeProfiles | None = None,
@@ -287,7 +287,7 @@ class OnnxRuntimeBackend(ExportedModelBackend):
         out.update(provider=self.provider, layout=self.file.layout, precision=self.meta.precision,
                    model_file=self.file.describe(),
                    providers_in_use={k: s.session.get_providers() for k, s in self.sessions.items()},
-                   resolved_settings=self.resolved.as_dict())
+                   resolved_settings=self.solve_dict())
         return out
 
     def _check_shape(self, image1: np.ndarray) -> None:

@@ -14,10 +14,11 @@ import os
 
 import numpy as np
 
+from deqflow.host_solver import WarmState
+from deqflow.solver_spec import SolveOverrides
 from runtime.backends.base import ExportedModelBackend, InferenceResult, TensorSpec
 from runtime.errors import EngineMismatchError, InputError
 from runtime.modelfile import ModelFile
-from runtime.solver import SolverSettings, WarmState
 from runtime.tensorrt import import_tensorrt
 from runtime.tensorrt.build import BuildSettings, build_engine, profiles_from_metadata
 from runtime.tensorrt.cache import EngineCache, check_engine_compat, read_sidecar
@@ -104,7 +105,7 @@ class TensorRTBackend(ExportedModelBackend):
 
     name = "tensorrt"
 
-    def __init__(self, model: str | os.PathLike | ModelFile, *, settings: SolverSettings | None = None,
+    def __init__(self, model: str | os.PathLike | ModelFile, *, settings: SolveOverrides | None = None,
                  device_id: int = 0, memory: str = "auto", cuda_graph: bool = False,
                  build: BuildSettings | None = None, cache_dir: str | os.PathLike | None = None,
                  rebuild: bool = False, verbose: bool = False) -> None:
@@ -137,7 +138,7 @@ class TensorRTBackend(ExportedModelBackend):
         out = super().describe()
         out.update(tensorrt=trt.__version__, memory=self.memory.kind, layout=self.file.layout,
                    precision=self.meta.precision, model_file=self.file.describe(),
-                   resolved_settings=self.resolved.as_dict())
+                   resolved_settings=self.solve_dict())
         return out
 
     def _infer(self, image1, image2, flow_init, state: WarmState | None) -> InferenceResult:

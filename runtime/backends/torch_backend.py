@@ -1,10 +1,9 @@
 """The PyTorch reference backend: the DEQFlow model itself, with its own solver (training.deq.solvers).
 
 Imports torch and `training` only when instantiated, so `runtime` stays importable without PyTorch.
-Defaults: iterations, tolerance, stop mode and solver from the checkpoint's solver settings; each call
-passes the resolved settings to DEQFlow.forward as per-call overrides (the model's config is left as it
-is). TF32 off on CUDA (a float32 reference must be float32). Warm start passes the previous frame's fixed
-point as DEQFlow's `cached_state`.
+Defaults: the checkpoint's evaluation solve; each call passes the resolved SolveSpec to DEQFlow.forward
+(the model's config is left as it is). TF32 off on CUDA (a float32 reference must be float32). Warm start
+passes the previous frame's fixed point as DEQFlow's `cached_state`.
 """
 
 from __future__ import annotations
@@ -14,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from deqflow.solver_spec import AndersonOptions, canonical_solver
+from deqflow.host_solver import WarmState
+from deqflow.solver_spec import SolveOverrides, SolveSpec
 from runtime.backends.base import Backend, InferenceResult, TensorSpec
 from runtime.errors import InputError, missing_dependency
-from runtime.solver import SolverSettings, WarmState
 
 
 def import_torch():
@@ -35,7 +34,7 @@ class TorchBackend(Backend):
     name = "torch"
     supports_warm_start = True
 
-    def __init__(self, model: Any, *, settings: SolverSettings | None = None, device: str = "cpu",
+    def __init__(self, model: Any, *, settings: SolveOverrides | None = None, device: str = "cpu",
                  threads: int | None = None, lookup: str = "grid_sample", tf32: bool = False) -> None:
         super().__init__(model if isinstance(model, str | os.PathLike) else "<in-memory DEQFlow>", settings=settings)
         torch = import_torch()
@@ -58,9 +57,13 @@ class TorchBackend(Backend):
         self.levels = self.model.cfg.corr_levels
         self.configure(self.settings)
 
-    def _resolve(self, settings: SolverSettings) -> SolverSettings:
+    def _resolve(self, settings: SolveOverrides) -> SolveSpec:
+        """The checkpoint's evaluation solve, returning the last iterate as the runtime does unless asked
+        otherwise, changed by `settings` (another method takes its options from the checkpoint's config)."""
         deq = self.model.cfg.deq
-        return settings.with_rule(deq.stop_rule(), canonical_solver(deq.f_solver))
+        own = SolveSpec(method=deq.f_solver, options=deq.solver_options(deq.f_solver), stop=deq.stop_rule(),
+                        return_final=True)
+        return settings.apply(own, options_for=deq.solver_options)
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -88,20 +91,13 @@ class TorchBackend(Backend):
         return (meta.get("weights_sha256") or meta.get("sha256") or "")[:12]
 
     def _infer(self, image1, image2, flow_init, state: WarmState | None) -> InferenceResult:
-        torch, s = self.torch, self.resolved.for_start(warm=state is not None)
+        torch, spec = self.torch, self.resolved.for_start(warm=state is not None)
         t1, t2 = self._tensor(image1), self._tensor(image2)
         cached = None if state is None else (self._tensor(state.hidden), self._tensor(state.flow_low))
         init = None if flow_init is None else self._tensor(flow_init)
-        options = None  # the model's own options for the other solvers
-        if s.method == "anderson":
-            options = AndersonOptions(m=s.anderson_m, lam=s.anderson_lam, beta=s.anderson_beta,
-                                      safeguard=s.anderson_safeguard)
         try:
             with torch.no_grad():
-                out = self.model(t1, t2, flow_init=init, cached_state=cached, iters=s.max_iter, solver=s.method,
-                                 tol=s.tol, stop_mode=s.stop_mode, return_final=s.return_final,
-                                 solver_options=options, stall_window=s.stall_window, stall_margin=s.stall_margin,
-                                 flow_tol=s.flow_tol)
+                out = self.model(t1, t2, flow_init=init, cached_state=cached, solve=spec)
         except ValueError as exc:
             raise InputError(f"torch backend: {exc}") from None
         if self.device.type == "cuda":

@@ -137,11 +137,11 @@ def bench_cases(args, specs: list, sizes: list, iters: int) -> list:
     """One BenchCase per backend spec and size; backends are created by the bench, one at a time."""
     from pathlib import Path
 
+    from deqflow.solver_spec import SolveOverrides
     from runtime.backends import create_backend
     from runtime.bench import BenchCase
     from runtime.commands.common import backend_options, spec_label
     from runtime.modelfile import open_model_file
-    from runtime.solver import SolverSettings
 
     cases, seen = [], set()
     for name, opts, path in specs:
@@ -151,7 +151,7 @@ def bench_cases(args, specs: list, sizes: list, iters: int) -> list:
             label = f"{label} {Path(path).stem}"
         seen.add(label)
         full_graph = name != "torch" and open_model_file(path).layout in ("unrolled", "loop")
-        settings = SolverSettings(max_iter=iters) if full_graph else SolverSettings(max_iter=iters, tol=0.0)
+        settings = SolveOverrides(max_iter=iters) if full_graph else SolveOverrides(max_iter=iters, tol=0.0)
         for size in sizes:
             def factory(name=name, path=path, settings=settings, options=options):
                 return create_backend(name, path, settings=settings, **options)

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from deqflow.cli_args import add_solver_group, count_or_zero
-from runtime.solver import SolverSettings
+from deqflow.solver_spec import SolveOverrides
 
 
 def add_solver_args(p: argparse.ArgumentParser) -> None:
@@ -19,10 +19,12 @@ def add_solver_args(p: argparse.ArgumentParser) -> None:
                    help="return each sample's lowest-residual iterate instead of the last (split / torch)")
 
 
-def settings_from_args(args: argparse.Namespace) -> SolverSettings:
-    return SolverSettings(max_iter=args.iters, tol=args.tol, stop_mode=args.stop_mode, method=args.solver,
+def settings_from_args(args: argparse.Namespace) -> SolveOverrides:
+    """The solver flags as the partial spec they ask for (unset flags keep the model's own values)."""
+    return SolveOverrides(max_iter=args.iters, tol=args.tol, stop_mode=args.stop_mode, method=args.solver,
                           return_final=not getattr(args, "lowest_residual", False),
-                          stall_window=getattr(args, "stall_window", None))
+                          stall_window=getattr(args, "stall_window", None),
+                          warm_flow_tol=getattr(args, "warm_flow_tol", None))
 
 
 def add_backend_options(p: argparse.ArgumentParser) -> None:

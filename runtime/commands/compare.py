@@ -96,7 +96,7 @@ def save_reference(args, reference, pairs, settings, label: str):
         return None
     outs, _ = run_outputs(reference, pairs, args.pad_mode)
     meta = {"label": reference.label, "reference": reference.describe(),
-            "settings": getattr(reference, "resolved", settings).as_dict(), "pad_mode": args.pad_mode, "inputs": label}
+            "settings": reference.solve_dict(), "pad_mode": args.pad_mode, "inputs": label}
     save_golden(args.save_golden, pairs, outs, meta)
     print(f"saved golden inputs/outputs to {args.save_golden}")
     return Golden(pairs, outs, {**meta, "label": reference.label})
@@ -104,6 +104,8 @@ def save_reference(args, reference, pairs, settings, label: str):
 
 def resolved_settings(args, specs: list, golden):
     """The solver flags, with what they leave unset taken from the golden file or the first candidate's export."""
+    from dataclasses import replace
+
     from runtime.commands.common import model_defaults, settings_from_args
 
     settings = settings_from_args(args)
@@ -112,10 +114,10 @@ def resolved_settings(args, specs: list, golden):
         gs = golden.meta["settings"]
         baked = {"max_iter": gs.get("max_iter"), "tol": gs.get("tol"), "stop_mode": gs.get("stop_mode")}
     if baked:
-        settings = settings.with_defaults(baked["max_iter"] if settings.max_iter is None else settings.max_iter,
-                                          baked["tol"] if settings.tol is None else settings.tol,
-                                          settings.stop_mode or baked["stop_mode"] or "abs", settings.method or
-                                          "fixed_point")
+        settings = replace(settings, max_iter=baked["max_iter"] if settings.max_iter is None else settings.max_iter,
+                           tol=baked["tol"] if settings.tol is None else settings.tol,
+                           stop_mode=settings.stop_mode or baked["stop_mode"] or "abs",
+                           method=settings.method or "fixed_point")
     return settings
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 HELP = ("estimate optical flow of an image pair, a folder of frames or a video with the torch, onnxruntime or "
@@ -105,8 +104,8 @@ def make_backend(args):
     if name != "torch" and not args.model:
         raise InputError(f"--backend {name} needs --model (an ONNX export or engine); export the checkpoint with "
                          "deqflow export first")
-    settings = replace(settings_from_args(args), warm_flow_tol=args.warm_flow_tol)
-    return create_backend(name, args.checkpoint or args.model, settings=settings, **backend_options(name, args))
+    return create_backend(name, args.checkpoint or args.model, settings=settings_from_args(args),
+                          **backend_options(name, args))
 
 
 def server_backend(args):
@@ -212,16 +211,14 @@ def report_pair(backend, image1, image2, out_dir: Path, *, gt=None, label: str =
                   final_rel=None if r.residual_rel is None else float(np.max(r.residual_rel)), seconds=seconds,
                   abs_trace=None if r.abs_trace is None else r.abs_trace[0],
                   rel_trace=None if r.rel_trace is None else r.rel_trace[0], backend=backend.label,
-                  settings=backend.resolved.as_dict(), stop_rule=stop_rule_text(backend),
+                  settings=backend.solve_dict(), stop_rule=stop_rule_text(backend),
                   stop_reason=getattr(r, "stop_reason", None))
     return write_pair_report(out_dir, run, gt=gt, label=label, max_flow=max_flow, kitti=kitti)
 
 
 def stop_rule_text(backend) -> str:
     """The stop rule the backend's solves follow, in one line ('' for a server: its rule is the server's)."""
-    if backend.name == "server" or backend.resolved.max_iter is None:
-        return ""
-    return backend.resolved.stop_rule().describe()
+    return "" if backend.resolved is None else backend.resolved.stop.describe()
 
 
 # --- sequences -------------------------------------------------------------------------------------------
@@ -240,7 +237,7 @@ def sequence_manifest(args, backend, source):
     processing = {"pad_mode": args.pad_mode, "warm_start": args.warm_start,
                   "warm_start_mode": args.warm_start_mode if args.warm_start else None, "max_flow": args.max_flow}
     return SequenceManifest(model=model_identity(backend, model_path), backend=backend.label,
-                            settings=backend.resolved.as_dict(), processing=processing, input=source.identity(),
+                            settings=backend.solve_dict(), processing=processing, input=source.identity(),
                             model_path=str(model_path))
 
 

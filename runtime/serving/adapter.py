@@ -1,5 +1,5 @@
 """The one place where serving touches the runtime: open a backend, run a batch of pairs, run one pair of a
-stream with its warm state. Only runtime's public names are used (create_backend, SolverSettings, WarmState)."""
+stream with its warm state. Only runtime's public names are used (create_backend, SolveOverrides, WarmState)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime import SolverSettings, WarmState, create_backend
+from runtime import SolveOverrides, WarmState, create_backend
 
 
 @dataclass
@@ -18,7 +18,7 @@ class BackendChoice:
     name: str  # 'onnxruntime' | 'tensorrt' | 'torch'
     model: str  # ONNX export / engine / checkpoint
     options: dict[str, Any] = field(default_factory=dict)
-    settings: SolverSettings = field(default_factory=SolverSettings)
+    settings: SolveOverrides = field(default_factory=SolveOverrides)
 
     def open(self):
         return create_backend(self.name, self.model, settings=self.settings, **self.options)

@@ -61,14 +61,14 @@ class BlsParts:
 
 class TritonPythonModel:
     def initialize(self, args) -> None:
-        from runtime import SolverSettings
+        from deqflow.solver_spec import SolveSpec, StopRule
 
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.mode, self.levels = params["mode"], int(params["levels"])
         self.parts = BlsParts(params)
-        self.settings = SolverSettings(max_iter=int(params["max_iter"]), tol=float(params["tol"]),
-                                       stop_mode=params["stop_mode"], method=params["method"])
+        self.spec = SolveSpec(method=params["method"], stop=StopRule(
+            tol=float(params["tol"]), stop_mode=params["stop_mode"], max_iter=int(params["max_iter"])))
         self.idle_timeout_s = float(params["idle_timeout_s"])
         self.streams: dict[int, tuple] = {}  # sequence id -> (frame, WarmState, last seen)
 
@@ -93,7 +93,7 @@ class TritonPythonModel:
     def _solve(self, image1, image2, state=None):
         from runtime import solve
 
-        r = solve(self.parts, image1, image2, self.settings, state=state)
+        r = solve(self.parts, image1, image2, self.spec, state=state)
         return r, {"flow": r.flow.astype(np.float32),
                    "iterations": np.full((len(image1), 1), r.stats.iterations, np.int32),
                    "residual": r.stats.final_abs.astype(np.float32).reshape(-1, 1)}

@@ -21,7 +21,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime import SolverSettings, open_model_file
+from deqflow.solver_spec import SolveSpec, StopRule
+from runtime import SolveOverrides, open_model_file
 from runtime.errors import FileFormatError, InputError
 from runtime.serving.protocol import FLOW_MODEL, FRAME_INPUT, STREAM_MODEL, Enum, sequence_batching
 
@@ -43,7 +44,7 @@ class RepoOptions:
     parts: str = "onnxruntime"  # split layout: how the three graphs are served
     plan: str | None = None  # TensorRT engine of a whole-graph export (tensorrt_plan)
     stream_idle_timeout_s: float = 60.0
-    settings: SolverSettings = field(default_factory=SolverSettings)
+    settings: SolveOverrides = field(default_factory=SolveOverrides)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -189,8 +190,9 @@ def part_model(repo: Path, part: str, path: Path, options: RepoOptions) -> Path:
 
 def solver_parameters(file, options: RepoOptions, mode: str) -> dict[str, str]:
     meta = file.main
-    s = options.settings.with_defaults(meta.iterations, meta.tolerance, meta.stop_mode, "fixed_point")
-    return {"mode": mode, "max_iter": str(s.max_iter), "tol": str(s.tol), "stop_mode": s.stop_mode,
+    s = options.settings.apply(SolveSpec(stop=StopRule(tol=float(meta.tolerance), stop_mode=meta.stop_mode,
+                                                       max_iter=int(meta.iterations))))
+    return {"mode": mode, "max_iter": str(s.stop.max_iter), "tol": str(s.stop.tol), "stop_mode": s.stop.stop_mode,
             "method": s.method, "hidden_dim": str(meta.hidden_dim), "context_names": json.dumps(meta.context_names),
             "levels": str(meta.corr_levels), "idle_timeout_s": str(options.stream_idle_timeout_s),
             **{f"{part}_model": name for part, name in PART_MODELS.items()}}

@@ -5,8 +5,16 @@ import numpy as np
 import pytest
 
 from deqflow.errors import InputError
-from deqflow.host_solver import SolverSettings, WarmState, initial_state, solve
-from deqflow.solver_spec import REL_EPS
+from deqflow.host_solver import WarmState, initial_state, solve
+from deqflow.solver_spec import REL_EPS, AndersonOptions, FixedPointOptions, SolveOverrides, SolveSpec
+
+ANDERSON_KEYS = {"anderson_m": "m", "anderson_lam": "lam", "anderson_beta": "beta", "anderson_safeguard": "safeguard"}
+
+
+def spec_of(**settings) -> SolveSpec:
+    """A SolveSpec from flat keywords (the rule's fields, method, return_final, anderson_* options)."""
+    anderson = {ANDERSON_KEYS[k]: settings.pop(k) for k in list(settings) if k in ANDERSON_KEYS}
+    return SolveSpec.of(options=AndersonOptions(**anderson) if anderson else None, **settings)
 
 IMG = np.zeros((2, 3, 8, 8), np.float32)  # the toy parts ignore the images
 
@@ -60,7 +68,7 @@ class Scripted(Halving):
 
 
 def _solve(parts, **settings):
-    return solve(parts, IMG, IMG, SolverSettings(**settings))
+    return solve(parts, IMG, IMG, spec_of(**settings))
 
 
 def test_runs_to_the_cap_with_exact_traces():
@@ -149,16 +157,19 @@ def test_warm_start_and_flow_init_set_the_start():
 
 
 def test_settings_are_checked():
-    assert SolverSettings(method="naive_solver").method == "fixed_point"
-    resolved = SolverSettings(tol=0.5).with_defaults(12, 0.0, "rel", "anderson")
-    assert (resolved.max_iter, resolved.tol, resolved.stop_mode, resolved.method) == (12, 0.5, "rel", "anderson")
-    for bad, match in [({"method": "newton"}, "method"), ({"max_iter": 0}, "max_iter"),
+    assert SolveSpec.of(method="naive_solver").method == "fixed_point"
+    resolved = SolveOverrides(tol=0.5).apply(SolveSpec.of(max_iter=12, stop_mode="rel", method="anderson"))
+    rule = resolved.stop
+    assert (rule.max_iter, rule.tol, rule.stop_mode, resolved.method) == (12, 0.5, "rel", "anderson")
+    for bad, match in [({"method": "newton"}, "solver"), ({"max_iter": 0}, "max_iter"),
                        ({"stop_mode": "max"}, "stop_mode"), ({"tol": float("nan")}, "tol"),
-                       ({"anderson_m": 0}, "window"), ({"anderson_beta": 1.5}, "beta")]:
+                       ({"options": AndersonOptions(m=0)}, "window"), ({"options": AndersonOptions(beta=1.5)}, "beta")]:
         with pytest.raises(InputError, match=match):
-            SolverSettings(**bad)
-    with pytest.raises(InputError, match="resolved"):
-        solve(Halving(), IMG, IMG, SolverSettings())
+            SolveOverrides(**bad)
+    with pytest.raises(InputError, match="takes AndersonOptions"):
+        SolveSpec.of(method="anderson", options=FixedPointOptions())
+    with pytest.raises(InputError, match="SolveSpec"):
+        solve(Halving(), IMG, IMG, SolveOverrides())
     with pytest.raises(InputError, match="broyden"):
         _solve(Halving(), max_iter=3, tol=0.0, method="broyden")
 
@@ -224,8 +235,8 @@ def test_stop_rule_data_and_description():
     assert rule.describe() == "rel < 0.005 or stalled over 6 or 60 iterations"
     assert StopRule(max_iter=60).describe() == "60 iterations"
     assert StopRule.from_dict(rule.as_dict()) == rule
-    settings = SolverSettings(stall_window=6).with_rule(rule)
-    assert settings.stop_rule() == rule and settings.as_dict()["stall_window"] == 6
+    spec = SolveOverrides(stall_window=6).apply(SolveSpec(stop=rule))
+    assert spec.stop == rule and spec.as_dict()["stall_window"] == 6
     for bad in ({"stall_window": -1}, {"stall_margin": 1.0}, {"max_iter": 0}, {"stop_mode": "max"},
                 {"tol": float("nan")}):
         with pytest.raises(InputError):
@@ -233,7 +244,9 @@ def test_stop_rule_data_and_description():
     with pytest.raises(InputError, match="keys"):
         StopRule.from_dict({"tol": 1, "window": 3})
     with pytest.raises(InputError, match="stall window"):
-        SolverSettings(stall_window=-2)
+        SolveSpec.of(stall_window=-2)
+    with pytest.raises(InputError, match="stall window"):
+        SolveOverrides(stall_window=-2).apply(SolveSpec())
 
 
 def test_export_metadata_carries_the_stop_rule():

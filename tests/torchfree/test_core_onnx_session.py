@@ -7,7 +7,6 @@ import pytest
 from onnx import TensorProto, helper
 
 from deqflow.errors import FileFormatError, InputError
-from deqflow.host_solver import SolverSettings
 from deqflow.onnx_session import (
     SPLIT_PARTS,
     SessionConfig,
@@ -17,6 +16,7 @@ from deqflow.onnx_session import (
     run_session,
     run_split,
 )
+from deqflow.solver_spec import SolveSpec
 
 FLOAT = TensorProto.FLOAT
 
@@ -71,15 +71,15 @@ def test_split_export_under_the_host_loop():
     image = np.full((1, 3, 8, 8), 5.0, np.float32)
     feed = {"image1": image, "image2": image, "flow_init": np.array([8, 0], np.float32).reshape(1, 2, 1, 1)}
     # the flow halves each step: step k reports the residual 8 / 2^k
-    out = run_split(parts, feed, SolverSettings(max_iter=20, tol=1.5, stop_mode="abs"))
+    out = run_split(parts, feed, SolveSpec.of(max_iter=20, tol=1.5, stop_mode="abs"))
     assert int(out["iterations"][0]) == 3
     np.testing.assert_allclose(out["residual"], [1.0], rtol=1e-6)
     np.testing.assert_allclose(out["flow"].ravel(), [1.0, 0.0], rtol=1e-6)
     np.testing.assert_allclose(out["residual_rel"], [1.0 / np.hypot(5 + 1, 5)], rtol=1e-5)
-    capped = run_split(parts, feed, SolverSettings(max_iter=2, tol=0.0))
+    capped = run_split(parts, feed, SolveSpec.of(max_iter=2, tol=0.0))
     assert int(capped["iterations"][0]) == 2 and capped["flow"].ravel()[0] == pytest.approx(2.0)
     # the same through run_export, which takes the parts by name
-    via_export = run_export(dict(zip(SPLIT_PARTS, split_export())), feed, SolverSettings(max_iter=2, tol=0.0))
+    via_export = run_export(dict(zip(SPLIT_PARTS, split_export())), feed, SolveSpec.of(max_iter=2, tol=0.0))
     np.testing.assert_array_equal(via_export["flow"], capped["flow"])
 
 

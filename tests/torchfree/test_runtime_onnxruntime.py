@@ -9,7 +9,7 @@ import pytest
 from helpers import TINY_GOLDEN, TINY_ONNX, TINY_ONNX_ITERS, TINY_ONNX_SIZE
 
 from deqflow.cli import main
-from runtime import SolverSettings, create_backend, prepare
+from runtime import SolveOverrides, create_backend, prepare
 from runtime.compare import load_golden
 
 
@@ -18,7 +18,7 @@ def golden():
     return load_golden(TINY_GOLDEN)
 
 
-def _infer(golden, settings: SolverSettings | None = None, **kw):
+def _infer(golden, settings: SolveOverrides | None = None, **kw):
     with create_backend("onnxruntime", TINY_ONNX, threads=1, settings=settings) as backend:
         batch = prepare(*golden.pairs[0])
         return backend.infer(batch.image1, batch.image2, **kw)
@@ -51,10 +51,10 @@ def test_split_export_reproduces_the_torch_golden_outputs(golden):
 def test_host_solver_settings_and_warm_start(golden):
     """Fewer iterations follow the same trajectory; a warm start from the result continues from its state."""
     full = _infer(golden)
-    short = _infer(golden, SolverSettings(max_iter=2, tol=0.0))
+    short = _infer(golden, SolveOverrides(max_iter=2, tol=0.0))
     assert short.iterations == 2
     np.testing.assert_allclose(short.rel_trace, full.rel_trace[:, :2], rtol=1e-5)
-    warm = _infer(golden, SolverSettings(max_iter=2, tol=0.0), state=short.state)
+    warm = _infer(golden, SolveOverrides(max_iter=2, tol=0.0), state=short.state)
     assert warm.iterations == 2 and np.isfinite(warm.flow).all()
     assert float(np.abs(warm.flow - full.flow).max()) <= 1e-3  # 2 + 2 warm steps = 4 cold steps
 

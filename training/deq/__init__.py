@@ -13,8 +13,6 @@ _EXPORTS = {
     "add_deq_args": "args",
     "deq_config_from_args": "args",
     "DEQConfig": "config",
-    "SolveOverrides": "config",
-    "SolveSettings": "config",
     "DEQ": "core",
     "attach_ift": "grad",
     "attach_phantom": "grad",

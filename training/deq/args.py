@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from deqflow.cli_args import count, count_or_zero, iterations, non_negative_number, positive_number
-from deqflow.solver_spec import SOLVER_NAMES, STOP_MODES
+from deqflow.solver_spec import SOLVER_NAMES, STOP_MODES, AndersonOptions, BroydenOptions, FixedPointOptions
 from training.deq.config import DEQConfig
 
 
@@ -40,14 +40,14 @@ def add_deq_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tau", type=positive_number, default=d.tau, help="damping of the phantom steps")
     g.add_argument("--sup_all", action="store_true", help="supervise every phantom step")
     g.add_argument("--sradius_mode", action="store_true", help="Jacobian spectral radius at test")
-    g.add_argument("--damping", type=positive_number, default=d.damping,
+    g.add_argument("--damping", type=positive_number, default=d.fixed_point.damping,
                    help="fixed-point damping z <- (1-d) z + d f(z)")
-    g.add_argument("--anderson_m", type=count, default=d.anderson_m, help="Anderson window")
-    g.add_argument("--anderson_lam", type=positive_number, default=d.anderson_lam, help="Anderson regularisation")
-    g.add_argument("--anderson_beta", type=positive_number, default=d.anderson_beta, help="Anderson mixing")
-    g.add_argument("--anderson_safeguard", type=non_negative_number, default=d.anderson_safeguard,
+    g.add_argument("--anderson_m", type=count, default=d.anderson.m, help="Anderson window")
+    g.add_argument("--anderson_lam", type=positive_number, default=d.anderson.lam, help="Anderson regularisation")
+    g.add_argument("--anderson_beta", type=positive_number, default=d.anderson.beta, help="Anderson mixing")
+    g.add_argument("--anderson_safeguard", type=non_negative_number, default=d.anderson.safeguard,
                    help="Anderson: forget the history when the residual grows by this factor (0: never, official)")
-    g.add_argument("--broyden_memory", type=count_or_zero, default=d.broyden_memory,
+    g.add_argument("--broyden_memory", type=count_or_zero, default=d.broyden.memory,
                    help="Broyden rank-one terms kept (0: the solve's iteration cap)")
     g.add_argument("--return_final", action="store_true",
                    help="return the last iterate instead of the lowest-residual one")
@@ -73,10 +73,11 @@ def deq_config_from_args(ns: argparse.Namespace) -> DEQConfig:
         phantom_grad=tuple(get("phantom_grad", d.phantom_grad)), tau=get("tau", d.tau),
         sup_all=bool(get("sup_all", d.sup_all)),
         core="indexing" if get("indexing_core", False) else "sliced",
-        return_final=bool(get("return_final", d.return_final)), damping=get("damping", d.damping),
-        anderson_m=get("anderson_m", d.anderson_m), anderson_lam=get("anderson_lam", d.anderson_lam),
-        anderson_beta=get("anderson_beta", d.anderson_beta),
-        anderson_safeguard=get("anderson_safeguard", d.anderson_safeguard),
-        broyden_memory=get("broyden_memory", d.broyden_memory),
+        return_final=bool(get("return_final", d.return_final)),
+        fixed_point=FixedPointOptions(damping=get("damping", d.fixed_point.damping)),
+        anderson=AndersonOptions(m=get("anderson_m", d.anderson.m), lam=get("anderson_lam", d.anderson.lam),
+                                 beta=get("anderson_beta", d.anderson.beta),
+                                 safeguard=get("anderson_safeguard", d.anderson.safeguard)),
+        broyden=BroydenOptions(memory=get("broyden_memory", d.broyden.memory)),
         sradius_mode=bool(get("sradius_mode", d.sradius_mode)),
     )

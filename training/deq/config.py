@@ -6,7 +6,7 @@ metadata can be read and validated where PyTorch is not installed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 
 from deqflow.errors import InputError
 from deqflow.solver_spec import (
@@ -14,6 +14,9 @@ from deqflow.solver_spec import (
     AndersonOptions,
     BroydenOptions,
     FixedPointOptions,
+    SolveOverrides,
+    SolverOptions,
+    SolveSpec,
     StopRule,
     canonical_solver,
     check_stop_mode,
@@ -21,47 +24,13 @@ from deqflow.solver_spec import (
 
 CORES = ("sliced", "indexing")
 
-SolverOptions = FixedPointOptions | AndersonOptions | BroydenOptions
-
-OPTION_FIELDS: dict[str, dict[str, str]] = {
-    "fixed_point": {"damping": "damping"},
-    "anderson": {"m": "anderson_m", "lam": "anderson_lam", "beta": "anderson_beta",
-                 "safeguard": "anderson_safeguard"},
-    "broyden": {"memory": "broyden_memory"},
+LEGACY_OPTION_FIELDS: dict[str, tuple[str, str]] = {
+    "damping": ("fixed_point", "damping"),
+    "anderson_m": ("anderson", "m"), "anderson_lam": ("anderson", "lam"), "anderson_beta": ("anderson", "beta"),
+    "anderson_safeguard": ("anderson", "safeguard"),
+    "broyden_memory": ("broyden", "memory"),
 }
-"""Canonical solver name -> {option field of its options dataclass: DEQConfig field holding it}."""
-
-
-@dataclass(frozen=True)
-class SolveOverrides:
-    """Per-call changes to the forward solve (None keeps the DEQConfig value); the config is not touched.
-
-    `options` must be the options dataclass of the solver used (deqflow.solver_spec.SOLVER_OPTIONS); left
-    None, that solver's options come from the config.
-    """
-
-    solver: str | None = None
-    tol: float | None = None
-    stop_mode: str | None = None
-    return_final: bool | None = None
-    options: SolverOptions | None = None
-    stall_window: int | None = None
-    stall_margin: float | None = None
-    flow_tol: float | None = None
-
-
-@dataclass(frozen=True)
-class SolveSettings:
-    """Everything one solver run needs besides f, z0, the step cap and the snapshot steps."""
-
-    solver: str  # canonical name
-    tol: float
-    stop_mode: str
-    return_final: bool
-    options: SolverOptions  # an instance of SOLVER_OPTIONS[solver]
-    stall_window: int = 0  # stagnation exit (deqflow.solver_spec.StopRule); 0 = off
-    stall_margin: float = 0.01
-    flow_tol: float = 0.0  # flow-step exit (deqflow.solver_spec.StopRule.flow_tol); 0 = off
+"""The stored (official flag) key of each solver option -> (solver, option): files keep the flat keys."""
 
 
 @dataclass
@@ -91,21 +60,50 @@ class DEQConfig:
     sup_all: bool = False  # --sup_all: supervise every phantom step
     core: str = "sliced"  # "sliced" | "indexing" (--indexing_core)
     return_final: bool = False  # return the last iterate instead of the lowest-residual one
-    damping: float = 1.0  # fixed-point damping: z <- (1-d) z + d f(z)
-    anderson_m: int = 6  # Anderson window
-    anderson_lam: float = 1e-4  # Anderson regularisation
-    anderson_beta: float = 1.0  # Anderson mixing
-    anderson_safeguard: float = 0.0  # Anderson restart on residual growth by this factor; 0 = off (official)
-    broyden_memory: int = 0  # Broyden rank-one terms kept; 0 = the solve's iteration cap
+    fixed_point: FixedPointOptions = field(default_factory=FixedPointOptions)  # --damping
+    anderson: AndersonOptions = field(default_factory=AndersonOptions)  # --anderson_m/_lam/_beta/_safeguard
+    broyden: BroydenOptions = field(default_factory=BroydenOptions)  # --broyden_memory
     sradius_mode: bool = False  # --sradius_mode: estimate the Jacobian spectral radius at eval
     stall_window: int = 0  # evaluation only: stop once no residual improvement over this many steps; 0 = off
     stall_margin: float = 0.01  # relative improvement that counts (see deqflow.solver_spec.StopRule)
     flow_tol: float = 0.0  # evaluation only: also stop once the flow step is below this (px at 1/8); 0 = off
 
     def __post_init__(self) -> None:
+        for solver, options_type in SOLVER_OPTIONS.items():
+            value = getattr(self, solver)
+            if isinstance(value, dict):
+                setattr(self, solver, options_type(**value))
+            elif type(value) is not options_type:
+                raise InputError(f"DEQ {solver} options must be {options_type.__name__}, got {type(value).__name__}")
         self.indexing = tuple(int(i) for i in self.indexing)
         self.phantom_grad = tuple(int(k) for k in self.phantom_grad)
         self.validate()
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DEQConfig:
+        """A config from its stored form (lists become tuples); the flat option keys of older files are
+        folded into the typed options; InputError names keys it does not know."""
+        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        nested: dict[str, dict] = {}
+        for key in [k for k in data if k in LEGACY_OPTION_FIELDS]:
+            solver, option = LEGACY_OPTION_FIELDS[key]
+            nested.setdefault(solver, {})[option] = data.pop(key)
+        for solver, values in nested.items():
+            base = data.get(solver) or {}
+            data[solver] = {**(base if isinstance(base, dict) else {}), **values}
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise InputError(f"unknown DEQ config keys {sorted(unknown)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        """The stored form: lists for tuples, and each solver option under its official flat key (as files
+        have always held them), so the checkpoint format does not change."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in SOLVER_OPTIONS}
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+        for key, (solver, option) in LEGACY_OPTION_FIELDS.items():
+            out[key] = getattr(getattr(self, solver), option)
+        return out
 
     @property
     def eval_max_iter(self) -> int:
@@ -162,13 +160,11 @@ class DEQConfig:
         return self.phantom_grad
 
     def solver_options(self, name: str) -> SolverOptions:
-        """The options dataclass of solver `name` (aliases accepted), filled from this config."""
-        solver = canonical_solver(name)
-        values = {option: getattr(self, field) for option, field in OPTION_FIELDS[solver].items()}
-        return SOLVER_OPTIONS[solver](**values)
+        """The options dataclass of solver `name` (aliases accepted) held by this config."""
+        return getattr(self, canonical_solver(name))
 
     def stop_rule(self, max_iter: int | None = None) -> StopRule:
-        """The evaluation stop rule (tolerance, mode, cap, stagnation exit) as plain data."""
+        """The evaluation stop rule (tolerance, mode, cap, stagnation and flow-step exits) as plain data."""
         return StopRule(tol=float(self.f_tol), stop_mode=self.f_stop_mode, stall_window=int(self.stall_window),
                         max_iter=int(self.eval_max_iter if max_iter is None else max_iter),
                         stall_margin=float(self.stall_margin), flow_tol=float(self.flow_tol))
@@ -179,28 +175,23 @@ class DEQConfig:
                        stall_window=int(rule.stall_window), stall_margin=float(rule.stall_margin),
                        flow_tol=float(rule.flow_tol))
 
-    def forward_solve(self, overrides: SolveOverrides | None = None, training: bool = False) -> SolveSettings:
-        """Settings of the forward solve: this config's, changed by `overrides` (validated). Training solves
-        never stop on stagnation (the official recipe's fixed budget)."""
-        o = overrides or SolveOverrides()
-        solver = canonical_solver(self.f_solver if o.solver is None else o.solver)
-        options = self.solver_options(solver) if o.options is None else o.options
-        if type(options) is not SOLVER_OPTIONS[solver]:
-            raise InputError(f"solver {solver!r} takes {SOLVER_OPTIONS[solver].__name__}, "
-                             f"got {type(options).__name__}")
-        options.validate()
-        stop_mode = check_stop_mode(self.f_stop_mode if o.stop_mode is None else o.stop_mode)
-        window = self.stall_window if o.stall_window is None else o.stall_window
-        margin = self.stall_margin if o.stall_margin is None else o.stall_margin
-        flow_tol = self.flow_tol if o.flow_tol is None else o.flow_tol
-        rule = StopRule(tol=0.0, stop_mode=stop_mode, stall_window=0 if training else int(window),
-                        stall_margin=float(margin), flow_tol=0.0 if training else float(flow_tol))
-        return SolveSettings(solver=solver, tol=float(self.f_tol if o.tol is None else o.tol),
-                             stop_mode=stop_mode, options=options, stall_window=rule.stall_window,
-                             stall_margin=rule.stall_margin, flow_tol=rule.flow_tol,
-                             return_final=bool(self.return_final if o.return_final is None else o.return_final))
+    def forward_solve(self, solve: SolveSpec | SolveOverrides | None = None, training: bool = False) -> SolveSpec:
+        """The forward solve's spec: this config's (cap f_max_iter in training, eval_max_iter otherwise), changed
+        by `solve` (overrides) or replaced by it (a whole spec). Training solves never stop on stagnation or the
+        flow step (the official recipe's fixed budget)."""
+        if isinstance(solve, SolveSpec):
+            spec = solve
+        else:
+            base = SolveSpec(method=self.f_solver, options=self.solver_options(self.f_solver),
+                             stop=self.stop_rule(self.f_max_iter if training else None),
+                             return_final=self.return_final)
+            spec = base if solve is None else solve.apply(base, options_for=self.solver_options)
+        if training:
+            spec = replace(spec, stop=replace(spec.stop, stall_window=0, flow_tol=0.0, warm_flow_tol=0.0))
+        return spec
 
-    def backward_solve(self) -> SolveSettings:
-        """Settings of the IFT adjoint solve (b_* fields; the lowest-residual estimate is returned)."""
-        return SolveSettings(solver=canonical_solver(self.b_solver), tol=self.b_tol, stop_mode=self.b_stop_mode,
-                             return_final=False, options=self.solver_options(self.b_solver))
+    def backward_solve(self) -> SolveSpec:
+        """The IFT adjoint solve's spec (b_* fields; the lowest-residual estimate is returned)."""
+        stop = StopRule(tol=float(self.b_tol), stop_mode=self.b_stop_mode, max_iter=int(self.b_max_iter))
+        return SolveSpec(method=self.b_solver, options=self.solver_options(self.b_solver), stop=stop,
+                         return_final=False)

@@ -10,7 +10,7 @@ Training follows the official DEQ-Flow v2.0 cores:
 E.g. n_states=2, f_max_iter=24: sliced segments [12, 12], indexing steps [12, 24].
 Evaluation: one no-grad solve of `max_iter` (default cfg.eval_max_iter) steps, returning [z*].
 Both return (list of states, SolverStats), so the loss code sees one structure. A call may change the
-forward solve (solver, tolerance, stop mode, options) through SolveOverrides without touching the config.
+forward solve (deqflow.solver_spec.SolveOverrides, or a whole SolveSpec) without touching the config.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ import torch
 from torch import Tensor
 
 from deqflow.errors import InputError
-from training.deq.config import DEQConfig, SolveOverrides, SolveSettings
+from deqflow.solver_spec import SolveOverrides, SolveSpec
+from training.deq.config import DEQConfig
 from training.deq.grad import attach_ift, attach_phantom
 from training.deq.jacobian import estimate_spectral_radius
 from training.deq.registry import run_solver
-from training.deq.solvers import FlowStop, Func, SolverStats, flow_stop
+from training.deq.solvers import Func, SolverStats
 
 
 class DEQ:
@@ -56,36 +57,30 @@ class DEQ:
         steps = [0, *self._absolute_steps(total)]
         return [b - a for a, b in zip(steps, steps[1:])]
 
-    def __call__(self, f: Func, z0: Tensor, *, training: bool, max_iter: int | None = None,
-                 return_trajectory: bool = False, overrides: SolveOverrides | None = None,
-                 flow_size: int = 0) -> tuple[list[Tensor], SolverStats]:
+    def __call__(self, f: Func, z0: Tensor, *, training: bool, solve: SolveSpec | SolveOverrides | None = None,
+                 return_trajectory: bool = False, flow_size: int = 0) -> tuple[list[Tensor], SolverStats]:
         """Solve and return (states, stats).
 
         training: the sampled states with gradients (n_terms of them; k per term with sup_all).
         eval: [z*]; with return_trajectory, the estimates at the indexing-core steps of the evaluation
         budget, the last being z*, so the training loss can be computed on them.
-        max_iter overrides f_max_iter (training) or eval_max_iter (eval); `overrides` changes the forward
-        solve of this call only (the IFT backward solve keeps the b_* settings). flow_size: how many trailing
-        entries of the state are the flow, which a flow tolerance (evaluation only) tests.
+        `solve` changes (SolveOverrides) or replaces (SolveSpec) this call's forward solve; its cap is the
+        training budget (default f_max_iter) or the evaluation cap (default eval_max_iter); the IFT backward
+        solve keeps the b_* settings. flow_size: how many trailing entries of the state are the flow, which a
+        flow tolerance (evaluation only) tests.
         """
-        if max_iter is not None and int(max_iter) < 1:
-            raise InputError(f"max_iter must be >= 1, got {max_iter}")
-        solve = self.cfg.forward_solve(overrides, training=training)
+        spec = self.cfg.forward_solve(solve, training=training)
         if not training:
-            return self._evaluate(f, z0, solve, max_iter, return_trajectory, flow_size)
+            return self._evaluate(f, z0, spec, return_trajectory, flow_size)
         if self.cfg.core == "sliced":
-            return self._train_sliced(f, z0, solve, max_iter)
-        return self._train_indexing(f, z0, solve, max_iter)
+            return self._train_sliced(f, z0, spec)
+        return self._train_indexing(f, z0, spec)
 
-    def _evaluate(self, f: Func, z0: Tensor, solve: SolveSettings, max_iter: int | None,
-                  return_trajectory: bool, flow_size: int = 0) -> tuple[list[Tensor], SolverStats]:
-        total = self.cfg.eval_max_iter if max_iter is None else int(max_iter)
-        steps = self._absolute_steps(total) if return_trajectory else None
-        stop = FlowStop(solve.flow_tol, int(flow_size)) if solve.flow_tol > 0 else None
-        if stop is not None and stop.size <= 0:
-            raise InputError("a flow tolerance needs the flow's place in the state: pass flow_size")
-        with torch.no_grad(), flow_stop(stop):
-            result = run_solver(solve, f, z0, max_iter=total, indexing=steps)
+    def _evaluate(self, f: Func, z0: Tensor, spec: SolveSpec, return_trajectory: bool,
+                  flow_size: int = 0) -> tuple[list[Tensor], SolverStats]:
+        steps = self._absolute_steps(spec.stop.max_iter) if return_trajectory else None
+        with torch.no_grad():
+            result = run_solver(spec, f, z0, indexing=steps, flow_size=flow_size)
         if self.cfg.sradius_mode:
             result.stats.sradius = estimate_spectral_radius(f, result.z)
         states = [*result.trajectory[:-1], result.z] if return_trajectory else [result.z]
@@ -94,33 +89,28 @@ class DEQ:
     def _gradient_term(self, f: Func, z: Tensor, k: int, last: bool) -> list[Tensor]:
         cfg = self.cfg
         if last and cfg.ift:
-            back = cfg.backward_solve()
-            return [attach_ift(f, z, solver=back.solver, max_iter=cfg.b_max_iter, tol=back.tol,
-                               stop_mode=back.stop_mode, safe=cfg.safe_ift, options=back.options,
-                               on_backward=self._keep_backward)]
+            return [attach_ift(f, z, cfg.backward_solve(), safe=cfg.safe_ift, on_backward=self._keep_backward)]
         return attach_phantom(f, z, k=k, tau=cfg.tau, sup_all=cfg.sup_all)
 
     def _keep_backward(self, stats: SolverStats) -> None:
         self.backward_stats = stats
 
-    def _train_sliced(self, f: Func, z0: Tensor, solve: SolveSettings,
-                      max_iter: int | None) -> tuple[list[Tensor], SolverStats]:
-        segments = self.schedule(max_iter)
+    def _train_sliced(self, f: Func, z0: Tensor, spec: SolveSpec) -> tuple[list[Tensor], SolverStats]:
+        segments = self.schedule(spec.stop.max_iter)
         states: list[Tensor] = []
         parts: list[SolverStats] = []
         z = z0
         for i, (length, k) in enumerate(zip(segments, self.cfg.grad_steps())):
-            result = run_solver(solve, f, z, max_iter=length)
+            result = run_solver(spec, f, z, max_iter=length)
             parts.append(result.stats)
             terms = self._gradient_term(f, result.z, k, last=i == len(segments) - 1)
             states += terms
             z = terms[-1]  # the next segment continues from the gradient-carrying state
         return states, SolverStats.concat(parts)
 
-    def _train_indexing(self, f: Func, z0: Tensor, solve: SolveSettings,
-                        max_iter: int | None) -> tuple[list[Tensor], SolverStats]:
-        steps = self.schedule(max_iter)
-        result = run_solver(solve, f, z0, max_iter=steps[-1], indexing=steps)
+    def _train_indexing(self, f: Func, z0: Tensor, spec: SolveSpec) -> tuple[list[Tensor], SolverStats]:
+        steps = self.schedule(spec.stop.max_iter)
+        result = run_solver(spec, f, z0, max_iter=steps[-1], indexing=steps)
         states: list[Tensor] = []
         for i, (z, k) in enumerate(zip(result.trajectory, self.cfg.grad_steps())):
             states += self._gradient_term(f, z, k, last=i == len(steps) - 1)

@@ -15,18 +15,19 @@ import torch
 from torch import Tensor, autograd
 
 from deqflow.errors import InputError
-from training.deq.config import SolverOptions
-from training.deq.registry import Solver, get_solver
+from deqflow.solver_spec import SolveSpec, StopRule
+from training.deq.registry import run_solver
 from training.deq.solvers import Func, SolverStats
 
+DEFAULT_ADJOINT = SolveSpec(method="broyden", stop=StopRule(tol=1e-3, max_iter=40), return_final=False)
+"""The official IFT backward solve (--b_solver broyden --b_thres 40 --b_eps 1e-3)."""
 
-def attach_ift(f: Func, z_star: Tensor, *, solver: str | Solver = "broyden", max_iter: int = 40,
-               tol: float = 1e-3, stop_mode: str = "abs", safe: bool = False,
-               options: SolverOptions | None = None,
+
+def attach_ift(f: Func, z_star: Tensor, spec: SolveSpec = DEFAULT_ADJOINT, *, safe: bool = False,
                on_backward: Callable[[SolverStats], None] | None = None) -> Tensor:
     """new_z = f(z_star) carrying the exact implicit gradient (see module docstring).
 
-    The adjoint fixed point is solved with `solver` (a registry name or entry) and its `options` from y = 0.
+    The adjoint fixed point is solved as `spec` says (method, options, stop rule) from y = 0.
     safe=False reuses new_z's own graph for the vector-Jacobian products (no extra evaluation of f); the
     hook sees its own inner products and passes them through, so it stays valid for repeated backward
     calls (retain_graph) and for torch.autograd.grad. safe=True instead evaluates f at z_star once more
@@ -34,7 +35,6 @@ def attach_ift(f: Func, z_star: Tensor, *, solver: str | Solver = "broyden", max
     no Jacobian graph kept alive between forward and backward. `on_backward` receives the backward
     solver's statistics.
     """
-    solve = get_solver(solver) if isinstance(solver, str) else solver
     z = z_star.detach()
     if not safe:
         z.requires_grad_()
@@ -59,8 +59,7 @@ def attach_ift(f: Func, z_star: Tensor, *, solver: str | Solver = "broyden", max
             def adjoint(y: Tensor) -> Tensor:
                 return autograd.grad(f_jac, z_jac, y, retain_graph=True)[0] + grad
 
-            result = solve(adjoint, grad.new_zeros(grad.shape), max_iter=max_iter, tol=tol,
-                           stop_mode=stop_mode, options=options)
+            result = run_solver(spec, adjoint, grad.new_zeros(grad.shape))
         finally:
             busy = False
         if on_backward is not None:

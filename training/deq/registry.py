@@ -13,9 +13,8 @@ from typing import Protocol, runtime_checkable
 from torch import Tensor
 
 from deqflow.errors import InputError
-from deqflow.solver_spec import SOLVER_OPTIONS, STALL_MARGIN, canonical_solver
-from training.deq.config import SolverOptions, SolveSettings
-from training.deq.solvers import Func, SolverResult, anderson, broyden, fixed_point_iter
+from deqflow.solver_spec import SOLVER_OPTIONS, SolverOptions, SolveSpec, canonical_solver
+from training.deq.solvers import FlowStop, Func, SolverResult, anderson, broyden, fixed_point_iter
 
 
 @runtime_checkable
@@ -25,16 +24,16 @@ class Solver(Protocol):
     name: str
     options_type: type[SolverOptions]
 
-    def __call__(self, f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "abs",
-                 indexing: Sequence[int] | None = None, return_final: bool = False,
-                 options: SolverOptions | None = None, stall_window: int = 0,
-                 stall_margin: float = STALL_MARGIN) -> SolverResult: ...
+    def __call__(self, f: Func, z0: Tensor, spec: SolveSpec, *, max_iter: int | None = None,
+                 indexing: Sequence[int] | None = None, flow_size: int = 0) -> SolverResult: ...
 
 
 @dataclass(frozen=True)
 class RegisteredSolver:
     """A solver algorithm taking its options as keyword arguments named like the options dataclass fields
-    (checked on registration); `options` None means that dataclass's defaults."""
+    (checked on registration), run from a SolveSpec: its stop rule and options; `max_iter` (a segment of a
+    training budget) replaces the rule's cap; `flow_size` > 0 places the flow at the state's end for the
+    rule's flow tolerance."""
 
     name: str
     options_type: type[SolverOptions]
@@ -46,17 +45,20 @@ class RegisteredSolver:
         if missing:
             raise TypeError(f"solver {self.name!r} does not accept its options {missing}")
 
-    def __call__(self, f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "abs",
-                 indexing: Sequence[int] | None = None, return_final: bool = False,
-                 options: SolverOptions | None = None, stall_window: int = 0,
-                 stall_margin: float = STALL_MARGIN) -> SolverResult:
-        options = self.options_type() if options is None else options
-        if type(options) is not self.options_type:
-            raise InputError(f"solver {self.name!r} takes {self.options_type.__name__}, "
-                             f"got {type(options).__name__}")
-        return self.algorithm(f, z0, max_iter=max_iter, tol=tol, stop_mode=stop_mode, indexing=indexing,
-                              return_final=return_final, stall_window=stall_window, stall_margin=stall_margin,
-                              **asdict(options))
+    def __call__(self, f: Func, z0: Tensor, spec: SolveSpec, *, max_iter: int | None = None,
+                 indexing: Sequence[int] | None = None, flow_size: int = 0) -> SolverResult:
+        if spec.method != self.name:
+            raise InputError(f"solver {self.name!r} cannot run a {spec.method!r} spec")
+        rule = spec.stop
+        flow = None
+        if rule.flow_tol > 0:
+            if int(flow_size) <= 0:
+                raise InputError("a flow tolerance needs the flow's place in the state: pass flow_size")
+            flow = FlowStop(rule.flow_tol, int(flow_size))
+        return self.algorithm(f, z0, max_iter=rule.max_iter if max_iter is None else int(max_iter), tol=rule.tol,
+                              stop_mode=rule.stop_mode, indexing=indexing, return_final=spec.return_final,
+                              stall_window=rule.stall_window, stall_margin=rule.stall_margin, flow_stop=flow,
+                              **asdict(spec.options))
 
 
 SOLVERS: dict[str, Solver] = {
@@ -71,10 +73,7 @@ def get_solver(name: str) -> Solver:
     return SOLVERS[canonical_solver(name)]
 
 
-def run_solver(settings: SolveSettings, f: Func, z0: Tensor, *, max_iter: int,
-               indexing: Sequence[int] | None = None) -> SolverResult:
-    """One solve with resolved settings (DEQConfig.forward_solve / backward_solve)."""
-    return get_solver(settings.solver)(f, z0, max_iter=max_iter, tol=settings.tol, stop_mode=settings.stop_mode,
-                                       indexing=indexing, return_final=settings.return_final,
-                                       options=settings.options, stall_window=settings.stall_window,
-                                       stall_margin=settings.stall_margin)
+def run_solver(spec: SolveSpec, f: Func, z0: Tensor, *, max_iter: int | None = None,
+               indexing: Sequence[int] | None = None, flow_size: int = 0) -> SolverResult:
+    """One solve as `spec` says (DEQConfig.forward_solve / backward_solve)."""
+    return get_solver(spec.method)(f, z0, spec, max_iter=max_iter, indexing=indexing, flow_size=flow_size)

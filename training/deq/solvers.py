@@ -10,7 +10,7 @@ Conventions shared by all solvers (and by the official DEQ-Flow code, so step co
   tol <= 0), once every sample is below it or stalled (no relative improvement of `stall_margin` over
   `stall_window` steps; deqflow.solver_spec.StallMonitor, shared with the host solver; window 0 = off), at
   the cap, or when an evaluation is NaN/Inf (reported in `stats.nonfinite`, never iterated on). Why it
-  stopped is `stats.reason` (deqflow.solver_spec.STOP_REASONS). Inside `flow_stop(FlowStop(tol, size))` a
+  stopped is `stats.reason` (deqflow.solver_spec.STOP_REASONS). With `flow_stop=FlowStop(tol, size)` a
   sample also counts as converged once the flow part of f(x) - x moves it by less than tol px per cell
   (deqflow.solver_spec.converged, as the host solver tests it).
 Solvers run without autograd: gradients are attached afterwards by `training.deq.grad`. States of any
@@ -20,9 +20,7 @@ shape (B, ...) are accepted and handled as flat (B, D) vectors.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,24 +122,11 @@ class SolverResult:
 @dataclass(frozen=True)
 class FlowStop:
     """A flow tolerance (deqflow.solver_spec.StopRule.flow_tol) and where the flow sits in the flat state:
-    its last `size` entries, laid out (2, cells) as DEQFlow packs (hidden, coords1)."""
+    its last `size` entries, laid out (2, cells) as DEQFlow packs (hidden, coords1). Passed to the solvers
+    as `flow_stop`: the generic solvers know nothing of the state's layout."""
 
     tol: float
     size: int
-
-
-_FLOW_STOP: ContextVar[FlowStop | None] = ContextVar("deqflow_flow_stop", default=None)
-
-
-@contextmanager
-def flow_stop(stop: FlowStop | None) -> Iterator[None]:
-    """Solves started inside also stop on the flow step (`FlowStop`). A context rather than a solver argument:
-    the generic solvers know nothing of the state's layout, and every solver's tracker picks it up alike."""
-    token = _FLOW_STOP.set(stop)
-    try:
-        yield
-    finally:
-        _FLOW_STOP.reset(token)
 
 
 class _Tracker:
@@ -149,7 +134,7 @@ class _Tracker:
 
     def __init__(self, x0: Tensor, *, max_iter: int, tol: float, stop_mode: str,
                  indexing: Sequence[int] | None, return_final: bool, stall_window: int = 0,
-                 stall_margin: float = STALL_MARGIN) -> None:
+                 stall_margin: float = STALL_MARGIN, flow_stop: FlowStop | None = None) -> None:
         check_stop_mode(stop_mode, "stop_mode")
         if int(max_iter) < 1:
             raise InputError(f"max_iter must be >= 1, got {max_iter}")
@@ -168,7 +153,7 @@ class _Tracker:
         self.nstep = 0
         self.stall = StallMonitor(b, stall_window, stall_margin) if int(stall_window) > 0 else None
         self.reason = ""
-        self.flow = _FLOW_STOP.get()
+        self.flow = flow_stop
         if self.flow is not None and not (0 < self.flow.size <= x0.shape[1] and self.flow.size % 2 == 0):
             raise InputError(f"flow stop size must be even and within the state's {x0.shape[1]} entries, "
                              f"got {self.flow.size}")
@@ -251,12 +236,14 @@ def _flatten(f: Func, z0: Tensor) -> tuple[Func, Tensor]:
 @torch.no_grad()
 def fixed_point_iter(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "abs",
                      indexing: Sequence[int] | None = None, return_final: bool = False,
-                     damping: float = 1.0, stall_window: int = 0, stall_margin: float = STALL_MARGIN) -> SolverResult:
+                     damping: float = 1.0, stall_window: int = 0, stall_margin: float = STALL_MARGIN,
+                     flow_stop: FlowStop | None = None) -> SolverResult:
     """Plain iteration z <- (1-d) z + d f(z) (the official `naive_solver` when d = 1)."""
     FixedPointOptions(damping=damping).validate()
     flat_f, x = _flatten(f, z0)
     track = _Tracker(x, max_iter=max_iter, tol=tol, stop_mode=stop_mode, indexing=indexing,
-                     return_final=return_final, stall_window=stall_window, stall_margin=stall_margin)
+                     return_final=return_final, stall_window=stall_window, stall_margin=stall_margin,
+                     flow_stop=flow_stop)
     while True:
         fx = flat_f(x)
         nxt = fx if damping == 1 else torch.lerp(x, fx, damping)
@@ -292,7 +279,7 @@ def _anderson_step(xw: Tensor, fw: Tensor, lam: float, beta: float, keep: Tensor
 def anderson(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "abs",
              indexing: Sequence[int] | None = None, return_final: bool = False,
              m: int = 6, lam: float = 1e-4, beta: float = 1.0, safeguard: float = 0.0, stall_window: int = 0,
-             stall_margin: float = STALL_MARGIN) -> SolverResult:
+             stall_margin: float = STALL_MARGIN, flow_stop: FlowStop | None = None) -> SolverResult:
     """Anderson acceleration: the next iterate mixes the last m (x, f(x)) pairs with weights alpha that
     minimise ||sum_i alpha_i g_i||^2 + reg ||alpha||^2 subject to sum_i alpha_i = 1, g_i = f(x_i) - x_i.
 
@@ -306,7 +293,8 @@ def anderson(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str =
     AndersonOptions(m=m, lam=lam, beta=beta, safeguard=safeguard).validate()
     flat_f, x = _flatten(f, z0)
     track = _Tracker(x, max_iter=max_iter, tol=tol, stop_mode=stop_mode, indexing=indexing,
-                     return_final=return_final, stall_window=stall_window, stall_margin=stall_margin)
+                     return_final=return_final, stall_window=stall_window, stall_margin=stall_margin,
+                     flow_stop=flow_stop)
     b, d = x.shape
     m = min(m, int(max_iter))
     xs = x.new_zeros(b, m, d)
@@ -333,7 +321,8 @@ def anderson(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str =
 @torch.no_grad()
 def broyden(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "abs",
             indexing: Sequence[int] | None = None, return_final: bool = False,
-            memory: int = 0, stall_window: int = 0, stall_margin: float = STALL_MARGIN) -> SolverResult:
+            memory: int = 0, stall_window: int = 0, stall_margin: float = STALL_MARGIN,
+            flow_stop: FlowStop | None = None) -> SolverResult:
     """Limited-memory "good" Broyden on g(z) = f(z) - z, full steps (no line search).
 
     The inverse Jacobian of g is kept as -I + U V^T with at most `memory` rank-one terms (0: max_iter,
@@ -343,7 +332,8 @@ def broyden(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = 
     BroydenOptions(memory=memory).validate()
     flat_f, x = _flatten(f, z0)
     track = _Tracker(x, max_iter=max_iter, tol=tol, stop_mode=stop_mode, indexing=indexing,
-                     return_final=return_final, stall_window=stall_window, stall_margin=stall_margin)
+                     return_final=return_final, stall_window=stall_window, stall_margin=stall_margin,
+                     flow_stop=flow_stop)
     b, d = x.shape
     size = int(memory) or int(max_iter)
     us = x.new_zeros(b, d, size)

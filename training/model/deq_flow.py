@@ -16,8 +16,8 @@ from torch import nn
 
 from deqflow.errors import InputError
 from deqflow.padding import check_model_input_size
+from deqflow.solver_spec import SolveOverrides, SolveSpec
 from training.config import ModelConfig
-from training.deq.config import SolveOverrides, SolverOptions
 from training.deq.core import DEQ
 from training.deq.solvers import SolverStats
 from training.deq.state import StatePacker
@@ -106,7 +106,7 @@ class DEQFlow(nn.Module):
 
     def configure_deq(self, **changes) -> None:
         """Change the model's default solver settings (DEQConfig fields, e.g. f_solver, f_tol,
-        eval_f_max_iter). To change one call only, pass solver/tol/iters/... to forward instead."""
+        eval_f_max_iter). To change one call only, pass `solve=SolveOverrides(...)` to forward instead."""
         self.cfg.deq = replace(self.cfg.deq, **changes)
         self.deq = DEQ(self.cfg.deq)
 
@@ -186,25 +186,16 @@ class DEQFlow(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, image1: torch.Tensor, image2: torch.Tensor, *, flow_init: torch.Tensor | None = None,
                 cached_state: tuple[torch.Tensor, torch.Tensor] | None = None,
-                iters: int | None = None, solver: str | None = None, tol: float | None = None,
-                stop_mode: str | None = None, return_final: bool | None = None,
-                solver_options: SolverOptions | None = None, stall_window: int | None = None,
-                stall_margin: float | None = None, flow_tol: float | None = None) -> FlowOutput:
+                solve: SolveSpec | SolveOverrides | None = None) -> FlowOutput:
         """Estimate the flow from image1 to image2.
 
-        iters overrides the evaluation iteration cap (default f_max_iter * eval_factor); training uses
-        f_max_iter and the sampled-state schedule of the DEQ config. solver, tol, stop_mode, return_final,
-        solver_options (the solver's options dataclass), the stagnation exit (stall_window, stall_margin;
-        evaluation only) and the flow-step exit (flow_tol, px at 1/8; evaluation only) change the forward
-        solve of this call only;
-        None keeps the model's DEQ config, which is never modified here.
+        `solve` changes this call's forward solve (SolveOverrides: e.g. `SolveOverrides(max_iter=12)`, the
+        evaluation cap, default f_max_iter * eval_factor) or replaces it (a whole SolveSpec); None keeps the
+        model's DEQ config, which is never modified here. Training uses f_max_iter and the sampled-state
+        schedule of the DEQ config; the stagnation and flow-step exits apply in evaluation only.
         """
-        overrides = SolveOverrides(solver=solver, tol=tol, stop_mode=stop_mode, return_final=return_final,
-                                   options=solver_options, stall_window=stall_window, stall_margin=stall_margin,
-                                   flow_tol=flow_tol)
         ctx, packer, f, z0 = self.fixed_point_problem(image1, image2, flow_init, cached_state)
-        states, stats = self.deq(f, z0, training=self.training, max_iter=iters, overrides=overrides,
-                                 flow_size=packer.sizes[-1])
+        states, stats = self.deq(f, z0, training=self.training, solve=solve, flow_size=packer.sizes[-1])
         decoded = [packer.unpack(z) for z in states]
         flows = [self.decode(h, c - ctx.coords0) for h, c in decoded]
         net_final, coords_final = decoded[-1]
