@@ -269,7 +269,7 @@ class SolveOverrides:
         if self.max_iter is not None and (isinstance(self.max_iter, bool) or int(self.max_iter) < 1):
             raise InputError(f"max_iter must be >= 1, got {self.max_iter}")
         if self.stop_mode is not None:
-            check_stop_mode(self.stop_mode, "stop_mode")
+            check_stop_mode(self.stop_mode, "stop mode")
         if self.tol is not None and not math.isfinite(float(self.tol)):
             raise InputError(f"tol must be a finite number, got {self.tol}")
         for name in ("flow_tol", "warm_flow_tol"):

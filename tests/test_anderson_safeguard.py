@@ -8,8 +8,8 @@ import torch
 from helpers import HostStepParts
 
 from deqflow.errors import InputError
-from deqflow.host_solver import SolverSettings, _Anderson, solve
-from deqflow.solver_spec import REL_EPS, AndersonOptions
+from deqflow.host_solver import _Anderson, solve
+from deqflow.solver_spec import REL_EPS, AndersonOptions, SolveSpec
 from training.deq.config import DEQConfig
 from training.deq.solvers import anderson, fixed_point_iter
 
@@ -102,7 +102,8 @@ def test_host_and_torch_take_the_same_steps(safeguard):
     ref = anderson(parts.torch_f, z0, max_iter=12, tol=0.0, m=4, safeguard=safeguard)
     np.testing.assert_allclose(host.stats.abs_trace, ref.stats.abs_trace.numpy(), rtol=1e-4, atol=1e-5)
     if safeguard:  # Anderson raises the residual on this map, so the restarts change the steps
-        free = solve(KinkedParts(), img, img, SolveSpec.of(max_iter=12, tol=0.0, method="anderson", options=AndersonOptions(m=4)))
+        free = solve(KinkedParts(), img, img,
+                     SolveSpec.of(max_iter=12, tol=0.0, method="anderson", options=AndersonOptions(m=4)))
         assert not np.allclose(host.stats.abs_trace, free.stats.abs_trace)
 
 
@@ -119,6 +120,6 @@ def test_the_option_is_validated_and_settable():
     with pytest.raises(InputError, match="safeguard"):
         AndersonOptions(safeguard=-1.0).validate()
     with pytest.raises(InputError, match="safeguard"):
-        SolveSpec.of(options=AndersonOptions(safeguard=float("nan")))
+        SolveSpec.of(method="anderson", options=AndersonOptions(safeguard=float("nan")))
     assert AndersonOptions().safeguard == 0.0  # official behaviour by default
-    assert DEQConfig(anderson_safeguard=1.0).solver_options("anderson").safeguard == 1.0
+    assert DEQConfig(anderson=AndersonOptions(safeguard=1.0)).solver_options("anderson").safeguard == 1.0

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from deqflow.errors import InputError
-from deqflow.solver_spec import SOLVER_OPTIONS, AndersonOptions, BroydenOptions, FixedPointOptions
+from deqflow.solver_spec import SOLVER_OPTIONS, AndersonOptions, BroydenOptions, FixedPointOptions, SolveOverrides
 from training.config import ModelConfig
 from training.deq.args import add_deq_args, deq_config_from_args
-from training.deq.config import OPTION_FIELDS, DEQConfig, SolveOverrides
+from training.deq.config import LEGACY_OPTION_FIELDS, DEQConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,13 +25,14 @@ TORCH_FREE = textwrap.dedent("""
     from deqflow.errors import InputError
     from training.config import ModelConfig
     from training.deq.args import add_deq_args, deq_config_from_args
-    from training.deq.config import DEQConfig, SolveOverrides
+    from training.deq.config import DEQConfig
+    from deqflow.solver_spec import BroydenOptions, SolveOverrides
     import training.deq
 
-    cfg = DEQConfig(f_solver="naive_solver", b_solver="broyden", broyden_memory=3, f_stop_mode="rel")
-    assert cfg.forward_solve().solver == "fixed_point"
+    cfg = DEQConfig(f_solver="naive_solver", b_solver="broyden", broyden=BroydenOptions(memory=3), f_stop_mode="rel")
+    assert cfg.forward_solve().method == "fixed_point"
     assert cfg.backward_solve().options.memory == 3
-    assert cfg.forward_solve(SolveOverrides(solver="anderson", tol=0.0)).tol == 0.0
+    assert cfg.forward_solve(SolveOverrides(method="anderson", tol=0.0)).stop.tol == 0.0
     try:
         DEQConfig(f_solver="newton")
     except InputError as exc:
@@ -40,7 +41,7 @@ TORCH_FREE = textwrap.dedent("""
         raise AssertionError("an unknown solver was accepted")
     parser = argparse.ArgumentParser()
     add_deq_args(parser)
-    assert deq_config_from_args(parser.parse_args(["--broyden_memory", "4"])).broyden_memory == 4
+    assert deq_config_from_args(parser.parse_args(["--broyden_memory", "4"])).broyden.memory == 4
     assert ModelConfig.from_dict(ModelConfig().to_dict()) == ModelConfig()
     assert sys.modules["torch"] is None
     print("torch-free ok")
@@ -55,32 +56,36 @@ def test_config_imports_and_validates_without_torch():
     assert "torch-free ok" in out.stdout
 
 
-def test_every_solver_option_is_a_config_field_and_a_flag():
-    config_fields = {f.name: f.default for f in dataclasses.fields(DEQConfig)}
+def test_every_solver_option_is_a_config_field_a_stored_key_and_a_flag():
     parser = argparse.ArgumentParser()
     add_deq_args(parser)
     for solver, options_type in SOLVER_OPTIONS.items():
-        assert set(OPTION_FIELDS[solver]) == {f.name for f in dataclasses.fields(options_type)}
-        for option, field in OPTION_FIELDS[solver].items():
+        keys = {key: option for key, (owner, option) in LEGACY_OPTION_FIELDS.items() if owner == solver}
+        assert set(keys.values()) == {f.name for f in dataclasses.fields(options_type)}
+        assert DEQConfig().solver_options(solver) == options_type()  # the config holds that solver's defaults
+        for key, option in keys.items():
             default = getattr(options_type(), option)
-            assert config_fields[field] == default  # same default in both places
             changed = 0.5 if isinstance(default, float) else default + 2
-            cfg = DEQConfig(**{field: changed})
+            cfg = DEQConfig(**{solver: dataclasses.replace(options_type(), **{option: changed})})
             assert getattr(cfg.solver_options(solver), option) == changed
-            from_flags = deq_config_from_args(parser.parse_args([f"--{field}", str(changed)]))
+            assert cfg.to_dict()[key] == changed  # stored under the official flat key, as files always held it
+            assert DEQConfig.from_dict(cfg.to_dict()) == cfg
+            from_flags = deq_config_from_args(parser.parse_args([f"--{key}", str(changed)]))
             assert getattr(from_flags.solver_options(solver), option) == changed
 
 
 def test_overrides_resolve_without_changing_the_config():
-    cfg = DEQConfig(f_solver="anderson", anderson_m=4, f_tol=1e-3, return_final=False)
+    cfg = DEQConfig(f_solver="anderson", anderson=AndersonOptions(m=4), f_tol=1e-3, return_final=False)
     before = dataclasses.asdict(cfg)
     default = cfg.forward_solve()
-    assert (default.solver, default.tol, default.stop_mode, default.return_final) == ("anderson", 1e-3, "abs", False)
+    d = default.stop
+    assert (default.method, d.tol, d.stop_mode, default.return_final) == ("anderson", 1e-3, "abs", False)
     assert default.options == AndersonOptions(m=4)
-    changed = cfg.forward_solve(SolveOverrides(solver="naive_solver", tol=0.0, stop_mode="rel", return_final=True))
-    assert (changed.solver, changed.tol, changed.stop_mode, changed.return_final) == ("fixed_point", 0.0, "rel", True)
+    changed = cfg.forward_solve(SolveOverrides(method="naive_solver", tol=0.0, stop_mode="rel", return_final=True))
+    c = changed.stop
+    assert (changed.method, c.tol, c.stop_mode, changed.return_final) == ("fixed_point", 0.0, "rel", True)
     assert changed.options == FixedPointOptions()  # the config's options of the overriding solver
-    given = cfg.forward_solve(SolveOverrides(solver="broyden", options=BroydenOptions(memory=2)))
+    given = cfg.forward_solve(SolveOverrides(method="broyden", options=BroydenOptions(memory=2)))
     assert given.options == BroydenOptions(memory=2)
     assert dataclasses.asdict(cfg) == before
     with pytest.raises(InputError, match="takes AndersonOptions, got BroydenOptions"):
@@ -88,7 +93,7 @@ def test_overrides_resolve_without_changing_the_config():
     with pytest.raises(InputError, match="stop mode"):
         cfg.forward_solve(SolveOverrides(stop_mode="max"))
     with pytest.raises(InputError, match="unknown solver"):
-        cfg.forward_solve(SolveOverrides(solver="lbfgs"))
+        cfg.forward_solve(SolveOverrides(method="lbfgs"))
     with pytest.raises(InputError, match="anderson m"):
         cfg.forward_solve(SolveOverrides(options=AndersonOptions(m=0)))
 
@@ -98,8 +103,8 @@ def test_stored_config_dicts_without_newer_fields_still_load():
     assert stored["deq"]["broyden_memory"] == 0
     del stored["deq"]["broyden_memory"]  # a checkpoint written before the field existed
     loaded = ModelConfig.from_dict(stored)
-    assert loaded.deq.broyden_memory == 0 and loaded == ModelConfig(variant="T")
+    assert loaded.deq.broyden.memory == 0 and loaded == ModelConfig(variant="T")
     stored["deq"]["f_solver"] = "naive_solver"  # official name in an old config
-    assert ModelConfig.from_dict(stored).deq.forward_solve().solver == "fixed_point"
+    assert ModelConfig.from_dict(stored).deq.forward_solve().method == "fixed_point"
     with pytest.raises(InputError, match="unknown DEQ config keys"):
         ModelConfig.from_dict({**stored, "deq": {**stored["deq"], "memory": 3}})

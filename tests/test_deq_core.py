@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from deqflow.errors import InputError
+from deqflow.solver_spec import SolveOverrides, SolveSpec
 from training.deq import (
     DEQ,
     DEQConfig,
@@ -18,6 +19,8 @@ from training.deq import (
 from training.deq.grad import attach_ift
 
 F64 = torch.float64
+
+ADJOINT = SolveSpec.of(method="broyden", max_iter=100, tol=1e-12, return_final=False)
 
 
 class CountedMap:
@@ -104,7 +107,7 @@ def test_eval_returns_one_state_without_grad():
     assert stats.nstep == 60 and f.calls == 60
     assert torch.allclose(states[0], f.iterate(60))
     f.calls = 0
-    (z,), stats = DEQ(fixed())(f, f.z0, training=False, max_iter=7)
+    (z,), stats = DEQ(fixed())(f, f.z0, training=False, solve=SolveOverrides(max_iter=7))
     assert stats.nstep == f.calls == 7
     # default solver (Anderson, lowest residual) stops on the tolerance
     states, stats = DEQ(DEQConfig(f_tol=1e-8))(f, f.z0, training=False)
@@ -125,7 +128,7 @@ def test_ift_term_in_the_core():
     (z,), _ = deq(f, f.z0, training=True)
     grad = torch.autograd.grad((z**2).sum(), f.A)[0]
     z_star = f.iterate(200).detach()
-    ref = torch.autograd.grad((attach_ift(f, z_star, max_iter=100, tol=1e-12) ** 2).sum(), f.A)[0]
+    ref = torch.autograd.grad((attach_ift(f, z_star, ADJOINT) ** 2).sum(), f.A)[0]
     assert float((grad - ref).norm() / ref.norm()) < 1e-8
     assert deq.backward_stats is not None and float(deq.backward_stats.abs_lowest.max()) < 1e-12
 
@@ -133,7 +136,7 @@ def test_ift_term_in_the_core():
 def test_sradius_mode_and_power_iteration():
     f = CountedMap()
     assert torch.allclose(estimate_spectral_radius(f, f.z0), torch.full((2,), 0.6, dtype=F64), atol=1e-6)
-    _, stats = DEQ(fixed(sradius_mode=True))(f, f.z0, training=False, max_iter=5)
+    _, stats = DEQ(fixed(sradius_mode=True))(f, f.z0, training=False, solve=SolveOverrides(max_iter=5))
     assert stats.sradius is not None
     assert torch.allclose(stats.sradius, torch.full((2,), 0.6, dtype=F64), atol=1e-6)
 
@@ -158,15 +161,15 @@ def test_sradius_mode_and_power_iteration():
 ])
 def test_config_validation(changes, message):
     with pytest.raises(InputError, match=message):
-        DEQConfig(**changes)
+        DEQConfig.from_dict(changes)  # the stored keys: the flat option keys fold into the typed options
 
 
 def test_call_argument_errors():
     f = CountedMap()
     with pytest.raises(InputError, match="max_iter"):
-        DEQ(DEQConfig())(f, f.z0, training=False, max_iter=0)
+        DEQ(DEQConfig())(f, f.z0, training=False, solve=SolveOverrides(max_iter=0))
     with pytest.raises(InputError, match="n_states"):
-        DEQ(DEQConfig(n_states=4))(f, f.z0, training=True, max_iter=3)
+        DEQ(DEQConfig(n_states=4))(f, f.z0, training=True, solve=SolveOverrides(max_iter=3))
 
 
 def test_official_flags():
@@ -180,7 +183,7 @@ def test_official_flags():
     assert (cfg.f_solver, cfg.f_max_iter, cfg.f_tol, cfg.b_stop_mode) == ("naive_solver", 36, 1e-4, "rel")
     assert (cfg.eval_max_iter, cfg.core, cfg.ift, cfg.n_states) == (90, "indexing", True, 6)
     assert (cfg.phantom_grad, cfg.tau, cfg.sup_all, cfg.sradius_mode) == ((3,), 0.8, True, True)
-    assert (cfg.anderson_m, cfg.broyden_memory, cfg.return_final) == (5, 7, True)
+    assert (cfg.anderson.m, cfg.broyden.memory, cfg.return_final) == (5, 7, True)
     ns = p.parse_args("--indexing 4 9 --phantom_grad 1 2 3".split())
     assert deq_config_from_args(ns).indexing == (4, 9)
 

@@ -5,8 +5,14 @@ import torch
 import torch.nn.functional as F
 
 from deqflow.errors import InputError
+from deqflow.solver_spec import SolveSpec
 from training.deq.grad import attach_ift, attach_phantom
 from training.deq.solvers import fixed_point_iter
+
+
+def adjoint(method: str) -> SolveSpec:
+    """An IFT backward solve to machine precision (the lowest-residual estimate, as the DEQ's own)."""
+    return SolveSpec.of(method=method, max_iter=100, tol=1e-12, return_final=False)
 
 F64 = torch.float64
 
@@ -41,8 +47,8 @@ class TinyDEQ:
     def solve(self) -> torch.Tensor:
         return fixed_point_iter(self.f, self.z0, max_iter=200, tol=0.0).z  # 0.8**200: machine precision
 
-    def ift_grads(self, **kw) -> list[torch.Tensor]:
-        z = attach_ift(self.f, self.solve(), max_iter=100, tol=1e-12, **kw)
+    def ift_grads(self, solver: str = "broyden", **kw) -> list[torch.Tensor]:
+        z = attach_ift(self.f, self.solve(), adjoint(solver), **kw)
         return list(torch.autograd.grad(self.loss(z), self.params))
 
     def unrolled_grads(self, steps: int = 200) -> list[torch.Tensor]:
@@ -96,7 +102,7 @@ def test_ift_matches_finite_differences_and_unrolling(tiny, fd_grads, solver, sa
 
 def test_ift_backward_stats_and_gradient_entry_points(tiny):
     stats = []
-    z = attach_ift(tiny.f, tiny.solve(), solver="broyden", max_iter=100, tol=1e-12, on_backward=stats.append)
+    z = attach_ift(tiny.f, tiny.solve(), adjoint("broyden"), on_backward=stats.append)
     loss = tiny.loss(z)
     via_grad = torch.autograd.grad(loss, tiny.params, retain_graph=True)
     for p in tiny.params:
@@ -117,8 +123,8 @@ def test_ift_backward_stats_and_gradient_entry_points(tiny):
 def test_two_ift_states_in_one_loss(tiny):
     """Repeated calls (two hooked states in one graph) neither recurse nor interfere."""
     z_star = tiny.solve()
-    z1 = attach_ift(tiny.f, z_star, max_iter=100, tol=1e-12)
-    z2 = attach_ift(tiny.f, z_star, max_iter=100, tol=1e-12)
+    z1 = attach_ift(tiny.f, z_star, adjoint("broyden"))
+    z2 = attach_ift(tiny.f, z_star, adjoint("broyden"))
     both = torch.autograd.grad(tiny.loss(z1) + 0.5 * tiny.loss(z2), tiny.params)
     single = tiny.ift_grads()
     for a, b in zip(both, single):
@@ -148,7 +154,7 @@ def test_ift_on_a_small_conv_layer():
 
     z0 = torch.zeros(2, 4, 6, 7, dtype=F64)
     z_star = fixed_point_iter(f, z0, max_iter=150, tol=0.0).z
-    z = attach_ift(f, z_star, solver="broyden", max_iter=100, tol=1e-12)
+    z = attach_ift(f, z_star, adjoint("broyden"))
     ift = torch.autograd.grad((c * z).sum() + z.pow(3).sum(), params)
     zu = z0
     for _ in range(150):

@@ -7,11 +7,18 @@ import pytest
 import torch
 
 from deqflow.errors import InputError
+from deqflow.solver_spec import SolveSpec
 from training.deq.registry import get_solver
 from training.deq.solvers import SolverStats, anderson, broyden, fixed_point_iter
 
 F64 = torch.float64
 NAMES = ["fixed_point", "anderson", "broyden"]
+
+
+def run(name: str, f, z0, indexing=None, return_final: bool = False, **rule):
+    """The registered solver `name` under a spec with this stop rule (the lowest-residual estimate by default)."""
+    spec = SolveSpec.of(method=name, return_final=return_final, **rule)
+    return get_solver(name)(f, z0, spec, indexing=indexing)
 
 
 def linear_problem(rho: float, dim: int = 20, batch: int = 3, seed: int = 0):
@@ -45,7 +52,7 @@ def tanh_problem(dim: int = 16, batch: int = 3, seed: int = 1):
 def test_linear_contraction_reaches_tolerance(name, mode):
     rho, tol = 0.5, 1e-8
     f, z_star, z0 = linear_problem(rho)
-    res = get_solver(name)(f, z0, max_iter=200, tol=tol, stop_mode=mode)
+    res = run(name, f, z0, max_iter=200, tol=tol, stop_mode=mode)
     s = res.stats
     assert s.nstep < 200  # stopped on the tolerance, not the cap
     lowest = s.abs_lowest if mode == "abs" else s.rel_lowest
@@ -60,7 +67,7 @@ def test_linear_contraction_reaches_tolerance(name, mode):
 @pytest.mark.parametrize("name", NAMES)
 def test_nonlinear_fixed_point(name):
     f, ref, z0 = tanh_problem()
-    res = get_solver(name)(f, z0, max_iter=100, tol=1e-10)
+    res = run(name, f, z0, max_iter=100, tol=1e-10)
     assert float(res.stats.abs_lowest.max()) < 1e-10
     assert float((res.z - ref).abs().max()) < 1e-9
 
@@ -70,7 +77,7 @@ def test_acceleration_on_slow_contraction():
     f, z_star, z0 = linear_problem(0.95, dim=50)
     steps = {}
     for name in NAMES:
-        res = get_solver(name)(f, z0, max_iter=1000, tol=1e-6)
+        res = run(name, f, z0, max_iter=1000, tol=1e-6)
         assert float(res.stats.abs_lowest.max()) < 1e-6, name
         assert float((res.z - z_star).norm(dim=1).max()) < 1e-6 / 0.05
         steps[name] = res.stats.nstep
@@ -82,7 +89,7 @@ def test_acceleration_on_slow_contraction():
 @pytest.mark.parametrize("name", NAMES)
 def test_traces_and_lowest(name):
     f, _, z0 = linear_problem(0.8)
-    s = get_solver(name)(f, z0, max_iter=200, tol=1e-9).stats
+    s = run(name, f, z0, max_iter=200, tol=1e-9).stats
     assert s.abs_trace.shape == (3, s.nstep) and s.rel_trace.shape == (3, s.nstep)
     assert torch.equal(s.abs_lowest, s.abs_trace.amin(dim=1))
     assert torch.equal(s.rel_lowest, s.rel_trace.amin(dim=1))
@@ -107,7 +114,7 @@ def test_relative_residual_definition():
 @pytest.mark.parametrize("name", NAMES)
 def test_zero_tolerance_runs_exactly_max_iter(name):
     f, _, z0 = linear_problem(0.5)
-    res = get_solver(name)(f, z0, max_iter=37, tol=0.0)
+    res = run(name, f, z0, max_iter=37, tol=0.0)
     assert res.stats.nstep == 37 and res.stats.abs_trace.shape == (3, 37)
 
 
@@ -121,7 +128,7 @@ def test_fixed_point_counts_function_evaluations():
 
     for name in NAMES:
         calls.clear()
-        res = get_solver(name)(counted, z0, max_iter=25, tol=0.0)
+        res = run(name, counted, z0, max_iter=25, tol=0.0)
         assert len(calls) == res.stats.nstep == 25, name
 
 
@@ -142,7 +149,7 @@ def test_indexing_returns_iterates_at_steps():
 @pytest.mark.parametrize("name", NAMES)
 def test_indexing_after_early_stop_gives_final_estimate(name):
     f, _, z0 = linear_problem(0.3)
-    res = get_solver(name)(f, z0, max_iter=200, tol=1e-6, indexing=[2, 150])
+    res = run(name, f, z0, max_iter=200, tol=1e-6, indexing=[2, 150])
     assert res.stats.nstep < 150
     assert not torch.equal(res.trajectory[0], res.z)
     assert torch.equal(res.trajectory[1], res.z)
@@ -173,13 +180,13 @@ def test_batch_is_per_sample(name):
     def fs(z):
         return f(z / scale) * scale
 
-    batched = get_solver(name)(fs, z0, max_iter=15, tol=0.0)
+    batched = run(name, fs, z0, max_iter=15, tol=0.0)
     assert float(batched.stats.abs_trace[2, 0] / batched.stats.abs_trace[0, 0]) > 10
     for i in range(3):
         def fi(z, i=i):
             return fs(torch.cat([z0[:i], z, z0[i + 1:]]))[i:i + 1]
 
-        single = get_solver(name)(fi, z0[i:i + 1], max_iter=15, tol=0.0)
+        single = run(name, fi, z0[i:i + 1], max_iter=15, tol=0.0)
         assert torch.allclose(single.stats.abs_trace[0], batched.stats.abs_trace[i], rtol=1e-9, atol=1e-12)
         assert torch.allclose(single.z[0], batched.z[i], rtol=1e-9, atol=1e-12)
 
@@ -197,7 +204,7 @@ def test_nan_is_reported_not_iterated(name):
             out[1] = float("nan")
         return out
 
-    res = get_solver(name)(poisoned, z0, max_iter=50, tol=0.0)
+    res = run(name, poisoned, z0, max_iter=50, tol=0.0)
     assert res.stats.nstep == 4 and len(calls) == 4
     assert res.stats.nonfinite.tolist() == [False, True, False]
     assert res.stats.has_nonfinite
@@ -215,7 +222,7 @@ def test_float32_and_image_shaped_states(name):
     def f(z):
         return 0.5 * torch.tanh(z.roll(1, dims=-1)) + x
 
-    res = get_solver(name)(f, torch.zeros_like(x), max_iter=60, tol=1e-5)
+    res = run(name, f, torch.zeros_like(x), max_iter=60, tol=1e-5)
     assert res.z.shape == x.shape and res.z.dtype == torch.float32
     assert float((f(res.z) - res.z).flatten(1).norm(dim=1).max()) < 1e-4
 

@@ -8,10 +8,10 @@ import torch
 from helpers import HostStepParts, save_tiny_checkpoint, tiny_model
 
 from deqflow.errors import CheckpointError, InputError
-from deqflow.host_solver import SolverSettings, solve
-from deqflow.solver_spec import REL_EPS, StopRule
+from deqflow.host_solver import solve
+from deqflow.solver_spec import REL_EPS, SolveOverrides, SolveSpec, StopRule
 from training.checkpoint import load_model, stamp_stop_rule
-from training.deq.config import DEQConfig, SolveOverrides
+from training.deq.config import DEQConfig
 from training.deq.solvers import SolverStats, anderson, broyden, fixed_point_iter
 
 SOLVERS = {"fixed_point": fixed_point_iter, "anderson": anderson, "broyden": broyden}
@@ -102,7 +102,7 @@ def test_torch_and_host_solvers_stop_on_the_same_step(rule, final):
     z0 = torch.from_numpy(np.concatenate([np.zeros((2, 1)), parts.coords0.reshape(2, 2)], 1).astype(np.float32))
     t = fixed_point_iter(parts.f, z0, max_iter=rule.max_iter, tol=rule.tol, stop_mode=rule.stop_mode,
                          return_final=final, stall_window=rule.stall_window, stall_margin=rule.stall_margin)
-    h = solve(parts, None, None, SolveSpec.of(return_final=final).with_rule(rule)).stats
+    h = solve(parts, None, None, SolveSpec(stop=rule, return_final=final)).stats
     assert (h.iterations, h.reason) == (t.stats.nstep, t.stats.reason)
     np.testing.assert_array_equal(h.abs_trace, t.stats.abs_trace.double().numpy())
     if rule.stall_window:
@@ -115,9 +115,9 @@ def test_deq_config_carries_the_rule_and_training_never_stalls():
     rule = StopRule(tol=0.005, stop_mode="rel", max_iter=24, stall_window=6, stall_margin=0.01)
     cfg = DEQConfig(f_solver="fixed_point").with_stop_rule(rule)
     assert cfg.stop_rule() == rule and cfg.eval_max_iter == 24
-    assert cfg.forward_solve().stall_window == 6
-    assert cfg.forward_solve(training=True).stall_window == 0
-    assert cfg.forward_solve(SolveOverrides(stall_window=0)).stall_window == 0
+    assert cfg.forward_solve().stop.stall_window == 6
+    assert cfg.forward_solve(training=True).stop.stall_window == 0
+    assert cfg.forward_solve(SolveOverrides(stall_window=0)).stop.stall_window == 0
     assert DEQConfig().stall_window == 0  # off by default: the official recipe and protocol
     with pytest.raises(InputError, match="stall window"):
         DEQConfig(stall_window=-1)
@@ -127,7 +127,7 @@ def test_model_forward_reports_the_stop(tmp_path):
     model = tiny_model(corr_levels=2, corr_radius=2).eval()
     image = torch.rand(1, 3, 64, 64) * 255
     with torch.no_grad():
-        out = model(image, image, iters=30, tol=0.0, stall_window=2, stall_margin=0.5)
+        out = model(image, image, solve=SolveOverrides(max_iter=30, tol=0.0, stall_window=2, stall_margin=0.5))
     assert out.stats.reason == "stalled" and out.stats.nstep < 30
 
 

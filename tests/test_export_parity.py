@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from deqflow.checkpoint import sha256_file
-from deqflow.host_solver import SolverSettings
 from deqflow.onnx_session import SessionConfig, run_export
 from deqflow.padding import InputPadder
+from deqflow.solver_spec import SolveSpec
 from export import export_onnx, read_metadata
 from export.parity import epe, real_pair, reference_model, synthetic_pair, torch_flow
 from export.wrappers import prepare, reference_solve

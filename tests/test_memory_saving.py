@@ -11,6 +11,7 @@ import torch
 from helpers import TINY_ENCODER_DIMS
 
 import training.model.extractor as extractor
+from deqflow.solver_spec import SolveOverrides
 from training.config import ModelConfig
 from training.deq.config import DEQConfig
 from training.loss import fixed_point_correction_loss
@@ -93,7 +94,8 @@ def test_no_checkpointing_without_autograd(monkeypatch):
     monkeypatch.setattr(extractor, "checkpoint", refuse)
     model = _model(True).eval()
     with torch.no_grad():
-        out = model(torch.rand(1, 3, *SIZE) * 255, torch.rand(1, 3, *SIZE) * 255, iters=2)
+        out = model(torch.rand(1, 3, *SIZE) * 255, torch.rand(1, 3, *SIZE) * 255,
+                    solve=SolveOverrides(max_iter=2))
     assert out.flow_up.shape == (1, 2, *SIZE)
 
 

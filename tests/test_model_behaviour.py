@@ -6,6 +6,7 @@ import torch
 from helpers import silence_flow_head
 
 from deqflow.errors import InputError
+from deqflow.solver_spec import SolveOverrides
 from training.config import ModelConfig
 from training.deq.config import DEQConfig
 from training.model.corr import CorrPyramid
@@ -32,8 +33,9 @@ def test_batch_equals_per_sample():
     a1, a2 = _pair(seed=1)
     b1, b2 = _pair(seed=2)
     with torch.no_grad():
-        batched = model(torch.cat([a1, b1]), torch.cat([a2, b2]), iters=5).flow_up
-        single = torch.cat([model(a1, a2, iters=5).flow_up, model(b1, b2, iters=5).flow_up])
+        batched = model(torch.cat([a1, b1]), torch.cat([a2, b2]), solve=SolveOverrides(max_iter=5)).flow_up
+        five = SolveOverrides(max_iter=5)
+        single = torch.cat([model(a1, a2, solve=five).flow_up, model(b1, b2, solve=five).flow_up])
     assert (batched - single).abs().max() < 1e-4
 
 
@@ -63,7 +65,7 @@ def test_fewer_pyramid_levels_allow_small_images():
     model = _model(corr_levels=2)
     i1, i2 = _pair(h=64, w=64)
     with torch.no_grad():
-        out = model(i1, i2, iters=3)
+        out = model(i1, i2, solve=SolveOverrides(max_iter=3))
     assert torch.isfinite(out.flow_up).all()
 
 
@@ -76,9 +78,9 @@ def test_folding_weight_norm_keeps_outputs():
                 p.mul_(0.5)
     i1, i2 = _pair()
     with torch.no_grad():
-        before = model(i1, i2, iters=6).flow_up
+        before = model(i1, i2, solve=SolveOverrides(max_iter=6)).flow_up
         model.fold_weight_norm()
-        after = model(i1, i2, iters=6).flow_up
+        after = model(i1, i2, solve=SolveOverrides(max_iter=6)).flow_up
     assert not any(k.endswith("weight_g") for k in model.state_dict())
     assert (before - after).abs().max() < 1e-5
 
@@ -134,8 +136,8 @@ def test_flow_init_shifts_the_initial_state():
     model = _model()
     i1, i2 = _pair()
     with torch.no_grad():
-        out = model(i1, i2, iters=1, flow_init=torch.full((1, 2, 16, 20), 3.0))
-        ref = model(i1, i2, iters=1)
+        out = model(i1, i2, solve=SolveOverrides(max_iter=1), flow_init=torch.full((1, 2, 16, 20), 3.0))
+        ref = model(i1, i2, solve=SolveOverrides(max_iter=1))
     assert not torch.allclose(out.flow_low, ref.flow_low)
     assert float((out.flow_low - ref.flow_low).mean()) > 1.0
 
@@ -163,7 +165,7 @@ def test_gma_variant_runs_and_is_recognised(tmp_path):
     assert infer_model_config(keys)["gma"] is True
     i1, i2 = _pair()
     with torch.no_grad():
-        out = model(i1, i2, iters=3)
+        out = model(i1, i2, solve=SolveOverrides(max_iter=3))
     assert torch.isfinite(out.flow_up).all()
 
 

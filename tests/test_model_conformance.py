@@ -8,6 +8,7 @@ from helpers import OFFICIAL_DIR
 
 from deqflow.checkpoint import write_checkpoint
 from deqflow.errors import CheckpointError
+from deqflow.solver_spec import SolveOverrides
 from training.checkpoint import load_model
 from training.config import ModelConfig
 from training.deq.config import DEQConfig
@@ -63,7 +64,7 @@ def test_forward_with_plain_fixed_point_solver_matches_official(official_T_path,
     model, _ = load_model(official_T_path, deq=deq)
     i1, i2 = (torch.from_numpy(official_T_io[k]) for k in ("image1", "image2"))
     with torch.no_grad():
-        out = model(i1, i2, iters=int(official_T_io["iters"]))
+        out = model(i1, i2, solve=SolveOverrides(max_iter=int(official_T_io["iters"])))
     assert out.stats.nstep == 8
     assert (out.flow_low - torch.from_numpy(official_T_io["flow_low"][-1])).abs().max() <= TOL
     assert (out.flow_up - torch.from_numpy(official_T_io["flow_up"])).abs().max() <= TOL
@@ -106,13 +107,13 @@ def test_official_B_and_H_checkpoints_load_and_run(tmp_path, variant):
     assert model.cfg.variant == variant
     images = torch.rand(2, 1, 3, 128, 128, generator=gen) * 255
     with torch.no_grad():
-        out = model(images[0], images[1], iters=3)
+        out = model(images[0], images[1], solve=SolveOverrides(max_iter=3))
     assert torch.isfinite(out.flow_up).all() and out.flow_up.shape == (1, 2, 128, 128)
     # same weights, loaded by hand without the loader's remapping
     ref = DEQFlow(ModelConfig(variant=variant, deq=deq)).eval()
     ref.load_state_dict({k[len("module."):]: v for k, v in state.items()}, strict=True)
     with torch.no_grad():
-        ref_out = ref(images[0], images[1], iters=3)
+        ref_out = ref(images[0], images[1], solve=SolveOverrides(max_iter=3))
     assert torch.equal(out.flow_up, ref_out.flow_up)
 
 
@@ -180,4 +181,5 @@ def test_toolkit_checkpoint_round_trip(tmp_path, official_T_path, official_T_io)
     assert meta["variant"] == "T" and meta["metrics"]["epe"] == 1.5 and "toolkit_version" in meta
     i1, i2 = (torch.from_numpy(official_T_io[k]) for k in ("image1", "image2"))
     with torch.no_grad():
-        assert torch.equal(model(i1, i2, iters=4).flow_up, again(i1, i2, iters=4).flow_up)
+        four = SolveOverrides(max_iter=4)
+        assert torch.equal(model(i1, i2, solve=four).flow_up, again(i1, i2, solve=four).flow_up)

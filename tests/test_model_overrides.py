@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from deqflow.errors import InputError
-from deqflow.solver_spec import AndersonOptions
+from deqflow.solver_spec import AndersonOptions, SolveOverrides
 from runtime.backends.torch_backend import TorchBackend
-from runtime.solver import SolverSettings
 from training.config import ModelConfig
 from training.deq.config import DEQConfig
 from training.model.deq_flow import DEQFlow
@@ -40,28 +39,30 @@ def test_per_call_override_equals_configuring_the_model_and_leaves_it_alone():
     before, deq = model.cfg.to_dict(), model.deq
     i1, i2 = _pair()
     with torch.no_grad():
-        out = model(i1, i2, iters=7, solver="anderson", tol=0.0, stop_mode="rel", return_final=True,
-                    solver_options=AndersonOptions(m=3, beta=0.9))
+        out = model(i1, i2, solve=SolveOverrides(max_iter=7, method="anderson", tol=0.0, stop_mode="rel",
+                                                 return_final=True, options=AndersonOptions(m=3, beta=0.9)))
         configured.configure_deq(f_solver="anderson", f_tol=0.0, f_stop_mode="rel", return_final=True,
-                                 anderson_m=3, anderson_beta=0.9)
-        ref = configured(i1, i2, iters=7)
-        plain = model(i1, i2, iters=7)
+                                 anderson=AndersonOptions(m=3, beta=0.9))
+        ref = configured(i1, i2, solve=SolveOverrides(max_iter=7))
+        plain = model(i1, i2, solve=SolveOverrides(max_iter=7))
     _same(out, ref)
     assert model.cfg.to_dict() == before and model.deq is deq
     assert not torch.equal(plain.flow_up, out.flow_up)  # the next plain call is back on the model's defaults
     with pytest.raises(InputError, match="takes FixedPointOptions"), torch.no_grad():
-        model(i1, i2, iters=2, solver_options=AndersonOptions())
+        model(i1, i2, solve=SolveOverrides(max_iter=2, options=AndersonOptions()))
 
 
 def test_torch_backend_overrides_per_call_without_touching_the_model():
     model = _model()
     before = dataclasses.asdict(model.cfg.deq)
-    backend = TorchBackend(model, settings=SolveOverrides(max_iter=6, tol=0.0, method="anderson", options=AndersonOptions(m=2)))
+    backend = TorchBackend(model, settings=SolveOverrides(max_iter=6, tol=0.0, method="anderson",
+                                                          options=AndersonOptions(m=2)))
     i1, i2 = (t.numpy() for t in _pair())
     result = backend.infer(i1, i2)
     assert dataclasses.asdict(model.cfg.deq) == before
     with torch.no_grad():
-        ref = model(torch.from_numpy(i1), torch.from_numpy(i2), iters=6, solver="anderson", tol=0.0,
-                    stop_mode="abs", return_final=True, solver_options=AndersonOptions(m=2))
+        ref = model(torch.from_numpy(i1), torch.from_numpy(i2),
+                    solve=SolveOverrides(max_iter=6, method="anderson", tol=0.0, stop_mode="abs", return_final=True,
+                                         options=AndersonOptions(m=2)))
     np.testing.assert_array_equal(result.flow, ref.flow_up.numpy())
     assert result.iterations == ref.stats.nstep == 6

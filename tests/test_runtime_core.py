@@ -92,7 +92,8 @@ class LinearParts:
 def test_host_solver_matches_the_pytorch_solvers(method):
     import torch
 
-    from runtime.solver import SolverSettings, solve
+    from deqflow.host_solver import solve
+    from deqflow.solver_spec import SolveSpec
     from training.deq.solvers import anderson, fixed_point_iter
 
     parts = LinearParts()
@@ -116,7 +117,8 @@ def test_host_solver_matches_the_pytorch_solvers(method):
 
 
 def test_host_solver_warm_start_lowest_residual_and_cap():
-    from runtime.solver import SolverSettings, WarmState, solve
+    from deqflow.host_solver import WarmState, solve
+    from deqflow.solver_spec import SolveOverrides, SolveSpec
 
     parts = LinearParts(rho=0.8)
     img = np.zeros((2, 3, 8, 8), np.float32)
@@ -130,9 +132,9 @@ def test_host_solver_warm_start_lowest_residual_and_cap():
     with pytest.raises(InputError, match="warm-start state"):
         solve(parts, img, img, SolveSpec.of(max_iter=5, tol=0.0),
               state=WarmState(np.zeros((2, 3, 3, 3)), np.zeros((2, 2, 3, 3))))
-    with pytest.raises(InputError, match="resolved"):
-        solve(parts, img, img, SolveSpec.of())
-    with pytest.raises(InputError, match="method"):
+    with pytest.raises(InputError, match="SolveSpec"):
+        solve(parts, img, img, SolveOverrides())
+    with pytest.raises(InputError, match="solver"):
         SolveSpec.of(method="newton")
 
 

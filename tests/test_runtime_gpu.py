@@ -74,7 +74,7 @@ def _golden_check(backend, limit):
 @needs_trt
 @pytest.mark.parametrize("layout", ["unrolled", "split"])
 def test_tensorrt_fp32_matches_the_golden_outputs(exports, layout, tmp_path):
-    from runtime import SolverSettings, create_backend
+    from runtime import SolveOverrides, create_backend
 
     settings = SolveOverrides(max_iter=8, tol=0.0) if layout == "split" else None
     with create_backend("tensorrt", exports[layout], settings=settings, cache_dir=tmp_path) as be:
@@ -100,7 +100,7 @@ def test_tensorrt_engine_cache_cuda_graph_and_profile_error(exports, tmp_path):
 @pytest.mark.parametrize("layout", ["unrolled", "split"])
 def test_deqflow_build_writes_an_engine_that_loads(exports, layout, tmp_path):
     from deqflow.cli import main
-    from runtime import SolverSettings, create_backend
+    from runtime import SolveOverrides, create_backend
 
     engine = tmp_path / "m.engine"
     assert main(["build", "--onnx", str(exports[layout]), "--output", str(engine), "--timing-cache",
@@ -116,7 +116,7 @@ def test_deqflow_build_writes_an_engine_that_loads(exports, layout, tmp_path):
 @needs_trt
 @pytest.mark.parametrize("memory", ["cuda-python", "torch", "pycuda"])
 def test_tensorrt_memory_providers_give_the_golden_flow(exports, memory, tmp_path):
-    from runtime import SolverSettings, create_backend
+    from runtime import SolveOverrides, create_backend
     from runtime.errors import MissingDependencyError
 
     module = {"cuda-python": "cuda", "torch": "torch", "pycuda": "pycuda"}[memory]
@@ -146,7 +146,7 @@ def test_tensorrt_mixed16_is_within_the_float16_tier(exports, tmp_path):
 
 @needs_ort_cuda
 def test_onnxruntime_cuda_matches_the_golden_outputs(exports, monkeypatch):
-    from runtime import SolverSettings, create_backend
+    from runtime import SolveOverrides, create_backend
 
     monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")  # cuDNN 9 ignores use_tf32=0 for convolutions
     for layout in ("unrolled", "split"):
@@ -169,7 +169,7 @@ def test_torch_cuda_matches_the_golden_outputs():
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA build of torch and a CUDA GPU")
-    from runtime import SolverSettings, create_backend
+    from runtime import SolveOverrides, create_backend
 
     with create_backend("torch", CKPT, device="cuda", settings=SolveOverrides(max_iter=8, tol=0.0)) as be:
         _golden_check(be, 1e-3)

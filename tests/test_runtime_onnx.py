@@ -11,7 +11,7 @@ from helpers import OFFICIAL_CKPT, OFFICIAL_GOLDEN, SHIPPED_CKPT, SHIPPED_GOLDEN
 
 from deqflow.cli import main
 from deqflow.errors import InputError
-from runtime import SolverSettings, WarmState, create_backend, prepare
+from runtime import SolveOverrides, WarmState, create_backend, prepare
 from runtime.compare import load_golden
 from runtime.errors import ProfileError
 
@@ -204,7 +204,7 @@ def test_clear_errors_for_what_a_model_cannot_do(exports):
             be.configure(SolveOverrides(tol=1e-3))
     with _ort(exports["split"]) as be:  # the split layout takes any settings, defaults from its metadata
         assert be.resolved.max_iter == ITERS and be.resolved.tol == 0.0
-        assert be.configure(SolveOverrides(max_iter=3, method="anderson")).max_iter == 3
+        assert be.configure(SolveOverrides(max_iter=3, method="anderson")).stop.max_iter == 3
         img = np.zeros((1, 3, 128, 160), np.float32)
         assert be.infer(img, img).iterations == 3
     with pytest.raises(InputError, match="onnxruntime backend runs ONNX exports"):
@@ -357,7 +357,7 @@ def test_onnxruntime_backend_runs_without_torch(exports, tmp_path):
         "import sys\n"
         "sys.modules['torch'] = None\n"
         "import numpy as np\n"
-        "from runtime import SolverSettings, create_backend, prepare\n"
+        "from runtime import SolveOverrides, create_backend, prepare\n"
         "from runtime.compare import load_golden\n"
         f"g = load_golden({str(OFFICIAL_GOLDEN)!r})\n"
         f"be = create_backend('onnxruntime', {str(exports['split'])!r}, threads=1)\n"

@@ -142,7 +142,7 @@ def frames(count: int = 4) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def local(small_export):
     """Local inference with the server's settings: the reference every served flow must equal."""
-    from runtime import FlowEstimator, SolverSettings, create_backend
+    from runtime import FlowEstimator, SolveOverrides, create_backend
 
     backend = create_backend("onnxruntime", small_export, threads=1,
                              settings=SolveOverrides(max_iter=40, tol=5e-3, stop_mode="rel"))
@@ -337,7 +337,7 @@ needs_tritonclient = pytest.mark.skipif(importlib.util.find_spec("tritonclient")
 @needs_tritonclient
 @pytest.mark.slow
 def test_every_repository_config_parses_against_model_config(small_export, tmp_path):
-    from runtime import SolverSettings
+    from runtime import SolveOverrides
     from runtime.serving.triton_repo import RepoOptions, parse_config, write_repository
 
     whole = tmp_path / "unrolled.onnx"
@@ -374,14 +374,15 @@ def test_split_repository_runs_in_the_bundled_triton(small_export, local, tmp_pa
     PyTriton bundles: it has no onnxruntime backend, so the three graphs run with ONNX Runtime in python models."""
     from pytriton.triton import Triton, TritonConfig
 
-    from runtime import SolverSettings
+    from runtime import SolveOverrides
     from runtime.serving.client import ServingError
     from runtime.serving.process import free_ports
     from runtime.serving.server import use_own_libpython
     from runtime.serving.triton_repo import RepoOptions, write_repository
 
     repo = tmp_path / "repo"
-    write_repository(small_export, repo, RepoOptions(parts="python", device="cpu", settings=SolveOverrides(max_iter=40, tol=5e-3, stop_mode="rel")))
+    write_repository(small_export, repo, RepoOptions(parts="python", device="cpu", settings=SolveOverrides(
+        max_iter=40, tol=5e-3, stop_mode="rel")))
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the python stubs import deqflow from this checkout
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("LD_LIBRARY_PATH", os.environ.get("LD_LIBRARY_PATH", ""))

@@ -1,5 +1,5 @@
 """The flow-step exit of the stop rule (StopRule.flow_tol) and the runtime's warm-start default
-(StopRule.for_warm_start, SolverSettings.for_start): where it stops on hand-computed traces, in the host and the
+(StopRule.for_warm_start, StopRule.for_start): where it stops on hand-computed traces, in the host and the
 torch solvers alike, the same iteration counts for both on a warm-started video with the tiny fixture model, and
 the rule's round trip through checkpoints, configs and export metadata."""
 
@@ -9,13 +9,14 @@ import torch
 from helpers import TINY_ONNX, TINY_ONNX_MODEL, TINY_ONNX_SIZE, save_tiny_checkpoint
 
 from deqflow.errors import InputError
-from deqflow.host_solver import SolverSettings, WarmState, solve
+from deqflow.host_solver import WarmState, solve
 from deqflow.model_metadata import ModelMetadata
-from deqflow.solver_spec import WARM_FLOW_TOL, StopRule, converged, flow_step
+from deqflow.solver_spec import WARM_FLOW_TOL, SolveOverrides, SolveSpec, StopRule, converged, flow_step
 from training.checkpoint import load_model, stamp_stop_rule
 from training.config import ModelConfig
 from training.deq.config import DEQConfig
-from training.deq.solvers import FlowStop, fixed_point_iter, flow_stop
+from training.deq.registry import run_solver
+from training.deq.solvers import FlowStop, fixed_point_iter
 
 # The hand-made problem: per sample a hidden state of one cell (which moves by +1 every step, so its residual
 # never falls) and a flow on two cells that halves every step. From flow (3, 4) on both cells the flow step of
@@ -69,17 +70,20 @@ def test_flow_step_and_converged_by_hand():
 @pytest.mark.parametrize("tol,steps", [(0.5, 4), (0.1, 6), (3.0, 1)])
 def test_torch_solver_stops_on_the_flow_step(tol, steps):
     z0 = torch.from_numpy(np.concatenate([[0.0], np.repeat(FLOW0, 2)]).astype(np.float32))[None]
-    with flow_stop(FlowStop(tol, 4)):
-        r = fixed_point_iter(halving, z0, max_iter=50, tol=1e-3)
+    r = fixed_point_iter(halving, z0, max_iter=50, tol=1e-3, flow_stop=FlowStop(tol, 4))
     assert (r.stats.nstep, r.stats.reason) == (steps, "tolerance")
-    assert fixed_point_iter(halving, z0, max_iter=50, tol=1e-3).stats.reason == "cap"  # outside: no flow exit
-    with pytest.raises(InputError, match="flow stop size"), flow_stop(FlowStop(tol, 3)):
-        fixed_point_iter(halving, z0, max_iter=5, tol=0.0)
+    spec = SolveSpec.of(max_iter=50, tol=1e-3, flow_tol=tol, return_final=False)  # the same through the registry
+    assert (run_solver(spec, halving, z0, flow_size=4).stats.nstep, r.stats.nstep) == (steps, steps)
+    assert fixed_point_iter(halving, z0, max_iter=50, tol=1e-3).stats.reason == "cap"  # without: no flow exit
+    with pytest.raises(InputError, match="flow stop size"):
+        fixed_point_iter(halving, z0, max_iter=5, tol=0.0, flow_stop=FlowStop(tol, 3))
+    with pytest.raises(InputError, match="flow_size"):
+        run_solver(spec, halving, z0)
 
 
 @pytest.mark.parametrize("tol,steps", [(0.5, 4), (0.1, 6)])
 def test_host_solver_uses_the_flow_tolerance_for_warm_starts_only(tol, steps):
-    settings = SolveOverrides(warm_flow_tol=tol).with_rule(StopRule(tol=1e-3, stop_mode="abs", max_iter=50))
+    settings = SolveOverrides(warm_flow_tol=tol).apply(SolveSpec.of(tol=1e-3, stop_mode="abs", max_iter=50))
     warm = solve(HalvingParts(), None, None, settings, state=warm_flow()).stats
     assert (warm.iterations, warm.reason) == (steps, "tolerance")
     np.testing.assert_allclose(warm.flow_trace[0], 5 / 2.0 ** np.arange(1, steps + 1), rtol=1e-6)
@@ -89,15 +93,19 @@ def test_host_solver_uses_the_flow_tolerance_for_warm_starts_only(tol, steps):
 
 def test_warm_default_and_explicit_settings():
     rule = StopRule(tol=0.005, stop_mode="rel", max_iter=60, stall_window=6)
-    s = SolveOverrides().with_rule(rule)  # opt-in: warm starts follow the model's rule unless asked
-    assert (s.flow_tol, s.warm_flow_tol) == (0.0, None) and s.for_start(warm=True) is s
-    s = SolveOverrides(warm_flow_tol=WARM_FLOW_TOL).with_rule(rule)
-    assert s.for_start(warm=False) is s and s.for_start(warm=True).stop_rule() == rule.for_warm_start()
-    assert SolveOverrides(warm_flow_tol=0.0).with_rule(rule).for_start(warm=True).flow_tol == 0.0
+    model = SolveSpec(stop=rule)
+    s = SolveOverrides().apply(model)  # opt-in: warm starts follow the model's rule unless asked
+    assert (s.stop.flow_tol, s.stop.warm_flow_tol) == (0.0, 0.0) and s.for_start(warm=True) is s
+    s = SolveOverrides(warm_flow_tol=WARM_FLOW_TOL).apply(model)
+    assert s.for_start(warm=False) is s
+    assert s.for_start(warm=True).stop.flow_tol == rule.for_warm_start().flow_tol == WARM_FLOW_TOL
+    assert SolveOverrides(warm_flow_tol=0.0).apply(model).for_start(warm=True).stop.flow_tol == 0.0
     assert StopRule(tol=0.0).for_warm_start().flow_tol == 0.0  # a fixed budget stays
-    assert SolveOverrides(flow_tol=0.01).with_rule(rule).for_start(warm=True).flow_tol == 0.01
+    assert SolveOverrides(flow_tol=0.01).apply(model).for_start(warm=True).stop.flow_tol == 0.01
     own = StopRule(flow_tol=0.2)
-    assert own.for_warm_start() is own and SolveOverrides().with_rule(own).for_start(warm=True).flow_tol == 0.2
+    assert own.for_warm_start() is own and SolveSpec(stop=own).for_start(warm=True).stop.flow_tol == 0.2
+    carried = StopRule(tol=0.005, warm_flow_tol=0.03)  # a model's own warm-start exit, as its metadata carries it
+    assert StopRule.from_dict(carried.as_dict()) == carried and carried.for_start(warm=True).flow_tol == 0.03
     assert "flow step < 0.028 px" in rule.for_warm_start(0.028).describe()
     for bad in (-0.1, float("nan"), "x"):
         with pytest.raises(InputError, match="flow"):
@@ -112,8 +120,8 @@ def test_rule_round_trips_and_old_files_still_load(tmp_path):
     old = {"tol": 0.005, "stop_mode": "rel", "max_iter": 24, "stall_window": 6, "stall_margin": 0.01}
     assert StopRule.from_dict(old).flow_tol == 0.0 and StopRule.from_dict(old).as_dict() == old  # written as before
     cfg = DEQConfig().with_stop_rule(rule)
-    assert cfg.stop_rule() == rule and cfg.forward_solve().flow_tol == 0.03
-    assert cfg.forward_solve(training=True).flow_tol == 0.0  # training keeps its fixed budget
+    assert cfg.stop_rule() == rule and cfg.forward_solve().stop.flow_tol == 0.03
+    assert cfg.forward_solve(training=True).stop.flow_tol == 0.0  # training keeps its fixed budget
     assert "flow_tol" not in ModelConfig(variant="T").to_dict()["deq"]  # older toolkits still read new files
     ckpt = save_tiny_checkpoint(tmp_path / "a.pth", corr_levels=2, corr_radius=2)
     stamp_stop_rule(ckpt, tmp_path / "b.pth", rule)

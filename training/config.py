@@ -100,4 +100,5 @@ class ModelConfig:
         if unknown:
             raise InputError(f"unknown model config keys {sorted(unknown)}")
         data = dict(data)
-        return cls(**data, deq=DEQConfig.from_dict(data.pop("deq", {}) or {}))
+        deq = DEQConfig.from_dict(data.pop("deq", {}) or {})
+        return cls(**data, deq=deq)

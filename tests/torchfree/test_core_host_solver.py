@@ -162,7 +162,7 @@ def test_settings_are_checked():
     rule = resolved.stop
     assert (rule.max_iter, rule.tol, rule.stop_mode, resolved.method) == (12, 0.5, "rel", "anderson")
     for bad, match in [({"method": "newton"}, "solver"), ({"max_iter": 0}, "max_iter"),
-                       ({"stop_mode": "max"}, "stop_mode"), ({"tol": float("nan")}, "tol"),
+                       ({"stop_mode": "max"}, "stop mode"), ({"tol": float("nan")}, "tol"),
                        ({"options": AndersonOptions(m=0)}, "window"), ({"options": AndersonOptions(beta=1.5)}, "beta")]:
         with pytest.raises(InputError, match=match):
             SolveOverrides(**bad)
