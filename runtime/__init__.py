@@ -12,12 +12,12 @@ backend imports its library when it is created, so deployment machines need only
         result.iterations, result.residual
 """
 
+from deqflow.host_solver import SolverSettings, WarmState, solve
 from runtime.backends import BACKENDS, Backend, InferenceResult, TensorSpec, create_backend, parse_spec
 from runtime.errors import EngineMismatchError, ProfileError
 from runtime.modelfile import ModelFile, open_model_file
 from runtime.pipeline import FlowEstimator, PairFlow
 from runtime.preprocessing import PreparedBatch, load_image, prepare, real_pair, real_pairs, to_batch, unpad_flow
-from runtime.solver import SolverSettings, WarmState, solve
 
 __all__ = [
     "BACKENDS", "Backend", "EngineMismatchError", "FlowEstimator", "InferenceResult", "ModelFile", "PairFlow",

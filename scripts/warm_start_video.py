@@ -6,7 +6,7 @@ host solver (deqflow.host_solver, through the runtime's backend), or the checkpo
 solvers (training.deq.solvers); both stop on the same rule (deqflow.solver_spec). Each pair t -> t+1 is solved
 - cold: hidden state 0, flow 0 (what every graph layout does), residual stop rule;
 - reuse: from the fixed point of pair t-1 -> t as it is (DEQ fixed-point reuse; the chain runs through the video);
-- forward: from that fixed point moved along its own flow (runtime.solver.forward_warp_state);
+- forward: from that fixed point moved along its own flow (runtime.warm_start.forward_warp_state);
 the warm starts with the flow-step exit (StopRule.for_warm_start: also stop once the flow step is below the
 flow tolerance; `deqflow infer --warm-flow-tol`) and under the residual rule alone (`*_residual`, the runtime's
 default), each with plain fixed-point
@@ -284,7 +284,7 @@ def start_distance(state, fixed_point) -> dict:
 def warm_state(previous, start: str):
     """The initial state of a pair: none (cold), the previous pair's fixed point as it is (reuse, the
     runtime's default), or moved along its own flow (forward)."""
-    from runtime.solver import forward_warp_state
+    from runtime.warm_start import forward_warp_state
 
     if start == "cold" or previous is None:
         return None
@@ -336,7 +336,7 @@ def markdown(paths) -> str:
              "previous fixed point). Backends: ONNX Runtime CPU, split layout, host solver (`onnxruntime`), and the "
              "checkpoint with the torch solvers (`torch`, runs labelled `-torch`). Starts: `reuse` = the "
              "previous pair's fixed point as it is (the runtime's default), `forward` = moved along its own flow "
-             "first (`runtime.solver.forward_warp_state`). Warm rules: the residual rule alone (the runtime's "
+             "first (`runtime.warm_start.forward_warp_state`). Warm rules: the residual rule alone (the runtime's "
              "default, as for cold solves) and with the flow-step exit (`StopRule.for_warm_start`: also stop once "
              "the flow step -- mean |delta flow| of the last step on the 1/8 grid -- is below "
              "the tolerance in the row, px; `deqflow infer --warm-start --warm-flow-tol PX`). Cold "

@@ -10,7 +10,7 @@ import torch
 from deqflow.errors import InputError
 from deqflow.solver_spec import AndersonOptions
 from runtime.backends.torch_backend import TorchBackend
-from runtime.solver import SolverSettings
+from deqflow.host_solver import SolverSettings
 from training.config import ModelConfig
 from training.deq.config import DEQConfig
 from training.model.deq_flow import DEQFlow

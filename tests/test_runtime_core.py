@@ -92,7 +92,7 @@ class LinearParts:
 def test_host_solver_matches_the_pytorch_solvers(method):
     import torch
 
-    from runtime.solver import SolverSettings, solve
+    from deqflow.host_solver import SolverSettings, solve
     from training.deq.solvers import anderson, fixed_point_iter
 
     parts = LinearParts()
@@ -116,7 +116,7 @@ def test_host_solver_matches_the_pytorch_solvers(method):
 
 
 def test_host_solver_warm_start_lowest_residual_and_cap():
-    from runtime.solver import SolverSettings, WarmState, solve
+    from deqflow.host_solver import SolverSettings, WarmState, solve
 
     parts = LinearParts(rho=0.8)
     img = np.zeros((2, 3, 8, 8), np.float32)
@@ -406,7 +406,8 @@ def test_versions_are_json_ready():
 def test_forward_warp_moves_the_state_with_its_flow():
     """A 2x2 block moving 2 cells right: its flow and hidden state land 2 cells right (over the static
     background, which it occludes); the uncovered cells take the nearest landing point's (background) state."""
-    from runtime.solver import WarmState, forward_warp_state
+    from deqflow.host_solver import WarmState
+    from runtime.warm_start import forward_warp_state
 
     flow = np.zeros((2, 2, 6, 8), np.float32)
     flow[0, 0, 2:4, 1:3] = 2.0
@@ -428,7 +429,8 @@ def test_forward_warp_moves_the_state_with_its_flow():
 def test_forward_warp_accepts_torch_tensors_and_checks_shapes():
     import torch
 
-    from runtime.solver import WarmState, forward_warp_state
+    from deqflow.host_solver import WarmState
+    from runtime.warm_start import forward_warp_state
 
     flow = torch.zeros(1, 2, 4, 5)
     flow[0, 1, 0, 0] = 1.0  # cell (0,0) moves down one onto the static cell (1,0): larger motion wins there

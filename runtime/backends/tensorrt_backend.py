@@ -14,10 +14,10 @@ import os
 
 import numpy as np
 
+from deqflow.host_solver import SolverSettings, WarmState
 from runtime.backends.base import ExportedModelBackend, InferenceResult, TensorSpec
 from runtime.errors import EngineMismatchError, InputError
 from runtime.modelfile import ModelFile
-from runtime.solver import SolverSettings, WarmState
 from runtime.tensorrt import import_tensorrt
 from runtime.tensorrt.build import BuildSettings, build_engine, profiles_from_metadata
 from runtime.tensorrt.cache import EngineCache, check_engine_compat, read_sidecar
@@ -26,7 +26,7 @@ from runtime.tensorrt.runner import TrtRunner, deserialize
 
 
 class TrtStepParts:
-    """StepParts (runtime.solver) over the encoder / step / decode engines."""
+    """StepParts (deqflow.host_solver) over the encoder / step / decode engines."""
 
     def __init__(self, runners: dict[str, TrtRunner], memory: DeviceMemory, context: list[str],
                  hidden_dim: int) -> None:
@@ -127,10 +127,6 @@ class TensorRTBackend(ExportedModelBackend):
     def wrong_kind(cls, file: ModelFile) -> str:
         return ("the tensorrt backend runs ONNX exports or engines; export the checkpoint first "
                 "(deqflow export --layout split|unrolled) or use --backend torch")
-
-    @property
-    def label(self) -> str:
-        return f"tensorrt ({self.file.layout})"
 
     def describe(self) -> dict:
         trt = import_tensorrt()

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from deqflow.host_solver import SolverSettings, WarmState
 from deqflow.solver_spec import AndersonOptions, canonical_solver
 from runtime.backends.base import Backend, InferenceResult, TensorSpec
 from runtime.errors import InputError, missing_dependency
-from runtime.solver import SolverSettings, WarmState
 
 
 def import_torch():
@@ -69,7 +69,12 @@ class TorchBackend(Backend):
 
     @property
     def label(self) -> str:
-        return f"torch:{self.device}"
+        return self.label_for({"device": str(self.device)}, None)
+
+    @classmethod
+    def label_for(cls, options: dict, layout: str | None) -> str:
+        """'torch:cpu', 'torch:cuda:1': the device."""
+        return f"torch:{options.get('device') or 'cpu'}"
 
     def describe(self) -> dict:
         out = super().describe()
