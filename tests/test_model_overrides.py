@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from deqflow.errors import InputError
+from deqflow.host_solver import SolverSettings
 from deqflow.solver_spec import AndersonOptions
 from runtime.backends.torch_backend import TorchBackend
-from deqflow.host_solver import SolverSettings
 from training.config import ModelConfig
 from training.deq.config import DEQConfig
 from training.model.deq_flow import DEQFlow

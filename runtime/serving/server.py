@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import InputError, missing_dependency
 from runtime.backends import BackendChoice
-from runtime.serving import adapter
+from runtime.errors import InputError, missing_dependency
 from runtime.serving.models import FlowModel, StreamModel, StreamStore
 from runtime.serving.protocol import (
     FLOW_MODEL,
