@@ -18,9 +18,19 @@ from deqflow.fileio import atomic_write_bytes
 from runtime.errors import InputError
 
 MANIFEST_NAME = "manifest.json"
+FRAMES_LOG = "frames.jsonl"
+SUMMARY_NAME = "summary.json"
 FORMAT = "deqflow-infer-sequence/1"
-RESULT_DIRS = ("flow", "kitti", "color")
-"""Subfolders of frame outputs (flow/*.flo, kitti/*.png, color/*.png) next to frames.jsonl."""
+FRAME_OUTPUTS: dict[str, tuple[str, str]] = {"flo": ("flow", ".flo"), "kitti": ("kitti", ".png"),
+                                             "color": ("color", ".png")}
+"""The output folder's layout: each output format -> (subfolder, suffix) of a frame's file, next to
+FRAMES_LOG, SUMMARY_NAME and MANIFEST_NAME."""
+RESULT_DIRS = tuple(folder for folder, _ in FRAME_OUTPUTS.values())
+
+
+def frame_outputs(out_dir: Path, name: str, formats: list[str]) -> dict[str, Path]:
+    """The files of frame `name` in `formats` (FRAME_OUTPUTS)."""
+    return {f: out_dir / FRAME_OUTPUTS[f][0] / f"{name}{FRAME_OUTPUTS[f][1]}" for f in formats}
 
 
 @dataclass
@@ -96,7 +106,7 @@ def model_identity(backend, model_path: str | Path) -> str:
 
 def has_results(out_dir: Path) -> bool:
     """Whether `out_dir` holds frame outputs of an earlier sequence run."""
-    if (out_dir / "frames.jsonl").is_file():
+    if (out_dir / FRAMES_LOG).is_file():
         return True
     return any(d.is_dir() and any(d.iterdir()) for d in (out_dir / n for n in RESULT_DIRS))
 
@@ -125,14 +135,13 @@ def check_resumable(out_dir: Path, manifest: SequenceManifest) -> bool:
 
 def clear_results(out_dir: Path) -> None:
     """--overwrite: remove the previous run's frame outputs, log, summary and manifest (only those files)."""
-    suffixes = {"flow": (".flo",), "kitti": (".png",), "color": (".png",)}
-    for name, ends in suffixes.items():
+    for name, suffix in FRAME_OUTPUTS.values():
         folder = out_dir / name
         if folder.is_dir():
             for p in folder.iterdir():
-                if p.is_file() and p.suffix.lower() in ends:
+                if p.is_file() and p.suffix.lower() == suffix:
                     p.unlink()
-    for name in ("frames.jsonl", "summary.json", MANIFEST_NAME):
+    for name in (FRAMES_LOG, SUMMARY_NAME, MANIFEST_NAME):
         (out_dir / name).unlink(missing_ok=True)
 
 

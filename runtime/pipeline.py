@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from deqflow.host_solver import WarmState
 from runtime.backends.base import Backend, InferenceResult
 from runtime.preprocessing import prepare
-from runtime.solver import WarmState, forward_warp_state
+from runtime.warm_start import check_warm_start, forward_warp_state
 
 
 @dataclass
@@ -33,11 +34,8 @@ class FlowEstimator:
 
     def __init__(self, backend: Backend, *, pad_mode: str = "sintel", warm_start: bool = False,
                  forward_warp: bool = False) -> None:
-        if warm_start and not backend.supports_warm_start:
-            from runtime.errors import InputError
-
-            raise InputError(f"{backend.label}: --warm-start needs the split layout (export with --layout split) "
-                             "or the torch backend; this model runs its whole solver inside one graph")
+        if warm_start:
+            check_warm_start(backend)
         self.backend, self.pad_mode, self.warm_start = backend, pad_mode, warm_start
         self.forward_warp = forward_warp
         self._state: WarmState | None = None

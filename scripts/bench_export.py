@@ -63,8 +63,8 @@ class OrtCandidate:
     """An exported model on ONNX Runtime; split files run under the runtime's host loop (deqflow.host_solver)."""
 
     def __init__(self, result, threads: int, iters: int) -> None:
-        from deqflow.host_solver import SolverSettings
         from deqflow.onnx_session import SessionConfig, SessionStepParts, create_session
+        from deqflow.solver_spec import SolveSpec
 
         self.result, self.settings = result, SolveSpec.of(max_iter=iters, tol=0.0)
         config = SessionConfig(threads=threads, inter_threads=1)

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
 
     from deqflow.shapes import parse_size
     from export import export_onnx
-    from runtime import SolverSettings, create_backend
+    from runtime import SolveOverrides, create_backend
     from runtime.bench import BenchCase, markdown_table, run_bench, write_report
 
     reports = []

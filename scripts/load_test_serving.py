@@ -133,7 +133,7 @@ def pair_load(server, args, pairs) -> dict:
 
 def check_pairs(run: dict, backend, pairs) -> dict:
     """Each response against a local solve of its pair with the server's iteration count."""
-    from runtime import FlowEstimator, SolverSettings
+    from runtime import FlowEstimator, SolveOverrides
 
     cache, worst, wrong = {}, 0.0, 0
     for r in run.pop("records"):
@@ -230,7 +230,7 @@ def markdown(out: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from runtime import SolverSettings, create_backend, real_pairs
+    from runtime import SolveOverrides, create_backend, real_pairs
 
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(args.model) if args.model else export_small(Path(tmp))

@@ -23,7 +23,7 @@ from training.baselines import opencv_flow
 from training.checkpoint import load_model
 from training.data import SyntheticFlowDataset
 from training.evaluate import HELDOUT_SEED, SYNTHETIC_EVAL_SIZE
-from training.inference import estimate_flow, flow_trajectory
+from training.inference import flow_trajectory
 
 BASELINES = ("zero", "farneback", "dis_medium")
 SWEEP_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 36, 48, 60, 72)
@@ -38,14 +38,24 @@ def _per_pair(acc: FlowMetricAccumulator) -> list[float]:
     return [float(r["epe"]) for r in acc.per_image]
 
 
+def model_estimator(model):
+    """The runtime's numpy-in/flow-out path (torch backend) on `model` with the model's own solver rule,
+    returning the iterate its config selects (last or lowest-residual), as the model's own forward does."""
+    from runtime import FlowEstimator, SolveOverrides
+    from runtime.backends.torch_backend import TorchBackend
+
+    return FlowEstimator(TorchBackend(model, settings=SolveOverrides(return_final=model.cfg.deq.return_final)))
+
+
 def evaluate_pairs(model, pairs, desc: str) -> dict[str, dict[str, float]]:
     accs = {name: FlowMetricAccumulator() for name in ("deqflow", *BASELINES)}
     iters, seconds = [], []
+    estimator = model_estimator(model)
     for img1, img2, flow, valid in tqdm(pairs, desc=desc):
         t0 = time.perf_counter()
-        res = estimate_flow(model, img1, img2)
+        res = estimator(img1, img2)
         seconds.append(time.perf_counter() - t0)
-        iters.append(res.stats.nstep)
+        iters.append(res.iterations)
         accs["deqflow"].add(res.flow, flow, valid)
         for name in BASELINES:
             accs[name].add(opencv_flow(name, img1, img2), flow, valid)

@@ -22,7 +22,7 @@ def main(argv=None) -> int:
     from deqflow.middlebury import real_pair
     from deqflow.shapes import parse_size
     from export import export_onnx
-    from runtime import SolverSettings, create_backend, prepare
+    from runtime import SolveOverrides, create_backend, prepare
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default="checkpoints/deqflow-T-synthetic.pth")

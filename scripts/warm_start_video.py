@@ -6,7 +6,7 @@ host solver (deqflow.host_solver, through the runtime's backend), or the checkpo
 solvers (training.deq.solvers); both stop on the same rule (deqflow.solver_spec). Each pair t -> t+1 is solved
 - cold: hidden state 0, flow 0 (what every graph layout does), residual stop rule;
 - reuse: from the fixed point of pair t-1 -> t as it is (DEQ fixed-point reuse; the chain runs through the video);
-- forward: from that fixed point moved along its own flow (runtime.solver.forward_warp_state);
+- forward: from that fixed point moved along its own flow (runtime.warm_start.forward_warp_state);
 the warm starts with the flow-step exit (StopRule.for_warm_start: also stop once the flow step is below the
 flow tolerance; `deqflow infer --warm-flow-tol`) and under the residual rule alone (`*_residual`, the runtime's
 default), each with plain fixed-point
@@ -95,13 +95,14 @@ def run_settings(args) -> dict:
     with the flow-step exit as well (`flow`: `deqflow infer --warm-flow-tol`) or alone (`residual`: the
     runtime's default)."""
     from deqflow.solver_spec import WARM_FLOW_TOL
-    from runtime import SolverSettings
+    from runtime import SolveOverrides
 
     flow_tol = WARM_FLOW_TOL if args.warm_flow_tol is None else args.warm_flow_tol
     out = {}
     for method in METHODS:
         for rule, warm_tol in (("flow", flow_tol), ("residual", 0.0)):
-            out[method, rule] = SolveOverrides(max_iter=args.max_iter, tol=args.tol, stop_mode=args.stop_mode, method=method, warm_flow_tol=warm_tol)
+            out[method, rule] = SolveOverrides(max_iter=args.max_iter, tol=args.tol, stop_mode=args.stop_mode,
+                                               method=method, warm_flow_tol=warm_tol)
     return out
 
 
@@ -124,13 +125,14 @@ def curve(be, batch, gt, previous, args) -> dict:
     """EPE vs GT after each of CURVE_STEPS plain steps, per start (one trajectory per start: each solve
     continues from the previous k's state, so the curve costs max(CURVE_STEPS) steps, not their sum)."""
     from deqflow.metrics import flow_metrics
-    from runtime import SolverSettings
+    from runtime import SolveOverrides
 
     out = {}
     for start in STARTS:
         state, done, epes = warm_state(previous, start), 0, []
         for k in CURVE_STEPS:
-            be.configure(SolveOverrides(max_iter=k - done, tol=0.0, stop_mode=args.stop_mode, method="fixed_point", warm_flow_tol=0.0))
+            be.configure(SolveOverrides(max_iter=k - done, tol=0.0, stop_mode=args.stop_mode, method="fixed_point",
+                                        warm_flow_tol=0.0))
             r = be.infer(batch.image1, batch.image2, state=state)
             state, done = r.state, k
             epes.append(flow_metrics(batch.unpad(r.flow)[0], gt)["epe"])
@@ -141,7 +143,7 @@ def curve(be, batch, gt, previous, args) -> dict:
 def run_pairs(be, pairs, args) -> list[dict]:
     """Every pair solved cold, and warm from each start under each warm rule, with each method."""
     from deqflow.metrics import flow_metrics
-    from runtime import SolverSettings, prepare
+    from runtime import SolveOverrides, prepare
 
     settings, frames, states = run_settings(args), [], {}
     for i, (a, b, gt) in enumerate(pairs):
@@ -217,9 +219,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         be = open_backend(args, Path(tmp), h, w)
         be.configure(run_settings(args)["fixed_point", "flow"])
-        warm_rule = be.resolved.for_start(warm=True).stop_rule().describe()
-        warm_flow_tol = float(be.resolved.warm_flow_tol)
-        cold_rule = be.resolved.for_start(warm=False).stop_rule().describe()
+        warm_rule = be.resolved.for_start(warm=True).stop.describe()
+        warm_flow_tol = float(be.resolved.stop.warm_flow_tol)
+        cold_rule = be.resolved.for_start(warm=False).stop.describe()
         frames = run_pairs(be, pairs, args)
         backend = be.label + (" (split) + host solver" if args.backend == "onnxruntime" else " + torch solvers")
         be.close()
@@ -282,7 +284,7 @@ def start_distance(state, fixed_point) -> dict:
 def warm_state(previous, start: str):
     """The initial state of a pair: none (cold), the previous pair's fixed point as it is (reuse, the
     runtime's default), or moved along its own flow (forward)."""
-    from runtime.solver import forward_warp_state
+    from runtime.warm_start import forward_warp_state
 
     if start == "cold" or previous is None:
         return None
@@ -334,7 +336,7 @@ def markdown(paths) -> str:
              "previous fixed point). Backends: ONNX Runtime CPU, split layout, host solver (`onnxruntime`), and the "
              "checkpoint with the torch solvers (`torch`, runs labelled `-torch`). Starts: `reuse` = the "
              "previous pair's fixed point as it is (the runtime's default), `forward` = moved along its own flow "
-             "first (`runtime.solver.forward_warp_state`). Warm rules: the residual rule alone (the runtime's "
+             "first (`runtime.warm_start.forward_warp_state`). Warm rules: the residual rule alone (the runtime's "
              "default, as for cold solves) and with the flow-step exit (`StopRule.for_warm_start`: also stop once "
              "the flow step -- mean |delta flow| of the last step on the 1/8 grid -- is below "
              "the tolerance in the row, px; `deqflow infer --warm-start --warm-flow-tol PX`). Cold "

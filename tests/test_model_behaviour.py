@@ -181,17 +181,19 @@ def test_stats_report_residual_traces():
 
 def test_flow_trajectory_matches_separate_solves_and_their_residuals():
     """One trajectory run gives the flow a separate k-step solve gives, and the solver's relative residuals."""
-    from training.inference import estimate_flow, flow_trajectory
+    from runtime import FlowEstimator, SolveOverrides
+    from runtime.backends.torch_backend import TorchBackend
+    from training.inference import flow_trajectory
 
     model = _model(wnorm=True)
     i1, i2 = _pair()
     img1, img2 = (t[0].permute(1, 2, 0).numpy().astype(np.uint8) for t in (i1, i2))
     flows, residuals = flow_trajectory(model, img1, img2, [2, 5])
     assert sorted(flows) == [2, 5] and len(residuals) == 5
-    for k in (2, 5):
-        ref = estimate_flow(model, img1, img2, iters=k)
+    for k in (2, 5):  # the runtime's numpy-in/flow-out path with the torch backend, k steps, no early stop
+        ref = FlowEstimator(TorchBackend(model, settings=SolveOverrides(max_iter=k, tol=0.0)))(img1, img2)
         assert np.abs(flows[k] - ref.flow).max() < 1e-4
-        assert ref.stats.nstep == k
-    np.testing.assert_allclose(residuals, ref.stats.rel_trace[0].numpy(), rtol=1e-4)
+        assert ref.iterations == k
+    np.testing.assert_allclose(residuals, ref.result.rel_trace[0], rtol=1e-4)
     with pytest.raises(ValueError, match="positive"):
         flow_trajectory(model, img1, img2, [0])

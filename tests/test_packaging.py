@@ -98,7 +98,7 @@ def test_motorcycle_without_scikit_image_names_the_extra(monkeypatch):
 
 
 def test_nearest_points_is_exact_and_takes_the_first_of_equals():
-    from runtime.solver import nearest_points
+    from runtime.warm_start import nearest_points
 
     rng = np.random.default_rng(0)
     points, queries = rng.uniform(0, 50, (300, 2)), rng.uniform(0, 50, (200, 2))

@@ -408,7 +408,8 @@ def test_versions_are_json_ready():
 def test_forward_warp_moves_the_state_with_its_flow():
     """A 2x2 block moving 2 cells right: its flow and hidden state land 2 cells right (over the static
     background, which it occludes); the uncovered cells take the nearest landing point's (background) state."""
-    from runtime.solver import WarmState, forward_warp_state
+    from deqflow.host_solver import WarmState
+    from runtime.warm_start import forward_warp_state
 
     flow = np.zeros((2, 2, 6, 8), np.float32)
     flow[0, 0, 2:4, 1:3] = 2.0
@@ -430,7 +431,8 @@ def test_forward_warp_moves_the_state_with_its_flow():
 def test_forward_warp_accepts_torch_tensors_and_checks_shapes():
     import torch
 
-    from runtime.solver import WarmState, forward_warp_state
+    from deqflow.host_solver import WarmState
+    from runtime.warm_start import forward_warp_state
 
     flow = torch.zeros(1, 2, 4, 5)
     flow[0, 1, 0, 0] = 1.0  # cell (0,0) moves down one onto the static cell (1,0): larger motion wins there

@@ -1,24 +1,15 @@
-"""Flow for one image pair with the PyTorch model: numpy in, numpy out, padding handled."""
+"""Accuracy-after-k-iterations curves of the PyTorch model: numpy in, one flow per step count out, padding
+handled. (One pair's flow, numpy in and out, is the runtime's path: runtime.FlowEstimator with its torch backend.)"""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from deqflow.image_io import pair_to_batch
 from deqflow.padding import InputPadder
-from deqflow.solver_spec import SolveOverrides
-from training.deq import SolverStats, fixed_point_iter
+from training.deq import fixed_point_iter
 from training.model.deq_flow import DEQFlow
-
-
-@dataclass
-class PairResult:
-    flow: np.ndarray  # (H, W, 2) float32, full resolution, padding removed
-    stats: SolverStats
-    state: tuple[torch.Tensor, torch.Tensor]  # fixed point (hidden, flow_low) on the padded grid
 
 
 def _padded_tensors(image1: np.ndarray, image2: np.ndarray, pad_mode: str,
@@ -28,16 +19,6 @@ def _padded_tensors(image1: np.ndarray, image2: np.ndarray, pad_mode: str,
     padder = InputPadder(batch1.shape, mode=pad_mode)
     t1, t2 = (torch.from_numpy(np.ascontiguousarray(b)).to(device) for b in padder.pad(batch1, batch2))
     return t1, t2, padder
-
-
-@torch.no_grad()
-def estimate_flow(model: DEQFlow, image1: np.ndarray, image2: np.ndarray, *, iters: int | None = None,
-                  pad_mode: str = "sintel", cached_state=None, device: str | torch.device = "cpu") -> PairResult:
-    """image1, image2: (H,W,3) uint8 RGB. Pads to a multiple of 8 (replicate), runs, unpads."""
-    t1, t2, padder = _padded_tensors(image1, image2, pad_mode, device)
-    out = model(t1, t2, solve=None if iters is None else SolveOverrides(max_iter=iters), cached_state=cached_state)
-    flow = padder.unpad(out.flow_up)[0].permute(1, 2, 0).cpu().numpy().astype(np.float32)
-    return PairResult(flow=flow, stats=out.stats, state=out.state)
 
 
 @torch.no_grad()

@@ -5,8 +5,12 @@ backend modules themselves import torch / onnxruntime / tensorrt only inside the
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from deqflow.model_metadata import ENGINE_SUFFIXES
+from deqflow.solver_spec import SolveOverrides
 from runtime.backends.base import Backend, InferenceResult, TensorSpec
 from runtime.errors import InputError
 
@@ -56,5 +60,42 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any], str]:
     return name, options, path
 
 
-__all__ = ["ALIASES", "BACKENDS", "Backend", "InferenceResult", "TensorSpec", "backend_class", "create_backend",
-           "parse_spec"]
+def default_backend(checkpoint: str | None, model: str | None) -> str:
+    """The backend that runs a model when none is named: torch for a checkpoint, tensorrt for an engine file
+    (ENGINE_SUFFIXES), onnxruntime for an ONNX export."""
+    if checkpoint:
+        return "torch"
+    return "tensorrt" if Path(str(model)).suffix.lower() in ENGINE_SUFFIXES else "onnxruntime"
+
+
+@dataclass
+class BackendChoice:
+    """Which backend runs which model, with which constructor options and solver settings: what infer, serve
+    (one backend per Triton instance), compare and bench decide from their flags before opening it."""
+
+    name: str  # 'onnxruntime' | 'tensorrt' | 'torch'
+    model: str  # ONNX export / engine / checkpoint
+    options: dict[str, Any] = field(default_factory=dict)
+    settings: SolveOverrides = field(default_factory=SolveOverrides)
+
+    def open(self) -> Backend:
+        return create_backend(self.name, self.model, settings=self.settings, **self.options)
+
+    @property
+    def label(self) -> str:
+        """The label the backend will report (Backend.label_for), known without opening it: bench names its
+        cases before creating them, compare names a candidate that could not be loaded."""
+        from runtime.modelfile import open_model_file
+
+        cls = backend_class(self.name)
+        layout = None
+        if self.name != "torch":
+            try:
+                layout = open_model_file(self.model).layout
+            except Exception:  # a missing or unreadable file is reported when the backend is opened
+                layout = None
+        return cls.label_for(self.options, layout)
+
+
+__all__ = ["ALIASES", "BACKENDS", "Backend", "BackendChoice", "InferenceResult", "TensorSpec", "backend_class",
+           "create_backend", "default_backend", "parse_spec"]

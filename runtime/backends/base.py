@@ -17,6 +17,7 @@ from deqflow.solver_spec import SolveOverrides, SolveSpec, StopRule
 from runtime.errors import InputError
 from runtime.modelfile import ModelFile, open_model_file
 from runtime.preprocessing import check_model_inputs
+from runtime.warm_start import WARM_START_NEEDS, check_warm_start
 
 
 @dataclass
@@ -83,6 +84,9 @@ class Backend(ABC):
 
     name: str = "backend"
     supports_warm_start: bool = False
+    no_warm_start: str = (f"warm start (--warm-start) needs {WARM_START_NEEDS}; this model runs its whole solver "
+                          "inside one graph (flow_init still works)")
+    """Why this backend cannot start from a previous fixed point (runtime.warm_start.check_warm_start)."""
     allow_nonfinite: bool = False
     """Return NaN/Inf outputs instead of raising NonFiniteOutputError (for debugging a model)."""
     model_path: Any
@@ -110,7 +114,14 @@ class Backend(ABC):
 
     @property
     def label(self) -> str:
-        return self.name
+        """How reports name this backend; the same text `label_for` gives before it is created."""
+        return self.label_for({}, None)
+
+    @classmethod
+    def label_for(cls, options: dict, layout: str | None) -> str:
+        """The label of this backend created with constructor `options` on a model of `layout` (None: not an
+        export): the one source of backend labels, also for backends a bench creates later or that failed."""
+        return cls.name + (f" ({layout})" if layout else "")
 
     # ---- inference
     def infer(self, image1: np.ndarray, image2: np.ndarray, flow_init: np.ndarray | None = None, *,
@@ -118,10 +129,8 @@ class Backend(ABC):
         if self._closed:
             raise InputError(f"{self.label}: infer() after close()")
         check_model_inputs(image1, image2, flow_init, levels=self.levels)
-        if state is not None and not self.supports_warm_start:
-            raise InputError(f"{self.label}: warm start from a previous fixed point needs the split layout "
-                             "(export with --layout split) or the torch backend; this model runs its solver "
-                             "inside one graph (flow_init still works)")
+        if state is not None:
+            check_warm_start(self)
         t0 = time.perf_counter()
         result = self._infer(np.ascontiguousarray(image1, np.float32), np.ascontiguousarray(image2, np.float32),
                              None if flow_init is None else np.ascontiguousarray(flow_init, np.float32), state)
@@ -216,6 +225,17 @@ class ExportedModelBackend(Backend):
     @property
     def weights_digest(self) -> str:
         return self.file.digest
+
+    @property
+    def label(self) -> str:
+        return self.label_for({"provider": getattr(self, "provider", None)}, self.file.layout)
+
+    @classmethod
+    def label_for(cls, options: dict, layout: str | None) -> str:
+        """'onnxruntime:cuda (split)', 'tensorrt (unrolled)': the execution provider for a backend that takes one."""
+        head = f"{cls.name}:{options['provider']}" if options.get("provider") else cls.name
+        return head + (f" ({layout})" if layout else "")
+
     file: ModelFile
     meta: ModelMetadata
     parts: StepParts | None

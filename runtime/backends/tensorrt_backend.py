@@ -27,7 +27,7 @@ from runtime.tensorrt.runner import TrtRunner, deserialize
 
 
 class TrtStepParts:
-    """StepParts (runtime.solver) over the encoder / step / decode engines."""
+    """StepParts (deqflow.host_solver) over the encoder / step / decode engines."""
 
     def __init__(self, runners: dict[str, TrtRunner], memory: DeviceMemory, context: list[str],
                  hidden_dim: int) -> None:
@@ -128,10 +128,6 @@ class TensorRTBackend(ExportedModelBackend):
     def wrong_kind(cls, file: ModelFile) -> str:
         return ("the tensorrt backend runs ONNX exports or engines; export the checkpoint first "
                 "(deqflow export --layout split|unrolled) or use --backend torch")
-
-    @property
-    def label(self) -> str:
-        return f"tensorrt ({self.file.layout})"
 
     def describe(self) -> dict:
         trt = import_tensorrt()

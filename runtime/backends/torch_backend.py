@@ -72,11 +72,16 @@ class TorchBackend(Backend):
 
     @property
     def label(self) -> str:
-        return f"torch:{self.device}"
+        return self.label_for({"device": str(self.device)}, None)
+
+    @classmethod
+    def label_for(cls, options: dict, layout: str | None) -> str:
+        """'torch:cpu', 'torch:cuda:1': the device."""
+        return f"torch:{options.get('device') or 'cpu'}"
 
     def describe(self) -> dict:
         out = super().describe()
-        out.update(device=str(self.device), variant=self.model.cfg.variant, resolved_settings=self.resolved.as_dict(),
+        out.update(device=str(self.device), variant=self.model.cfg.variant, resolved_settings=self.solve_dict(),
                    checkpoint_sha256=self.checkpoint_meta.get("sha256"), torch=self.torch.__version__)
         return out
 

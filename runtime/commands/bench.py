@@ -138,25 +138,22 @@ def bench_cases(args, specs: list, sizes: list, iters: int) -> list:
     from pathlib import Path
 
     from deqflow.solver_spec import SolveOverrides
-    from runtime.backends import create_backend
     from runtime.bench import BenchCase
-    from runtime.commands.common import backend_options, spec_label
+    from runtime.commands.common import spec_choice
     from runtime.modelfile import open_model_file
 
     cases, seen = [], set()
-    for name, opts, path in specs:
-        options = backend_options(name, args, opts)
-        label = spec_label(name, options, path)
+    for spec in specs:
+        name, _, path = spec
+        full_graph = name != "torch" and open_model_file(path).layout in ("unrolled", "loop")
+        settings = SolveOverrides(max_iter=iters) if full_graph else SolveOverrides(max_iter=iters, tol=0.0)
+        choice = spec_choice(spec, args, settings)
+        label = choice.label
         if label in seen:
             label = f"{label} {Path(path).stem}"
         seen.add(label)
-        full_graph = name != "torch" and open_model_file(path).layout in ("unrolled", "loop")
-        settings = SolveOverrides(max_iter=iters) if full_graph else SolveOverrides(max_iter=iters, tol=0.0)
         for size in sizes:
-            def factory(name=name, path=path, settings=settings, options=options):
-                return create_backend(name, path, settings=settings, **options)
-
-            cases.append(BenchCase(label, factory, size, args.batch, {"spec": f"{name}={path}"}))
+            cases.append(BenchCase(label, choice.open, size, args.batch, {"spec": f"{name}={path}"}))
     return cases
 
 

@@ -6,7 +6,9 @@ import argparse
 from typing import Any
 
 from deqflow.cli_args import add_solver_group, count_or_zero
+from deqflow.errors import InputError
 from deqflow.solver_spec import SolveOverrides
+from runtime.backends import BackendChoice, default_backend
 
 
 def add_solver_args(p: argparse.ArgumentParser) -> None:
@@ -68,18 +70,28 @@ def backend_options(name: str, args: argparse.Namespace, extra: dict | None = No
     return opts
 
 
-def spec_label(name: str, options: dict, path: str) -> str:
-    """A stable label for reports: 'torch:cpu', 'onnxruntime:cpu (split)', 'tensorrt (unrolled)'."""
-    from runtime.modelfile import open_model_file
+def choose_backend(args: argparse.Namespace, settings: SolveOverrides | None = None, *,
+                   also: str = "") -> BackendChoice:
+    """The backend infer and serve run: --checkpoint or --model, --backend (default: runtime.backends.
+    default_backend), the backend flags and the solver flags (or `settings`). `also` names a further
+    alternative to both for the message when neither or both are given."""
+    if bool(args.checkpoint) == bool(args.model):
+        raise InputError(f"give exactly one of --checkpoint (torch backend) and --model (ONNX export or engine){also}")
+    name = args.backend or default_backend(args.checkpoint, args.model)
+    if name == "torch" and not args.checkpoint:
+        raise InputError("--backend torch needs --checkpoint")
+    if name != "torch" and not args.model:
+        raise InputError(f"--backend {name} needs --model (an ONNX export or engine); export the checkpoint with "
+                         "deqflow export first")
+    return BackendChoice(name, args.checkpoint or args.model, backend_options(name, args),
+                         settings or settings_from_args(args))
 
-    if name == "torch":
-        return f"torch:{options.get('device', 'cpu')}"
-    try:
-        layout = open_model_file(path).layout
-    except Exception:
-        layout = None
-    head = f"onnxruntime:{options.get('provider', 'cpu')}" if name == "onnxruntime" else name
-    return head + (f" ({layout})" if layout else "")
+
+def spec_choice(spec: tuple[str, dict, str], args: argparse.Namespace, settings: SolveOverrides) -> BackendChoice:
+    """The backend of a BACKEND[:OPTION]=PATH spec (runtime.backends.parse_spec) as compare and bench run it:
+    the backend flags, with the spec's own option winning."""
+    name, extra, path = spec
+    return BackendChoice(name, path, backend_options(name, args, extra), settings)
 
 
 def default_size(paths: list[str], fallback: tuple[int, int] = (128, 160)) -> tuple[int, int]:

@@ -40,8 +40,8 @@ def run(args) -> int:
 
     from deqflow.errors import DeqflowError
     from deqflow.fileio import check_output_dir, check_output_file, save_results
-    from runtime.backends import create_backend, parse_spec
-    from runtime.commands.common import backend_options, spec_label
+    from runtime.backends import parse_spec
+    from runtime.commands.common import spec_choice
     from runtime.compare import compare, load_golden
     from runtime.errors import InputError
 
@@ -58,16 +58,17 @@ def run(args) -> int:
     pairs, label = input_pairs(args, specs, golden)
     reference = None
     if golden is None:
-        name, opts, path = parse_spec(args.reference) if args.reference else ("torch", {}, args.checkpoint)
-        reference = create_backend(name, path, settings=settings, **backend_options(name, args, opts))
+        spec = parse_spec(args.reference) if args.reference else ("torch", {}, args.checkpoint)
+        reference = spec_choice(spec, args, settings).open()
     candidates, skipped = [], []
     try:
-        for name, opts, path in specs:
+        for spec in specs:
+            choice = spec_choice(spec, args, settings)
             try:
-                candidates.append(create_backend(name, path, settings=settings, **backend_options(name, args, opts)))
+                candidates.append(choice.open())
             except DeqflowError as exc:  # a candidate that cannot be loaded is reported, and fails the gate
-                skipped.append({"label": spec_label(name, backend_options(name, args, opts), path), "spec":
-                                f"{name}={path}", "passed": False, "skipped": str(exc), "error": f"skipped: {exc}"})
+                skipped.append({"label": choice.label, "spec": f"{choice.name}={choice.model}", "passed": False,
+                                "skipped": str(exc), "error": f"skipped: {exc}"})
         golden = save_reference(args, reference, pairs, settings, label) or golden
         report = compare(reference, candidates, pairs, golden=golden, tier=args.tier, pad_mode=args.pad_mode,
                          settings=settings.as_dict(), inputs_label=label)

@@ -36,28 +36,11 @@ def add_arguments(p) -> None:
     add_backend_options(p)
 
 
-def backend_choice(args):
-    """--model / --checkpoint / --backend and the solver and backend flags -> BackendChoice."""
-    from pathlib import Path
-
-    from runtime.commands.common import backend_options, settings_from_args
-    from runtime.errors import InputError
-    from runtime.serving.adapter import BackendChoice
-
-    if bool(args.checkpoint) == bool(args.model):
-        raise InputError("give exactly one of --model (ONNX export or engine) and --checkpoint (torch backend)")
-    name = args.backend or ("torch" if args.checkpoint else
-                            "tensorrt" if Path(args.model).suffix.lower() in (".engine", ".plan", ".trt")
-                            else "onnxruntime")
-    if (name == "torch") != bool(args.checkpoint):
-        raise InputError("--backend torch serves a --checkpoint; onnxruntime and tensorrt serve a --model")
-    return BackendChoice(name, args.checkpoint or args.model, backend_options(name, args), settings_from_args(args))
-
-
 def run(args) -> int:
+    from runtime.commands.common import choose_backend
     from runtime.serving.server import ServeConfig, Server
 
-    config = ServeConfig(backend_choice(args), host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+    config = ServeConfig(choose_backend(args), host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                          metrics_port=args.metrics_port, max_batch=args.max_batch,
                          max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
                          stream_idle_timeout_s=args.stream_idle_timeout, workspace=args.workspace,

@@ -1,27 +1,13 @@
-"""The one place where serving touches the runtime: open a backend, run a batch of pairs, run one pair of a
-stream with its warm state. Only runtime's public names are used (create_backend, SolveOverrides, WarmState)."""
+"""The one place where serving runs the runtime: a batch of pairs, one pair of a stream with its warm state
+(backends are opened from a runtime.backends.BackendChoice). Only runtime's public names are used."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
-from runtime import SolveOverrides, WarmState, create_backend
-
-
-@dataclass
-class BackendChoice:
-    """Which backend runs the model, on what, with which solver settings (one backend per Triton instance)."""
-
-    name: str  # 'onnxruntime' | 'tensorrt' | 'torch'
-    model: str  # ONNX export / engine / checkpoint
-    options: dict[str, Any] = field(default_factory=dict)
-    settings: SolveOverrides = field(default_factory=SolveOverrides)
-
-    def open(self):
-        return create_backend(self.name, self.model, settings=self.settings, **self.options)
+from runtime import WarmState
 
 
 @dataclass

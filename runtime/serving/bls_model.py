@@ -23,7 +23,7 @@ def _pb():
 
 
 class BlsParts:
-    """runtime.solver.StepParts over BLS calls to the three graph models (values stay numpy on the host)."""
+    """deqflow.host_solver.StepParts over BLS calls to the three graph models (values stay numpy on the host)."""
 
     def __init__(self, params: dict[str, str]) -> None:
         self.names = {part: params[f"{part}_model"] for part in ("encoder", "step", "decode")}

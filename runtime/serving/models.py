@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.backends import BackendChoice
 from runtime.serving import adapter
 from runtime.serving.protocol import (
     FRAME_INPUT,
@@ -47,7 +48,7 @@ class FlowModel:
     """`deqflow_flow`: image1/image2 (N,3,H,W) float32 -> flow (N,2,H,W), iterations, residual, batch (the
     number of pairs solved together), error. Requests of one size are solved as one batch."""
 
-    def __init__(self, choice: adapter.BackendChoice) -> None:
+    def __init__(self, choice: BackendChoice) -> None:
         self.backend = choice.open()
         self.levels = adapter.levels_of(self.backend)
 
@@ -129,7 +130,7 @@ class StreamModel:
     batcher) -> the flow from the previous frame, its iterations, residual and whether it was warm-started.
     The first frame of a sequence returns zero flow and 0 iterations."""
 
-    def __init__(self, choice: adapter.BackendChoice, store: StreamStore) -> None:
+    def __init__(self, choice: BackendChoice, store: StreamStore) -> None:
         self.backend = choice.open()
         self.levels = adapter.levels_of(self.backend)
         self.store = store

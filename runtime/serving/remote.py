@@ -16,6 +16,8 @@ class ServerBackend(Backend):
     """Cold solves on the server; warm starts are the server's own business (its `deqflow_stream` model)."""
 
     name = "server"
+    no_warm_start = ("warm start (--warm-start) is not available with a server: its deqflow_stream model keeps each "
+                     "stream's fixed point itself (runtime.serving.client.Client.stream uses it)")
 
     def __init__(self, url: str, *, timeout_s: float = 300.0) -> None:
         super().__init__(url)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.backends import BackendChoice
 from runtime.errors import InputError, missing_dependency
-from runtime.serving import adapter
 from runtime.serving.models import FlowModel, StreamModel, StreamStore
 from runtime.serving.protocol import (
     FLOW_MODEL,
@@ -40,7 +40,7 @@ from runtime.serving.protocol import (
 class ServeConfig:
     """Addresses, batching and stream settings of one server."""
 
-    choice: adapter.BackendChoice
+    choice: BackendChoice
     host: str = "127.0.0.1"
     http_port: int = 8000
     grpc_port: int = 8001

@@ -108,3 +108,43 @@ def test_the_model_file_digest_identifies_the_weights():
     file = open_model_file(TINY_ONNX)
     assert set(file.weights_digest) == {"encoder", "step", "decode"}
     assert all(len(d) == 64 for d in file.weights_digest.values()) and len(file.digest) == 3 * 12 + 2
+
+
+def test_one_backend_choice_with_its_label_known_before_opening():
+    """infer and serve choose the backend through one function (compare and bench through its spec form); the
+    label a bench case or a failed candidate gets before opening is the one the opened backend reports."""
+    import argparse
+
+    from deqflow.errors import InputError
+    from runtime.backends import default_backend
+    from runtime.commands.common import choose_backend, spec_choice
+
+    assert [default_backend(None, m) for m in ("m.engine", "m.PLAN", "m.onnx")] == ["tensorrt", "tensorrt",
+                                                                                     "onnxruntime"]
+    assert default_backend("ckpt.pth", None) == "torch"
+    flags = dict(backend=None, iters=None, tol=None, stop_mode=None, solver=None, threads=1)
+    args = argparse.Namespace(checkpoint=None, model=str(TINY_ONNX), **flags)
+    choice = choose_backend(args)
+    assert choice == spec_choice(("onnxruntime", {}, str(TINY_ONNX)), args, choice.settings)
+    with choice.open() as backend:
+        assert choice.label == backend.label == "onnxruntime:cpu (split)"
+    assert spec_choice(("torch", {"device": "cuda:1"}, "ckpt.pth"), args, choice.settings).label == "torch:cuda:1"
+    with pytest.raises(InputError, match="--backend torch needs --checkpoint"):
+        choose_backend(argparse.Namespace(checkpoint=None, model=str(TINY_ONNX), **{**flags, "backend": "torch"}))
+    with pytest.raises(InputError, match="exactly one of --checkpoint"):
+        choose_backend(argparse.Namespace(checkpoint="c.pth", model=str(TINY_ONNX), **flags))
+
+
+def test_one_warm_start_rule_in_each_backend_s_words():
+    """FlowEstimator and Backend.infer refuse a warm start through one rule, worded by the backend."""
+    from deqflow.errors import InputError
+    from runtime import FlowEstimator
+    from runtime.serving.remote import ServerBackend
+    from runtime.warm_start import check_warm_start
+
+    server = ServerBackend.__new__(ServerBackend)  # not connected: only its class-level rule is read
+    server.model_path = "http://host:8000"
+    with pytest.raises(InputError, match=r"^server:http://host:8000: warm start \(--warm-start\) is not available"):
+        FlowEstimator(server, warm_start=True)
+    with create_backend("onnxruntime", TINY_ONNX, threads=1) as split:
+        check_warm_start(split)  # the split layout warm-starts: no error

@@ -1,29 +1,27 @@
-"""The runtime's view of the host-side solver: the split layout's fixed-point loop (deqflow.host_solver, shared
-with the exporter's verification, the scripts and the tests) and the video warm start that moves a solved
-frame's fixed point along its own flow.
+"""Warm start for video: which backends can start a solve from a previous frame's fixed point (one rule,
+`check_warm_start`), and the geometry that moves a solved frame's fixed point along its own flow
+(`forward_warp_state`, with its numpy nearest-neighbour fill `nearest_points`).
 
-Backends provide a `StepParts` object and call `solve`; a `SolveSpec` says how to solve and `WarmState`
-holds a previous frame's fixed point.
+The fixed-point loop itself is deqflow.host_solver (shared with the exporter's verification, the scripts and
+the tests); backends import it from there.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from deqflow.host_solver import (
-    HOST_METHODS,
-    SolveResult,
-    SolveStats,
-    StepParts,
-    WarmState,
-    as_numpy,
-    initial_state,
-    solve,
-)
+from deqflow.host_solver import WarmState, as_numpy
 from runtime.errors import InputError
 
-__all__ = ["HOST_METHODS", "SolveResult", "SolveStats", "StepParts", "WarmState", "as_numpy",
-           "forward_warp_state", "initial_state", "nearest_points", "solve"]
+WARM_START_NEEDS = "the split layout (export with --layout split) or the torch backend"
+"""What a warm start from a previous fixed point needs: a solver loop outside one graph."""
+
+
+def check_warm_start(backend) -> None:
+    """InputError when `backend` cannot start a solve from a previous fixed point (its `supports_warm_start`),
+    in the backend's own words (`no_warm_start`): the one rule the CLI, FlowEstimator and Backend.infer apply."""
+    if not backend.supports_warm_start:
+        raise InputError(f"{backend.label}: {backend.no_warm_start}")
 
 
 def forward_warp_state(state: WarmState) -> WarmState:
