@@ -330,8 +330,9 @@ def write_markdown(result: dict, path: str) -> None:
               "Off by default (0: the official rule, so official-format checkpoints reproduce the official code). "
               "Torch: `AndersonOptions(m=3, safeguard=1.0)` (training.deq.solvers.anderson, the registry), "
               "`DEQConfig(anderson=AndersonOptions(safeguard=1.0))` or `--anderson_safeguard 1`; the split layout's "
-              "host solver and the runtime: `SolveOverrides(method='anderson', options=AndersonOptions(m=3, safeguard=1.0))`. Plain "
-              "iteration stays the default solver: Anderson does not win on evaluations here.", ""]
+              "host solver and the runtime: `SolveOverrides(method='anderson', "
+              "options=AndersonOptions(m=3, safeguard=1.0))`. Plain iteration "
+              "stays the default solver: Anderson does not win on evaluations here.", ""]
     Path(path).write_text("\n".join(lines))
 
 
