@@ -163,7 +163,7 @@ class Acceptance:
                 continue
             engine = onnx.with_suffix(".engine")
             cmd = [*self.deqflow, "build", "--onnx", str(onnx), "--output", str(engine),
-                   "--precision", "graph" if precision == "mixed16" else "fp32"]
+                   "--engine-precision", "graph" if precision == "mixed16" else "fp32"]
             if self.add(Stage(name), cmd, share=0.15).status == "ok":
                 self.engines[(layout, precision)] = engine
 
