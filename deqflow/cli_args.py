@@ -1,10 +1,10 @@
 """The command-line vocabulary shared by every `deqflow` verb.
 
-One flag means one thing everywhere: `--iters`, `--tol`, `--stop-mode` and `--solver` are defined here once,
-with the names the verbs accepted before (the official DEQ-Flow `--f_eps`, `--f_stop_mode`, `--f_solver`)
-kept as aliases of the same option. Values are checked by the `type=` functions below while the command line
-is parsed, so a bad setting is refused in one line before any work starts. Torch-free on purpose: every
-verb's parser is built without PyTorch.
+One flag means one thing everywhere (tests/test_cli_vocabulary.py checks it): `--iters`, `--tol`, `--stop-mode`,
+`--solver`, `--device`, `--size` and `--batch` are defined here once, with the names the verbs accepted before
+(the official DEQ-Flow `--f_eps`, `--f_stop_mode`, `--f_solver`) kept as aliases of the same option. Values are
+checked by the `type=` functions below while the command line is parsed, so a bad setting is refused in one line
+before any work starts. Torch-free on purpose: every verb's parser is built without PyTorch.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import argparse
 import copy
 import math
 import re
-import sys
 from collections.abc import Callable, Iterable
 
 from deqflow.errors import InputError
@@ -190,11 +189,10 @@ def add_size_arg(parser, note: str = "", *, repeatable: bool = False) -> argpars
                                help=_note("image size HxW" + (", repeatable" if repeatable else ""), note), **options)
 
 
-def add_batch_arg(parser, *aliases: str, default: int | None = 1, note: str = "",
+def add_batch_arg(parser, *aliases: str, default: int | None = 1, help: str = "images per run",
                   dest: str = "batch") -> argparse.Action:
-    """--batch N: images per run (train keeps its --batch-size as a second spelling of the same option)."""
-    return parser.add_argument("--batch", *aliases, type=count, default=default, dest=dest, metavar="N",
-                               help=_note("batch size: images per run", note))
+    """--batch N: the batch size (train keeps its --batch-size as a second spelling of the same option)."""
+    return parser.add_argument("--batch", *aliases, type=count, default=default, dest=dest, metavar="N", help=help)
 
 
 # --- the solver group -----------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ def add_arguments(p) -> None:
                    help="padded input height, a multiple of 8")
     p.add_argument("--width", type=multiple_of_8("--width"), default=DEFAULT_SIZE[1],
                    help="padded input width, a multiple of 8")
-    add_batch_arg(p, note="of a static export")
+    add_batch_arg(p, help="images per run of a static export")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="mixed16: convolutions and GRU in float16 behind explicit Casts; coordinates, "
                         "correlation, lookups, upsampling softmax and residual in float32")

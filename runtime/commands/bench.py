@@ -7,7 +7,14 @@ HELP = ("time backends at given sizes / iterations / batch (median, p90, p99, th
 
 
 def add_arguments(p) -> None:
-    from deqflow.cli_args import add_batch_arg, add_size_arg, add_solver_group, count, count_or_zero, non_negative_number
+    from deqflow.cli_args import (
+        add_batch_arg,
+        add_size_arg,
+        add_solver_group,
+        count,
+        count_or_zero,
+        non_negative_number,
+    )
     from runtime.commands.common import add_backend_options, add_candidate_arg, add_inputs_arg
 
     add_candidate_arg(p, "the backends to time", required=True, dest="backend")

@@ -30,7 +30,8 @@ def add_arguments(p) -> None:
     p.add_argument("--output", default=None, help="run folder (default: runs/<stage>)")
     p.add_argument("--data-root", default="datasets", help="folder holding the standard dataset layouts")
     p.add_argument("--num-steps", type=count, default=None, help="optimizer steps (default: the stage's)")
-    add_batch_arg(p, "--batch-size", default=None, dest="batch_size", note="per process (default: the stage's)")
+    add_batch_arg(p, "--batch-size", default=None, dest="batch_size",
+                  help="images per step and process (default: the stage's)")
     p.add_argument("--lr", type=positive_number, default=None, help="peak learning rate (default: the stage's)")
     p.add_argument("--wdecay", type=non_negative_number, default=None, help="weight decay (default: the stage's)")
     p.add_argument("--gamma", type=positive_number, default=None,
