@@ -1,10 +1,10 @@
 """The command-line vocabulary shared by every `deqflow` verb.
 
-One flag means one thing everywhere: `--iters`, `--tol`, `--stop-mode` and `--solver` are defined here once,
-with the names the verbs accepted before (the official DEQ-Flow `--f_eps`, `--f_stop_mode`, `--f_solver`)
-kept as aliases of the same option. Values are checked by the `type=` functions below while the command line
-is parsed, so a bad setting is refused in one line before any work starts. Torch-free on purpose: every
-verb's parser is built without PyTorch.
+One flag means one thing everywhere (tests/test_cli_vocabulary.py checks it): `--iters`, `--tol`, `--stop-mode`,
+`--solver`, `--device`, `--size` and `--batch` are defined here once, with the names the verbs accepted before
+(the official DEQ-Flow `--f_eps`, `--f_stop_mode`, `--f_solver`) kept as aliases of the same option. Values are
+checked by the `type=` functions below while the command line is parsed, so a bad setting is refused in one line
+before any work starts. Torch-free on purpose: every verb's parser is built without PyTorch.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import sys
+import re
 from collections.abc import Callable, Iterable
 
 from deqflow.errors import InputError
@@ -146,9 +146,53 @@ def image_size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+TORCH_DEVICE = re.compile(r"cpu|mps|cuda(:[0-9]+)?")
+"""The torch devices a verb accepts: cpu, cuda, cuda:N, mps (whether it exists is checked when it is used)."""
+
+
+def torch_device(text: str) -> str:
+    """--device: a torch device name, checked while parsing so a typo is refused before a model is loaded."""
+    if TORCH_DEVICE.fullmatch(text):
+        return text
+    raise argparse.ArgumentTypeError(f"must be a torch device (cpu, cuda, cuda:N or mps), got {text!r}")
+
+
+def npz_file(text: str) -> str:
+    """A .npz file name (a golden file of `deqflow compare`)."""
+    if text.endswith(".npz"):
+        return text
+    raise argparse.ArgumentTypeError(f"must be a .npz file, got {text!r}")
+
+
 def solver_name(text: str) -> str:
     """Canonical solver name (official aliases such as `naive_solver` accepted); `choices` rejects the rest."""
     return SOLVER_ALIASES.get(text, text)
+
+
+# --- shared options: device, size, batch (one definition each; a verb adds only its help note) ---------------
+
+
+def _note(text: str, note: str) -> str:
+    return f"{text}; {note}" if note else text
+
+
+def add_device_arg(parser, note: str = "", default: str = "cpu") -> argparse.Action:
+    """--device: the torch device a verb runs the model on."""
+    return parser.add_argument("--device", type=torch_device, default=default, metavar="DEVICE",
+                               help=_note("torch device (cpu, cuda, cuda:1)", note))
+
+
+def add_size_arg(parser, note: str = "", *, repeatable: bool = False) -> argparse.Action:
+    """--size HxW: an image size (repeatable where a verb runs several sizes)."""
+    options: dict = {"action": "append", "default": []} if repeatable else {"default": None}
+    return parser.add_argument("--size", type=image_size, metavar="HxW",
+                               help=_note("image size HxW" + (", repeatable" if repeatable else ""), note), **options)
+
+
+def add_batch_arg(parser, *aliases: str, default: int | None = 1, help: str = "images per run",
+                  dest: str = "batch") -> argparse.Action:
+    """--batch N: the batch size (train keeps its --batch-size as a second spelling of the same option)."""
+    return parser.add_argument("--batch", *aliases, type=count, default=default, dest=dest, metavar="N", help=help)
 
 
 # --- the solver group -----------------------------------------------------------------------------------------
@@ -198,15 +242,3 @@ def add_solver_group(parser: argparse.ArgumentParser, flags: Iterable[str] = tup
             options["help"] = f"{options['help']}; {note}"
         group.add_argument(*names, *aliases.get(name, ()), **options)
     return group
-
-
-class DeprecatedAlias(argparse.Action):
-    """An old option name that still works, with a one-line warning naming its replacement."""
-
-    def __init__(self, option_strings, dest, replacement: str, **kwargs):
-        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
-        self.replacement = replacement
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        print(f"{parser.prog}: warning: {option_string} is deprecated, use {self.replacement}", file=sys.stderr)
-        setattr(namespace, self.dest, values)

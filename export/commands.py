@@ -10,8 +10,9 @@ def requires(args) -> tuple[str, ...]:
 
 
 def add_arguments(p) -> None:
-    from deqflow.cli_args import add_solver_group, count, multiple_of_8
+    from deqflow.cli_args import add_batch_arg, add_solver_group, multiple_of_8
     from export.config import DEFAULT_OPSET, DEFAULT_SIZE, LAYOUTS, LOOKUPS, PRECISIONS
+    from training.commands.model_args import add_variant_arg
 
     p.add_argument("--check", nargs="+", metavar="FILE",
                    help="only run the checks (onnx.checker, shape inference, TensorRT compatibility) on these "
@@ -27,7 +28,7 @@ def add_arguments(p) -> None:
                    help="padded input height, a multiple of 8")
     p.add_argument("--width", type=multiple_of_8("--width"), default=DEFAULT_SIZE[1],
                    help="padded input width, a multiple of 8")
-    p.add_argument("--batch", type=count, default=1, help="batch size of a static export")
+    add_batch_arg(p, help="images per run of a static export")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="mixed16: convolutions and GRU in float16 behind explicit Casts; coordinates, "
                         "correlation, lookups, upsampling softmax and residual in float32")
@@ -48,8 +49,7 @@ def add_arguments(p) -> None:
     p.add_argument("--no-flow-init", dest="flow_init", action="store_false",
                    help="leave out the flow_init (warm start) input")
     p.add_argument("--simplify", action="store_true", help="simplify with onnxslim after export")
-    p.add_argument("--variant", help="expected variant (T, B, L, H, G); a checkpoint of another variant is refused "
-                   "(default: any)")
+    add_variant_arg(p, "expected variant; a checkpoint of another variant is refused (default: any)")
     p.add_argument("--verify", action="store_true",
                    help="run the export on ONNX Runtime (CPU) and compare the flow with PyTorch")
 

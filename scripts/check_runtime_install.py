@@ -135,13 +135,13 @@ def check_verbs(checks: Checks, deqflow: Path, env: dict, out: Path) -> None:
                                                     "--candidate", f"onnxruntime={model}", "--threads", "1",
                                                     "--output", str(out / "compare")], env=env, cwd=out)
     checks.expect(proc.returncode == 0 and "PASS" in proc.stdout, "deqflow compare --golden passes", proc)
-    proc = checks.step("deqflow bench", [str(deqflow), "bench", "--backend", f"onnxruntime={model}", "--inputs",
+    proc = checks.step("deqflow bench", [str(deqflow), "bench", "--candidate", f"onnxruntime={model}", "--inputs",
                                          "random", "--warmup", "1", "--runs", "3", "--threads", "1", "--output",
                                          str(out / "bench.json")], env=env, cwd=out)
     checks.expect(proc.returncode == 0 and (out / "bench.json").is_file(), "deqflow bench writes its report",
                   proc)
     for name, argv in (("deqflow export", ["export", "--checkpoint", "x.pth", "--output", "x.onnx"]),
-                       ("deqflow bench --inputs real", ["bench", "--backend", f"onnxruntime={model}", "--runs",
+                       ("deqflow bench --inputs real", ["bench", "--candidate", f"onnxruntime={model}", "--runs",
                                                         "1", "--output", str(out / "real.json")])):
         proc = checks.step(name, [str(deqflow), *argv], env=env, cwd=out)
         lines = proc.stderr.strip().splitlines()

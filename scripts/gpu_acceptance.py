@@ -163,7 +163,7 @@ class Acceptance:
                 continue
             engine = onnx.with_suffix(".engine")
             cmd = [*self.deqflow, "build", "--onnx", str(onnx), "--output", str(engine),
-                   "--precision", "graph" if precision == "mixed16" else "fp32"]
+                   "--engine-precision", "graph" if precision == "mixed16" else "fp32"]
             if self.add(Stage(name), cmd, share=0.15).status == "ok":
                 self.engines[(layout, precision)] = engine
 
@@ -199,7 +199,7 @@ class Acceptance:
         cmd = [*self.deqflow, "bench", "--size", f"{h}x{w}", "--runs", str(self.args.runs), "--output", str(report),
                "--markdown", str(self.out / "bench.md")]
         for _, spec in self.candidates()[::-1]:  # torch cuda first: the anchor of the ratios
-            cmd += ["--backend", spec]
+            cmd += ["--candidate", spec]
         stage = self.add(Stage("bench against torch eager cuda"), cmd, share=0.9)
         if report.is_file():
             stage.data = json.loads(report.read_text())

@@ -265,34 +265,35 @@ CASES = [
     Case("compare: golden against the tiny export", [*COMPARE, "--candidate", ORT, "--output", "{dir}/c5"], 0,
          ("pass",)),
     # --- bench: a gate that measured nothing fails ------------------------------------------------------------------
-    Case("bench: tensorrt missing", [*BENCH, "--backend", f"tensorrt={TINY}", "--output", "{dir}/b1.json"], 1,
+    Case("bench: tensorrt missing", [*BENCH, "--candidate", f"tensorrt={TINY}", "--output", "{dir}/b1.json"], 1,
          ("skipped", "nothing was measured")),
-    Case("bench: a size the static export lacks", [*BENCH, "--backend", ORT, "--size", "128x160", "--output",
+    Case("bench: a size the static export lacks", [*BENCH, "--candidate", ORT, "--size", "128x160", "--output",
                                                    "{dir}/b2.json"], 1, ("skipped", "128x160")),
     Case("bench: skipped backend allowed, another measured",
-         [*BENCH, "--backend", ORT, "--backend", f"tensorrt={TINY}", "--allow-skip", "--output", "{dir}/b3.json"], 0,
+         [*BENCH, "--candidate", ORT, "--candidate", f"tensorrt={TINY}", "--allow-skip", "--output",
+          "{dir}/b3.json"], 0,
          ("skipped", "allowed")),
     Case("bench: everything skipped, even with --allow-skip",
-         [*BENCH, "--backend", f"tensorrt={TINY}", "--allow-skip", "--output", "{dir}/b4.json"], 1,
+         [*BENCH, "--candidate", f"tensorrt={TINY}", "--allow-skip", "--output", "{dir}/b4.json"], 1,
          ("nothing was measured",)),
-    Case("bench: bad checkpoint skipped", [*BENCH, "--backend", "torch={corrupt}", "--backend", ORT, "--output",
+    Case("bench: bad checkpoint skipped", [*BENCH, "--candidate", "torch={corrupt}", "--candidate", ORT, "--output",
                                            "{dir}/b5.json"], 1, ("skipped", "crc")),
-    Case("bench: nothing comparable in the baseline", [*BENCH, "--backend", ORT, "--baseline", "{other_baseline}",
+    Case("bench: nothing comparable in the baseline", [*BENCH, "--candidate", ORT, "--baseline", "{other_baseline}",
                                                        "--output", "{dir}/b6.json"], 1,
          ("nothing comparable", "--allow-skip")),
-    Case("bench: nothing comparable, allowed", [*BENCH, "--backend", ORT, "--baseline", "{other_baseline}",
+    Case("bench: nothing comparable, allowed", [*BENCH, "--candidate", ORT, "--baseline", "{other_baseline}",
                                                 "--allow-skip", "--output", "{dir}/b7.json"], 0,
          ("nothing comparable",)),
-    Case("bench: baseline is not JSON", [*BENCH, "--backend", ORT, "--baseline", "{bad_json}"], 2,
+    Case("bench: baseline is not JSON", [*BENCH, "--candidate", ORT, "--baseline", "{bad_json}"], 2,
          ("cannot read baseline",)),
-    Case("bench: --output is a folder", [*BENCH, "--backend", ORT, "--output", "{dir}"], 2, ("is a folder",)),
-    Case("bench: --markdown under a file", [*BENCH, "--backend", ORT, "--output", "{dir}/b8.json", "--markdown",
+    Case("bench: --output is a folder", [*BENCH, "--candidate", ORT, "--output", "{dir}"], 2, ("is a folder",)),
+    Case("bench: --markdown under a file", [*BENCH, "--candidate", ORT, "--output", "{dir}/b8.json", "--markdown",
                                             "{file}/t.md"], 2, ("--markdown", "is a file")),
-    Case("bench: unknown backend", ["bench", "--backend", "foo=bar"], 2, ("unknown backend 'foo'",)),
-    Case("bench: --anchor not among the backends", [*BENCH, "--backend", ORT, "--anchor", "nope"], 2,
+    Case("bench: unknown backend", ["bench", "--candidate", "foo=bar"], 2, ("unknown backend 'foo'",)),
+    Case("bench: --anchor not among the backends", [*BENCH, "--candidate", ORT, "--anchor", "nope"], 2,
          ("--anchor", "not one of")),
-    Case("bench: --runs 0", [*BENCH, "--backend", ORT, "--runs", "0"], 2, (">= 1",)),
-    Case("bench: bit-rotted ONNX", [*BENCH, "--backend", "onnxruntime={rot_onnx}", "--output", "{dir}/b9.json"], 2,
+    Case("bench: --runs 0", [*BENCH, "--candidate", ORT, "--runs", "0"], 2, (">= 1",)),
+    Case("bench: bit-rotted ONNX", [*BENCH, "--candidate", "onnxruntime={rot_onnx}", "--output", "{dir}/b9.json"], 2,
          ("damaged",), subprocess=True),
 ]
 
@@ -359,7 +360,7 @@ def _fallback_file(text: str) -> Path:
 
 def test_bench_keeps_its_results_when_the_report_cannot_be_written(tmp_path, monkeypatch, capsys):
     _fail_writes_to(monkeypatch, "full.json")
-    code = main([*BENCH, "--backend", ORT, "--output", str(tmp_path / "full.json")])
+    code = main([*BENCH, "--candidate", ORT, "--output", str(tmp_path / "full.json")])
     text = capsys.readouterr().err
     assert code == 2 and "no space left" in text.lower() and "not lost" in text
     fallback = _fallback_file(text)

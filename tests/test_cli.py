@@ -252,15 +252,26 @@ def test_train_keeps_the_official_semantics():
     assert deq_config_from_args(plain) == DEQConfig()
 
 
-def test_bench_max_slowdown_and_its_deprecated_alias(capsys):
-    assert _parse("bench", "--backend", "torch=c.pth").max_slowdown == 0.15
-    assert _parse("bench", "--backend", "torch=c.pth", "--max-slowdown", "0.3").max_slowdown == 0.3
-    assert "deprecated" not in capsys.readouterr().err
-    assert _parse("bench", "--backend", "torch=c.pth", "--tolerance", "0.3").max_slowdown == 0.3
-    assert capsys.readouterr().err.strip() == "deqflow bench: warning: --tolerance is deprecated, use --max-slowdown"
-    # no abbreviations: --tol (the solver tolerance elsewhere) never silently means the allowed slowdown
-    assert main(["bench", "--backend", "torch=c.pth", "--tol", "0.3"]) == 2
-    assert "unrecognized arguments: --tol 0.3" in capsys.readouterr().err
+def test_bench_max_slowdown_and_no_tolerance(capsys):
+    assert _parse("bench", "--candidate", "torch=c.pth").max_slowdown == 0.15
+    assert _parse("bench", "--candidate", "torch=c.pth", "--max-slowdown", "0.3").max_slowdown == 0.3
+    # --tolerance is the solver tolerance (export); bench no longer takes it, nor an abbreviation such as --tol
+    for flag in ("--tolerance", "--tol"):
+        assert main(["bench", "--candidate", "torch=c.pth", flag, "0.3"]) == 2
+        assert f"unrecognized arguments: {flag} 0.3" in capsys.readouterr().err
+
+
+def test_renamed_flags_keep_their_settings():
+    """bench --candidate, compare --golden-inputs, triton-repo --instance-kind and build --engine-precision fill
+    the settings the old spellings filled."""
+    assert _parse("bench", "--candidate", "torch=c.pth", "--candidate", "onnxruntime=m.onnx").backend == \
+        ["torch=c.pth", "onnxruntime=m.onnx"]
+    assert _parse("compare", "--golden-inputs", "g.npz").inputs == "g.npz"
+    assert _parse("compare", "--inputs", "random").inputs == "random"
+    assert _parse("triton-repo", "--model", "m.onnx", "--output", "r", "--instance-kind", "cpu").device == "cpu"
+    assert _parse("build", "--onnx", "m.onnx", "--output", "m.engine", "--engine-precision", "graph").precision == \
+        "graph"
+    assert _parse("train", "--batch-size", "3").batch_size == _parse("train", "--batch", "3").batch_size == 3
 
 
 def _verb_parsers():
@@ -310,14 +321,21 @@ def test_help_shows_the_values():
     (["export", "--batch", "0"], "argument --batch: must be a whole number >= 1, got 0"),
     (["train", "--num-steps", "0"], "argument --num-steps: must be a whole number >= 1, got 0"),
     (["train", "--num-steps", "-3"], "must be a whole number >= 1, got -3"),
-    (["train", "--batch-size", "0"], "argument --batch-size: must be a whole number >= 1"),
+    (["train", "--batch-size", "0"], "argument --batch/--batch-size: must be a whole number >= 1"),
     (["train", "--lr", "nan"], "argument --lr: must be a finite number, got nan"),
     (["train", "--image-size", "130", "128"], "130 is not a positive multiple of 8; use 128 or 136"),
     (["train", "--f_thres", "0"], "argument --f_thres: must be between 1 and 10000"),
-    (["bench", "--backend", "torch=c.pth", "--max-slowdown", "-0.1"], "argument --max-slowdown: must be a finite"),
-    (["bench", "--backend", "torch=c.pth", "--size", "12"], "argument --size: size '12' must look like HxW"),
+    (["bench", "--candidate", "torch=c.pth", "--max-slowdown", "-0.1"], "argument --max-slowdown: must be a finite"),
+    (["bench", "--candidate", "torch=c.pth", "--size", "12"], "argument --size: size '12' must look like HxW"),
     (["compare", "--pairs", "0"], "argument --pairs: must be a whole number >= 1, got 0"),
-    (["compare", "--inputs", "photos"], "argument --inputs: must be real, random or a .npz file, got 'photos'"),
+    (["compare", "--inputs", "photos"], "argument --inputs: invalid choice: 'photos'"),
+    (["compare", "--golden-inputs", "g.json"], "argument --golden-inputs: must be a .npz file, got 'g.json'"),
+    (["infer", "--output", "o", "--device", "gpu"], "argument --device: must be a torch device (cpu, cuda, cuda:N"),
+    (["triton-repo", "--model", "m.onnx", "--output", "r", "--max-batch", "0"], "argument --max-batch: must be a "
+     "whole number >= 1, got 0"),
+    (["triton-repo", "--model", "m.onnx", "--output", "r", "--stream-idle-timeout", "-1"],
+     "argument --stream-idle-timeout: must be a finite number > 0"),
+    (["export", "--variant", "X"], "argument --variant: invalid choice: 'X'"),
 ])
 def test_bad_settings_are_refused_while_parsing(argv, words, capsys):
     assert main(argv) == 2

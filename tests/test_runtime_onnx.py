@@ -304,7 +304,7 @@ def test_compare_command_reports_and_golden(exports, tmp_path, capsys):
 
 
 def test_bench_command_and_regression_gate(exports, tmp_path, capsys):
-    common = ["bench", "--backend", f"torch={OFFICIAL_CKPT}", "--backend", f"onnxruntime={exports['unrolled']}",
+    common = ["bench", "--candidate", f"torch={OFFICIAL_CKPT}", "--candidate", f"onnxruntime={exports['unrolled']}",
               "--warmup", "1", "--runs", "2", "--threads", "1"]
     rc = main([*common, "--output", str(tmp_path / "b.json"), "--markdown", str(tmp_path / "b.md")])
     assert rc == 0

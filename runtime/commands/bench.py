@@ -8,33 +8,29 @@ HELP = ("time backends at given sizes / iterations / batch (median, p90, p99, th
 
 def add_arguments(p) -> None:
     from deqflow.cli_args import (
-        DeprecatedAlias,
+        add_batch_arg,
+        add_size_arg,
         add_solver_group,
         count,
         count_or_zero,
-        image_size,
         non_negative_number,
     )
-    from runtime.commands.common import add_backend_options
+    from runtime.commands.common import add_backend_options, add_candidate_arg, add_inputs_arg
 
-    p.add_argument("--backend", action="append", default=[], metavar="SPEC", required=True,
-                   help="BACKEND[:OPTION]=PATH, repeatable: torch=ckpt.pth, onnxruntime=m.onnx, tensorrt=m.onnx")
-    p.add_argument("--size", action="append", default=[], type=image_size,
-                   help="HxW, repeatable (default: the first export's size)")
-    p.add_argument("--batch", type=count, default=1, help="images per run")
+    add_candidate_arg(p, "the backends to time", required=True, dest="backend")
+    add_size_arg(p, "default: the first export's size", repeatable=True)
+    add_batch_arg(p)
     add_solver_group(p, ("iters",), notes={"iters": "always all of them: no early stop (default: the first "
                                                     "export's; graphs have theirs baked)"})
     p.add_argument("--warmup", type=count_or_zero, default=2, help="untimed runs per case first")
     p.add_argument("--runs", type=count, default=10, help="timed runs per case, interleaved between the cases")
-    p.add_argument("--inputs", choices=["real", "random"], default="real", help="real photographs or smooth noise")
+    add_inputs_arg(p)
     p.add_argument("--output", default="bench.json", help="JSON report")
     p.add_argument("--markdown", default=None, help="also write the table as Markdown (default: no)")
     g = p.add_argument_group("regression gate")
     g.add_argument("--baseline", default=None, help="earlier bench JSON to compare with (default: no gate)")
     g.add_argument("--max-slowdown", type=non_negative_number, default=0.15,
                    help="allowed slowdown against the baseline, as a fraction (0.15 = 15 %%)")
-    g.add_argument("--tolerance", dest="max_slowdown", type=non_negative_number, action=DeprecatedAlias,
-                   replacement="--max-slowdown")
     g.add_argument("--anchor", default=None, help="label of the backend the ratios are taken to (default: the "
                    "first)")
     g.add_argument("--gate-mode", choices=["auto", "ratio", "absolute"], default="auto",

@@ -27,9 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-shape", default=None, help="dynamic exports: profile minimum (HxW / BxHxW)")
     p.add_argument("--opt-shape", default=None, help="dynamic exports: profile optimum")
     p.add_argument("--max-shape", default=None, help="dynamic exports: profile maximum")
-    p.add_argument("--precision", choices=["fp32", "fp16", "graph"], default="fp32",
+    p.add_argument("--engine-precision", dest="precision", choices=["fp32", "fp16", "graph"], default="fp32",
                    help="fp32; fp16 = TensorRT 10 builder flag (weak typing); graph = strongly typed, precision from "
-                        "the ONNX (a --precision mixed16 export; the only way on TensorRT 11)")
+                        "the ONNX (a `deqflow export --precision mixed16` graph; the only way on TensorRT 11)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 (off by default: float32 engines stay float32)")
     p.add_argument("--timing-cache", default=None, help="timing cache file, read before and updated after the build")
     p.add_argument("--workspace-mb", type=count, default=None,

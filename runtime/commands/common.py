@@ -5,10 +5,23 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from deqflow.cli_args import add_solver_group, count_or_zero
+from deqflow.cli_args import (
+    add_device_arg,
+    add_solver_group,
+    count,
+    count_or_zero,
+    npz_file,
+    positive_number,
+)
 from deqflow.errors import InputError
 from deqflow.solver_spec import SolveOverrides
-from runtime.backends import BackendChoice, default_backend
+from runtime.backends import BACKENDS, BackendChoice, default_backend
+
+INPUT_SOURCES = ("real", "random")
+"""Generated inputs of compare and bench: crops of the real Middlebury motorcycle pair, or smooth noise."""
+
+SPEC_HELP = ("BACKEND[:OPTION]=PATH, repeatable: onnxruntime=m.onnx, onnxruntime:cuda=m.onnx, "
+             "onnxruntime:tensorrt=m.onnx, tensorrt=m.onnx, torch=ckpt.pth, torch:cuda=ckpt.pth")
 
 
 def add_solver_args(p: argparse.ArgumentParser) -> None:
@@ -29,11 +42,47 @@ def settings_from_args(args: argparse.Namespace) -> SolveOverrides:
                           warm_flow_tol=getattr(args, "warm_flow_tol", None))
 
 
+def add_backend_arg(p, note: str = "") -> argparse.Action:
+    """--backend NAME: the backend that runs a --model / --checkpoint (infer, serve)."""
+    return p.add_argument("--backend", choices=tuple(BACKENDS), default=None,
+                          help="default: torch with --checkpoint, onnxruntime with --model (tensorrt for .engine "
+                               "files)" + (f"; {note}" if note else ""))
+
+
+def add_candidate_arg(p, note: str = "", *, required: bool = False, dest: str = "candidate") -> argparse.Action:
+    """--candidate SPEC: a backend with its model file, repeatable (compare's candidates, bench's cases)."""
+    return p.add_argument("--candidate", action="append", default=[], metavar="SPEC", required=required, dest=dest,
+                          help=SPEC_HELP + (f"; {note}" if note else ""))
+
+
+def add_inputs_arg(p, note: str = "") -> argparse.Action:
+    """--inputs real|random: what compare and bench generate their image pairs from."""
+    return p.add_argument("--inputs", choices=INPUT_SOURCES, default="real",
+                          help="real (Middlebury motorcycle crops) or random (smooth noise)"
+                               + (f"; {note}" if note else ""))
+
+
+def add_golden_inputs_arg(p) -> argparse.Action:
+    """--golden-inputs FILE.npz: compare on the inputs of a golden file (its reference outputs are not used)."""
+    return p.add_argument("--golden-inputs", dest="inputs", type=npz_file, metavar="FILE.npz",
+                          help="use the inputs of this golden .npz instead of --inputs (default: none)")
+
+
+def add_batching_args(g) -> None:
+    """The Triton batching and instance options, one definition for serve and triton-repo."""
+    g.add_argument("--max-batch", type=count, default=8, help="largest batch Triton forms (and accepts per request)")
+    g.add_argument("--max-queue-delay-us", type=count_or_zero, default=2000,
+                   help="how long Triton holds a request to batch it with others (microseconds)")
+    g.add_argument("--instances", type=count, default=1, help="model instances (each with its own backend)")
+    g.add_argument("--stream-idle-timeout", type=positive_number, default=60.0,
+                   help="seconds after which an idle stream's state is freed")
+
+
 def add_backend_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("backend options")
     g.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default="cpu",
                    help="onnxruntime execution provider")
-    g.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    add_device_arg(g, "torch backend")
     g.add_argument("--device-id", type=count_or_zero, default=0,
                    help="GPU index (onnxruntime cuda/tensorrt, tensorrt)")
     g.add_argument("--threads", type=count_or_zero, default=0,

@@ -7,22 +7,25 @@ HELP = ("compare backends (onnxruntime, tensorrt, ...) against one float32 refer
 
 
 def add_arguments(p) -> None:
-    from deqflow.cli_args import count, image_size
-    from runtime.commands.common import add_backend_options, add_solver_args
+    from deqflow.cli_args import add_size_arg, count
+    from runtime.commands.common import (
+        add_backend_options,
+        add_candidate_arg,
+        add_golden_inputs_arg,
+        add_inputs_arg,
+        add_solver_args,
+    )
 
     p.add_argument("--reference", default=None, help="BACKEND[:OPTION]=PATH (default: torch=<--checkpoint>)")
     p.add_argument("--checkpoint", default=None, help="checkpoint of the default torch reference (default: none)")
-    p.add_argument("--candidate", action="append", default=[], metavar="SPEC",
-                   help="BACKEND[:OPTION]=PATH, repeatable: onnxruntime=m.onnx, onnxruntime:cuda=m.onnx, "
-                        "onnxruntime:tensorrt=m.onnx, tensorrt=m.onnx, torch:cuda=ckpt.pth (default: none)")
+    add_candidate_arg(p, "the backends compared with the reference (default: none)")
     p.add_argument("--golden", default=None, help="use this golden .npz (inputs + reference outputs) as reference "
                    "(default: none)")
     p.add_argument("--save-golden", default=None, help="save the inputs and reference outputs to this .npz "
                    "(default: none)")
-    p.add_argument("--inputs", type=inputs_source, default="real",
-                   help="real (Middlebury motorcycle crops), random, or a golden .npz whose inputs to use")
-    p.add_argument("--size", type=image_size, default=None,
-                   help="HxW of generated inputs (default: the first export's size)")
+    add_inputs_arg(p)
+    add_golden_inputs_arg(p)
+    add_size_arg(p, "of the generated inputs (default: the first export's size)")
     p.add_argument("--pairs", type=count, default=2, help="number of generated pairs (real: 1-4)")
     p.add_argument("--tier", choices=["auto", "float32", "float16"], default="auto",
                    help="tolerance tier (auto: float16 for mixed16 exports / fp16 engines)")
@@ -155,15 +158,6 @@ def print_verdicts(report) -> None:
               f"diff {_f(f.get('fl_all_pct'))} %, iterations {c['iterations_reference']} / "
               f"{c['iterations_candidate']}, "
               f"NaN/Inf {c['nonfinite']}; smallest passing tolerance {json.dumps(c['min_tolerance'])}")
-
-
-def inputs_source(text: str) -> str:
-    """--inputs: real, random or a .npz file (checked while parsing)."""
-    import argparse
-
-    if text in ("real", "random") or text.endswith(".npz"):
-        return text
-    raise argparse.ArgumentTypeError(f"must be real, random or a .npz file, got {text!r}")
 
 
 def _f(x) -> str:

@@ -33,11 +33,10 @@ FORMATS = tuple(FRAME_OUTPUTS)
 def add_arguments(p) -> None:
     from deqflow.cli_args import count, non_negative_number, positive_number
     from deqflow.solver_spec import WARM_FLOW_TOL
-    from runtime.commands.common import add_backend_options, add_solver_args
+    from runtime.commands.common import add_backend_arg, add_backend_options, add_solver_args
 
     g = p.add_argument_group("model")
-    g.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default=None,
-                   help="default: torch with --checkpoint, onnxruntime with --model (tensorrt for .engine files)")
+    add_backend_arg(g)
     g.add_argument("--checkpoint", default=None, help="official DEQ-Flow .pth or deqflow checkpoint (torch backend; "
                    "default: none)")
     g.add_argument("--model", default=None, help="ONNX export (any layout; a split export by its base name, e.g. "

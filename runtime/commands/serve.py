@@ -11,25 +11,19 @@ HELP = ("serve a model with NVIDIA's Triton Inference Server (PyTriton): image p
 
 
 def add_arguments(p) -> None:
-    from deqflow.cli_args import count, count_or_zero, positive_number
-    from runtime.commands.common import add_backend_options, add_solver_args
+    from deqflow.cli_args import count
+    from runtime.commands.common import add_backend_arg, add_backend_options, add_batching_args, add_solver_args
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, help="ONNX export (a split export by its base name) or TensorRT engine")
     g.add_argument("--checkpoint", default=None, help="checkpoint to serve with the torch backend")
-    g.add_argument("--backend", choices=["onnxruntime", "tensorrt", "torch"], default=None,
-                   help="default: torch with --checkpoint, onnxruntime with --model (tensorrt for .engine files)")
+    add_backend_arg(g)
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     s.add_argument("--http-port", type=count, default=8000, help="HTTP port")
     s.add_argument("--grpc-port", type=count, default=8001, help="gRPC port")
     s.add_argument("--metrics-port", type=count, default=8002, help="Prometheus metrics (/metrics)")
-    s.add_argument("--max-batch", type=count, default=8, help="largest batch Triton forms (and accepts per request)")
-    s.add_argument("--max-queue-delay-us", type=count_or_zero, default=2000,
-                   help="how long Triton holds a request to batch it with others (microseconds)")
-    s.add_argument("--instances", type=count, default=1, help="model instances (each with its own backend)")
-    s.add_argument("--stream-idle-timeout", type=positive_number, default=60.0,
-                   help="seconds after which an idle stream's state is freed")
+    add_batching_args(s)
     s.add_argument("--workspace", default=None, help="PyTriton workspace folder (default: a temporary one)")
     s.add_argument("--verbose", action="store_true", help="print Triton's own log")
     add_solver_args(p)

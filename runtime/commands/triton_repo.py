@@ -8,20 +8,18 @@ HELP = ("write a model repository (config.pbtxt checked against Triton's schema)
 
 
 def add_arguments(p) -> None:
-    from runtime.commands.common import add_solver_args
+    from runtime.commands.common import add_batching_args, add_solver_args
 
     p.add_argument("--model", required=True, help="ONNX export (a split export by its base name)")
     p.add_argument("--output", required=True, help="repository folder to write")
     p.add_argument("--plan", default=None, help="TensorRT engine of a whole-graph export (deqflow build): served "
                    "as tensorrt_plan instead of the ONNX file")
-    p.add_argument("--max-batch", type=int, default=8)
-    p.add_argument("--max-queue-delay-us", type=int, default=2000)
-    p.add_argument("--instances", type=int, default=1, help="instances per model")
-    p.add_argument("--device", choices=["gpu", "cpu"], default="gpu", help="instance kind of the graph models")
+    p.add_argument("--instance-kind", dest="device", choices=["gpu", "cpu"], default="gpu",
+                   help="Triton instance kind of the graph models")
     p.add_argument("--parts", choices=["onnxruntime", "python"], default="onnxruntime",
                    help="split layout: serve the three graphs with Triton's onnxruntime backend (NVIDIA's container) "
                         "or with ONNX Runtime inside the python backend (servers without it)")
-    p.add_argument("--stream-idle-timeout", type=float, default=60.0, help="seconds before an idle stream is freed")
+    add_batching_args(p.add_argument_group("batching (as in deqflow serve)"))
     add_solver_args(p)
 
 

@@ -48,7 +48,7 @@ class BuildSettings:
         if trt_version is not None and trt_major(trt_version) >= 11 and self.precision == "fp16":
             raise InputError(f"TensorRT {trt_version} is strongly typed and has no FP16 builder flag: export a "
                              "mixed-precision graph (deqflow export --precision mixed16) and build it with "
-                             "--precision graph")
+                             "deqflow build --engine-precision graph")
         if onnx_precision == "mixed16" and self.precision == "fp32":
             self.precision = "graph"  # a mixed16 graph carries its precision: build it strongly typed
         check_profiles(self.profiles)

@@ -7,7 +7,7 @@ def requires(args) -> tuple[str, ...]:
 
 
 def add_arguments(p) -> None:
-    from deqflow.cli_args import add_solver_group, count
+    from deqflow.cli_args import add_device_arg, add_solver_group, count
 
     p.add_argument("--checkpoint", required=True, help="official DEQ-Flow .pth or deqflow checkpoint")
     p.add_argument("--dataset", nargs="*", default=[],
@@ -21,7 +21,7 @@ def add_arguments(p) -> None:
     p.add_argument("--pad-mode", choices=["sintel", "kitti"], default="sintel", help="padding for --folder/--stereo")
     p.add_argument("--max-samples", type=count, default=None, help="samples per set (default: all)")
     p.add_argument("--output", default=None, help="write the results as JSON here (default: only print them)")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    add_device_arg(p)
     add_solver_group(p, ("iters", "tol", "stop_mode", "solver", "stall_window"), defaults={"solver": "fixed_point"},
                      notes={"iters": "default: the checkpoint's evaluation cap, eval_f_thres or f_thres x "
                                      "eval_factor",

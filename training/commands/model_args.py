@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 
 from deqflow.cli_args import count, fraction
-from training.config import VARIANT_FLAGS, ModelConfig
+from training.config import VARIANT_FLAGS, VARIANTS, ModelConfig
 from training.deq.config import DEQConfig
+
+
+def add_variant_arg(p, note: str) -> argparse.Action:
+    """--variant: a DEQ-Flow variant letter (train: the one to build; export: the one expected)."""
+    return p.add_argument("--variant", choices=tuple(VARIANTS), default=None, help=f"DEQ-Flow variant; {note}")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--variant", choices=["T", "B", "L", "H", "G"], default=None,
-                   help="DEQ-Flow variant (default: B); the official flags below also work")
+    add_variant_arg(g, "default: B; the official flags below also work")
     for letter, flag in VARIANT_FLAGS.items():
         g.add_argument(f"--{flag}", action="store_true", help=f"variant {letter}")
     g.add_argument("--gma", action="store_true", help="global motion aggregation")

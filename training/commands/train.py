@@ -14,7 +14,15 @@ def requires(args) -> tuple[str, ...]:
 
 
 def add_arguments(p) -> None:
-    from deqflow.cli_args import count, count_or_zero, multiple_of_8, non_negative_number, positive_number
+    from deqflow.cli_args import (
+        add_batch_arg,
+        add_device_arg,
+        count,
+        count_or_zero,
+        multiple_of_8,
+        non_negative_number,
+        positive_number,
+    )
     from training.stages import STAGES
 
     p.add_argument("--stage", choices=sorted(STAGES), default="synthetic",
@@ -22,7 +30,8 @@ def add_arguments(p) -> None:
     p.add_argument("--output", default=None, help="run folder (default: runs/<stage>)")
     p.add_argument("--data-root", default="datasets", help="folder holding the standard dataset layouts")
     p.add_argument("--num-steps", type=count, default=None, help="optimizer steps (default: the stage's)")
-    p.add_argument("--batch-size", type=count, default=None, help="per process (default: the stage's)")
+    add_batch_arg(p, "--batch-size", default=None, dest="batch_size",
+                  help="images per step and process (default: the stage's)")
     p.add_argument("--lr", type=positive_number, default=None, help="peak learning rate (default: the stage's)")
     p.add_argument("--wdecay", type=non_negative_number, default=None, help="weight decay (default: the stage's)")
     p.add_argument("--gamma", type=positive_number, default=None,
@@ -50,7 +59,7 @@ def add_arguments(p) -> None:
                    "or 'auto' for <output>/last.pth (default: start fresh)")
     p.add_argument("--init", default=None, help="start from these weights with a fresh optimizer (default: random)")
     p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (with torchrun: one GPU per process)")
+    add_device_arg(p, "with torchrun: one GPU per process")
     p.add_argument("--memory-saving", action="store_true",
                    help="recompute the encoders' activations in backward instead of keeping them: same gradients, "
                    "about 0.7x the peak memory, 5-22%% more time per step (docs/bench_train_memory_saving.md)")
