@@ -203,7 +203,7 @@ def test_clear_errors_for_what_a_model_cannot_do(exports):
         with pytest.raises(InputError, match="cannot stop at tolerance"):
             be.configure(SolveOverrides(tol=1e-3))
     with _ort(exports["split"]) as be:  # the split layout takes any settings, defaults from its metadata
-        assert be.resolved.max_iter == ITERS and be.resolved.tol == 0.0
+        assert be.resolved.stop.max_iter == ITERS and be.resolved.stop.tol == 0.0
         assert be.configure(SolveOverrides(max_iter=3, method="anderson")).stop.max_iter == 3
         img = np.zeros((1, 3, 128, 160), np.float32)
         assert be.infer(img, img).iterations == 3
