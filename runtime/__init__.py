@@ -13,14 +13,13 @@ backend imports its library when it is created, so deployment machines need only
 """
 
 from runtime.backends import BACKENDS, Backend, InferenceResult, TensorSpec, create_backend, parse_spec
-from runtime.errors import EngineMismatchError, ProfileError
 from runtime.modelfile import ModelFile, open_model_file
 from runtime.pipeline import FlowEstimator, PairFlow
-from runtime.preprocessing import PreparedBatch, load_image, prepare, real_pair, real_pairs, to_batch, unpad_flow
+from runtime.preprocessing import PreparedBatch, prepare, real_pair, real_pairs, to_batch, unpad_flow
 from runtime.solver import SolverSettings, WarmState, solve
 
 __all__ = [
-    "BACKENDS", "Backend", "EngineMismatchError", "FlowEstimator", "InferenceResult", "ModelFile", "PairFlow",
-    "PreparedBatch", "ProfileError", "SolverSettings", "TensorSpec", "WarmState", "create_backend", "load_image",
-    "open_model_file", "parse_spec", "prepare", "real_pair", "real_pairs", "solve", "to_batch", "unpad_flow",
+    "BACKENDS", "Backend", "FlowEstimator", "InferenceResult", "ModelFile", "PairFlow", "PreparedBatch",
+    "SolverSettings", "TensorSpec", "WarmState", "create_backend", "open_model_file", "parse_spec", "prepare",
+    "real_pair", "real_pairs", "solve", "to_batch", "unpad_flow",
 ]

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from deqflow.checkpoint import sha256_file
+from deqflow.errors import InputError
 from deqflow.fileio import atomic_write_bytes
-from runtime.errors import InputError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "deqflow-infer-sequence/1"

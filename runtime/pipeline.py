@@ -34,7 +34,7 @@ class FlowEstimator:
     def __init__(self, backend: Backend, *, pad_mode: str = "sintel", warm_start: bool = False,
                  forward_warp: bool = False) -> None:
         if warm_start and not backend.supports_warm_start:
-            from runtime.errors import InputError
+            from deqflow.errors import InputError
 
             raise InputError(f"{backend.label}: --warm-start needs the split layout (export with --layout split) "
                              "or the torch backend; this model runs its whole solver inside one graph")
@@ -61,8 +61,8 @@ class FlowEstimator:
 def check_image_size(backend: Backend, size: tuple[int, int], padded: tuple[int, int]) -> None:
     """InputError in the user's terms (their image size, not the padded one) when the model cannot take the
     images: smaller than its correlation pyramid allows, or not the size a static export was made for."""
+    from deqflow.errors import InputError
     from deqflow.padding import min_size_for_levels
-    from runtime.errors import InputError
 
     (h, w), (hp, wp) = size, padded
     minimum = min_size_for_levels(backend.levels)

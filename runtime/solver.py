@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from deqflow.errors import InputError
 from deqflow.host_solver import (
     HOST_METHODS,
     SolveResult,
@@ -21,7 +22,6 @@ from deqflow.host_solver import (
     initial_state,
     solve,
 )
-from runtime.errors import InputError
 
 __all__ = ["HOST_METHODS", "SolveResult", "SolveStats", "SolverSettings", "StepParts", "WarmState", "as_numpy",
            "forward_warp_state", "initial_state", "nearest_points", "solve"]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from helpers import ROOT, blocking_prelude, subprocess_env
 
-from deqflow.errors import InputError, MissingDependencyError
-from runtime.errors import EngineMismatchError, ProfileError
+from deqflow.errors import EngineMismatchError, InputError, MissingDependencyError, ProfileError
+from deqflow.extras import optional
 
 
 def test_runtime_imports_without_torch_tensorrt_or_onnxruntime():
@@ -188,7 +188,7 @@ def test_frame_sources(tmp_path):
     w.release()
     vid = list(frame_source(video))
     assert len(vid) == 3 and vid[0].rgb.shape == (32, 40, 3) and vid[1].name == "000001"
-    from runtime.errors import FileFormatError
+    from deqflow.errors import FileFormatError
 
     with pytest.raises(FileFormatError, match="input not found"):
         frame_source(tmp_path / "empty")
@@ -300,12 +300,8 @@ def test_trt_engine_compatibility_messages():
 
 def test_tensorrt_absent_gives_one_clear_error(tmp_path):
     pytest.importorskip("onnx")
-    try:
-        import tensorrt  # noqa: F401
-
+    if optional("tensorrt") is not None:
         pytest.skip("tensorrt is installed here")
-    except ImportError:
-        pass
     from runtime.tensorrt import import_tensorrt
 
     with pytest.raises(MissingDependencyError) as exc:
@@ -315,7 +311,7 @@ def test_tensorrt_absent_gives_one_clear_error(tmp_path):
 
 
 def test_engine_file_without_sidecar(tmp_path):
-    from runtime.errors import FileFormatError
+    from deqflow.errors import FileFormatError
     from runtime.modelfile import open_model_file
 
     (tmp_path / "m.engine").write_bytes(b"plan")

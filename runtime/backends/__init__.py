@@ -7,8 +7,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from deqflow.errors import InputError
 from runtime.backends.base import Backend, InferenceResult, TensorSpec
-from runtime.errors import InputError
 
 BACKENDS: dict[str, str] = {
     "torch": "runtime.backends.torch_backend:TorchBackend",

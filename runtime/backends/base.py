@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from deqflow.errors import InputError
 from deqflow.finite_check import check_finite_outputs
 from deqflow.model_metadata import ModelMetadata
-from runtime.errors import InputError
 from runtime.modelfile import ModelFile, open_model_file
 from runtime.preprocessing import check_model_inputs
 from runtime.solver import SolverSettings, StepParts, WarmState, solve

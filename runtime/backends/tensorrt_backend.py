@@ -14,8 +14,8 @@ import os
 
 import numpy as np
 
+from deqflow.errors import EngineMismatchError, InputError
 from runtime.backends.base import ExportedModelBackend, InferenceResult, TensorSpec
-from runtime.errors import EngineMismatchError, InputError
 from runtime.modelfile import ModelFile
 from runtime.solver import SolverSettings, WarmState
 from runtime.tensorrt import import_tensorrt

@@ -14,18 +14,15 @@ from typing import Any
 
 import numpy as np
 
+from deqflow.errors import InputError
+from deqflow.extras import missing, require
 from deqflow.solver_spec import AndersonOptions, canonical_solver
 from runtime.backends.base import Backend, InferenceResult, TensorSpec
-from runtime.errors import InputError, missing_dependency
 from runtime.solver import SolverSettings, WarmState
 
 
 def import_torch():
-    try:
-        import torch
-    except ImportError as exc:
-        raise missing_dependency("torch", "the torch backend", str(exc)) from None
-    return torch
+    return require("torch", "the torch backend")
 
 
 class TorchBackend(Backend):
@@ -45,7 +42,7 @@ class TorchBackend(Backend):
         self.device = torch.device(device)
         if self.device.type == "cuda":
             if not torch.cuda.is_available():
-                raise missing_dependency("gpu", f"the torch backend on {device}",
+                raise missing("gpu", f"the torch backend on {device}",
                                          "torch.cuda.is_available() is False")
             torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
             torch.backends.cudnn.allow_tf32 = bool(tf32)

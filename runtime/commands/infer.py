@@ -84,10 +84,10 @@ def add_arguments(p) -> None:
 
 def make_backend(args):
     """The backend chosen by --backend / --checkpoint / --model, with the solver flags."""
+    from deqflow.errors import InputError
     from deqflow.model_metadata import ENGINE_SUFFIXES
     from runtime.backends import create_backend
     from runtime.commands.common import backend_options, settings_from_args
-    from runtime.errors import InputError
 
     if args.server:
         return server_backend(args)
@@ -111,7 +111,7 @@ def make_backend(args):
 
 def server_backend(args):
     """The solves of this run on a `deqflow serve` server: its own model and solver settings apply."""
-    from runtime.errors import InputError
+    from deqflow.errors import InputError
     from runtime.serving.remote import ServerBackend
 
     if args.checkpoint or args.model or args.backend:
@@ -126,8 +126,8 @@ VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", 
 
 
 def run(args) -> int:
+    from deqflow.errors import InputError
     from deqflow.fileio import check_output_dir
-    from runtime.errors import InputError
 
     sources = [x for x in (args.image1 or args.image2, args.folder, args.video) if x]
     if len(sources) != 1:
@@ -155,8 +155,8 @@ def run(args) -> int:
 def check_video_out(path: Path, video: str | None = None) -> Path:
     """--video-out checked before any frame is computed: a known container, a writable file path that is not
     the input video."""
+    from deqflow.errors import InputError
     from deqflow.fileio import check_output_file
-    from runtime.errors import InputError
 
     if video and path.resolve() == Path(video).resolve():
         raise InputError(f"--video-out {path} is the input video: give another file name")
@@ -170,7 +170,7 @@ def check_video_out(path: Path, video: str | None = None) -> Path:
 
 
 def run_pair(args) -> int:
-    from runtime.preprocessing import load_image
+    from deqflow.image_io import read_image as load_image
 
     img1, img2 = load_image(args.image1), load_image(args.image2)  # read before anything is created
     gt = read_ground_truth(args.gt, img1.shape[:2]) if args.gt else None
@@ -182,8 +182,8 @@ def run_pair(args) -> int:
 
 def read_ground_truth(path: str, size: tuple[int, int]):
     """(flow, valid) of --gt, refused before inference unless it has the images' size."""
+    from deqflow.errors import InputError
     from deqflow.flow_io import read_flow
-    from runtime.errors import InputError
 
     gt = read_flow(path)
     shape = tuple(gt[0].shape[:2])
@@ -323,7 +323,7 @@ def run_frames(source, estimator, out_dir: Path, formats: list[str], names: list
                max_flow: float | None) -> tuple[list[dict], list[str]]:
     """Flow of the pairs named `names` (frame t -> t+1, named after t); the `done` ones are reused. Each
     computed frame's outputs and frames.jsonl line are written as it finishes. -> (records, reused names)."""
-    from runtime.errors import DeqflowError
+    from deqflow.errors import DeqflowError
 
     records: list[dict] = []
     reused: list[str] = []
@@ -404,7 +404,7 @@ def sequence_summary(args, manifest, formats: list[str], records: list[dict], re
 def finish_sequence(args, out_dir: Path, summary: dict, color_files: list[Path], fps: float) -> None:
     """The video (if asked) and summary.json. The frames are on disk already: when the video cannot be
     written the summary still is, and when summary.json cannot be written it is printed."""
-    from runtime.errors import DeqflowError
+    from deqflow.errors import DeqflowError
 
     failure = None
     if args.video_out:
@@ -421,8 +421,8 @@ def finish_sequence(args, out_dir: Path, summary: dict, color_files: list[Path],
 
 def save_summary(path: Path, summary: dict, kept: str) -> None:
     """summary.json, atomically; printed to stdout (and a one-line error) when it cannot be written."""
+    from deqflow.errors import DeqflowError
     from deqflow.fileio import atomic_write_bytes
-    from runtime.errors import DeqflowError
 
     text = json.dumps(summary, indent=2)
     try:
@@ -438,9 +438,9 @@ def write_color_video(path: Path, files: list[Path], fps: float) -> Path:
     import cv2
     import numpy as np
 
+    from deqflow.errors import InputError
     from deqflow.fileio import atomic_outputs, check_output_file
     from deqflow.image_io import read_image
-    from runtime.errors import InputError
 
     files = [f for f in files if f.is_file()]
     if not files:

@@ -40,8 +40,8 @@ def backend_choice(args):
     """--model / --checkpoint / --backend and the solver and backend flags -> BackendChoice."""
     from pathlib import Path
 
+    from deqflow.errors import InputError
     from runtime.commands.common import backend_options, settings_from_args
-    from runtime.errors import InputError
     from runtime.serving.adapter import BackendChoice
 
     if bool(args.checkpoint) == bool(args.model):

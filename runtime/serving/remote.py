@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from deqflow.errors import InputError
 from runtime.backends.base import Backend, InferenceResult, TensorSpec
-from runtime.errors import InputError
 from runtime.serving.client import Client
 from runtime.serving.protocol import FLOW_MODEL
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import InputError, missing_dependency
+from deqflow.errors import InputError
+from deqflow.extras import require
 from runtime.serving import adapter
 from runtime.serving.models import FlowModel, StreamModel, StreamStore
 from runtime.serving.protocol import (
@@ -67,11 +68,7 @@ class ServeConfig:
 
 
 def import_pytriton():
-    try:
-        from pytriton import triton
-    except ImportError as exc:
-        raise missing_dependency("nvidia-pytriton", "deqflow serve", str(exc)) from None
-    return triton
+    return require("pytriton.triton", "deqflow serve")
 
 
 def use_own_libpython(env: dict | None = None) -> str:
