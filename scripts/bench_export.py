@@ -105,7 +105,7 @@ def main(argv=None) -> int:
 
     from deqflow import __version__
     from export import export_onnx
-    from export.parity import epe, real_pair, reference_model, torch_flow
+    from export.parity import epe, padded_real_pair, reference_model, torch_flow
     from training.checkpoint import load_model
     from training.config import ModelConfig
     from training.model.deq_flow import DEQFlow
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
         model, _ = load_model(args.checkpoint)
         source, ckpt_label = args.checkpoint, os.path.relpath(args.checkpoint, ROOT)
     h, w, iters = args.height, args.width, args.iters
-    image1, image2 = real_pair(h, w)
+    image1, image2 = padded_real_pair(h, w)
     feed = {"image1": image1.numpy(), "image2": image2.numpy(),
             "flow_init": np.zeros((1, 2, h // 8, w // 8), np.float32)}
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_export_"))

@@ -129,8 +129,9 @@ class Backend(ABC):
         return result
 
     @property
-    def weights_digest(self) -> str:
-        """Short identity of the weights this backend runs, for messages ('' when unknown)."""
+    def identity(self) -> str:
+        """Short identity of the model this backend runs, for messages and run manifests: the digest of its
+        weights where the backend knows it ('' when unknown)."""
         return ""
 
     def check_finite(self, result: InferenceResult) -> None:
@@ -140,7 +141,7 @@ class Backend(ABC):
             outputs["residual"] = np.asarray(result.residual)
         if result.residual_rel is not None:
             outputs["residual_rel"] = np.asarray(result.residual_rel)
-        check_finite_outputs(outputs, str(self.model_path), self.weights_digest)
+        check_finite_outputs(outputs, str(self.model_path), self.identity)
 
     @abstractmethod
     def _infer(self, image1: np.ndarray, image2: np.ndarray, flow_init: np.ndarray | None,
@@ -206,7 +207,7 @@ class ExportedModelBackend(Backend):
     """The model-file kinds this backend runs."""
 
     @property
-    def weights_digest(self) -> str:
+    def identity(self) -> str:
         return self.file.digest
     file: ModelFile
     meta: ModelMetadata

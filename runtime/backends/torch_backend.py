@@ -80,7 +80,7 @@ class TorchBackend(Backend):
         return self.torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device)
 
     @property
-    def weights_digest(self) -> str:
+    def identity(self) -> str:
         meta = self.checkpoint_meta
         return (meta.get("weights_sha256") or meta.get("sha256") or "")[:12]
 
