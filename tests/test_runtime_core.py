@@ -259,7 +259,9 @@ def test_trt_engine_cache_key():
 
 
 def test_trt_profile_checks_and_build_settings():
-    from deqflow.shapes import image_profiles, parse_shape_arg
+    from fakes import image_profiles
+
+    from deqflow.shapes import parse_shape_arg
     from runtime.tensorrt.build import BuildSettings
     from runtime.tensorrt.runner import check_profile
 

@@ -133,11 +133,3 @@ def load_model(path: str | os.PathLike, *, variant: str | None = None, deq: DEQC
     load_state_dict_strict(model, state_dict, path)
     meta = {**meta, "sha256": sha256_file(path), "path": path}
     return model.to(device).eval(), meta
-
-
-def save_model(path: str | os.PathLike, model: DEQFlow, meta: Mapping[str, Any] | None = None,
-               **extra: Any) -> None:
-    """Write a deqflow-format checkpoint (weights, config, metadata; `extra` e.g. optimizer state)."""
-    payload = make_payload(model.state_dict(), model.cfg.to_dict(),
-                           {"variant": model.cfg.variant, **(meta or {})}, **extra)
-    write_checkpoint(path, payload)
