@@ -105,8 +105,9 @@ def load_model(path: str | os.PathLike, *, variant: str | None = None, deq: DEQC
 
     variant: the variant the caller expects (checked against the weights); inferred when None.
     deq: solver settings; default = the checkpoint's own (deqflow format) or the official evaluation
-    protocol (fixed-point iteration, 40 x 1.5 = 60 steps) for official checkpoints; then the inference stop
-    rule: `stop_rule`, else (when `deq` is None) the one in the checkpoint's metadata (`stop_rule` entry).
+    protocol (fixed-point iteration, DEQConfig's f_max_iter x eval_factor steps) for official checkpoints;
+    then the inference stop rule: `stop_rule`, else (when `deq` is None) the one in the checkpoint's metadata
+    (`stop_rule` entry).
     Returns (model, metadata); metadata includes the checkpoint's sha256.
     """
     path = str(path)

@@ -63,8 +63,8 @@ class TrainConfig:
     drift_weight: float = 0.0  # penalty on a sampled state worse than the one before it (loss.py)
     tensorboard: bool = False
     device: str = "cpu"
-    # Activation checkpointing of the encoders (DEQFlow.memory_saving): same outputs and gradients, about
-    # 0.7x the peak memory for 5-22% more CPU time per step (docs/bench_train_memory_saving.md). Off by
+    # Activation checkpointing of the encoders (DEQFlow.memory_saving): same outputs and gradients, less
+    # peak memory for more CPU time per step (measured in docs/bench_train_memory_saving.md). Off by
     # default: CPU runs are bound by time, not memory; turn it on where memory limits the batch or crop.
     memory_saving: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
