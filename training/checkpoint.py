@@ -14,8 +14,8 @@ import torch
 
 from deqflow.checkpoint import (
     make_payload,
+    read_checkpoint_and_sha256,
     read_checkpoint_file,
-    sha256_file,
     split_checkpoint,
     write_checkpoint,
 )
@@ -111,7 +111,8 @@ def load_model(path: str | os.PathLike, *, variant: str | None = None, deq: DEQC
     Returns (model, metadata); metadata includes the checkpoint's sha256.
     """
     path = str(path)
-    state_dict, cfg_dict, meta = split_checkpoint(read_checkpoint_file(path), path)
+    payload, sha256 = read_checkpoint_and_sha256(path)
+    state_dict, cfg_dict, meta = split_checkpoint(payload, path)
     inferred = infer_model_config(state_dict, path)
     if variant is not None and str(variant).upper() != inferred["variant"]:
         raise CheckpointError(f"{path} holds a DEQ-Flow-{inferred['variant']} model, not the requested "
@@ -132,5 +133,5 @@ def load_model(path: str | os.PathLike, *, variant: str | None = None, deq: DEQC
         cfg.deq = cfg.deq.with_stop_rule(rule)
     model = DEQFlow(cfg, lookup=lookup)
     load_state_dict_strict(model, state_dict, path)
-    meta = {**meta, "sha256": sha256_file(path), "path": path}
+    meta = {**meta, "sha256": sha256, "path": path}
     return model.to(device).eval(), meta
