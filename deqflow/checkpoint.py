@@ -23,6 +23,10 @@ from typing import Any
 from deqflow.errors import CheckpointError
 from deqflow.fileio import atomic_outputs
 
+SHIPPED_CHECKPOINT = Path("checkpoints", "deqflow-T-synthetic.pth")
+"""The shipped model, relative to the repository root (where `make demo` runs); its model card is the .md
+next to it."""
+
 FORMAT_NAME = "deqflow"
 FORMAT_VERSION = 1
 OFFICIAL_PREFIX = "module."

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from deqflow.checkpoint import SHIPPED_CHECKPOINT
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-DEFAULT_CKPT = ROOT / "checkpoints" / "deqflow-T-synthetic.pth"
+DEFAULT_CKPT = ROOT / SHIPPED_CHECKPOINT
 
 
 def parse_args(argv=None):

@@ -34,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from deqflow.checkpoint import SHIPPED_CHECKPOINT
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 DOCS = ROOT / "docs"
 CURVE_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24)
 STARTS = ("cold", "reuse", "forward")
@@ -398,7 +399,7 @@ def summary_table(paths) -> str:
     agree (the same iterations and EPE to the printed digits), one per backend otherwise."""
     rows: dict[tuple, dict[str, str]] = {}
     for d in (json.loads(Path(p).read_text()) for p in paths):
-        if d["checkpoint"] != "deqflow-T-synthetic.pth":
+        if d["checkpoint"] != SHIPPED_CHECKPOINT.name:
             continue
         video = f"{d['size'][0]}x{d['size'][1]}, up to {d['max_displacement']:g} px"
         for method in METHODS:
@@ -419,7 +420,7 @@ def summary_table(paths) -> str:
         groups = [(" and ".join(names[b] for b in order), cells[order[0]])] if len(
             set(cells.values())) == 1 else [(names[b], cells[b]) for b in order]
         lines += [f"| {key[1]} | {backend} | {key[3]} | {key[5]} | {v} |" for backend, v in groups]
-    note = ("Means over pairs 1-8 of 10-frame synthetic videos, checkpoints/deqflow-T-synthetic.pth "
+    note = (f"Means over pairs 1-8 of 10-frame synthetic videos, {SHIPPED_CHECKPOINT} "
             "(scripts/warm_start_video.py; details in docs/warm_start.md). Cold starts: rel residual < 0.005 (or "
             "stalled over 6, cap 40). Warm starts: the previous pair's fixed point (`reuse`, the runtime's default) "
             "or that moved along its flow (`forward`), stopping on the same rule or also once the flow step is "

@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from deqflow.checkpoint import sha256_file
+from deqflow.checkpoint import SHIPPED_CHECKPOINT, sha256_file
 from deqflow.host_solver import SolverSettings
 from deqflow.onnx_session import SessionConfig, run_export
 from deqflow.padding import InputPadder
@@ -26,7 +26,7 @@ FLOW_TOL = 1e-3  # px
 FP16_EPE = 0.05  # px, mean EPE of the mixed float16 graph against float32
 ROOT = Path(__file__).resolve().parents[1]
 # the shipped checkpoint (training issue); DEQFLOW_EXPORT_TRAINED points the tests at another file
-TRAINED = Path(os.environ.get("DEQFLOW_EXPORT_TRAINED", ROOT / "checkpoints" / "deqflow-T-synthetic.pth"))
+TRAINED = Path(os.environ.get("DEQFLOW_EXPORT_TRAINED", ROOT / SHIPPED_CHECKPOINT))
 OFFICIAL = ROOT / "tests" / "fixtures" / "official" / "official-T-seed2.pth"
 MODELS = ["random", "official", "trained"]  # the shipped checkpoint is committed: a missing file fails
 LAYOUTS = ["unrolled", "loop", "split"]
