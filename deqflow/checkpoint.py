@@ -23,6 +23,10 @@ from typing import Any
 from deqflow.errors import CheckpointError
 from deqflow.fileio import atomic_outputs
 
+SHIPPED_CHECKPOINT = Path("checkpoints", "deqflow-T-synthetic.pth")
+"""The shipped model, relative to the repository root (where `make demo` runs); its model card is the .md
+next to it."""
+
 FORMAT_NAME = "deqflow"
 FORMAT_VERSION = 1
 OFFICIAL_PREFIX = "module."
@@ -44,6 +48,11 @@ def read_checkpoint_file(path: str | os.PathLike) -> Any:
 
     The file is read once; a zip archive (torch.save's format) has every member's CRC checked before the
     same bytes are unpickled."""
+    return read_checkpoint_and_sha256(path)[0]
+
+
+def read_checkpoint_and_sha256(path: str | os.PathLike) -> tuple[Any, str]:
+    """read_checkpoint_file's object and the sha256 of the bytes it read (the file is still read once)."""
     import torch
 
     path = Path(path)
@@ -62,7 +71,7 @@ def read_checkpoint_file(path: str | os.PathLike) -> Any:
     if data.startswith(_LOCAL_HEADER):
         verify_archive(data, path)
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), hashlib.sha256(data).hexdigest()
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors...
         raise _load_error(path, exc) from None
 

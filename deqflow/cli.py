@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from deqflow import __version__
 from deqflow.cli_args import CliParser, DefaultsHelpFormatter
 from deqflow.errors import DeqflowError
-from deqflow.extras import LIBRARIES, install_hint
+from deqflow.extras import LIBRARIES, install_hint, optional
 
 # name -> module defining HELP, add_arguments(parser), run(args) -> int and optionally requires(args) -> modules
 COMMANDS: dict[str, str] = {
@@ -58,9 +58,7 @@ def requested_verb(argv: list[str]) -> str | None:
 def missing_requirement(args: argparse.Namespace) -> str | None:
     """'needs X' for the first library the chosen verb requires (its `requires(args)`) that cannot be imported."""
     for module_name in args._requires(args) if args._requires else ():
-        try:
-            importlib.import_module(module_name)
-        except ImportError:
+        if optional(module_name) is None:
             return f"this command needs {INSTALL.get(module_name, module_name)}, which is not installed here"
     return None
 

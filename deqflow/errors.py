@@ -24,3 +24,11 @@ class MissingDependencyError(DeqflowError, ImportError):
 
 class NonFiniteOutputError(DeqflowError):
     """A model produced NaN/Inf (flow, residual): the model file is damaged or the model diverged."""
+
+
+class ProfileError(InputError):
+    """An input shape lies outside what a model or TensorRT engine was built for (checked before running)."""
+
+
+class EngineMismatchError(DeqflowError):
+    """A TensorRT engine was built by another TensorRT version or for another GPU (or from another ONNX)."""

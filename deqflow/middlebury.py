@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from deqflow.errors import InputError, MissingDependencyError
-from deqflow.extras import TRAIN
+from deqflow.errors import InputError
+from deqflow.extras import require
 
 REAL_PAIR_VIEWS = ((1.0, (0.5, 0.5)), (2.0, (0.4, 0.45)), (1.5, (0.8, 0.2)), (3.0, (0.5, 0.6)))
 """(zoom, crop offset) of the distinct views `real_pairs` takes."""
@@ -21,11 +21,8 @@ REAL_PAIR_VIEWS = ((1.0, (0.5, 0.5)), (2.0, (0.4, 0.45)), (1.5, (0.8, 0.2)), (3.
 
 def motorcycle() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(left, right) uint8 RGB (H,W,3), flow (H,W,2) float32 (0 where invalid) and valid (H,W) float32."""
-    try:
-        from skimage import data
-    except ImportError:
-        raise MissingDependencyError("the Middlebury motorcycle pair ships with scikit-image, which is not installed "
-                                     f"here: {TRAIN} (or use your own images, or --inputs random)") from None
+    data = require("skimage.data", "the Middlebury motorcycle pair (use your own images or --inputs random "
+                                   "without it)")
 
     left, right, disp = data.stereo_motorcycle()
     valid = np.isfinite(disp)

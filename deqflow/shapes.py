@@ -120,9 +120,3 @@ class ShapeHints:
 def parse_shape_arg(text: str, batch: int = 1) -> list[int]:
     """A padded image shape argument ('HxW' | 'BxHxW' | 'Bx3xHxW') -> [B, 3, H, W]."""
     return ImageShape.parse(text, batch).check_padded().as_list()
-
-
-def image_profiles(min_shape: list[int], opt_shape: list[int], max_shape: list[int],
-                   flow_init: bool = True) -> ShapeProfiles:
-    """Per-input min/opt/max profiles of the image (and flow_init) inputs from [B, 3, H, W] shapes."""
-    return ShapeHints(*(ImageShape.parse(s) for s in (min_shape, opt_shape, max_shape))).per_input(flow_init)

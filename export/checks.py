@@ -11,8 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deqflow.errors import MissingDependencyError
-from deqflow.extras import TRAIN
+from deqflow.extras import require
 from deqflow.model_metadata import ModelMetadata, load_model_proto
 from deqflow.onnx_integrity import check_onnx_weights
 from export.trt_compat import TrtReport, trt_compatibility
@@ -121,10 +120,7 @@ def check_model(model_or_path, path: str | os.PathLike | None = None) -> CheckRe
 
 def simplify(model):
     """onnxslim (constant folding, dead-code and redundant-node removal); keeps our metadata_props."""
-    try:
-        import onnxslim
-    except ImportError:
-        raise MissingDependencyError(f"--simplify needs onnxslim: {TRAIN}") from None
+    onnxslim = require("onnxslim", "--simplify")
     props = [(p.key, p.value) for p in model.metadata_props]
     slim = onnxslim.slim(model)
     del slim.metadata_props[:]

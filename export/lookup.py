@@ -4,14 +4,14 @@ Two formulations, same numbers as the model's CorrPyramid (within float rounding
 
 - `grid_sample`: the model's own code (one GridSample per pyramid level). TensorRT runs GridSample natively;
   on ONNX Runtime's CPU provider it is slow (a (N*H*W)-batch, 1-channel GridSample per level).
-- `gather`: the export's own formulation, built for ONNX Runtime. All 81 window samples of one pixel and
+- `gather`: the export's own formulation, built for ONNX Runtime. All (2r+1)^2 window samples of one pixel and
   level share the same fractional offset, so the windowed bilinear lookup is a (2r+2)^2 integer patch,
   interpolated once along x and once along y with two scalar weights. The encoder zero-pads every level by
   2r+2 and packs all levels of one pixel into one row; a step then needs a single GatherElements over
   precomputed flat offsets (base + constant (levels, (2r+2)^2) table) and two lerps. Clamping the patch
   corner into the padding keeps every index valid and gives exactly zero for samples outside the volume
   (zero padding, as grid_sample). Cost is linear in the number of pixels; memory is the padded pyramid
-  (~1.3x the plain one at 440x1024, more at small sizes).
+  (a little larger than the plain one; relatively more at small sizes).
 
 Both are written so that shapes are read from tensors (traced as Shape ops): a --dynamic export stays
 correct at every size.

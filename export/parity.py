@@ -24,13 +24,15 @@ def _to_batch(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().unsqueeze(0)
 
 
-def real_pair(height: int, width: int, crop: tuple[int, int] = (3, 5)) -> tuple[torch.Tensor, torch.Tensor]:
+def padded_real_pair(height: int, width: int,
+                     crop: tuple[int, int] = (3, 5)) -> tuple[torch.Tensor, torch.Tensor]:
     """The real pair (deqflow.middlebury) at (height - crop[0]) x (width - crop[1]), padded to height x width
     with InputPadder (replicate, the evaluation convention): (1,3,H,W) float32 in 0..255 each."""
     left, right, _, _ = middlebury.real_pair((height - crop[0], width - crop[1]))
     image1, image2 = InputPadder(_to_batch(left).shape, divisor=8).pad(_to_batch(left), _to_batch(right))
     if tuple(image1.shape[-2:]) != (height, width):
-        raise InputError(f"real_pair: {height}x{width} minus the crop {crop} does not pad back to {height}x{width}")
+        raise InputError(f"padded_real_pair: {height}x{width} minus the crop {crop} does not pad back to "
+                         f"{height}x{width}")
     return image1, image2
 
 

@@ -15,14 +15,12 @@ backend imports its library when it is created, so deployment machines need only
 from deqflow.host_solver import WarmState, solve
 from deqflow.solver_spec import SolveOverrides, SolveSpec
 from runtime.backends import BACKENDS, Backend, InferenceResult, TensorSpec, create_backend, parse_spec
-from runtime.errors import EngineMismatchError, ProfileError
 from runtime.modelfile import ModelFile, open_model_file
 from runtime.pipeline import FlowEstimator, PairFlow
-from runtime.preprocessing import PreparedBatch, load_image, prepare, real_pair, real_pairs, to_batch, unpad_flow
+from runtime.preprocessing import PreparedBatch, prepare, real_pair, real_pairs, to_batch, unpad_flow
 
 __all__ = [
-    "BACKENDS", "Backend", "EngineMismatchError", "FlowEstimator", "InferenceResult", "ModelFile", "PairFlow",
-    "PreparedBatch", "ProfileError", "SolveOverrides", "SolveSpec", "TensorSpec", "WarmState", "create_backend",
-    "load_image",
-    "open_model_file", "parse_spec", "prepare", "real_pair", "real_pairs", "solve", "to_batch", "unpad_flow",
+    "BACKENDS", "Backend", "FlowEstimator", "InferenceResult", "ModelFile", "PairFlow", "PreparedBatch",
+    "SolveOverrides", "SolveSpec", "TensorSpec", "WarmState", "create_backend", "open_model_file", "parse_spec",
+    "prepare", "real_pair", "real_pairs", "solve", "to_batch", "unpad_flow",
 ]

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import InputError
+from deqflow.errors import InputError
 from runtime.versions import version_info
 
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from deqflow.errors import FileFormatError, InputError
 from deqflow.fileio import atomic_write_bytes
 from deqflow.metrics import FL_ABS, FL_REL
-from runtime.errors import FileFormatError, InputError
 from runtime.preprocessing import prepare
 from runtime.versions import version_info
 

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from deqflow.checkpoint import sha256_file
+from deqflow.errors import InputError
 from deqflow.fileio import atomic_write_bytes
-from runtime.errors import InputError
 
 MANIFEST_NAME = "manifest.json"
 FRAMES_LOG = "frames.jsonl"
@@ -95,8 +95,9 @@ def _input_diffs(old: dict, new: dict) -> list[str]:
 
 
 def model_identity(backend, model_path: str | Path) -> str:
-    """The backend's weights digest, or the sha256 of the model file(s) when it records none."""
-    digest = getattr(backend, "weights_digest", "") or ""
+    """The backend's identity (its weights digest; a server's configuration hash), or the sha256 of the model
+    file(s) when it records none."""
+    digest = getattr(backend, "identity", "") or ""
     if digest:
         return digest
     file = getattr(backend, "file", None)

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deqflow.errors import FileFormatError, InputError
 from deqflow.model_metadata import (
     CHECKPOINT_SUFFIXES,
     ENGINE_SUFFIXES,
@@ -21,7 +22,6 @@ from deqflow.model_metadata import (
     split_paths,
 )
 from deqflow.onnx_integrity import load_onnx_checked
-from runtime.errors import FileFormatError, InputError
 from runtime.tensorrt.cache import engine_metadata, split_engine_paths
 
 

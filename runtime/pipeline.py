@@ -59,8 +59,8 @@ class FlowEstimator:
 def check_image_size(backend: Backend, size: tuple[int, int], padded: tuple[int, int]) -> None:
     """InputError in the user's terms (their image size, not the padded one) when the model cannot take the
     images: smaller than its correlation pyramid allows, or not the size a static export was made for."""
+    from deqflow.errors import InputError
     from deqflow.padding import min_size_for_levels
-    from runtime.errors import InputError
 
     (h, w), (hp, wp) = size, padded
     minimum = min_size_for_levels(backend.levels)

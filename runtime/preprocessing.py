@@ -18,20 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from deqflow.errors import FileFormatError, InputError
 from deqflow.image_io import read_image, to_model_input
 from deqflow.middlebury import real_pair, real_pairs
 from deqflow.padding import InputPadder, check_model_input_size
-from runtime.errors import FileFormatError, InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
-__all__ = ["PreparedBatch", "check_model_inputs", "frame_source", "load_image", "prepare", "real_pair",
+__all__ = ["PreparedBatch", "check_model_inputs", "frame_source", "prepare", "real_pair",
            "real_pairs", "to_batch", "unpad_flow"]
-
-
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """uint8 RGB (H,W,3) from any 8/16-bit image file (deqflow.image_io.read_image)."""
-    return read_image(path)
 
 
 def to_batch(images: Sequence[np.ndarray] | np.ndarray, name: str = "image") -> np.ndarray:

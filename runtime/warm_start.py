@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from deqflow.errors import InputError
 from deqflow.host_solver import WarmState, as_numpy
-from runtime.errors import InputError
 
 WARM_START_NEEDS = "the split layout (export with --layout split) or the torch backend"
 """What a warm start from a previous fixed point needs: a solver loop outside one graph."""

@@ -17,11 +17,7 @@ its end (WiSE-FT, Wortsman et al., CVPR 2022: keeps more of what the starting mo
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def average(paths: list[str], weights: list[float] | None = None) -> tuple[dict, dict, dict]:

@@ -24,16 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from deqflow.checkpoint import SHIPPED_CHECKPOINT
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 DOCS = ROOT / "docs"
 PLAIN = "plain iteration"
 OFFICIAL = "anderson m=6 lam=1e-4 (official settings)"
@@ -67,7 +66,7 @@ LATE = (CONFIGS[0], CONFIGS[1], CONFIGS[2], CONFIGS[9])
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "deqflow-T-synthetic.pth"))
+    p.add_argument("--checkpoint", default=str(ROOT / SHIPPED_CHECKPOINT))
     p.add_argument("--synthetic", type=int, default=4, help="held-out synthetic scenes (cold starts)")
     p.add_argument("--size", type=int, nargs=2, default=(192, 256), metavar=("H", "W"),
                    help="size of the synthetic scenes and the video")

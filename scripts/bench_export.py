@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from deqflow.checkpoint import SHIPPED_CHECKPOINT
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-DEFAULT_CKPT = ROOT / "checkpoints" / "deqflow-T-synthetic.pth"
+DEFAULT_CKPT = ROOT / SHIPPED_CHECKPOINT
 
 
 def parse_args(argv=None):
@@ -97,44 +98,44 @@ def interleaved(candidates: dict, repeats: int) -> dict[str, list[float]]:
     return times
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    import onnx
-    import onnxruntime
+def load_source(args):
+    """(model, what export_onnx takes, the checkpoint's label in the report)."""
     import torch
 
-    from deqflow import __version__
-    from export import export_onnx
-    from export.parity import epe, real_pair, reference_model, torch_flow
     from training.checkpoint import load_model
     from training.config import ModelConfig
     from training.model.deq_flow import DEQFlow
 
     if args.checkpoint == "random":
         torch.manual_seed(0)
-        model, source, ckpt_label = DEQFlow(ModelConfig(variant="T")).eval(), None, "random weights (T)"
-        source = model
-    else:
-        model, _ = load_model(args.checkpoint)
-        source, ckpt_label = args.checkpoint, os.path.relpath(args.checkpoint, ROOT)
-    h, w, iters = args.height, args.width, args.iters
-    image1, image2 = real_pair(h, w)
-    feed = {"image1": image1.numpy(), "image2": image2.numpy(),
-            "flow_init": np.zeros((1, 2, h // 8, w // 8), np.float32)}
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_export_"))
-    load_start = os.getloadavg()
-    report = {"settings": {"checkpoint": ckpt_label, "height": h, "width": w, "iterations": iters,
-                           "repeats": args.repeats, "threads": args.threads, "input": "real pair (Middlebury "
-                           "motorcycle via scikit-image), padded to /8"},
-              "environment": {"cpu": cpu_name(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                              "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-                              "onnx": onnx.__version__, "deqflow": __version__,
-                              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_start": load_start},
-              "exports": [], "latency": []}
+        model = DEQFlow(ModelConfig(variant="T")).eval()
+        return model, model, "random weights (T)"
+    model, _ = load_model(args.checkpoint)
+    return model, args.checkpoint, os.path.relpath(args.checkpoint, ROOT)
 
-    torch.set_num_threads(min(args.threads))
-    refs = {lk: reference_model(model, lookup=lk) for lk in ("grid_sample", "gather")}
-    ref_flow = torch_flow(refs["grid_sample"], image1, image2, iters)["flow"]
+
+def new_report(args, ckpt_label: str) -> dict:
+    """The report's settings and environment; exports and latency rows are added as they are measured."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    from deqflow import __version__
+
+    return {"settings": {"checkpoint": ckpt_label, "height": args.height, "width": args.width,
+                         "iterations": args.iters, "repeats": args.repeats, "threads": args.threads,
+                         "input": "real pair (Middlebury motorcycle via scikit-image), padded to /8"},
+            "environment": {"cpu": cpu_name(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+                            "onnx": onnx.__version__, "deqflow": __version__,
+                            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_start": os.getloadavg()},
+            "exports": [], "latency": []}
+
+
+def export_all(args, source, workdir: Path, report: dict) -> dict:
+    """Every layout x lookup (float32), plus one mixed float16 graph: `layout/lookup/precision` -> result."""
+    from export import export_onnx
+
     results = {}
     jobs = [(layout, lookup, "fp32") for lookup in args.lookups for layout in args.layouts]
     if args.mixed16:  # one mixed float16 graph: its accuracy against float32 (ORT CPU runs fp16 poorly)
@@ -143,7 +144,8 @@ def main(argv=None) -> int:
         key = f"{layout}/{lookup}/{precision}"
         start = time.perf_counter()
         res = export_onnx(source, workdir / f"{layout}_{lookup}_{precision}.onnx", layout=layout,
-                          lookup=lookup, precision=precision, height=h, width=w, iters=iters)
+                          lookup=lookup, precision=precision, height=args.height, width=args.width,
+                          iters=args.iters)
         wall = time.perf_counter() - start
         results[key] = res
         report["exports"].append({
@@ -156,14 +158,48 @@ def main(argv=None) -> int:
             "checks_ok": res.ok,
             "files": [p.name for p in res.paths]})
         print(f"exported {key}: {wall:.1f} s, {report['exports'][-1]['nodes']} nodes", flush=True)
+    return results
 
+
+def latency_rows(threads: int, times: dict[str, list[float]]) -> list[dict]:
+    """One row per candidate: median, p90, minimum and the ratios to the torch candidates."""
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    torch_best = min(v for k, v in med.items() if k.startswith("torch"))
+    torch_default = med["torch eager (grid_sample)"]
+    rows = []
+    for k, v in times.items():
+        row = {"threads": threads, "candidate": k, "median_s": round(med[k], 4),
+               "p90_s": round(float(np.percentile(v, 90)), 4), "min_s": round(float(np.min(v)), 4),
+               "runs": len(v), "ratio_vs_torch_grid_sample": round(med[k] / torch_default, 3),
+               "ratio_vs_best_torch": round(med[k] / torch_best, 3),
+               "ratio_of_minima_vs_best_torch": round(min(v) / min(min(times[t]) for t in times
+                                                                    if t.startswith("torch")), 3)}
+        if k.startswith("onnxruntime"):
+            lk = k.split("/")[1]
+            row["ratio_vs_torch_same_lookup"] = round(med[k] / med[f"torch eager ({lk})"], 3)
+        rows.append(row)
+        print(f"  {k:42s} {med[k] * 1000:8.1f} ms  x{med[k] / torch_best:.3f} of best torch", flush=True)
+    return rows
+
+
+def time_all(args, results: dict, refs: dict, pair, report: dict) -> dict[str, np.ndarray]:
+    """Each export on ONNX Runtime and the torch references, interleaved, at every thread count; the exports'
+    accuracy against torch goes into their report entries. Returns each export's flow."""
+    import torch
+
+    from export.parity import epe, torch_flow
+
+    image1, image2 = pair
+    h, w, iters = args.height, args.width, args.iters
+    feed = {"image1": image1.numpy(), "image2": image2.numpy(),
+            "flow_init": np.zeros((1, 2, h // 8, w // 8), np.float32)}
+    ref_flow = torch_flow(refs["grid_sample"], image1, image2, iters)["flow"]
     outputs: dict[str, np.ndarray] = {}
     for threads in args.threads:
         torch.set_num_threads(threads)
-        cands, session_times = {}, {}
+        cands = {}
         for key, res in results.items():
             cand = OrtCandidate(res, threads, iters)
-            session_times[key] = cand.session_seconds
             out = cand(feed)
             outputs[key] = out["flow"]
             entry = next(e for e in report["exports"] if f"{e['layout']}/{e['lookup']}/{e['precision']}" == key)
@@ -174,36 +210,32 @@ def main(argv=None) -> int:
         for lk, ref in refs.items():
             cands[f"torch eager ({lk})"] = lambda r=ref: torch_flow(r, image1, image2, iters)
         print(f"timing {len(cands)} candidates x {args.repeats} rounds at {threads} thread(s)...", flush=True)
-        times = interleaved(cands, args.repeats)
-        med = {k: float(np.median(v)) for k, v in times.items()}
-        torch_best = min(v for k, v in med.items() if k.startswith("torch"))
-        torch_default = med["torch eager (grid_sample)"]
-        for k, v in times.items():
-            row = {"threads": threads, "candidate": k, "median_s": round(med[k], 4),
-                   "p90_s": round(float(np.percentile(v, 90)), 4), "min_s": round(float(np.min(v)), 4),
-                   "runs": len(v), "ratio_vs_torch_grid_sample": round(med[k] / torch_default, 3),
-                   "ratio_vs_best_torch": round(med[k] / torch_best, 3),
-                   "ratio_of_minima_vs_best_torch": round(min(v) / min(min(times[t]) for t in times
-                                                                        if t.startswith("torch")), 3)}
-            if k.startswith("onnxruntime"):
-                lk = k.split("/")[1]
-                row["ratio_vs_torch_same_lookup"] = round(med[k] / med[f"torch eager ({lk})"], 3)
-            report["latency"].append(row)
-            print(f"  {k:42s} {med[k] * 1000:8.1f} ms  x{med[k] / torch_best:.3f} of best torch", flush=True)
+        report["latency"] += latency_rows(threads, interleaved(cands, args.repeats))
+    return outputs
+
+
+def mixed16_accuracy(report: dict, outputs: dict[str, np.ndarray], model, pair, iters: int) -> None:
+    """The mixed float16 exports' EPE against float32, on ONNX Runtime and with PyTorch's half modules."""
+    import torch
+
+    from export.parity import epe
+    from export.wrappers import prepare, reference_solve
 
     for e in report["exports"]:
-        if e["precision"] == "mixed16":
-            from export.wrappers import prepare, reference_solve
+        if e["precision"] != "mixed16":
+            continue
+        fp32 = outputs[f"{e['layout']}/{e['lookup']}/fp32"]
+        e["epe_vs_fp32_onnxruntime"] = epe(outputs[f"{e['layout']}/{e['lookup']}/mixed16"], fp32)
+        with torch.no_grad():
+            half = reference_solve(prepare(model, "mixed16"), *pair, iters, e["lookup"])["flow"]
+            full = reference_solve(prepare(model), *pair, iters, e["lookup"])["flow"]
+        e["epe_vs_fp32_torch_half_modules"] = epe(half.numpy(), full.numpy())
+        print(f"mixed16 mean EPE vs float32: ONNX Runtime {e['epe_vs_fp32_onnxruntime']:.4f} px, PyTorch fp16 "
+              f"modules {e['epe_vs_fp32_torch_half_modules']:.4f} px", flush=True)
 
-            fp32 = outputs[f"{e['layout']}/{e['lookup']}/fp32"]
-            e["epe_vs_fp32_onnxruntime"] = epe(outputs[f"{e['layout']}/{e['lookup']}/mixed16"], fp32)
-            with torch.no_grad():
-                half = reference_solve(prepare(model, "mixed16"), image1, image2, iters, e["lookup"])["flow"]
-                full = reference_solve(prepare(model), image1, image2, iters, e["lookup"])["flow"]
-            e["epe_vs_fp32_torch_half_modules"] = epe(half.numpy(), full.numpy())
-            print(f"mixed16 mean EPE vs float32: ONNX Runtime {e['epe_vs_fp32_onnxruntime']:.4f} px, PyTorch fp16 "
-                  f"modules {e['epe_vs_fp32_torch_half_modules']:.4f} px", flush=True)
-    report["environment"]["loadavg_end"] = os.getloadavg()
+
+def summarise(args, report: dict) -> dict:
+    """Loop-over-unrolled node ratios and the best float32 ONNX Runtime candidate per thread count."""
     nodes = {(e["layout"], e["lookup"], e["precision"]): e["nodes"] for e in report["exports"]}
     summary = {}
     for lk in args.lookups:
@@ -217,7 +249,26 @@ def main(argv=None) -> int:
         summary[f"best_onnxruntime_{threads}t"] = {"candidate": best["candidate"],
                                                   "ratio_vs_best_torch": best["ratio_vs_best_torch"],
                                                   "ratio_vs_torch_grid_sample": best["ratio_vs_torch_grid_sample"]}
-    report["summary"] = summary
+    return summary
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from export.parity import padded_real_pair, reference_model
+
+    model, source, ckpt_label = load_source(args)
+    pair = padded_real_pair(args.height, args.width)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_export_"))
+    report = new_report(args, ckpt_label)
+    torch.set_num_threads(min(args.threads))
+    refs = {lk: reference_model(model, lookup=lk) for lk in ("grid_sample", "gather")}
+    results = export_all(args, source, workdir, report)
+    outputs = time_all(args, results, refs, pair, report)
+    mixed16_accuracy(report, outputs, model, pair, args.iters)
+    report["environment"]["loadavg_end"] = os.getloadavg()
+    report["summary"] = summary = summarise(args, report)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     Path(args.markdown).write_text(markdown(report, sys.argv[1:] if argv is None else argv))

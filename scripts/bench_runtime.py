@@ -18,9 +18,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from deqflow.checkpoint import SHIPPED_CHECKPOINT
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-DEFAULT_CKPT = ROOT / "checkpoints" / "deqflow-T-synthetic.pth"
+DEFAULT_CKPT = ROOT / SHIPPED_CHECKPOINT
 
 
 def parse_args(argv=None):
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
     from deqflow.shapes import parse_size
     from export import export_onnx
     from runtime import SolveOverrides, create_backend
-    from runtime.bench import BenchCase, markdown_table, run_bench, write_report
+    from runtime.bench import BenchCase, run_bench, write_report
 
     reports = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,6 +84,18 @@ def main(argv=None) -> int:
            "iterations": args.iters, "lookup": args.lookup, "versions": reports[0]["versions"], "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_report(out, args.out)
+    Path(args.markdown).write_text(markdown(args, out))
+    if args.png:
+        plot(results, args.png)
+    print(f"wrote {args.out}, {args.markdown}" + (f", {args.png}" if args.png else ""))
+    return 0
+
+
+def markdown(args, out: dict) -> str:
+    """The report's table with threads and the ratio to torch, below a line on the settings and machine."""
+    from runtime.bench import markdown_table
+
+    results = out["results"]
     table = markdown_table({"results": results}).splitlines()
     table[0] = table[0].replace("| backend |", "| backend | threads | ratio to torch |")
     table[1] = "|---|---|---|" + table[1][len("|---|"):]
@@ -95,11 +108,7 @@ def main(argv=None) -> int:
           f"({v['cpu']}, {v['cpu_count']} cores, load average {os.getloadavg()[0]:.1f} at the end; "
           f"torch {v['torch']}, onnxruntime "
           f"{v['onnxruntime']}). Command: `python scripts/bench_runtime.py {' '.join(sys.argv[1:])}`.", "", *table]
-    Path(args.markdown).write_text("\n".join(md) + "\n")
-    if args.png:
-        plot(results, args.png)
-    print(f"wrote {args.out}, {args.markdown}" + (f", {args.png}" if args.png else ""))
-    return 0
+    return "\n".join(md) + "\n"
 
 
 def plot(results, path) -> None:

@@ -15,7 +15,7 @@ lowest-residual iterate. The default (see choose_default) is a relative-toleranc
 exit, at least --goal times faster than the reference and no less accurate on the real pair and on the
 synthetic scenes (else within --budget px).
 
-    python scripts/bench_stop_rule.py --checkpoint checkpoints/deqflow-T-synthetic.pth --synthetic 5
+    python scripts/bench_stop_rule.py --synthetic 5  # the shipped checkpoint by default
 
 Writes docs/stop_rule.json and docs/stop_rule.md.
 """
@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from deqflow.checkpoint import SHIPPED_CHECKPOINT
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 DOCS = ROOT / "docs"
 HELD_OUT_SEED = 10_000_000
 FIXED_COUNTS = (4, 6, 8, 10, 12, 16, 20, 24, 30, 36, 45, 54, 60)
@@ -42,7 +42,7 @@ ANDERSON_TOLS = (1e-2, 5e-3, 2e-3)
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "deqflow-T-synthetic.pth"))
+    p.add_argument("--checkpoint", default=str(ROOT / SHIPPED_CHECKPOINT))
     p.add_argument("--synthetic", type=int, default=4, help="held-out synthetic scenes")
     p.add_argument("--size", type=int, nargs=2, default=(256, 320), metavar=("H", "W"),
                    help="synthetic scene size")
@@ -311,7 +311,7 @@ def usage_lines(rule: dict) -> list[str]:
             "its sha256 changes, so golden files made from it need regenerating):", "",
             "    PYTHONPATH=. python -c \"from deqflow.solver_spec import StopRule; "
             "from training.checkpoint import stamp_stop_rule; "
-            f"stamp_stop_rule('checkpoints/deqflow-T-synthetic.pth', 'checkpoints/deqflow-T-synthetic.pth', "
+            f"stamp_stop_rule('{SHIPPED_CHECKPOINT}', '{SHIPPED_CHECKPOINT}', "
             f"StopRule({args}))\"", "",
             "The official protocol stays available: `--iters 60 --tol 0.001 --stop-mode abs --stall-window 0 "
             "--lowest-residual`, or `load_model(path, stop_rule=StopRule(tol=1e-3, stop_mode='abs', max_iter=60))` "

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from helpers import TINY_GOLDEN, TINY_ONNX  # noqa: E402
-
-PAIR = ROOT / "tests" / "fixtures" / "pair"
+FIXTURES = ROOT / "tests" / "fixtures"
+TINY_ONNX = FIXTURES / "tiny" / "tiny-T-64x96.onnx"  # tests/helpers.py's tiny split export and its golden file
+TINY_GOLDEN = FIXTURES / "tiny" / "tiny-T-64x96-it4.npz"
+PAIR = FIXTURES / "pair"
 SOURCES = ("pyproject.toml", "README.md", "deqflow", "training", "export", "runtime")
 NOT_INSTALLED = ("torch", "scipy", "skimage", "matplotlib", "tqdm", "onnxslim", "tensorrt")
 TRAIN_HINT = "pip install 'deqflow[train]'"

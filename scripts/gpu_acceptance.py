@@ -1,7 +1,7 @@
 """GPU acceptance in one command: what this box has installed is built, compared and timed, the rest is
 skipped with its reason, and one JSON plus one Markdown report say which.
 
-    python scripts/gpu_acceptance.py [--checkpoint checkpoints/deqflow-T-synthetic.pth] [--output DIR]
+    python scripts/gpu_acceptance.py [--checkpoint PATH (default: the shipped checkpoint)] [--output DIR]
 
 Stages (each runs the deqflow CLI in a subprocess, so a crash in a GPU library fails one stage, not the run):
 1. the GPU tests (`pytest -m gpu`) and the TensorRT API conformance tests;
@@ -26,6 +26,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from deqflow.checkpoint import SHIPPED_CHECKPOINT
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYOUTS = ("unrolled", "loop", "split")
@@ -235,7 +237,7 @@ def parse_size(text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "deqflow-T-synthetic.pth")
+    ap.add_argument("--checkpoint", type=Path, default=ROOT / SHIPPED_CHECKPOINT)
     ap.add_argument("--output", type=Path, default=ROOT / "outputs" / "gpu_acceptance")
     ap.add_argument("--size", type=parse_size, default=(440, 1024), help="benchmark size HxW")
     ap.add_argument("--runs", type=int, default=20, help="timed runs per backend")

@@ -31,9 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+from deqflow.checkpoint import SHIPPED_CHECKPOINT
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-CHECKPOINT = ROOT / "checkpoints" / "deqflow-T-synthetic.pth"
+CHECKPOINT = ROOT / SHIPPED_CHECKPOINT
 TOLERANCE_PX = 1e-5
 
 

@@ -3,19 +3,18 @@
 one checkpoint, on the real Middlebury pair (no early stop, same iteration count). The tests assert the same
 thing (tests/test_export_parity.py); this prints the numbers.
 
-    python scripts/parity_table.py --checkpoint checkpoints/deqflow-T-synthetic.pth --size 128x160 --iters 10
+    python scripts/parity_table.py --size 128x160 --iters 10  # the shipped checkpoint by default
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from deqflow.checkpoint import SHIPPED_CHECKPOINT
 
 
 def main(argv=None) -> int:
@@ -25,7 +24,7 @@ def main(argv=None) -> int:
     from runtime import SolveOverrides, create_backend, prepare
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", default="checkpoints/deqflow-T-synthetic.pth")
+    ap.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT))
     ap.add_argument("--size", default="128x160")
     ap.add_argument("--iters", type=int, default=10)
     args = ap.parse_args(argv)

@@ -3,8 +3,7 @@ known homographies with photometric changes, and the Middlebury motorcycle pair)
 and OpenCV's DIS (medium), Farneback and zero flow (training/heldout_eval.py). Writes JSON and a Markdown
 table next to it.
 
-    python scripts/real_validation.py --checkpoint checkpoints/deqflow-T-synthetic.pth \\
-        --output docs/real_validation.json
+    python scripts/real_validation.py --output docs/real_validation.json  # the shipped checkpoint by default
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+from deqflow.checkpoint import SHIPPED_CHECKPOINT
 from training.checkpoint import load_model
 from training.data.heldout_real import HeldoutRealConfig
 from training.data.photos import HELDOUT_PHOTOS
@@ -37,7 +37,7 @@ def markdown(results: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default="checkpoints/deqflow-T-synthetic.pth")
+    ap.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT))
     ap.add_argument("--iterations", type=int, nargs="+", default=list(SWEEP),
                     help="cold-start fixed-point iteration counts to score")
     ap.add_argument("--output", default="docs/real_validation.json", help="JSON; the Markdown table goes next to it")

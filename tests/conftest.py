@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 from helpers import OFFICIAL_CKPT, OFFICIAL_DIR, ImportBlocker, save_tiny_checkpoint
 
+from deqflow.extras import optional
+
 TORCH_FREE_DIR = Path(__file__).parent / "torchfree"
 
 
@@ -38,9 +40,8 @@ def pytest_ignore_collect(collection_path, config):
 def _one_torch_thread():
     """The 2 CI cores run two pytest workers: one intra-op thread each avoids oversubscription, which made
     torch much slower when the cores were shared. Torch is set only where it can be imported."""
-    try:
-        import torch
-    except ImportError:  # the --torch-free run, or a machine without PyTorch
+    torch = optional("torch")
+    if torch is None:  # the --torch-free run, or a machine without PyTorch
         yield
         return
     n = torch.get_num_threads()

@@ -99,7 +99,7 @@ def silence_flow_head(model, update_gain: float | None = None):
 
 def save_tiny_checkpoint(path: Path, seed: int = 0, meta: dict | None = None, **kw) -> Path:
     """`tiny_model(seed, **kw)` saved as a deqflow checkpoint at `path`."""
-    from training.checkpoint import save_model
+    from fakes import save_model
 
     save_model(path, tiny_model(seed, **kw), meta if meta is not None else {"stage": "test"})
     return path

@@ -275,3 +275,29 @@ def test_the_repeat_check_finds_a_repeat(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     monkeypatch.setattr(sys.modules[__name__], "modules", lambda: fake)
     assert repeated_blocks() == ["a.py:3-8 ~ b.py:3-10"]
+
+
+def long_script_functions() -> list[str]:
+    """long_functions' report for scripts/*.py, which the 60-line rule covers too."""
+    out = []
+    for path in sorted((ROOT / "scripts").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    out.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)")
+    return out
+
+
+def test_no_function_in_scripts_is_longer_than_60_lines():
+    assert long_script_functions() == []
+
+
+def test_scripts_use_the_installed_packages_instead_of_editing_sys_path():
+    """A script imports deqflow, training, export and runtime as installed (pip install -e .), not by putting
+    the checkout on sys.path (trt_api_snapshot.py may add the TensorRT installation it is asked to read)."""
+    edits = [f"{path.relative_to(ROOT)}:{number}" for path in sorted((ROOT / "scripts").glob("*.py"))
+             if path.name != "trt_api_snapshot.py"
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if "sys.path.insert(" in line or "sys.path.append(" in line]
+    assert edits == []

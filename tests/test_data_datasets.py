@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from fake_layouts import write_fake_all
 from torch.utils.data import DataLoader
 
 from deqflow.errors import InputError
@@ -20,7 +21,6 @@ from training.data import (
     build_training_set,
     render_pair,
     stage_augment,
-    write_fake_all,
 )
 
 SIZE = (64, 96)

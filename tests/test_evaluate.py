@@ -6,6 +6,8 @@ import json
 import cv2
 import numpy as np
 import pytest
+from fake_layouts import write_fake_all
+from fakes import save_model
 from helpers import silence_flow_head, tiny_model
 
 import training.evaluate as evaluate_module
@@ -13,8 +15,7 @@ from deqflow.cli import main
 from deqflow.flow_io import write_flo, write_pfm
 from deqflow.image_io import write_image
 from deqflow.padding import InputPadder
-from training.checkpoint import save_model
-from training.data import make_synthetic_video, write_fake_all
+from training.data import make_synthetic_video
 
 SETS = ["chairs", "things_clean", "things_final", "sintel_clean", "sintel_final", "kitti", "synthetic"]
 SIZE = (132, 164)  # >= 128 for 4 pyramid levels; not a multiple of 8, so padding matters

@@ -10,12 +10,12 @@ import onnx
 import pytest
 import torch
 
-from deqflow.checkpoint import sha256_file
+from deqflow.checkpoint import SHIPPED_CHECKPOINT, sha256_file
 from deqflow.onnx_session import SessionConfig, run_export
 from deqflow.padding import InputPadder
 from deqflow.solver_spec import SolveSpec
 from export import export_onnx, read_metadata
-from export.parity import epe, real_pair, reference_model, synthetic_pair, torch_flow
+from export.parity import epe, padded_real_pair, reference_model, synthetic_pair, torch_flow
 from export.wrappers import prepare, reference_solve
 from training.checkpoint import load_model
 from training.config import ModelConfig
@@ -26,7 +26,7 @@ FLOW_TOL = 1e-3  # px
 FP16_EPE = 0.05  # px, mean EPE of the mixed float16 graph against float32
 ROOT = Path(__file__).resolve().parents[1]
 # the shipped checkpoint (training issue); DEQFLOW_EXPORT_TRAINED points the tests at another file
-TRAINED = Path(os.environ.get("DEQFLOW_EXPORT_TRAINED", ROOT / "checkpoints" / "deqflow-T-synthetic.pth"))
+TRAINED = Path(os.environ.get("DEQFLOW_EXPORT_TRAINED", ROOT / SHIPPED_CHECKPOINT))
 OFFICIAL = ROOT / "tests" / "fixtures" / "official" / "official-T-seed2.pth"
 MODELS = ["random", "official", "trained"]  # the shipped checkpoint is committed: a missing file fails
 LAYOUTS = ["unrolled", "loop", "split"]
@@ -62,7 +62,7 @@ def _model(name: str) -> DEQFlow:
 
 @pytest.fixture(scope="module")
 def pairs():
-    r1, r2 = real_pair(H, W)
+    r1, r2 = padded_real_pair(H, W)
     s1, s2, gt = synthetic_pair(H, W, seed=3, max_displacement=40.0)
     assert float(np.abs(gt.numpy()).max()) > 20  # large motion
     return {"real": (r1, r2), "synthetic": (s1, s2)}
@@ -158,7 +158,7 @@ def test_dynamic_export_three_sizes(tmp_path_factory, layout, lookup, name="offi
     model = reference_model(_model(name))
     # 136x200: pyramid levels 17x25 -> 8x12 -> 4x6 -> 2x3 (odd sizes); batch 2 at the largest size
     for n, h, w in [(1, 128, 160), (1, 136, 200), (2, 192, 256)]:
-        i1, i2 = real_pair(h, w)
+        i1, i2 = padded_real_pair(h, w)
         i1, i2 = i1.repeat(n, 1, 1, 1), i2.repeat(n, 1, 1, 1)
         ref = torch_flow(model, i1, i2, iters)
         got = _run(result, _feed(i1, i2), iters=iters)
@@ -247,7 +247,7 @@ def test_metadata_node_counts_and_graph_hygiene(tmp_path_factory):
 
 
 def test_padding_convention_in_real_pair():
-    i1, _ = real_pair(H, W)
+    i1, _ = padded_real_pair(H, W)
     assert i1.shape == (1, 3, H, W) and 0 <= float(i1.min()) and float(i1.max()) <= 255
     # the crop was padded back to a multiple of 8 by replicating borders (deqflow.padding.InputPadder)
     pad = InputPadder((H - 3, W - 5), divisor=8)

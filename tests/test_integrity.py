@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from deqflow.checkpoint import (
     DIGEST_KEY,
+    SHIPPED_CHECKPOINT,
     make_payload,
     read_checkpoint_file,
     split_checkpoint,
@@ -31,7 +32,7 @@ from deqflow.finite_check import check_finite_outputs, count_nonfinite
 from deqflow.onnx_integrity import DIGEST_PROP, record_weights_digest, recorded_digest, verify_onnx_file
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "checkpoints" / "deqflow-T-synthetic.pth"
+SHIPPED = ROOT / SHIPPED_CHECKPOINT
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:

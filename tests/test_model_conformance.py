@@ -170,7 +170,7 @@ def test_checkpoint_with_code_is_refused(tmp_path):
 
 
 def test_toolkit_checkpoint_round_trip(tmp_path, official_T_path, official_T_io):
-    from training.checkpoint import save_model
+    from fakes import save_model
 
     deq = DEQConfig(f_solver="fixed_point", f_tol=0.0, return_final=True)
     model, _ = load_model(official_T_path, deq=deq)

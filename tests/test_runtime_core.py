@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from helpers import ROOT, blocking_prelude, subprocess_env
 
-from deqflow.errors import InputError, MissingDependencyError
-from runtime.errors import EngineMismatchError, ProfileError
+from deqflow.errors import EngineMismatchError, InputError, MissingDependencyError, ProfileError
+from deqflow.extras import optional
 
 
 def test_runtime_imports_without_torch_tensorrt_or_onnxruntime():
@@ -190,7 +190,7 @@ def test_frame_sources(tmp_path):
     w.release()
     vid = list(frame_source(video))
     assert len(vid) == 3 and vid[0].rgb.shape == (32, 40, 3) and vid[1].name == "000001"
-    from runtime.errors import FileFormatError
+    from deqflow.errors import FileFormatError
 
     with pytest.raises(FileFormatError, match="input not found"):
         frame_source(tmp_path / "empty")
@@ -261,7 +261,9 @@ def test_trt_engine_cache_key():
 
 
 def test_trt_profile_checks_and_build_settings():
-    from deqflow.shapes import image_profiles, parse_shape_arg
+    from fakes import image_profiles
+
+    from deqflow.shapes import parse_shape_arg
     from runtime.tensorrt.build import BuildSettings
     from runtime.tensorrt.runner import check_profile
 
@@ -302,12 +304,8 @@ def test_trt_engine_compatibility_messages():
 
 def test_tensorrt_absent_gives_one_clear_error(tmp_path):
     pytest.importorskip("onnx")
-    try:
-        import tensorrt  # noqa: F401
-
+    if optional("tensorrt") is not None:
         pytest.skip("tensorrt is installed here")
-    except ImportError:
-        pass
     from runtime.tensorrt import import_tensorrt
 
     with pytest.raises(MissingDependencyError) as exc:
@@ -317,7 +315,7 @@ def test_tensorrt_absent_gives_one_clear_error(tmp_path):
 
 
 def test_engine_file_without_sidecar(tmp_path):
-    from runtime.errors import FileFormatError
+    from deqflow.errors import FileFormatError
     from runtime.modelfile import open_model_file
 
     (tmp_path / "m.engine").write_bytes(b"plan")

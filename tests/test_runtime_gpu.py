@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deqflow.extras import optional
+
 ROOT = Path(__file__).resolve().parents[1]
 CKPT = ROOT / "tests" / "fixtures" / "official" / "official-T-seed2.pth"
 GOLDEN = ROOT / "tests" / "fixtures" / "golden" / "motorcycle-128x160-official-T-seed2-it8.npz"
@@ -25,12 +27,8 @@ def _has_cuda_gpu() -> bool:
 
 
 def _ort_providers() -> list[str]:
-    try:
-        import onnxruntime
-
-        return onnxruntime.get_available_providers()
-    except ImportError:
-        return []
+    onnxruntime = optional("onnxruntime")
+    return onnxruntime.get_available_providers() if onnxruntime is not None else []
 
 
 HAS_GPU = _has_cuda_gpu()
@@ -84,8 +82,8 @@ def test_tensorrt_fp32_matches_the_golden_outputs(exports, layout, tmp_path):
 
 @needs_trt
 def test_tensorrt_engine_cache_cuda_graph_and_profile_error(exports, tmp_path):
+    from deqflow.errors import ProfileError
     from runtime import create_backend
-    from runtime.errors import ProfileError
 
     with create_backend("tensorrt", exports["unrolled"], cache_dir=tmp_path, cuda_graph=True) as be:
         _golden_check(be, 1e-3)
@@ -116,8 +114,8 @@ def test_deqflow_build_writes_an_engine_that_loads(exports, layout, tmp_path):
 @needs_trt
 @pytest.mark.parametrize("memory", ["cuda-python", "torch", "pycuda"])
 def test_tensorrt_memory_providers_give_the_golden_flow(exports, memory, tmp_path):
+    from deqflow.errors import MissingDependencyError
     from runtime import SolveOverrides, create_backend
-    from runtime.errors import MissingDependencyError
 
     module = {"cuda-python": "cuda", "torch": "torch", "pycuda": "pycuda"}[memory]
     if importlib.util.find_spec(module) is None:

@@ -4,10 +4,11 @@ metadata schema (deqflow.model_metadata), engine sets named by their base name, 
 import json
 
 import pytest
+from fakes import image_profiles
 
 from deqflow.errors import FileFormatError, InputError, MissingDependencyError
 from deqflow.model_metadata import ModelMetadata, split_part_names
-from deqflow.shapes import ImageShape, ShapeHints, image_profiles, parse_shape_arg, parse_size
+from deqflow.shapes import ImageShape, ShapeHints, parse_shape_arg, parse_size
 
 
 def test_one_shape_parser_for_every_form():

@@ -10,10 +10,10 @@ import pytest
 from helpers import OFFICIAL_CKPT, OFFICIAL_GOLDEN, SHIPPED_CKPT, SHIPPED_GOLDEN, export_layouts, subprocess_env
 
 from deqflow.cli import main
-from deqflow.errors import InputError
+from deqflow.errors import InputError, ProfileError
+from deqflow.extras import optional
 from runtime import SolveOverrides, WarmState, create_backend, prepare
 from runtime.compare import load_golden
-from runtime.errors import ProfileError
 
 ITERS = 8  # the golden files' iteration count (the shipped checkpoint's golden file: same pair, size, settings)
 
@@ -209,7 +209,7 @@ def test_clear_errors_for_what_a_model_cannot_do(exports):
         assert be.infer(img, img).iterations == 3
     with pytest.raises(InputError, match="onnxruntime backend runs ONNX exports"):
         _ort(OFFICIAL_CKPT)
-    from runtime.errors import FileFormatError
+    from deqflow.errors import FileFormatError
 
     with pytest.raises(FileFormatError, match="not found"):
         _ort(exports["split"].with_name("nothing.onnx"))
@@ -330,12 +330,8 @@ def test_bench_command_and_regression_gate(exports, tmp_path, capsys):
 
 
 def test_build_command_without_tensorrt(exports, tmp_path, capsys):
-    try:
-        import tensorrt  # noqa: F401
-
+    if optional("tensorrt") is not None:
         pytest.skip("tensorrt is installed: the GPU tests cover deqflow build")
-    except ImportError:
-        pass
     rc = main(["build", "--onnx", str(exports["unrolled"]), "--output", str(tmp_path / "m.engine")])
     err = capsys.readouterr().err
     assert rc == 2 and "needs tensorrt" in err and "pip install tensorrt" in err

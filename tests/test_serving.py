@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deqflow.checkpoint import SHIPPED_CHECKPOINT
 from runtime.serving.models import StreamStore
 from runtime.serving.protocol import RequestError, check_pair, error_message
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKPOINT = ROOT / "checkpoints" / "deqflow-T-synthetic.pth"
+CHECKPOINT = ROOT / SHIPPED_CHECKPOINT
 SOLVER = ["--iters", "40", "--tol", "5e-3", "--stop-mode", "rel"]
 HAVE_SERVING = all(importlib.util.find_spec(m) is not None for m in ("pytriton", "tritonclient"))
 needs_server = pytest.mark.skipif(not HAVE_SERVING, reason="deqflow serve needs nvidia-pytriton and "

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from fake_layouts import write_fake_chairs
+from fakes import save_model
 
 from deqflow.cli import main
 from deqflow.errors import CheckpointError, InputError
-from training.checkpoint import load_model, save_model
+from training.checkpoint import load_model
 from training.config import ModelConfig
-from training.data import SyntheticFlowDataset, write_fake_chairs
+from training.data import SyntheticFlowDataset
 from training.deq.config import DEQConfig
 from training.loss import fixed_point_correction_loss
 from training.model.deq_flow import DEQFlow

@@ -14,8 +14,8 @@ import torch
 
 from deqflow.checkpoint import (
     make_payload,
+    read_checkpoint_and_sha256,
     read_checkpoint_file,
-    sha256_file,
     split_checkpoint,
     write_checkpoint,
 )
@@ -105,12 +105,14 @@ def load_model(path: str | os.PathLike, *, variant: str | None = None, deq: DEQC
 
     variant: the variant the caller expects (checked against the weights); inferred when None.
     deq: solver settings; default = the checkpoint's own (deqflow format) or the official evaluation
-    protocol (fixed-point iteration, 40 x 1.5 = 60 steps) for official checkpoints; then the inference stop
-    rule: `stop_rule`, else (when `deq` is None) the one in the checkpoint's metadata (`stop_rule` entry).
+    protocol (fixed-point iteration, DEQConfig's f_max_iter x eval_factor steps) for official checkpoints;
+    then the inference stop rule: `stop_rule`, else (when `deq` is None) the one in the checkpoint's metadata
+    (`stop_rule` entry).
     Returns (model, metadata); metadata includes the checkpoint's sha256.
     """
     path = str(path)
-    state_dict, cfg_dict, meta = split_checkpoint(read_checkpoint_file(path), path)
+    payload, sha256 = read_checkpoint_and_sha256(path)
+    state_dict, cfg_dict, meta = split_checkpoint(payload, path)
     inferred = infer_model_config(state_dict, path)
     if variant is not None and str(variant).upper() != inferred["variant"]:
         raise CheckpointError(f"{path} holds a DEQ-Flow-{inferred['variant']} model, not the requested "
@@ -131,13 +133,5 @@ def load_model(path: str | os.PathLike, *, variant: str | None = None, deq: DEQC
         cfg.deq = cfg.deq.with_stop_rule(rule)
     model = DEQFlow(cfg, lookup=lookup)
     load_state_dict_strict(model, state_dict, path)
-    meta = {**meta, "sha256": sha256_file(path), "path": path}
+    meta = {**meta, "sha256": sha256, "path": path}
     return model.to(device).eval(), meta
-
-
-def save_model(path: str | os.PathLike, model: DEQFlow, meta: Mapping[str, Any] | None = None,
-               **extra: Any) -> None:
-    """Write a deqflow-format checkpoint (weights, config, metadata; `extra` e.g. optimizer state)."""
-    payload = make_payload(model.state_dict(), model.cfg.to_dict(),
-                           {"variant": model.cfg.variant, **(meta or {})}, **extra)
-    write_checkpoint(path, payload)

@@ -14,10 +14,11 @@ from deqflow.metrics import FlowMetricAccumulator
 from training.baselines import opencv_flow
 from training.data.heldout_real import HeldoutRealConfig, heldout_homography_pairs, motorcycle_pair
 from training.inference import flow_trajectory
+from training.stages import VAL_REAL_STEPS
 
 BASELINES = ("dis_medium", "farneback", "zero")
 SWEEP = (8, 12, 16, 24, 36, 48, 60, 72)
-QUICK_STEPS = (16, 60)  # an early iterate and the 60-iteration mark: accuracy and drift, cheaply
+QUICK_STEPS = VAL_REAL_STEPS
 KEYS = ("epe_per_pixel", "1px", "3px")
 
 

@@ -8,6 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+REALISTIC_MIX_CLASSIC_SHARE = 0.3
+"""Share of classic layered scenes in the synthetic stage's "realistic-mix" preset (training.data.scene_config);
+here, torch-free, so that `deqflow train --help` can state it."""
+
+VAL_REAL_STEPS = (16, 60)
+"""Iterations after which --val-real scores the held-out real photographs (training.heldout_eval): an early
+iterate and the 60-iteration evaluation mark, accuracy and drift, cheaply."""
+
 
 @dataclass(frozen=True)
 class StageDefaults:

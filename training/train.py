@@ -19,7 +19,8 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from deqflow.checkpoint import make_payload, read_checkpoint_file, split_checkpoint, write_checkpoint
-from deqflow.errors import CheckpointError, DeqflowError, InputError, MissingDependencyError
+from deqflow.errors import CheckpointError, DeqflowError, InputError
+from deqflow.extras import require
 from deqflow.fileio import atomic_write_bytes, remove_stale_temps
 from training.checkpoint import load_state_dict_strict
 from training.config import ModelConfig
@@ -62,8 +63,8 @@ class TrainConfig:
     drift_weight: float = 0.0  # penalty on a sampled state worse than the one before it (loss.py)
     tensorboard: bool = False
     device: str = "cpu"
-    # Activation checkpointing of the encoders (DEQFlow.memory_saving): same outputs and gradients, about
-    # 0.7x the peak memory for 5-22% more CPU time per step (docs/bench_train_memory_saving.md). Off by
+    # Activation checkpointing of the encoders (DEQFlow.memory_saving): same outputs and gradients, less
+    # peak memory for more CPU time per step (measured in docs/bench_train_memory_saving.md). Off by
     # default: CPU runs are bound by time, not memory; turn it on where memory limits the batch or crop.
     memory_saving: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -222,12 +223,8 @@ class Trainer:
         return write_checkpoint(self.out / name, payload)
 
     def _tensorboard(self):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise MissingDependencyError(
-                "--tensorboard needs the tensorboard package: pip install tensorboard") from None
-        return SummaryWriter(log_dir=str(self.out / "tensorboard"))
+        tensorboard = require("torch.utils.tensorboard", "--tensorboard", package="tensorboard")
+        return tensorboard.SummaryWriter(log_dir=str(self.out / "tensorboard"))
 
     # ---------------------------------------------------------------- data
     def _loader(self):

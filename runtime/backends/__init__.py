@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deqflow.errors import InputError
 from deqflow.model_metadata import ENGINE_SUFFIXES
 from deqflow.solver_spec import SolveOverrides
 from runtime.backends.base import Backend, InferenceResult, TensorSpec
-from runtime.errors import InputError
 
 BACKENDS: dict[str, str] = {
     "torch": "runtime.backends.torch_backend:TorchBackend",

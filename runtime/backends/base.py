@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from deqflow.errors import InputError
 from deqflow.finite_check import check_finite_outputs
 from deqflow.host_solver import HOST_METHODS, StepParts, WarmState, solve
 from deqflow.model_metadata import ModelMetadata
 from deqflow.solver_spec import SolveOverrides, SolveSpec, StopRule
-from runtime.errors import InputError
 from runtime.modelfile import ModelFile, open_model_file
 from runtime.preprocessing import check_model_inputs
 from runtime.warm_start import WARM_START_NEEDS, check_warm_start
@@ -140,8 +140,9 @@ class Backend(ABC):
         return result
 
     @property
-    def weights_digest(self) -> str:
-        """Short identity of the weights this backend runs, for messages ('' when unknown)."""
+    def identity(self) -> str:
+        """Short identity of the model this backend runs, for messages and run manifests: the digest of its
+        weights where the backend knows it ('' when unknown)."""
         return ""
 
     def check_finite(self, result: InferenceResult) -> None:
@@ -151,7 +152,7 @@ class Backend(ABC):
             outputs["residual"] = np.asarray(result.residual)
         if result.residual_rel is not None:
             outputs["residual_rel"] = np.asarray(result.residual_rel)
-        check_finite_outputs(outputs, str(self.model_path), self.weights_digest)
+        check_finite_outputs(outputs, str(self.model_path), self.identity)
 
     @abstractmethod
     def _infer(self, image1: np.ndarray, image2: np.ndarray, flow_init: np.ndarray | None,
@@ -223,7 +224,7 @@ class ExportedModelBackend(Backend):
     """The model-file kinds this backend runs."""
 
     @property
-    def weights_digest(self) -> str:
+    def identity(self) -> str:
         return self.file.digest
 
     @property

@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 
 from deqflow import onnx_session
+from deqflow.errors import InputError, ProfileError
+from deqflow.extras import missing
 from deqflow.model_metadata import IMAGE_PARTS
 from deqflow.onnx_session import OPTIMIZATION_LEVELS, SessionConfig, create_session
 from deqflow.shapes import ShapeProfiles
 from deqflow.solver_spec import SolveOverrides
 from runtime.backends.base import ExportedModelBackend, InferenceResult, TensorSpec
-from runtime.errors import InputError, ProfileError, missing_dependency
 from runtime.modelfile import ModelFile
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -91,7 +92,7 @@ def check_available(provider: str, available: list[str]) -> None:
     """MissingDependencyError when the installed onnxruntime lacks the provider (e.g. the CPU-only wheel)."""
     wanted = PROVIDERS[provider]
     if wanted not in available:
-        raise missing_dependency("onnxruntime-gpu", f"the onnxruntime {provider} provider ({wanted})",
+        raise missing("onnxruntime-gpu", f"the onnxruntime {provider} provider ({wanted})",
                                  f"this onnxruntime offers {', '.join(available)}")
 
 

@@ -14,10 +14,10 @@ import os
 
 import numpy as np
 
+from deqflow.errors import EngineMismatchError, InputError
 from deqflow.host_solver import WarmState
 from deqflow.solver_spec import SolveOverrides
 from runtime.backends.base import ExportedModelBackend, InferenceResult, TensorSpec
-from runtime.errors import EngineMismatchError, InputError
 from runtime.modelfile import ModelFile
 from runtime.tensorrt import import_tensorrt
 from runtime.tensorrt.build import BuildSettings, build_engine, profiles_from_metadata

@@ -13,18 +13,15 @@ from typing import Any
 
 import numpy as np
 
+from deqflow.errors import InputError
+from deqflow.extras import missing, require
 from deqflow.host_solver import WarmState
 from deqflow.solver_spec import SolveOverrides, SolveSpec
 from runtime.backends.base import Backend, InferenceResult, TensorSpec
-from runtime.errors import InputError, missing_dependency
 
 
 def import_torch():
-    try:
-        import torch
-    except ImportError as exc:
-        raise missing_dependency("torch", "the torch backend", str(exc)) from None
-    return torch
+    return require("torch", "the torch backend")
 
 
 class TorchBackend(Backend):
@@ -44,7 +41,7 @@ class TorchBackend(Backend):
         self.device = torch.device(device)
         if self.device.type == "cuda":
             if not torch.cuda.is_available():
-                raise missing_dependency("gpu", f"the torch backend on {device}",
+                raise missing("gpu", f"the torch backend on {device}",
                                          "torch.cuda.is_available() is False")
             torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
             torch.backends.cudnn.allow_tf32 = bool(tf32)
@@ -91,7 +88,7 @@ class TorchBackend(Backend):
         return self.torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device)
 
     @property
-    def weights_digest(self) -> str:
+    def identity(self) -> str:
         meta = self.checkpoint_meta
         return (meta.get("weights_sha256") or meta.get("sha256") or "")[:12]
 

@@ -44,11 +44,11 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from deqflow.errors import InputError
     from deqflow.fileio import check_output_file
     from runtime.backends import parse_spec
     from runtime.bench import markdown_table, run_bench
     from runtime.commands.common import default_size, model_defaults
-    from runtime.errors import InputError
     from runtime.modelfile import open_model_file
 
     check_output_file(args.output, example="bench.json")
@@ -90,7 +90,7 @@ def read_baseline(path: str) -> dict:
     import json
     from pathlib import Path
 
-    from runtime.errors import FileFormatError
+    from deqflow.errors import FileFormatError
 
     try:
         baseline = json.loads(Path(path).read_text())

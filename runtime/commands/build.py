@@ -53,8 +53,8 @@ def optimization_level(text: str) -> int:
 
 def _dynamic_profiles(args: argparse.Namespace, file: ModelFile, meta: ModelMetadata) -> ShapeProfiles:
     """Profiles of a dynamic export: the --min/--opt/--max-shape arguments over the export's shape hints."""
+    from deqflow.errors import InputError
     from deqflow.shapes import ImageShape, ShapeHints
-    from runtime.errors import InputError
 
     if file.is_split:
         raise InputError("build TensorRT engines of the split layout from a static export (one engine per "
@@ -68,8 +68,8 @@ def _dynamic_profiles(args: argparse.Namespace, file: ModelFile, meta: ModelMeta
 
 def build_settings_from_args(args: argparse.Namespace, file: ModelFile) -> BuildSettings:
     """BuildSettings (validated without TensorRT) for the export `file`."""
+    from deqflow.errors import InputError
     from deqflow.shapes import ImageShape, parse_shape_arg
-    from runtime.errors import InputError
     from runtime.tensorrt.build import BuildSettings
 
     meta = file.exported()
@@ -96,9 +96,9 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
+    from deqflow.errors import InputError
     from deqflow.fileio import check_output_file
     from deqflow.model_metadata import ENGINE_SUFFIXES, IMAGE_PARTS
-    from runtime.errors import InputError
     from runtime.modelfile import open_model_file
     from runtime.tensorrt import import_tensorrt
     from runtime.tensorrt.build import build_engine

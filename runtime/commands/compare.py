@@ -41,12 +41,11 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from deqflow.errors import DeqflowError
+    from deqflow.errors import DeqflowError, InputError
     from deqflow.fileio import check_output_dir, check_output_file, save_results
     from runtime.backends import parse_spec
     from runtime.commands.common import spec_choice
     from runtime.compare import compare, load_golden
-    from runtime.errors import InputError
 
     check_output_dir(args.output)
     if args.save_golden:

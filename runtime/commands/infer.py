@@ -95,7 +95,7 @@ def make_backend(args):
 
 def server_backend(args):
     """The solves of this run on a `deqflow serve` server: its own model and solver settings apply."""
-    from runtime.errors import InputError
+    from deqflow.errors import InputError
     from runtime.serving.remote import ServerBackend
 
     if args.checkpoint or args.model or args.backend:
@@ -104,8 +104,8 @@ def server_backend(args):
 
 
 def run(args) -> int:
+    from deqflow.errors import InputError
     from deqflow.fileio import check_output_dir
-    from runtime.errors import InputError
     from runtime.video_writer import check_video_out
 
     sources = [x for x in (args.image1 or args.image2, args.folder, args.video) if x]
@@ -135,7 +135,7 @@ def run(args) -> int:
 
 
 def run_pair(args) -> int:
-    from runtime.preprocessing import load_image
+    from deqflow.image_io import read_image as load_image
 
     img1, img2 = load_image(args.image1), load_image(args.image2)  # read before anything is created
     gt = read_ground_truth(args.gt, img1.shape[:2]) if args.gt else None
@@ -147,8 +147,8 @@ def run_pair(args) -> int:
 
 def read_ground_truth(path: str, size: tuple[int, int]):
     """(flow, valid) of --gt, refused before inference unless it has the images' size."""
+    from deqflow.errors import InputError
     from deqflow.flow_io import read_flow
-    from runtime.errors import InputError
 
     gt = read_flow(path)
     shape = tuple(gt[0].shape[:2])

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deqflow.errors import DeqflowError
+from deqflow.errors import DeqflowError, InputError
+from deqflow.extras import require
 from runtime import prepare
-from runtime.errors import InputError, missing_dependency
 from runtime.serving.protocol import FLOW_MODEL, FRAME_INPUT, STREAM_MODEL, error_message
 
 PROTOCOLS = ("http", "grpc")
@@ -25,14 +25,7 @@ class ServingError(DeqflowError):
 def _module(protocol: str):
     if protocol not in PROTOCOLS:
         raise InputError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    try:
-        if protocol == "http":
-            import tritonclient.http as module
-        else:
-            import tritonclient.grpc as module
-    except ImportError as exc:
-        raise missing_dependency("tritonclient[http,grpc]", "the deqflow serving client", str(exc)) from None
-    return module
+    return require(f"tritonclient.{protocol}", "the deqflow serving client")
 
 
 def parse_url(url: str) -> tuple[str, str]:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from deqflow.errors import InputError
 from runtime.backends.base import Backend, InferenceResult, TensorSpec
-from runtime.errors import InputError
 from runtime.serving.client import Client
 from runtime.serving.protocol import FLOW_MODEL
 
@@ -28,9 +28,9 @@ class ServerBackend(Backend):
                              "address and port)")
 
     @property
-    def weights_digest(self) -> str:
-        """The server's identity for run manifests: a hash of its model configuration as the server reports it
-        (it changes with the model's shapes and batching, not with its weights: the server knows those)."""
+    def identity(self) -> str:
+        """A hash of the server's model configuration as the server reports it, not of its weights (only the
+        server knows those): it changes with the model's shapes and batching."""
         import hashlib
         import json
 

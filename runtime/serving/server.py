@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from deqflow.errors import InputError
+from deqflow.extras import require
 from runtime.backends import BackendChoice
-from runtime.errors import InputError, missing_dependency
 from runtime.serving.models import FlowModel, StreamModel, StreamStore
 from runtime.serving.protocol import (
     FLOW_MODEL,
@@ -67,11 +68,7 @@ class ServeConfig:
 
 
 def import_pytriton():
-    try:
-        from pytriton import triton
-    except ImportError as exc:
-        raise missing_dependency("nvidia-pytriton", "deqflow serve", str(exc)) from None
-    return triton
+    return require("pytriton.triton", "deqflow serve")
 
 
 def use_own_libpython(env: dict | None = None) -> str:

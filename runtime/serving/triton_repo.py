@@ -21,9 +21,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deqflow.errors import FileFormatError, InputError
+from deqflow.extras import optional
 from deqflow.solver_spec import SolveSpec, StopRule
 from runtime import SolveOverrides, open_model_file
-from runtime.errors import FileFormatError, InputError
 from runtime.serving.protocol import FLOW_MODEL, FRAME_INPUT, STREAM_MODEL, Enum, sequence_batching
 
 PART_MODELS = {"encoder": "deqflow_encoder", "step": "deqflow_step", "decode": "deqflow_decode"}
@@ -101,11 +102,8 @@ def parse_config(text: str):
 
 
 def _check(text: str) -> None:
-    try:
-        import tritonclient.grpc.model_config_pb2  # noqa: F401
-    except ImportError:
-        return  # checked where tritonclient is installed (tests, deqflow[serve])
-    parse_config(text)
+    if optional("tritonclient.grpc.model_config_pb2") is not None:  # checked where tritonclient is installed
+        parse_config(text)
 
 
 # ---- tensors --------------------------------------------------------------------------------------------------

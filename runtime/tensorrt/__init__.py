@@ -11,16 +11,12 @@ checks, sidecar compatibility, build-setting validation) are tested without a GP
 
 from __future__ import annotations
 
-from runtime.errors import missing_dependency
+from deqflow.extras import require
 
 
 def import_tensorrt():
     """The tensorrt module, or one MissingDependencyError saying what to install."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise missing_dependency("tensorrt", "the tensorrt backend / deqflow build", str(exc)) from None
-    return trt
+    return require("tensorrt", "the tensorrt backend / deqflow build")
 
 
 def trt_major(version: str) -> int:

@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from deqflow.checkpoint import sha256_file
+from deqflow.errors import FileFormatError, InputError
 from deqflow.fileio import atomic_write_bytes
 from deqflow.model_metadata import ModelMetadata
 from deqflow.onnx_integrity import verify_onnx_file
 from deqflow.shapes import PROFILE_KEYS, ShapeProfiles
-from runtime.errors import FileFormatError, InputError
 from runtime.tensorrt import import_tensorrt, trt_major
 from runtime.tensorrt.cache import EngineCache, engine_cache_key, sidecar_info
 from runtime.tensorrt.memory import gpu_identity, require_cuda_device

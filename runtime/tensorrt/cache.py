@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Protocol
 
 from deqflow.checkpoint import sha256_file
+from deqflow.errors import EngineMismatchError, FileFormatError
 from deqflow.fileio import atomic_write_bytes
 from deqflow.model_metadata import ModelMetadata, read_metadata, split_part_names
-from runtime.errors import EngineMismatchError, FileFormatError
 from runtime.versions import version_info
 
 SIDECAR_FORMAT = "deqflow-tensorrt-engine"

@@ -12,7 +12,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from runtime.errors import InputError, missing_dependency
+from deqflow.errors import InputError
+from deqflow.extras import missing, optional, require
 
 Buffer = Any
 """A provider's device array (torch tensor, cudaMalloc'd buffer, pycuda GPUArray); it has a `.shape`."""
@@ -43,14 +44,7 @@ class DeviceMemory(Protocol):
 
 def import_cudart():
     """cuda-python's runtime API module (`cuda.bindings.runtime`, or `cuda.cudart` before 12.6), or None."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart
-        except ImportError:
-            return None
-    return cudart
+    return optional("cuda.bindings.runtime") or optional("cuda.cudart")
 
 
 def gpu_identity(device_id: int = 0) -> tuple[str, str]:
@@ -61,15 +55,11 @@ def gpu_identity(device_id: int = 0) -> tuple[str, str]:
         if int(err) == 0:
             name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
             return name.rstrip("\x00"), f"{props.major}.{props.minor}"
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability(device_id)
-            return torch.cuda.get_device_name(device_id), f"{major}.{minor}"
-    except ImportError:
-        pass
-    raise missing_dependency("gpu", "the tensorrt backend", "no CUDA device found through cuda-python or torch")
+    torch = optional("torch")
+    if torch is not None and torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(device_id)
+        return torch.cuda.get_device_name(device_id), f"{major}.{minor}"
+    raise missing("gpu", "the tensorrt backend", "no CUDA device found through cuda-python or torch")
 
 
 def require_cuda_device(device_id: int = 0) -> None:
@@ -87,7 +77,7 @@ def require_cuda_device(device_id: int = 0) -> None:
     torch = sys.modules.get("torch")  # only a torch that is already loaded: importing it costs seconds
     if torch is not None and torch.cuda.is_available() and torch.cuda.device_count() > device_id:
         return
-    raise missing_dependency("gpu", "TensorRT", f"no usable CUDA device {device_id}; " + "; ".join(reasons))
+    raise missing("gpu", "TensorRT", f"no usable CUDA device {device_id}; " + "; ".join(reasons))
 
 
 def _check_cuda(err, what: str) -> None:
@@ -119,7 +109,7 @@ class CudaPythonMemory:
     def __init__(self, device_id: int = 0) -> None:
         cudart = import_cudart()
         if cudart is None:
-            raise missing_dependency("cuda", "the tensorrt backend's device memory")
+            raise missing("cuda", "the tensorrt backend's device memory")
         self.cudart = cudart
         _check_cuda(cudart.cudaSetDevice(device_id)[0], "cudaSetDevice")
         err, self.stream = cudart.cudaStreamCreate()
@@ -183,7 +173,7 @@ class TorchMemory:
         import torch
 
         if not torch.cuda.is_available():
-            raise missing_dependency("gpu", "the tensorrt backend", "torch.cuda.is_available() is False")
+            raise missing("gpu", "the tensorrt backend", "torch.cuda.is_available() is False")
         self.torch, self.device = torch, torch.device("cuda", device_id)
         self.stream = torch.cuda.Stream(self.device)  # non-default: enqueueV3 on the default stream syncs
 
@@ -234,10 +224,7 @@ class PycudaMemory:
     kind = "pycuda"
 
     def __init__(self, device_id: int = 0) -> None:
-        try:
-            import pycuda.driver as cuda
-        except ImportError as exc:
-            raise missing_dependency("cuda", "the tensorrt backend's device memory", str(exc)) from None
+        cuda = require("pycuda.driver", "the tensorrt backend's device memory")
         cuda.init()
         self.cuda = cuda
         self.ctx = cuda.Device(device_id).retain_primary_context()
@@ -293,4 +280,4 @@ def device_memory(kind: str = "auto", device_id: int = 0) -> DeviceMemory:
             return MEMORY[name](device_id)
         except (ImportError, RuntimeError) as exc:  # not installed, or no usable device through it
             errors.append(f"{name}: {exc}")
-    raise missing_dependency("cuda", "the tensorrt backend (device memory)", "; ".join(errors))
+    raise missing("cuda", "the tensorrt backend (device memory)", "; ".join(errors))

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from runtime.errors import EngineMismatchError, ProfileError
+from deqflow.errors import EngineMismatchError, ProfileError
 from runtime.tensorrt import import_tensorrt
 from runtime.tensorrt.memory import Buffer, DeviceMemory, require_cuda_device
 

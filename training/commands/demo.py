@@ -6,9 +6,11 @@ the demo's report is exactly what `infer` writes for them; the solver settings a
 evaluation protocol (its own cap and tolerance, each sample's lowest-residual iterate).
 """
 
+from deqflow.checkpoint import SHIPPED_CHECKPOINT
+
 HELP = "run the shipped checkpoint on a real photographed pair with ground truth (Middlebury motorcycle)"
 
-DEFAULT_CHECKPOINT = "checkpoints/deqflow-T-synthetic.pth"
+DEFAULT_CHECKPOINT = str(SHIPPED_CHECKPOINT)
 
 
 def requires(args) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ def requires(args) -> tuple[str, ...]:
 
 def add_arguments(p) -> None:
     from deqflow.cli_args import add_device_arg, add_solver_group, count
+    from training.deq.config import DEQConfig
 
     p.add_argument("--checkpoint", required=True, help="official DEQ-Flow .pth or deqflow checkpoint")
     p.add_argument("--dataset", nargs="*", default=[],
@@ -22,11 +23,13 @@ def add_arguments(p) -> None:
     p.add_argument("--max-samples", type=count, default=None, help="samples per set (default: all)")
     p.add_argument("--output", default=None, help="write the results as JSON here (default: only print them)")
     add_device_arg(p)
+    official = DEQConfig()  # the official evaluation protocol's defaults
     add_solver_group(p, ("iters", "tol", "stop_mode", "solver", "stall_window"), defaults={"solver": "fixed_point"},
                      notes={"iters": "default: the checkpoint's evaluation cap, eval_f_thres or f_thres x "
                                      "eval_factor",
-                            "solver": "fixed_point is the official evaluation protocol (with --iters 60 --tol "
-                                      "0.001 --stop-mode abs --stall-window 0)"},
+                            "solver": "fixed_point is the official evaluation protocol (with "
+                                      f"--iters {official.eval_max_iter} --tol {official.f_tol:g} --stop-mode "
+                                      f"{official.f_stop_mode} --stall-window {official.stall_window})"},
                      unset="default: the checkpoint's")
 
 

@@ -23,7 +23,7 @@ def add_arguments(p) -> None:
         non_negative_number,
         positive_number,
     )
-    from training.stages import STAGES
+    from training.stages import REALISTIC_MIX_CLASSIC_SHARE, STAGES, VAL_REAL_STEPS
 
     p.add_argument("--stage", choices=sorted(STAGES), default="synthetic",
                    help="training stage; options marked 'the stage's' take its recipe")
@@ -47,9 +47,10 @@ def add_arguments(p) -> None:
                    help="also keep the weights every N steps under <output>/snapshots (0: never)")
     p.add_argument("--synthetic-preset", choices=["classic", "realistic", "realistic-mix"],
                    default="classic", help="scene options of the synthetic stage (classic: layered scenes; realistic: "
-                   "photograph-like; realistic-mix: that with 30%% classic scenes)")
+                   f"photograph-like; realistic-mix: that with {REALISTIC_MIX_CLASSIC_SHARE * 100:g}%% classic scenes)")
     p.add_argument("--val-real", action="store_true",
-                   help="validation also scores the held-out real-photograph set (after 16 and 60 iterations)")
+                   help="validation also scores the held-out real-photograph set (after "
+                        f"{' and '.join(map(str, VAL_REAL_STEPS))} iterations)")
     p.add_argument("--drift-weight", type=non_negative_number, default=0.0,
                    help="loss penalty on a sampled DEQ state that is worse than the state before it")
     p.add_argument("--val-every", type=count, default=1000, help="validate every N steps")
@@ -62,7 +63,7 @@ def add_arguments(p) -> None:
     add_device_arg(p, "with torchrun: one GPU per process")
     p.add_argument("--memory-saving", action="store_true",
                    help="recompute the encoders' activations in backward instead of keeping them: same gradients, "
-                   "about 0.7x the peak memory, 5-22%% more time per step (docs/bench_train_memory_saving.md)")
+                   "less peak memory, more time per step (measured in docs/bench_train_memory_saving.md)")
     _add_model_arguments(p)
 
 

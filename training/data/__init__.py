@@ -1,6 +1,6 @@
 """Training data: synthetic scenes with exact flow (classic and photograph-like presets), the held-out
-real-photograph validation pairs, the standard dataset layouts, augmentation, and tiny fake copies of the
-layouts for tests."""
+real-photograph validation pairs, the standard dataset layouts and augmentation (tiny fake copies of the
+layouts, for tests, are in tests/fake_layouts.py)."""
 
 from training.data.augment import (
     STAGE_PRESETS,
@@ -19,14 +19,6 @@ from training.data.datasets import (
     MpiSintel,
     StereoPairDataset,
     build_training_set,
-)
-from training.data.fake_layouts import (
-    write_fake_all,
-    write_fake_chairs,
-    write_fake_hd1k,
-    write_fake_kitti,
-    write_fake_sintel,
-    write_fake_things,
 )
 from training.data.flow_dataset import FlowDataset
 from training.data.homography import HomographyConfig
@@ -48,6 +40,5 @@ __all__ = [
     "RealismConfig", "STAGE_PRESETS", "SYNTHETIC_PRESETS", "SparseFlowAugmentor", "StereoPairDataset",
     "SyntheticConfig", "SyntheticFlowDataset", "SyntheticSample", "SyntheticVideo", "TextureConfig",
     "build_training_set", "load_photo", "make_synthetic_video", "photo_bank", "photo_pool", "random_texture",
-    "render_pair", "resize_sparse_flow", "stage_augment", "synthetic_preset", "write_fake_all", "write_fake_chairs",
-    "write_fake_hd1k", "write_fake_kitti", "write_fake_sintel", "write_fake_things",
+    "render_pair", "resize_sparse_flow", "stage_augment", "synthetic_preset",
 ]

@@ -8,6 +8,7 @@ from deqflow.errors import InputError
 from training.data.homography import HomographyConfig
 from training.data.photometric import PhotometricConfig
 from training.data.textures import TextureConfig
+from training.stages import REALISTIC_MIX_CLASSIC_SHARE
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def _realistic() -> SyntheticConfig:
 
 def _realistic_mix() -> SyntheticConfig:
     base = _realistic()
-    return replace(base, realism=replace(base.realism, classic_share=0.3))
+    return replace(base, realism=replace(base.realism, classic_share=REALISTIC_MIX_CLASSIC_SHARE))
 
 
 # "classic" reproduces the data of the first two training phases; "realistic" is the photograph-like set;
