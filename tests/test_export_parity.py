@@ -12,11 +12,11 @@ import torch
 
 from deqflow.checkpoint import sha256_file
 from deqflow.host_solver import SolverSettings
-from deqflow.onnx_session import SessionConfig, run_export
 from deqflow.padding import InputPadder
 from export import export_onnx, read_metadata
 from export.parity import epe, real_pair, reference_model, synthetic_pair, torch_flow
 from export.wrappers import prepare, reference_solve
+from runtime.backends.onnxruntime_sessions import SessionConfig, run_export
 from training.checkpoint import load_model
 from training.config import ModelConfig
 from training.model.deq_flow import DEQFlow
