@@ -3,7 +3,8 @@
 Steps: load (variant checked) -> export copy (weight norm folded, eval, optional fp16 islands) -> trace the
 encoder, step and decoder once each with the TorchScript exporter (dynamo=False: it keeps the correlation
 ops and emits opset 17 GridSample) -> compose the layout -> metadata -> checks (+ onnxslim) -> optional
-ONNX Runtime verification (the split layout under the shared host loop) -> temp files renamed into place.
+verification on the runtime's ONNX Runtime path (runtime.backends.onnxruntime_sessions; the split layout under
+the shared host loop) -> temp files renamed into place.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from deqflow.errors import CheckpointError, DeqflowError, InputError
 from deqflow.fileio import atomic_outputs, check_output_file
 from deqflow.model_metadata import STOP_EXITS, ModelMetadata, split_part_names
 from deqflow.onnx_integrity import record_weights_digest
-from deqflow.onnx_session import run_export
 from deqflow.solver_spec import SolveSpec, StopRule
 from export.checks import CheckReport, check_model, count_nodes, simplify
 from export.compose import Parts, build_loop, build_split, build_unrolled
 from export.config import ExportConfig, check_size
 from export.wrappers import DecodePart, EncoderPart, StepPart, ctx_names, prepare, reference_solve
+from runtime.backends.onnxruntime_sessions import run_export
 from training.model.deq_flow import DEQFlow
 
 VERIFY_TOL = 1e-3  # px, float32 flow at full resolution (runtime.compare's float32 tier)

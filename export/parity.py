@@ -1,6 +1,7 @@
 """Inputs and references for checking exports against PyTorch (shared by the export tests and
 scripts/bench_export.py): real and synthetic image pairs, the PyTorch eager reference, EPE. Exports run on
-ONNX Runtime through deqflow.onnx_session (the split layout under deqflow.host_solver's loop).
+ONNX Runtime through the runtime's sessions (runtime.backends.onnxruntime_sessions: the split layout under
+deqflow.host_solver's loop).
 
 The reference is the model's own forward with the plain fixed-point solver, no early stop unless asked, and
 the last iterate (`return_final`), i.e. the official evaluation protocol that the graphs implement.

@@ -61,26 +61,27 @@ def cpu_name() -> str:
 
 
 class OrtCandidate:
-    """An exported model on ONNX Runtime; split files run under the runtime's host loop (deqflow.host_solver)."""
+    """An exported model on the runtime's ONNX Runtime sessions; split files run under the host loop
+    (deqflow.host_solver)."""
 
     def __init__(self, result, threads: int, iters: int) -> None:
-        from deqflow.onnx_session import SessionConfig, SessionStepParts, create_session
         from deqflow.solver_spec import SolveSpec
+        from runtime.backends.onnxruntime_sessions import OrtStepParts, SessionConfig, open_session
 
         self.result, self.settings = result, SolveSpec.of(max_iter=iters, tol=0.0)
         config = SessionConfig(threads=threads, inter_threads=1)
         start = time.perf_counter()
         if result.config.layout == "split":
-            self.parts, self.session = SessionStepParts.from_files(result.paths, config), None
+            self.parts, self.session = OrtStepParts.from_files(result.paths, config), None
         else:
-            self.parts, self.session = None, create_session(result.paths[0], config)
+            self.parts, self.session = None, open_session(result.paths[0], config)
         self.session_seconds = time.perf_counter() - start
 
     def __call__(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from deqflow.onnx_session import run_session, run_split
+        from runtime.backends.onnxruntime_sessions import run_split
 
         if self.parts is None:
-            return run_session(self.session, feed)
+            return self.session.run_host(feed)
         return run_split(self.parts, feed, self.settings)
 
 

@@ -1,8 +1,14 @@
-"""The layering of the four packages, read from their source: deqflow <- training <- export <- runtime.
+"""The layering of the four packages, read from their source: a DAG that follows the data. `deqflow` (the shared
+core) <- `training`; `deqflow` <- `runtime`; `export` builds on `training` and verifies with `runtime`.
 
 - importing `deqflow` or any `runtime` module loads no module of `export` or `training`;
 - `training.deq.config` and every `runtime` module import where torch cannot be imported;
-- the static import graph (every import statement, function-level ones included) has no cycle;
+- the import graph points one way (ALLOWED) and has no cycle. It is read from every import statement
+  (function-level ones included) and from the `importlib` string tables: a module-level table of module
+  names in a module that uses importlib (the CLI's verb table, the backend table, a package's lazy names) is
+  an edge from that module to each module it names, and from every module that imports the table by name;
+- no `deqflow` verb is implemented in a package below one that it reaches when it runs (through imports and
+  tables: e.g. a training verb that looks up a runtime verb in the CLI's table and runs it);
 - no function is longer than 60 lines;
 - no block of six or more lines is repeated between modules (verbatim once comments, blank lines, imports and
   white space are set aside).
@@ -24,6 +30,13 @@ from pathlib import Path
 from helpers import ROOT, blocking_prelude, subprocess_env
 
 PACKAGES = ("deqflow", "training", "export", "runtime")
+ALLOWED = {"deqflow": {"deqflow"}, "training": {"deqflow", "training"}, "runtime": {"deqflow", "runtime"},
+           "export": {"deqflow", "training", "runtime", "export"}}
+"""package -> the packages its modules may import."""
+LAZY_EXCEPTIONS = {("runtime.backends.torch_backend", "training")}
+"""(module, package) edges allowed beyond ALLOWED: the torch backend loads a checkpoint with training, lazily."""
+ENTRY_POINT = ("deqflow.cli", "COMMANDS")
+"""The command line's verb table: it names a verb of every package (its own edges are the dispatch itself)."""
 MAX_FUNCTION_LINES = 60
 MIN_REPEATED_LINES = 6
 
@@ -43,9 +56,12 @@ def modules() -> dict[str, Path]:
 
 
 @cache
-def syntax_tree(name: str) -> ast.Module:
-    path = modules()[name]
+def _parse(path: Path) -> ast.Module:
     return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def syntax_tree(name: str) -> ast.Module:
+    return _parse(modules()[name])
 
 
 def _resolve(module: str, level: int, importer: str) -> str:
@@ -79,9 +95,81 @@ def imports_of(name: str) -> set[str]:
     return found - {None, name}
 
 
+# --- importlib string tables ---------------------------------------------------------------------------------
+
+
+def _uses_importlib(tree: ast.Module) -> bool:
+    return any(isinstance(node, ast.Import) and any(a.name == "importlib" for a in node.names)
+               or isinstance(node, ast.ImportFrom) and node.module == "importlib" for node in ast.walk(tree))
+
+
+def _named_module(text: str, owner: str) -> str | None:
+    """The module a table string names: 'pkg.module' or 'pkg.module:Attr', or a submodule's name relative to
+    the package `owner` (a package's lazy-name table); None for any other string."""
+    name = text.split(":")[0]
+    if name in modules():
+        return name
+    if modules()[owner].name == "__init__.py" and f"{owner}.{name}" in modules():
+        return f"{owner}.{name}"
+    return None
+
+
+def string_tables(name: str) -> dict[str, list[str]]:
+    """The importlib string tables of module `name`: module-level variable -> the modules its strings name."""
+    tree = syntax_tree(name)
+    if not _uses_importlib(tree):
+        return {}
+    tables = {}
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+            if isinstance(node, ast.AnnAssign) and node.value is not None else []
+        value = getattr(node, "value", None)
+        values = value.values if isinstance(value, ast.Dict) else [value] if value is not None else []  # not keys
+        named = sorted({m for v in values for c in ast.walk(v) if isinstance(c, ast.Constant)
+                        and isinstance(c.value, str) for m in [_named_module(c.value, name)] if m} - {name})
+        for target in targets:
+            if isinstance(target, ast.Name) and named:
+                tables[target.id] = named
+    return tables
+
+
+def table_edges(name: str) -> dict[str, str]:
+    """target module -> the table that makes `name` depend on it: the tables `name` holds (except the entry
+    point's verb table, which is the dispatch itself) and those it imports by name from another module."""
+    out = {}
+    for table, targets in string_tables(name).items():
+        if (name, table) != ENTRY_POINT:
+            out.update({t: f"{name}.{table}" for t in targets})
+    for node in ast.walk(syntax_tree(name)):
+        if isinstance(node, ast.ImportFrom):
+            source = _resolve(node.module or "", node.level, name)
+            if source in modules() and source != name:
+                tables = string_tables(source)
+                for alias in node.names:
+                    out.update({t: f"{source}.{alias.name}" for t in tables.get(alias.name, ())})
+    out.pop(name, None)
+    return out
+
+
+def dependencies(name: str) -> dict[str, str]:
+    """Every module `name` depends on -> how ('import' or the table that names it)."""
+    return {**{t: "import" for t in imports_of(name)}, **table_edges(name)}
+
+
+def verb_modules() -> dict[str, str]:
+    """The CLI's verbs: name -> module, read from the source of its verb table."""
+    module, table = ENTRY_POINT
+    for node in syntax_tree(module).body:
+        target = node.target if isinstance(node, ast.AnnAssign) else node.targets[0] \
+            if isinstance(node, ast.Assign) else None
+        if isinstance(target, ast.Name) and target.id == table and isinstance(node.value, ast.Dict):
+            return {k.value: v.value for k, v in zip(node.value.keys, node.value.values)}
+    raise AssertionError(f"no verb table {table} in {module}")
+
+
 def import_cycles() -> list[list[str]]:
     """The strongly connected components with more than one module (Tarjan), each sorted."""
-    graph = {name: sorted(imports_of(name)) for name in modules()}
+    graph = {name: sorted(dependencies(name)) for name in modules()}
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -224,21 +312,53 @@ def test_the_import_graph_is_read():
     assert {"deqflow", "training", "export", "runtime", "deqflow.cli"} <= set(modules())
     assert "deqflow.errors" in imports_of("deqflow.padding")
     assert any(m.startswith("training.") for m in imports_of("export.exporter"))
-    assert "runtime.solver" in imports_of("runtime")
+    assert "runtime.backends.onnxruntime_sessions" in imports_of("export.exporter")
+    assert "runtime.warm_start" in imports_of("runtime.pipeline") and "deqflow.host_solver" in imports_of("runtime")
+    assert string_tables("runtime.backends")["BACKENDS"] == [
+        "runtime.backends.onnxruntime_backend", "runtime.backends.tensorrt_backend", "runtime.backends.torch_backend"]
+    assert dependencies("runtime")["runtime.backends.torch_backend"] == "runtime.backends.BACKENDS"
+    assert dependencies("training.deq")["training.deq.solvers"] == "training.deq._EXPORTS"
+    verbs = verb_modules()
+    assert verbs["demo"] == "training.commands.demo" and verbs["infer"] == "runtime.commands.infer"
+    assert sorted(string_tables("deqflow.cli")["COMMANDS"]) == sorted(set(verbs.values()))
+
+
+def _allowed(source: str, target: str) -> bool:
+    package, dest = source.split(".")[0], target.split(".")[0]
+    return dest in ALLOWED[package] or (source, dest) in LAZY_EXCEPTIONS
 
 
 def layering_violations() -> list[str]:
-    """Imports against deqflow <- training <- export <- runtime, and of runtime importing anything but deqflow
-    (its torch backend may load the model from training)."""
-    layer = {package: i for i, package in enumerate(PACKAGES)}
+    """Imports and table edges against ALLOWED (deqflow <- training, deqflow <- runtime, export on both)."""
+    return [f"{name} -> {target}" + ("" if how == "import" else f" (through {how})")
+            for name in modules() for target, how in sorted(dependencies(name).items())
+            if not _allowed(name, target)]
+
+
+def reach(name: str) -> set[str]:
+    """The modules `name` runs when it runs, through imports and tables (the lazy exceptions not followed:
+    the torch backend's checkpoint loading is not a dispatch)."""
+    seen, todo = set(), [name]
+    while todo:
+        current = todo.pop()
+        for target in dependencies(current):
+            if target not in seen and (current, target.split(".")[0]) not in LAZY_EXCEPTIONS:
+                seen.add(target)
+                todo.append(target)
+    return seen - {name}
+
+
+def verb_dispatch_violations() -> list[str]:
+    """'verb V (module, package) reaches P: modules' for each verb that reaches a package it may not use."""
     out = []
-    for name in modules():
-        for target in sorted(imports_of(name)):
-            source, dest = name.split(".")[0], target.split(".")[0]
-            runtime_rule = source == "runtime" and dest not in ("deqflow", "runtime") and not \
-                (dest == "training" and name.endswith("torch_backend"))
-            if layer[dest] > layer[source] or runtime_rule:
-                out.append(f"{name} -> {target}")
+    for verb, module in verb_modules().items():
+        package = module.split(".")[0]
+        above = defaultdict(list)
+        for target in sorted(reach(module)):
+            if target.split(".")[0] not in ALLOWED[package]:
+                above[target.split(".")[0]].append(target)
+        out += [f"verb {verb} ({module}, {package}) reaches {dest}: {', '.join(targets)}"
+                for dest, targets in sorted(above.items())]
     return out
 
 
@@ -248,6 +368,48 @@ def test_imports_point_one_way():
 
 def test_no_import_cycles():
     assert import_cycles() == []
+
+
+def test_no_verb_dispatches_above_its_layer():
+    assert verb_dispatch_violations() == []
+
+
+FAKE_TREE = {
+    "deqflow/__init__.py": "",
+    "deqflow/cli.py": "import importlib\nCOMMANDS = {'demo': 'training.commands.demo', "
+                      "'infer': 'runtime.commands.infer'}\n",
+    "training/__init__.py": "",
+    "training/checkpoint.py": "",
+    "training/commands/__init__.py": "",
+    "training/commands/demo.py": (  # the demo that re-parsed `infer`'s argv before issue 21
+        "def run_command(name, argv):\n    import importlib\n\n    from deqflow.cli import COMMANDS\n\n"
+        "    module = importlib.import_module(COMMANDS[name])\n    return module.run(argv)\n"),
+    "runtime/__init__.py": "",
+    "runtime/commands/__init__.py": "",
+    "runtime/commands/infer.py": "def run(args):\n    from runtime.backends import backend_class\n",
+    "runtime/backends/__init__.py": "import importlib\n"
+                                    "BACKENDS = {'torch': 'runtime.backends.torch_backend:TorchBackend'}\n",
+    "runtime/backends/torch_backend.py": "def load():\n    from training.checkpoint import load_model\n",
+}
+
+
+def test_the_dispatch_check_finds_a_verb_that_climbs(tmp_path, monkeypatch):
+    """A training verb that looks up a runtime verb in the CLI's table and runs it is reported, by the layering
+    check and by the verb check, although no import statement names runtime; the runtime verb that reaches
+    training only through the torch backend's checkpoint loading is not."""
+    fake = {}
+    for rel, text in FAKE_TREE.items():
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        parts = Path(rel).with_suffix("").parts
+        fake[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    monkeypatch.setattr(sys.modules[__name__], "modules", lambda: fake)
+    assert layering_violations() == ["training.commands.demo -> runtime.commands.infer (through deqflow.cli.COMMANDS)"]
+    assert verb_dispatch_violations() == [
+        "verb demo (training.commands.demo, training) reaches runtime: runtime.backends, "
+        "runtime.backends.torch_backend, runtime.commands.infer"]
 
 
 def test_no_function_is_longer_than_60_lines():

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from deqflow.checkpoint import SHIPPED_CHECKPOINT, sha256_file
-from deqflow.onnx_session import SessionConfig, run_export
 from deqflow.padding import InputPadder
 from deqflow.solver_spec import SolveSpec
 from export import export_onnx, read_metadata
 from export.parity import epe, padded_real_pair, reference_model, synthetic_pair, torch_flow
 from export.wrappers import prepare, reference_solve
+from runtime.backends.onnxruntime_sessions import SessionConfig, run_export
 from training.checkpoint import load_model
 from training.config import ModelConfig
 from training.model.deq_flow import DEQFlow

@@ -1,9 +1,10 @@
 """ONNX Runtime backend: CPU, CUDA and TensorRT execution providers, IO binding, all three layouts.
 
 Unrolled / Loop exports run as one session. Split exports run as three sessions (encoder, step, decode)
-driven by the shared host solver (runtime.solver): stop on tolerance, warm start, Anderson. With IO
-binding the context (correlation pyramid, features) and the state stay on the provider's device between
-steps; only the (N,) residuals come back to the host each step.
+driven by the shared host solver (deqflow.host_solver): stop on tolerance, warm start, Anderson. The sessions and
+their feeds are runtime.backends.onnxruntime_sessions', the one ONNX Runtime path (the exporter's verification,
+the scripts and the tests run it too). With IO binding the context (correlation pyramid, features) and the
+state stay on the provider's device between steps; only the (N,) residuals come back to the host each step.
 
 Provider notes: the CUDA provider benchmarks convolution algorithms on its first run (EXHAUSTIVE), so warm
 up before timing; cuDNN 9 uses TF32 for convolutions unless NVIDIA_TF32_OVERRIDE=0 is set in the
@@ -23,21 +24,27 @@ from typing import Any
 
 import numpy as np
 
-from deqflow import onnx_session
 from deqflow.errors import InputError, ProfileError
 from deqflow.extras import missing
 from deqflow.model_metadata import IMAGE_PARTS
-from deqflow.onnx_session import OPTIMIZATION_LEVELS, SessionConfig, create_session
 from deqflow.shapes import ShapeProfiles
 from deqflow.solver_spec import SolveOverrides
+from runtime.backends import onnxruntime_sessions
 from runtime.backends.base import ExportedModelBackend, InferenceResult, TensorSpec
+from runtime.backends.onnxruntime_sessions import (
+    OPTIMIZATION_LEVELS,
+    OrtSession,
+    OrtStepParts,
+    SessionConfig,
+    open_session,
+)
 from runtime.modelfile import ModelFile
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
 def import_onnxruntime():
-    return onnx_session.import_onnxruntime("the onnxruntime backend")
+    return onnxruntime_sessions.import_onnxruntime("the onnxruntime backend")
 
 
 def shape_string(shapes: dict[str, list[int]]) -> str:
@@ -151,7 +158,7 @@ class SessionSettings:
                              "cuda_graph")
 
 
-def load_sessions(file: ModelFile, s: SessionSettings) -> dict[str, _Session]:
+def load_sessions(file: ModelFile, s: SessionSettings) -> dict[str, OrtSession]:
     """The loader: one session per part of `file` (the image inputs of the model / encoder get the profile)."""
     ort = import_onnxruntime()
     check_available(s.provider, ort.get_available_providers())
@@ -170,75 +177,9 @@ def load_sessions(file: ModelFile, s: SessionSettings) -> dict[str, _Session]:
                                      cuda_graph=s.cuda_graph, workspace_mb=s.workspace_mb)
         config = SessionConfig(threads=s.threads, optimization=s.optimization, spinning=spinning,
                                low_memory=s.low_memory)
-        session = create_session(path, config, providers)
-        sessions[part] = _Session(ort, path, session, device=s.device, device_id=s.device_id,
-                                  io_binding=s.io_binding)
+        sessions[part] = open_session(path, config, providers, device=s.device, device_id=s.device_id,
+                                      io_binding=s.io_binding)
     return sessions
-
-
-class _Session:
-    """One InferenceSession run with IO binding on its provider's device (or with host arrays)."""
-
-    def __init__(self, ort, path: Path, session, *, device: str, device_id: int, io_binding: bool) -> None:
-        self.ort, self.path, self.session = ort, path, session
-        self.options = session.get_session_options()
-        self.device, self.device_id, self.io_binding = device, device_id, io_binding
-        self.inputs = {i.name: i for i in self.session.get_inputs()}
-        self.output_names = [o.name for o in self.session.get_outputs()]
-
-    def value(self, x: Any):
-        """numpy -> OrtValue on the session's device (CPU values share the numpy buffer)."""
-        if isinstance(x, self.ort.OrtValue):
-            return x
-        return self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x), self.device, self.device_id)
-
-    def run(self, feeds: dict[str, Any], outputs: list[str] | None = None) -> dict[str, Any]:
-        """Feeds (numpy or OrtValue) -> {name: OrtValue} with IO binding, or numpy without it."""
-        outputs = outputs or self.output_names
-        if not self.io_binding:
-            host = {k: (v.numpy() if isinstance(v, self.ort.OrtValue) else v) for k, v in feeds.items()
-                    if k in self.inputs}
-            return dict(zip(outputs, self.session.run(outputs, host)))
-        binding = self.session.io_binding()
-        for name, v in feeds.items():
-            if name in self.inputs:
-                binding.bind_ortvalue_input(name, self.value(v))
-        for name in outputs:
-            binding.bind_output(name, self.device, self.device_id)
-        self.session.run_with_iobinding(binding)
-        return dict(zip(outputs, binding.get_outputs()))
-
-    @staticmethod
-    def host(x: Any) -> np.ndarray:
-        return x if isinstance(x, np.ndarray) else x.numpy()
-
-
-class OrtStepParts:
-    """StepParts (runtime.solver) over the three sessions of a split export."""
-
-    def __init__(self, encoder: _Session, step: _Session, decode: _Session, context: list[str], hidden_dim: int):
-        self.encoder, self.step_session, self.decoder = encoder, step, decode
-        self.context, self.hidden_dim = context, hidden_dim
-
-    def encode(self, image1, image2):
-        out = self.encoder.run({"image1": image1, "image2": image2}, self.context)
-        return out, self.encoder.host(out["coords0"])
-
-    def step(self, ctx, net, coords1):
-        out = self.step_session.run({**ctx, "net": net, "coords1": coords1},
-                                    ["net_next", "coords1_next", "residual", "residual_rel"])
-        return (out["net_next"], out["coords1_next"], self.step_session.host(out["residual"]),
-                self.step_session.host(out["residual_rel"]))
-
-    def decode(self, ctx, net, coords1):
-        out = self.decoder.run({"net": net, "coords1": coords1, "coords0": ctx["coords0"]}, ["flow", "flow_low"])
-        return self.decoder.host(out["flow"]), self.decoder.host(out["flow_low"])
-
-    def to_host(self, x):
-        return self.step_session.host(x)
-
-    def from_host(self, x):
-        return self.step_session.value(x) if self.step_session.io_binding else x
 
 
 class OnnxRuntimeBackend(ExportedModelBackend):
@@ -279,10 +220,6 @@ class OnnxRuntimeBackend(ExportedModelBackend):
         return OrtStepParts(self.sessions["encoder"], step, self.sessions["decode"], list(self.meta.context_names),
                             hidden)
 
-    @property
-    def label(self) -> str:
-        return f"onnxruntime:{self.provider}" + (f" ({self.file.layout})" if self.file.layout else "")
-
     def describe(self) -> dict:
         out = super().describe()
         out.update(provider=self.provider, layout=self.file.layout, precision=self.meta.precision,
@@ -302,7 +239,7 @@ class OnnxRuntimeBackend(ExportedModelBackend):
             return self._solve_split(image1, image2, flow_init, state)
         session = self.sessions["model"]
         feeds = self._graph_feeds(session.inputs, image1, image2, flow_init)
-        return self._graph_result({k: session.host(v) for k, v in session.run(feeds).items()}, image1.shape[0])
+        return self._graph_result(session.run_host(feeds), image1.shape[0])
 
     def close(self) -> None:
         self.sessions.clear()

@@ -1,9 +1,10 @@
-"""`deqflow demo`: `deqflow infer` on the shipped checkpoint and the real Middlebury pair, with its ground
-truth, followed by OpenCV's classical methods on the same pair for comparison.
+"""`deqflow demo`: the shipped checkpoint on the real Middlebury pair with its ground truth, followed by
+OpenCV's classical methods on the same pair for comparison.
 
-The pair and its ground truth are written into the output folder (inputs/) and handed to `infer` as files, so
-the demo's report is exactly what `infer` writes for them; the solver settings are the checkpoint's
-evaluation protocol (its own cap and tolerance, each sample's lowest-residual iterate).
+The pair and its ground truth are written into the output folder (inputs/), so `deqflow infer` can be run on
+them; the demo solves the pair with training's own inference path and writes the same pair report as `infer`
+(deqflow.pair_report), under the checkpoint's evaluation protocol (its own cap and tolerance, each sample's
+lowest-residual iterate) on the CPU.
 """
 
 from deqflow.checkpoint import SHIPPED_CHECKPOINT
@@ -42,8 +43,9 @@ def run(args) -> int:
     from deqflow import middlebury
     from deqflow.errors import CheckpointError
     from deqflow.fileio import check_output_dir
-    from deqflow.flow_io import read_flo, write_flow
+    from deqflow.flow_io import read_flo, read_flow, write_flow
     from deqflow.image_io import write_image
+    from deqflow.pair_report import write_pair_report
 
     check_output_dir(args.output)
     ckpt = args.checkpoint or shipped_checkpoint()
@@ -57,12 +59,37 @@ def run(args) -> int:
     write_image(inputs / "image2.png", right)
     write_flow(inputs / "flow_gt.flo", flow, valid)
     print(f"checkpoint {ckpt} (DEQ-Flow-{variant}); pair: Middlebury motorcycle {left.shape[1]}x{left.shape[0]}")
-    argv = ["--checkpoint", str(ckpt), "--image1", str(inputs / "image1.png"), "--image2",
-            str(inputs / "image2.png"), "--gt", str(inputs / "flow_gt.flo"), "--output", str(args.output),
-            "--lowest-residual"] + ([] if args.iters is None else ["--iters", str(args.iters)])
-    status = run_command("infer", argv)
+    run = solve_pair(ckpt, left, right, args.iters)
+    write_pair_report(args.output, run, gt=read_flow(inputs / "flow_gt.flo"))
     print_baselines(left, right, flow, valid, read_flo(Path(args.output) / "flow.flo"))
-    return status
+    return 0
+
+
+def solve_pair(checkpoint, image1, image2, iters: int | None):
+    """The checkpoint on one uint8 RGB pair (CPU) as a deqflow.pair_report.PairRun: the evaluation stop rule,
+    `iters` (None: the checkpoint's cap), the lowest-residual iterate, the solver's statistics."""
+    import time
+
+    from deqflow.host_solver import SolverSettings
+    from deqflow.pair_report import PairRun
+    from deqflow.solver_spec import canonical_solver
+    from training.checkpoint import load_model
+    from training.inference import estimate_flow
+
+    model, _ = load_model(checkpoint)
+    deq = model.cfg.deq
+    settings = SolverSettings(max_iter=iters, return_final=False).with_rule(deq.stop_rule(),
+                                                                            canonical_solver(deq.f_solver))
+    model.configure_deq(return_final=settings.return_final)
+    start = time.perf_counter()
+    result = estimate_flow(model, image1, image2, iters=settings.max_iter)
+    seconds = time.perf_counter() - start
+    abs_trace, rel_trace = (trace.double().cpu().numpy()[0] for trace in (result.stats.abs_trace,
+                                                                           result.stats.rel_trace))
+    return PairRun(image1=image1, flow=result.flow, iterations=int(result.stats.nstep), final_abs=float(abs_trace[-1]),
+                   final_rel=float(rel_trace[-1]), seconds=seconds, abs_trace=abs_trace, rel_trace=rel_trace,
+                   backend="torch:cpu", settings=settings.as_dict(), stop_rule=settings.stop_rule().describe(),
+                   stop_reason=result.stats.reason)
 
 
 def checkpoint_variant(path) -> str:
@@ -72,19 +99,6 @@ def checkpoint_variant(path) -> str:
 
     state, config, _ = split_checkpoint(read_checkpoint_file(path), str(path))
     return (config or {}).get("variant") or infer_model_config(state, str(path))["variant"]
-
-
-def run_command(name: str, argv: list[str]) -> int:
-    """Run another `deqflow` verb in this process (its errors propagate to the caller)."""
-    import argparse
-    import importlib
-
-    from deqflow.cli import COMMANDS
-
-    module = importlib.import_module(COMMANDS[name])
-    parser = argparse.ArgumentParser(prog=f"deqflow {name}")
-    module.add_arguments(parser)
-    return int(module.run(parser.parse_args(argv)) or 0)
 
 
 def print_baselines(left, right, flow, valid, model_flow) -> None:

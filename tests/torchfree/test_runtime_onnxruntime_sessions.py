@@ -1,5 +1,5 @@
-"""deqflow.onnx_session: the session factory's errors and options, and a hand-built split export (encoder,
-step, decode) driven by the shared host loop, whose iterates are known by hand. No torch."""
+"""runtime.backends.onnxruntime_sessions: the session factory's errors and options, and a hand-built split
+export (encoder, step, decode) driven by the shared host loop, whose iterates are known by hand. No torch."""
 
 import numpy as np
 import onnx
@@ -7,16 +7,16 @@ import pytest
 from onnx import TensorProto, helper
 
 from deqflow.errors import FileFormatError, InputError
-from deqflow.onnx_session import (
+from deqflow.solver_spec import SolveSpec
+from runtime.backends.onnxruntime_sessions import (
     SPLIT_PARTS,
+    OrtStepParts,
     SessionConfig,
-    SessionStepParts,
     create_session,
+    open_session,
     run_export,
-    run_session,
     run_split,
 )
-from deqflow.solver_spec import SolveSpec
 
 FLOAT = TensorProto.FLOAT
 
@@ -66,7 +66,7 @@ def split_export():
 
 
 def test_split_export_under_the_host_loop():
-    parts = SessionStepParts.from_files(split_export(), SessionConfig(threads=1, inter_threads=1))
+    parts = OrtStepParts.from_files(split_export(), SessionConfig(threads=1, inter_threads=1))
     assert parts.hidden_dim == 1 and sorted(parts.context) == ["coords0", "inp"]
     image = np.full((1, 3, 8, 8), 5.0, np.float32)
     feed = {"image1": image, "image2": image, "flow_init": np.array([8, 0], np.float32).reshape(1, 2, 1, 1)}
@@ -90,8 +90,8 @@ def test_sessions_from_paths_bytes_and_protos(tmp_path):
     feed = {"image1": np.ones((1, 3, 8, 8), np.float32), "image2": np.ones((1, 3, 8, 8), np.float32),
             "unused": np.zeros(1)}
     for model in (path, str(path), encoder.SerializeToString(), encoder):
-        session = create_session(model, SessionConfig(low_memory=True, spinning=False, optimization="basic"))
-        out = run_session(session, feed)
+        session = open_session(model, SessionConfig(low_memory=True, spinning=False, optimization="basic"))
+        out = session.run_host(feed)
         assert set(out) == {"coords0", "inp"} and out["coords0"].shape == (1, 2, 1, 1)
 
 
