@@ -16,7 +16,7 @@ from deqflow.extras import LIBRARIES, install_hint, optional
 
 # name -> module defining HELP, add_arguments(parser), run(args) -> int and optionally requires(args) -> modules
 COMMANDS: dict[str, str] = {
-    "demo": "training.commands.demo",
+    "demo": "runtime.commands.demo",
     "infer": "runtime.commands.infer",
     "info": "training.commands.info",
     "train": "training.commands.train",

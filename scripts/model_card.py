@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from deqflow.baselines import opencv_flow
 from deqflow.metrics import FlowMetricAccumulator
 from deqflow.middlebury import motorcycle as real_stereo_pair
-from training.baselines import opencv_flow
 from training.checkpoint import load_model
 from training.data import SyntheticFlowDataset
 from training.evaluate import HELDOUT_SEED, SYNTHETIC_EVAL_SIZE

@@ -319,7 +319,7 @@ def test_the_import_graph_is_read():
     assert dependencies("runtime")["runtime.backends.torch_backend"] == "runtime.backends.BACKENDS"
     assert dependencies("training.deq")["training.deq.solvers"] == "training.deq._EXPORTS"
     verbs = verb_modules()
-    assert verbs["demo"] == "training.commands.demo" and verbs["infer"] == "runtime.commands.infer"
+    assert verbs["demo"] == "runtime.commands.demo" and verbs["infer"] == "runtime.commands.infer"
     assert sorted(string_tables("deqflow.cli")["COMMANDS"]) == sorted(set(verbs.values()))
 
 

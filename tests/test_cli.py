@@ -149,7 +149,7 @@ def test_infer_with_a_wrong_image_path_fails_in_one_line(tiny_checkpoint, real_p
 
 
 def test_demo_without_a_checkpoint(tmp_path, monkeypatch, capsys):
-    import training.commands.demo as demo
+    import runtime.commands.demo as demo
 
     monkeypatch.chdir(tmp_path)  # no checkpoints/ here, and the shipped name is not in the checkout either
     monkeypatch.setattr(demo, "DEFAULT_CHECKPOINT", "checkpoints/not-shipped-in-this-test.pth")
@@ -161,8 +161,8 @@ def test_demo_without_a_checkpoint(tmp_path, monkeypatch, capsys):
 
 def test_the_shipped_checkpoint_is_in_the_repository():
     """make demo, the export parity tests and the golden regression tests all run on it."""
+    from runtime.commands.demo import DEFAULT_CHECKPOINT, shipped_checkpoint
     from training.checkpoint import load_model
-    from training.commands.demo import DEFAULT_CHECKPOINT, shipped_checkpoint
 
     path = shipped_checkpoint()
     assert path is not None, f"{DEFAULT_CHECKPOINT} is missing"

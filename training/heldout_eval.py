@@ -10,8 +10,8 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from deqflow.baselines import opencv_flow
 from deqflow.metrics import FlowMetricAccumulator
-from training.baselines import opencv_flow
 from training.data.heldout_real import HeldoutRealConfig, heldout_homography_pairs, motorcycle_pair
 from training.inference import flow_trajectory
 from training.stages import VAL_REAL_STEPS
