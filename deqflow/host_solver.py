@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from deqflow.errors import InputError
+from deqflow.solve_stats import SolveStats, as_numpy
 from deqflow.solver_spec import SolveSpec, StallMonitor, converged, flow_step, stop_reason
 
 HOST_METHODS = ("fixed_point", "anderson")
@@ -43,25 +44,6 @@ class WarmState:
 
     hidden: Any
     flow_low: Any
-
-
-@dataclass
-class SolveStats:
-    iterations: int
-    abs_trace: np.ndarray  # (N, iterations)
-    rel_trace: np.ndarray
-    nonfinite: bool = False
-    stalled: np.ndarray | None = None  # (N,) bool when the stagnation test ran
-    reason: str = ""  # why the solve ended: one of deqflow.solver_spec.STOP_REASONS
-    flow_trace: np.ndarray | None = None  # (N, iterations) flow steps, when a flow tolerance was tested
-
-    @property
-    def final_abs(self) -> np.ndarray:
-        return self.abs_trace[:, -1]
-
-    @property
-    def final_rel(self) -> np.ndarray:
-        return self.rel_trace[:, -1]
 
 
 @dataclass
@@ -90,15 +72,6 @@ class StepParts(Protocol):
     def to_host(self, x: Any) -> np.ndarray: ...
 
     def from_host(self, x: np.ndarray) -> Any: ...
-
-
-def as_numpy(x: Any) -> np.ndarray:
-    """numpy view/copy of a numpy array or a torch tensor (any device) without importing torch."""
-    if isinstance(x, np.ndarray):
-        return x
-    if hasattr(x, "detach"):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 def anderson_mix(xs: np.ndarray, fs: np.ndarray, n: int, lam: float, beta: float,
@@ -201,7 +174,7 @@ class _Residuals:
         self.traces: dict[str, list[np.ndarray]] = {"abs": [], "rel": [], "flow": []}
         self.lowest = np.full(n, np.inf)  # in the stop mode
         self.best: np.ndarray | None = None  # packed (N, D) when tracking the lowest residual
-        self.nonfinite = self.bad = False
+        self.bad = False
         window = self.rule.stall_window
         self.stall = StallMonitor(n, window, self.rule.stall_margin) if window > 0 else None
         self.reason: str | None = None
@@ -223,7 +196,6 @@ class _Residuals:
         if self.keep_best:
             self.best = fx.copy() if self.best is None else np.where(improved[:, None], fx, self.best)
         self.bad = not np.isfinite(res).all()
-        self.nonfinite |= self.bad
         crit = current if self.return_final else self.lowest
         done = converged(crit, self.rule.tol, flow, self.rule.flow_tol)
         stalled = self.stall.update(current) if self.stall is not None else np.zeros(self.n, bool)
@@ -236,10 +208,17 @@ class _Residuals:
         return self.reason is not None
 
     def stats(self) -> SolveStats:
-        return SolveStats(iterations=len(self.traces["abs"]), abs_trace=np.stack(self.traces["abs"], axis=1),
-                          rel_trace=np.stack(self.traces["rel"], axis=1), nonfinite=self.nonfinite,
-                          stalled=None if self.stall is None else self.stall.stalled.copy(), reason=self.reason or "",
+        abs_trace, rel_trace = np.stack(self.traces["abs"], axis=1), np.stack(self.traces["rel"], axis=1)
+        return SolveStats(iterations=abs_trace.shape[1], abs_trace=abs_trace, rel_trace=rel_trace,
+                          abs_lowest=_lowest(abs_trace), rel_lowest=_lowest(rel_trace),
+                          nonfinite=~np.isfinite(abs_trace).all(axis=1), reason=self.reason or "",
+                          stalled=None if self.stall is None else self.stall.stalled.copy(),
                           flow_trace=np.stack(self.traces["flow"], axis=1) if self.traces["flow"] else None)
+
+
+def _lowest(trace: np.ndarray) -> np.ndarray:
+    """(N,) lowest finite value of each row (inf when none), as the torch solvers keep it."""
+    return np.where(np.isfinite(trace), trace, np.inf).min(axis=1)
 
 
 def check_spec(spec: SolveSpec) -> SolveSpec:

@@ -63,7 +63,7 @@ def torch_flow(model: DEQFlow, image1: torch.Tensor, image2: torch.Tensor, iters
     """PyTorch eager forward of a `reference_model`: flow, flow_low, residuals and the steps run."""
     with torch.no_grad():
         out = model(image1, image2, solve=SolveOverrides(max_iter=iters), flow_init=flow_init)
-    return {"flow": out.flow_up.numpy(), "flow_low": out.flow_low.numpy(), "iterations": int(out.stats.nstep),
+    return {"flow": out.flow_up.numpy(), "flow_low": out.flow_low.numpy(), "iterations": int(out.stats.iterations),
             "residual": out.stats.final_abs.numpy(), "residual_rel": out.stats.final_rel.numpy(),
             "abs_trace": out.stats.abs_trace.numpy(), "rel_trace": out.stats.rel_trace.numpy()}
 

@@ -215,7 +215,7 @@ def run_methods(problems: list[Problem], methods: dict[str, tuple]) -> dict[str,
                          return_final=final, stall_window=rule.stall_window, stall_margin=rule.stall_margin)
             seconds = time.perf_counter() - t0
             runs[label].append({"pair": problem.pair["name"], "set": problem.pair["set"],
-                                "steps": int(result.stats.nstep), "reason": result.stats.reason,
+                                "steps": int(result.stats.iterations), "reason": result.stats.reason,
                                 "epe": problem.epe(result.z), "solver_s": seconds})
     return runs
 

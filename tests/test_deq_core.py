@@ -71,7 +71,7 @@ def test_sliced_training_states_and_step_counts():
     f = CountedMap()
     states, stats = DEQ(fixed(n_states=2, f_max_iter=24))(f, f.z0, training=True)
     assert len(states) == 2 and all(s.requires_grad for s in states)
-    assert f.calls == 24 + 2 and stats.nstep == 24 and stats.abs_trace.shape == (2, 24)
+    assert f.calls == 24 + 2 and stats.iterations == 24 and stats.abs_trace.shape == (2, 24)
     # segment 1: 12 no-grad steps + 1 phantom step; segment 2 continues from there
     assert torch.allclose(states[0], f.iterate(13))
     assert torch.allclose(states[1], f.iterate(26))
@@ -83,7 +83,7 @@ def test_indexing_training_states_and_step_counts():
     f = CountedMap()
     states, stats = DEQ(fixed(n_states=2, f_max_iter=24, core="indexing"))(f, f.z0, training=True)
     assert len(states) == 2 and all(s.requires_grad for s in states)
-    assert f.calls == 24 + 2 and stats.nstep == 24
+    assert f.calls == 24 + 2 and stats.iterations == 24
     assert torch.allclose(states[0], f.iterate(13))  # one step past the snapshot at 12
     assert torch.allclose(states[1], f.iterate(25))
 
@@ -104,14 +104,14 @@ def test_eval_returns_one_state_without_grad():
     f = CountedMap()
     states, stats = DEQ(fixed())(f, f.z0, training=False)
     assert len(states) == 1 and not states[0].requires_grad
-    assert stats.nstep == 60 and f.calls == 60
+    assert stats.iterations == 60 and f.calls == 60
     assert torch.allclose(states[0], f.iterate(60))
     f.calls = 0
     (z,), stats = DEQ(fixed())(f, f.z0, training=False, solve=SolveOverrides(max_iter=7))
-    assert stats.nstep == f.calls == 7
+    assert stats.iterations == f.calls == 7
     # default solver (Anderson, lowest residual) stops on the tolerance
     states, stats = DEQ(DEQConfig(f_tol=1e-8))(f, f.z0, training=False)
-    assert stats.nstep < 60 and float(stats.abs_lowest.max()) < 1e-8
+    assert stats.iterations < 60 and float(stats.abs_lowest.max()) < 1e-8
 
 
 def test_eval_trajectory_has_the_training_structure():

@@ -117,7 +117,7 @@ def test_ift_backward_stats_and_gradient_entry_points(tiny):
     for p in tiny.params:
         p.grad = None
     assert len(stats) == 3
-    assert all(s.nstep < 100 and float(s.abs_lowest.max()) < 1e-12 for s in stats)
+    assert all(s.iterations < 100 and float(s.abs_lowest.max()) < 1e-12 for s in stats)
 
 
 def test_two_ift_states_in_one_loss(tiny):

@@ -39,7 +39,7 @@ def test_every_canonical_solver_is_registered_with_its_options_dataclass():
         assert entry.name == name and entry.options_type is SOLVER_OPTIONS[name]
         assert dataclasses.is_dataclass(entry.options_type)
         result = entry(f, z0, SolveSpec.of(method=name, max_iter=5, tol=0.0, options=entry.options_type()))
-        assert result.stats.nstep == 5 and result.z.shape == z0.shape
+        assert result.stats.iterations == 5 and result.z.shape == z0.shape
 
 
 def test_aliases_and_unknown_names():

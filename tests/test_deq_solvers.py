@@ -9,7 +9,7 @@ import torch
 from deqflow.errors import InputError
 from deqflow.solver_spec import SolveSpec
 from training.deq.registry import get_solver
-from training.deq.solvers import SolverStats, anderson, broyden, fixed_point_iter
+from training.deq.solvers import anderson, broyden, concat_stats, fixed_point_iter
 
 F64 = torch.float64
 NAMES = ["fixed_point", "anderson", "broyden"]
@@ -54,7 +54,7 @@ def test_linear_contraction_reaches_tolerance(name, mode):
     f, z_star, z0 = linear_problem(rho)
     res = run(name, f, z0, max_iter=200, tol=tol, stop_mode=mode)
     s = res.stats
-    assert s.nstep < 200  # stopped on the tolerance, not the cap
+    assert s.iterations < 200  # stopped on the tolerance, not the cap
     lowest = s.abs_lowest if mode == "abs" else s.rel_lowest
     assert float(lowest.max()) < tol
     # ||z - z*|| <= ||f(x) - x|| / (1 - rho) for the booked estimate; rel scales by ||f(z)|| ~ ||z*||
@@ -80,7 +80,7 @@ def test_acceleration_on_slow_contraction():
         res = run(name, f, z0, max_iter=1000, tol=1e-6)
         assert float(res.stats.abs_lowest.max()) < 1e-6, name
         assert float((res.z - z_star).norm(dim=1).max()) < 1e-6 / 0.05
-        steps[name] = res.stats.nstep
+        steps[name] = res.stats.iterations
     assert 250 <= steps["fixed_point"] <= 330, steps
     assert steps["anderson"] <= 0.5 * steps["fixed_point"], steps
     assert steps["broyden"] <= 0.25 * steps["fixed_point"], steps
@@ -90,7 +90,7 @@ def test_acceleration_on_slow_contraction():
 def test_traces_and_lowest(name):
     f, _, z0 = linear_problem(0.8)
     s = run(name, f, z0, max_iter=200, tol=1e-9).stats
-    assert s.abs_trace.shape == (3, s.nstep) and s.rel_trace.shape == (3, s.nstep)
+    assert s.abs_trace.shape == (3, s.iterations) and s.rel_trace.shape == (3, s.iterations)
     assert torch.equal(s.abs_lowest, s.abs_trace.amin(dim=1))
     assert torch.equal(s.rel_lowest, s.rel_trace.amin(dim=1))
     assert torch.equal(s.final_abs, s.abs_trace[:, -1])
@@ -115,7 +115,7 @@ def test_relative_residual_definition():
 def test_zero_tolerance_runs_exactly_max_iter(name):
     f, _, z0 = linear_problem(0.5)
     res = run(name, f, z0, max_iter=37, tol=0.0)
-    assert res.stats.nstep == 37 and res.stats.abs_trace.shape == (3, 37)
+    assert res.stats.iterations == 37 and res.stats.abs_trace.shape == (3, 37)
 
 
 def test_fixed_point_counts_function_evaluations():
@@ -129,7 +129,7 @@ def test_fixed_point_counts_function_evaluations():
     for name in NAMES:
         calls.clear()
         res = run(name, counted, z0, max_iter=25, tol=0.0)
-        assert len(calls) == res.stats.nstep == 25, name
+        assert len(calls) == res.stats.iterations == 25, name
 
 
 def test_indexing_returns_iterates_at_steps():
@@ -150,7 +150,7 @@ def test_indexing_returns_iterates_at_steps():
 def test_indexing_after_early_stop_gives_final_estimate(name):
     f, _, z0 = linear_problem(0.3)
     res = run(name, f, z0, max_iter=200, tol=1e-6, indexing=[2, 150])
-    assert res.stats.nstep < 150
+    assert res.stats.iterations < 150
     assert not torch.equal(res.trajectory[0], res.z)
     assert torch.equal(res.trajectory[1], res.z)
 
@@ -205,7 +205,7 @@ def test_nan_is_reported_not_iterated(name):
         return out
 
     res = run(name, poisoned, z0, max_iter=50, tol=0.0)
-    assert res.stats.nstep == 4 and len(calls) == 4
+    assert res.stats.iterations == 4 and len(calls) == 4
     assert res.stats.nonfinite.tolist() == [False, True, False]
     assert res.stats.has_nonfinite
     assert bool(torch.isfinite(res.z).all())  # the best finite estimate is kept
@@ -231,7 +231,7 @@ def test_solvers_do_not_track_gradients():
     w = torch.tensor(0.5, requires_grad=True)
     z0 = torch.ones(2, 3, requires_grad=True)
     res = anderson(lambda z: w * z + 1, z0, max_iter=20, tol=1e-8)
-    assert not res.z.requires_grad and res.stats.nstep < 20
+    assert not res.z.requires_grad and res.stats.iterations < 20
     assert res.z.data_ptr() != z0.data_ptr()
 
 
@@ -253,8 +253,8 @@ def test_damped_iteration_and_stats_helpers():
     f, z_star, z0 = linear_problem(0.5)
     res = fixed_point_iter(f, z0, max_iter=300, tol=1e-10, damping=0.5)
     assert float((res.z - z_star).norm(dim=1).max()) < 1e-9
-    merged = SolverStats.concat([res.stats, res.stats])
-    assert merged.nstep == 2 * res.stats.nstep and merged.abs_trace.shape == (3, 2 * res.stats.nstep)
+    merged = concat_stats([res.stats, res.stats])
+    assert merged.iterations == 2 * res.stats.iterations and merged.abs_trace.shape == (3, 2 * res.stats.iterations)
     d = merged.as_dict()
-    assert d["nstep"] == merged.nstep and len(d["abs_lowest"]) == 3 and not d["nonfinite"]
+    assert d["iterations"] == merged.iterations and len(d["abs_lowest"]) == 3 and not d["nonfinite"]
     assert all(math.isfinite(v) for v in d["final_rel"])

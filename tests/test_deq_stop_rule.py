@@ -12,7 +12,7 @@ from deqflow.host_solver import solve
 from deqflow.solver_spec import REL_EPS, SolveOverrides, SolveSpec, StopRule
 from training.checkpoint import load_model, stamp_stop_rule
 from training.deq.config import DEQConfig
-from training.deq.solvers import SolverStats, anderson, broyden, fixed_point_iter
+from training.deq.solvers import anderson, broyden, concat_stats, fixed_point_iter
 
 SOLVERS = {"fixed_point": fixed_point_iter, "anderson": anderson, "broyden": broyden}
 
@@ -26,7 +26,7 @@ def shift(z):
 @pytest.mark.parametrize("window", [1, 3, 6])
 def test_a_plateau_stops_after_exactly_window_steps(name, window):
     r = SOLVERS[name](shift, torch.zeros(2, 4), max_iter=50, tol=1e-3, stall_window=window)
-    assert r.stats.nstep == 1 + window and r.stats.reason == "stalled"
+    assert r.stats.iterations == 1 + window and r.stats.reason == "stalled"
     assert r.stats.stalled.tolist() == [True, True]
     assert r.stats.as_dict()["stop_reason"] == "stalled" and r.stats.as_dict()["stalled"] == [True, True]
 
@@ -35,7 +35,7 @@ def test_a_residual_that_keeps_improving_never_stalls():
     # plain iteration shrinks the residual by 10 % per step (the accelerated solvers converge and then stall)
     r = fixed_point_iter(lambda z: 0.9 * z + 1, torch.zeros(2, 4, dtype=torch.float64), max_iter=40, tol=0.0,
                       stall_window=2, stall_margin=0.05)
-    assert r.stats.nstep == 40 and r.stats.reason == "cap" and not r.stats.stalled.any()
+    assert r.stats.iterations == 40 and r.stats.reason == "cap" and not r.stats.stalled.any()
 
 
 def test_stagnation_is_per_sample():
@@ -49,9 +49,9 @@ def test_stagnation_is_per_sample():
     z0 = torch.ones(2, 4, dtype=torch.float64)
     r = fixed_point_iter(f, z0, max_iter=50, tol=0.01, stall_window=3)
     # sample 1's residual at step k is 2 * 2^-k: below 0.01 at k = 8; sample 0 stalled at step 4
-    assert r.stats.nstep == 8 and r.stats.reason == "stalled" and r.stats.stalled.tolist() == [True, False]
+    assert r.stats.iterations == 8 and r.stats.reason == "stalled" and r.stats.stalled.tolist() == [True, False]
     r = fixed_point_iter(f, z0, max_iter=50, tol=0.0, stall_window=3)
-    assert r.stats.nstep == 50 and r.stats.reason == "cap"
+    assert r.stats.iterations == 50 and r.stats.reason == "cap"
 
 
 def test_stop_reasons_without_stagnation():
@@ -61,7 +61,7 @@ def test_stop_reasons_without_stagnation():
     bad = fixed_point_iter(lambda z: z * float("nan"), torch.ones(1, 3), max_iter=5, tol=0.0)
     assert bad.stats.reason == "nonfinite" and bad.stats.stalled is None
     parts = [fixed_point_iter(f, torch.ones(1, 3), max_iter=2, tol=0.0, stall_window=1).stats for _ in range(2)]
-    assert SolverStats.concat(parts).reason == "cap"
+    assert concat_stats(parts).reason == "cap"
 
 
 class TorchContraction(HostStepParts):
@@ -103,7 +103,7 @@ def test_torch_and_host_solvers_stop_on_the_same_step(rule, final):
     t = fixed_point_iter(parts.f, z0, max_iter=rule.max_iter, tol=rule.tol, stop_mode=rule.stop_mode,
                          return_final=final, stall_window=rule.stall_window, stall_margin=rule.stall_margin)
     h = solve(parts, None, None, SolveSpec(stop=rule, return_final=final)).stats
-    assert (h.iterations, h.reason) == (t.stats.nstep, t.stats.reason)
+    assert (h.iterations, h.reason) == (t.stats.iterations, t.stats.reason)
     np.testing.assert_array_equal(h.abs_trace, t.stats.abs_trace.double().numpy())
     if rule.stall_window:
         assert h.stalled.tolist() == t.stats.stalled.tolist()
@@ -128,7 +128,7 @@ def test_model_forward_reports_the_stop(tmp_path):
     image = torch.rand(1, 3, 64, 64) * 255
     with torch.no_grad():
         out = model(image, image, solve=SolveOverrides(max_iter=30, tol=0.0, stall_window=2, stall_margin=0.5))
-    assert out.stats.reason == "stalled" and out.stats.nstep < 30
+    assert out.stats.reason == "stalled" and out.stats.iterations < 30
 
 
 def test_checkpoint_stop_rule_round_trip(tmp_path):

@@ -128,7 +128,7 @@ def test_warm_start_from_cached_fixed_point_needs_fewer_iterations():
     with torch.no_grad():
         cold = model(i1, i2)
         warm = model(i1, i2, cached_state=cold.state)
-    assert cold.stats.nstep < 60 and warm.stats.nstep <= cold.stats.nstep // 3
+    assert cold.stats.iterations < 60 and warm.stats.iterations <= cold.stats.iterations // 3
     assert (warm.flow_up - cold.flow_up).abs().max() < 1e-3
 
 
@@ -175,7 +175,7 @@ def test_stats_report_residual_traces():
     with torch.no_grad():
         out = model(i1, i2)
     s = out.stats
-    assert s.abs_trace.shape == (1, s.nstep) and s.rel_trace.shape == (1, s.nstep)
+    assert s.abs_trace.shape == (1, s.iterations) and s.rel_trace.shape == (1, s.iterations)
     assert np.isclose(float(s.abs_lowest[0]), float(s.abs_trace[0].min()))
 
 

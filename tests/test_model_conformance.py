@@ -65,7 +65,7 @@ def test_forward_with_plain_fixed_point_solver_matches_official(official_T_path,
     i1, i2 = (torch.from_numpy(official_T_io[k]) for k in ("image1", "image2"))
     with torch.no_grad():
         out = model(i1, i2, solve=SolveOverrides(max_iter=int(official_T_io["iters"])))
-    assert out.stats.nstep == 8
+    assert out.stats.iterations == 8
     assert (out.flow_low - torch.from_numpy(official_T_io["flow_low"][-1])).abs().max() <= TOL
     assert (out.flow_up - torch.from_numpy(official_T_io["flow_up"])).abs().max() <= TOL
     assert len(out.flow_predictions) == 1 and out.flow_up.shape == (1, 2, 128, 160)

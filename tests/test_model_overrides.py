@@ -30,7 +30,7 @@ def _pair(h: int = 64, w: int = 80):
 
 def _same(a, b) -> None:
     assert torch.equal(a.flow_up, b.flow_up) and torch.equal(a.flow_low, b.flow_low)
-    assert a.stats.nstep == b.stats.nstep and torch.equal(a.stats.abs_trace, b.stats.abs_trace)
+    assert a.stats.iterations == b.stats.iterations and torch.equal(a.stats.abs_trace, b.stats.abs_trace)
 
 
 def test_per_call_override_equals_configuring_the_model_and_leaves_it_alone():
@@ -65,4 +65,4 @@ def test_torch_backend_overrides_per_call_without_touching_the_model():
                     solve=SolveOverrides(max_iter=6, method="anderson", tol=0.0, stop_mode="abs", return_final=True,
                                          options=AndersonOptions(m=2)))
     np.testing.assert_array_equal(result.flow, ref.flow_up.numpy())
-    assert result.iterations == ref.stats.nstep == 6
+    assert result.iterations == ref.stats.iterations == 6

@@ -105,7 +105,7 @@ def test_host_solver_matches_the_pytorch_solvers(method):
     z0 = np.concatenate([np.zeros((2, 3 * 4)), coords0.reshape(2, -1)], 1)
     fn = fixed_point_iter if method == "fixed_point" else anderson
     ref = fn(parts.torch_f(), torch.from_numpy(z0).float(), max_iter=400, tol=1e-3, stop_mode="abs", return_final=True)
-    assert result.stats.iterations == ref.stats.nstep
+    assert result.stats.iterations == ref.stats.iterations
     np.testing.assert_allclose(result.stats.abs_trace, ref.stats.abs_trace.numpy(), rtol=2e-3, atol=1e-4)
     # converged to the true fixed point z* = (I - A)^-1 b
     z_star = np.linalg.solve(np.eye(parts.d) - parts.A, parts.b.T).T

@@ -71,9 +71,9 @@ def test_flow_step_and_converged_by_hand():
 def test_torch_solver_stops_on_the_flow_step(tol, steps):
     z0 = torch.from_numpy(np.concatenate([[0.0], np.repeat(FLOW0, 2)]).astype(np.float32))[None]
     r = fixed_point_iter(halving, z0, max_iter=50, tol=1e-3, flow_stop=FlowStop(tol, 4))
-    assert (r.stats.nstep, r.stats.reason) == (steps, "tolerance")
+    assert (r.stats.iterations, r.stats.reason) == (steps, "tolerance")
     spec = SolveSpec.of(max_iter=50, tol=1e-3, flow_tol=tol, return_final=False)  # the same through the registry
-    assert (run_solver(spec, halving, z0, flow_size=4).stats.nstep, r.stats.nstep) == (steps, steps)
+    assert (run_solver(spec, halving, z0, flow_size=4).stats.iterations, r.stats.iterations) == (steps, steps)
     assert fixed_point_iter(halving, z0, max_iter=50, tol=1e-3).stats.reason == "cap"  # without: no flow exit
     with pytest.raises(InputError, match="flow stop size"):
         fixed_point_iter(halving, z0, max_iter=5, tol=0.0, flow_stop=FlowStop(tol, 3))

@@ -52,7 +52,7 @@ def evaluate_dataset(model: DEQFlow, dataset: Dataset, *, pad_mode: str = "sinte
         out = model(p1, p2, solve=None if iters is None else SolveOverrides(max_iter=iters))
         pred = padder.unpad(out.flow_up)[0].permute(1, 2, 0).cpu().numpy()
         acc.add(pred, flow.permute(1, 2, 0).numpy(), valid.numpy())
-        steps.append(out.stats.nstep)
+        steps.append(out.stats.iterations)
         residuals.append(float(out.stats.abs_trace[0, -1]))
     summary = {k: float(v) for k, v in acc.summary().items()}
     summary["mean_iterations"] = float(np.mean(steps))

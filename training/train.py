@@ -283,7 +283,7 @@ class Trainer:
         self.scaler.update()
         self.step += 1
         metrics.update(loss=loss.item(), grad_norm=float(grad_norm), lr=self.scheduler.get_last_lr()[0],
-                       nstep=float(out.stats.nstep), abs_residual=float(out.stats.abs_lowest.mean()))
+                       nstep=float(out.stats.iterations), abs_residual=float(out.stats.abs_lowest.mean()))
         return metrics
 
     def _last_good_text(self) -> str:

@@ -107,7 +107,7 @@ class TorchBackend(Backend):
         abs_trace = out.stats.abs_trace.double().cpu().numpy()
         rel_trace = out.stats.rel_trace.double().cpu().numpy()
         return InferenceResult(flow=out.flow_up.float().cpu().numpy(), flow_low=out.flow_low.float().cpu().numpy(),
-                               iterations=int(out.stats.nstep), residual=abs_trace[:, -1],
+                               iterations=int(out.stats.iterations), residual=abs_trace[:, -1],
                                residual_rel=rel_trace[:, -1], abs_trace=abs_trace, rel_trace=rel_trace,
                                state=WarmState(out.state[0], out.state[1]), stop_reason=out.stats.reason,
                                stalled=None if out.stats.stalled is None else out.stats.stalled.cpu().numpy())

@@ -74,7 +74,7 @@ def _solve(parts, **settings):
 def test_runs_to_the_cap_with_exact_traces():
     parts = Halving()
     r = _solve(parts, max_iter=5, tol=0.0)
-    assert r.stats.iterations == parts.steps == 5 and not r.stats.nonfinite
+    assert r.stats.iterations == parts.steps == 5 and not r.stats.has_nonfinite
     np.testing.assert_allclose(r.stats.abs_trace, [[4, 2, 1, 0.5, 0.25], [2, 1, 0.5, 0.25, 0.125]], rtol=1e-6)
     np.testing.assert_allclose(r.stats.rel_trace, r.stats.abs_trace / (r.stats.abs_trace + REL_EPS), rtol=1e-6)
     # the last iterate z_5 = z_0 / 32: flow = coords1 - coords0
@@ -126,7 +126,7 @@ def test_lowest_residual_stop_uses_the_lowest_so_far():
 
 def test_a_nonfinite_residual_stops_the_solve():
     r = _solve(Scripted([(5, 4), (np.nan, 3), (1, 1)]), max_iter=3, tol=0.0)
-    assert r.stats.iterations == 2 and r.stats.nonfinite
+    assert r.stats.iterations == 2 and r.stats.has_nonfinite
 
 
 def test_anderson_solves_a_uniform_contraction_in_three_steps():

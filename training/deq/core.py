@@ -9,7 +9,7 @@ Training follows the official DEQ-Flow v2.0 cores:
   (k+1) * (f_max_iter // n_states), or `indexing` + [f_max_iter].
 E.g. n_states=2, f_max_iter=24: sliced segments [12, 12], indexing steps [12, 24].
 Evaluation: one no-grad solve of `max_iter` (default cfg.eval_max_iter) steps, returning [z*].
-Both return (list of states, SolverStats), so the loss code sees one structure. A call may change the
+Both return (list of states, SolveStats), so the loss code sees one structure. A call may change the
 forward solve (deqflow.solver_spec.SolveOverrides, or a whole SolveSpec) without touching the config.
 """
 
@@ -19,12 +19,13 @@ import torch
 from torch import Tensor
 
 from deqflow.errors import InputError
+from deqflow.solve_stats import SolveStats
 from deqflow.solver_spec import SolveOverrides, SolveSpec
 from training.deq.config import DEQConfig
 from training.deq.grad import attach_ift, attach_phantom
 from training.deq.jacobian import estimate_spectral_radius
 from training.deq.registry import run_solver
-from training.deq.solvers import Func, SolverStats
+from training.deq.solvers import Func, concat_stats
 
 
 class DEQ:
@@ -33,7 +34,7 @@ class DEQ:
     def __init__(self, cfg: DEQConfig) -> None:
         cfg.validate()
         self.cfg = cfg
-        self.backward_stats: SolverStats | None = None  # the last IFT backward solve, when cfg.ift
+        self.backward_stats: SolveStats | None = None  # the last IFT backward solve, when cfg.ift
 
     def schedule(self, max_iter: int | None = None) -> list[int]:
         """Training schedule: segment lengths (sliced core) or absolute solver steps (indexing core)."""
@@ -58,7 +59,7 @@ class DEQ:
         return [b - a for a, b in zip(steps, steps[1:])]
 
     def __call__(self, f: Func, z0: Tensor, *, training: bool, solve: SolveSpec | SolveOverrides | None = None,
-                 return_trajectory: bool = False, flow_size: int = 0) -> tuple[list[Tensor], SolverStats]:
+                 return_trajectory: bool = False, flow_size: int = 0) -> tuple[list[Tensor], SolveStats]:
         """Solve and return (states, stats).
 
         training: the sampled states with gradients (n_terms of them; k per term with sup_all).
@@ -77,7 +78,7 @@ class DEQ:
         return self._train_indexing(f, z0, spec)
 
     def _evaluate(self, f: Func, z0: Tensor, spec: SolveSpec, return_trajectory: bool,
-                  flow_size: int = 0) -> tuple[list[Tensor], SolverStats]:
+                  flow_size: int = 0) -> tuple[list[Tensor], SolveStats]:
         steps = self._absolute_steps(spec.stop.max_iter) if return_trajectory else None
         with torch.no_grad():
             result = run_solver(spec, f, z0, indexing=steps, flow_size=flow_size)
@@ -92,13 +93,13 @@ class DEQ:
             return [attach_ift(f, z, cfg.backward_solve(), safe=cfg.safe_ift, on_backward=self._keep_backward)]
         return attach_phantom(f, z, k=k, tau=cfg.tau, sup_all=cfg.sup_all)
 
-    def _keep_backward(self, stats: SolverStats) -> None:
+    def _keep_backward(self, stats: SolveStats) -> None:
         self.backward_stats = stats
 
-    def _train_sliced(self, f: Func, z0: Tensor, spec: SolveSpec) -> tuple[list[Tensor], SolverStats]:
+    def _train_sliced(self, f: Func, z0: Tensor, spec: SolveSpec) -> tuple[list[Tensor], SolveStats]:
         segments = self.schedule(spec.stop.max_iter)
         states: list[Tensor] = []
-        parts: list[SolverStats] = []
+        parts: list[SolveStats] = []
         z = z0
         for i, (length, k) in enumerate(zip(segments, self.cfg.grad_steps())):
             result = run_solver(spec, f, z, max_iter=length)
@@ -106,9 +107,9 @@ class DEQ:
             terms = self._gradient_term(f, result.z, k, last=i == len(segments) - 1)
             states += terms
             z = terms[-1]  # the next segment continues from the gradient-carrying state
-        return states, SolverStats.concat(parts)
+        return states, concat_stats(parts)
 
-    def _train_indexing(self, f: Func, z0: Tensor, spec: SolveSpec) -> tuple[list[Tensor], SolverStats]:
+    def _train_indexing(self, f: Func, z0: Tensor, spec: SolveSpec) -> tuple[list[Tensor], SolveStats]:
         steps = self.schedule(spec.stop.max_iter)
         result = run_solver(spec, f, z0, max_iter=steps[-1], indexing=steps)
         states: list[Tensor] = []

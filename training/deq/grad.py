@@ -15,16 +15,17 @@ import torch
 from torch import Tensor, autograd
 
 from deqflow.errors import InputError
+from deqflow.solve_stats import SolveStats
 from deqflow.solver_spec import SolveSpec, StopRule
 from training.deq.registry import run_solver
-from training.deq.solvers import Func, SolverStats
+from training.deq.solvers import Func
 
 DEFAULT_ADJOINT = SolveSpec(method="broyden", stop=StopRule(tol=1e-3, max_iter=40), return_final=False)
 """The official IFT backward solve (--b_solver broyden --b_thres 40 --b_eps 1e-3)."""
 
 
 def attach_ift(f: Func, z_star: Tensor, spec: SolveSpec = DEFAULT_ADJOINT, *, safe: bool = False,
-               on_backward: Callable[[SolverStats], None] | None = None) -> Tensor:
+               on_backward: Callable[[SolveStats], None] | None = None) -> Tensor:
     """new_z = f(z_star) carrying the exact implicit gradient (see module docstring).
 
     The adjoint fixed point is solved as `spec` says (method, options, stop rule) from y = 0.

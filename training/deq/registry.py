@@ -14,7 +14,7 @@ from torch import Tensor
 
 from deqflow.errors import InputError
 from deqflow.solver_spec import SOLVER_OPTIONS, SolverOptions, SolveSpec, canonical_solver
-from training.deq.solvers import FlowStop, Func, SolverResult, anderson, broyden, fixed_point_iter
+from training.deq.solvers import FixedPointResult, FlowStop, Func, anderson, broyden, fixed_point_iter
 
 
 @runtime_checkable
@@ -25,7 +25,7 @@ class Solver(Protocol):
     options_type: type[SolverOptions]
 
     def __call__(self, f: Func, z0: Tensor, spec: SolveSpec, *, max_iter: int | None = None,
-                 indexing: Sequence[int] | None = None, flow_size: int = 0) -> SolverResult: ...
+                 indexing: Sequence[int] | None = None, flow_size: int = 0) -> FixedPointResult: ...
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class RegisteredSolver:
 
     name: str
     options_type: type[SolverOptions]
-    algorithm: Callable[..., SolverResult]
+    algorithm: Callable[..., FixedPointResult]
 
     def __post_init__(self) -> None:
         accepted = inspect.signature(self.algorithm).parameters
@@ -46,7 +46,7 @@ class RegisteredSolver:
             raise TypeError(f"solver {self.name!r} does not accept its options {missing}")
 
     def __call__(self, f: Func, z0: Tensor, spec: SolveSpec, *, max_iter: int | None = None,
-                 indexing: Sequence[int] | None = None, flow_size: int = 0) -> SolverResult:
+                 indexing: Sequence[int] | None = None, flow_size: int = 0) -> FixedPointResult:
         if spec.method != self.name:
             raise InputError(f"solver {self.name!r} cannot run a {spec.method!r} spec")
         rule = spec.stop
@@ -74,6 +74,6 @@ def get_solver(name: str) -> Solver:
 
 
 def run_solver(spec: SolveSpec, f: Func, z0: Tensor, *, max_iter: int | None = None,
-               indexing: Sequence[int] | None = None, flow_size: int = 0) -> SolverResult:
+               indexing: Sequence[int] | None = None, flow_size: int = 0) -> FixedPointResult:
     """One solve as `spec` says (DEQConfig.forward_solve / backward_solve)."""
     return get_solver(spec.method)(f, z0, spec, max_iter=max_iter, indexing=indexing, flow_size=flow_size)

@@ -1,7 +1,7 @@
 """Batched fixed-point solvers for z = f(z): plain (damped) iteration, Anderson acceleration, Broyden.
 
 Conventions shared by all solvers (and by the official DEQ-Flow code, so step counts and residuals compare):
-- a step is one evaluation of f; `nstep` counts them and `max_iter` caps them;
+- a step is one evaluation of f; `iterations` counts them and `max_iter` caps them;
 - the residual of an evaluation at x is ||f(x) - x||_2 per sample ("abs") and that divided by
   ||f(x)||_2 + REL_EPS ("rel"); the estimate it is booked against is f(x) for plain iteration and Anderson
   (the next iterate) and x itself for Broyden;
@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from deqflow.errors import InputError
+from deqflow.solve_stats import SolveStats
 from deqflow.solver_spec import (
     REL_EPS,
     STALL_MARGIN,
@@ -43,80 +44,32 @@ from deqflow.solver_spec import (
 Func = Callable[[Tensor], Tensor]
 
 
-def _floats(t: Tensor) -> list[float | None]:
-    """Per-sample values as JSON-safe floats (None for NaN/Inf)."""
-    return [v if math.isfinite(v) else None for v in t.detach().double().cpu().tolist()]
+def concat_stats(parts: Sequence[SolveStats]) -> SolveStats:
+    """Stats of consecutive solves (the segments of the sliced training core) as one record."""
+    if len(parts) == 1:
+        return parts[0]
+    stalls = [p.stalled for p in parts if p.stalled is not None]
+    return SolveStats(
+        iterations=sum(p.iterations for p in parts),
+        abs_trace=torch.cat([p.abs_trace for p in parts], dim=1),
+        rel_trace=torch.cat([p.rel_trace for p in parts], dim=1),
+        abs_lowest=torch.stack([p.abs_lowest for p in parts]).amin(0),
+        rel_lowest=torch.stack([p.rel_lowest for p in parts]).amin(0),
+        sradius=parts[-1].sradius,
+        nonfinite=torch.stack([p.nonfinite for p in parts]).any(0),
+        stalled=torch.stack(stalls).any(0) if stalls else None,
+        reason=parts[-1].reason,
+    )
 
 
 @dataclass
-class SolverStats:
-    """Convergence record of one solve (or of consecutive solves, see `concat`)."""
+class FixedPointResult:
+    """A torch solve's estimate of z* (shape of z0), its estimates at the requested `indexing` steps (in that
+    order; may be empty) and its statistics."""
 
-    nstep: int  # function evaluations performed
-    abs_trace: Tensor  # (B, nstep) ||f(z) - z||
-    rel_trace: Tensor  # (B, nstep) ||f(z) - z|| / (||f(z)|| + REL_EPS)
-    abs_lowest: Tensor  # (B,)
-    rel_lowest: Tensor  # (B,)
-    sradius: Tensor | None = None  # (B,) spectral radius of the Jacobian at the fixed point, when estimated
-    nonfinite: Tensor | None = None  # (B,) bool: the sample met NaN/Inf and the solve stopped there
-    stalled: Tensor | None = None  # (B,) bool: the sample's residual stopped improving (stagnation test)
-    reason: str = ""  # why the solve ended: one of deqflow.solver_spec.STOP_REASONS
-
-    @property
-    def final_abs(self) -> Tensor:
-        return self.abs_trace[:, -1]
-
-    @property
-    def final_rel(self) -> Tensor:
-        return self.rel_trace[:, -1]
-
-    @property
-    def has_nonfinite(self) -> bool:
-        return self.nonfinite is not None and bool(self.nonfinite.any())
-
-    def as_dict(self, traces: bool = False) -> dict:
-        """Plain-Python summary (per-sample lists) for logs and JSON reports."""
-        out: dict = {
-            "nstep": int(self.nstep),
-            "abs_lowest": _floats(self.abs_lowest),
-            "rel_lowest": _floats(self.rel_lowest),
-            "final_abs": _floats(self.final_abs),
-            "final_rel": _floats(self.final_rel),
-            "sradius": None if self.sradius is None else _floats(self.sradius),
-            "nonfinite": self.has_nonfinite,
-            "stalled": None if self.stalled is None else [bool(v) for v in self.stalled.tolist()],
-            "stop_reason": self.reason,
-        }
-        if traces:
-            out["abs_trace"] = [_floats(row) for row in self.abs_trace]
-            out["rel_trace"] = [_floats(row) for row in self.rel_trace]
-        return out
-
-    @classmethod
-    def concat(cls, parts: Sequence[SolverStats]) -> SolverStats:
-        """Stats of consecutive solves (the segments of the sliced training core) as one record."""
-        if len(parts) == 1:
-            return parts[0]
-        flags = [p.nonfinite for p in parts if p.nonfinite is not None]
-        stalls = [p.stalled for p in parts if p.stalled is not None]
-        return cls(
-            nstep=sum(p.nstep for p in parts),
-            abs_trace=torch.cat([p.abs_trace for p in parts], dim=1),
-            rel_trace=torch.cat([p.rel_trace for p in parts], dim=1),
-            abs_lowest=torch.stack([p.abs_lowest for p in parts]).amin(0),
-            rel_lowest=torch.stack([p.rel_lowest for p in parts]).amin(0),
-            sradius=parts[-1].sradius,
-            nonfinite=torch.stack(flags).any(0) if flags else None,
-            stalled=torch.stack(stalls).any(0) if stalls else None,
-            reason=parts[-1].reason,
-        )
-
-
-@dataclass
-class SolverResult:
-    z: Tensor  # fixed-point estimate, shape of z0
-    trajectory: list[Tensor]  # estimates at the requested `indexing` steps, in that order (may be empty)
-    stats: SolverStats
+    z: Tensor
+    trajectory: list[Tensor]
+    stats: SolveStats
 
 
 @dataclass(frozen=True)
@@ -150,7 +103,7 @@ class _Tracker:
         self.snapshots: dict[int, Tensor] = {}
         self.max_iter, self.tol, self.mode = int(max_iter), float(tol), stop_mode
         self.return_final = return_final
-        self.nstep = 0
+        self.iterations = 0
         self.stall = StallMonitor(b, stall_window, stall_margin) if int(stall_window) > 0 else None
         self.reason = ""
         self.flow = flow_stop
@@ -168,9 +121,9 @@ class _Tracker:
             self.lowest[mode] = torch.where(improved, res, self.lowest[mode])
             if mode == self.mode:
                 self.best = est if self.return_final else torch.where(improved[:, None], est, self.best)
-        self.nstep += 1
-        if self.nstep in self.steps:
-            self.snapshots[self.nstep] = self.best.clone()
+        self.iterations += 1
+        if self.iterations in self.steps:
+            self.snapshots[self.iterations] = self.best.clone()
         bad = ~torch.isfinite(absr)
         self.nonfinite |= bad
         self.reason = self._reason(bad, current[self.mode], self._flow_step(fx, x)) or ""
@@ -187,7 +140,7 @@ class _Tracker:
     def _reason(self, bad: Tensor, current: Tensor, flow: Tensor | None) -> str | None:
         """Why to stop after this evaluation (deqflow.solver_spec.stop_reason), or None. One device-to-host
         copy per step: the NaN flags, the tolerance and flow tests' inputs and the residuals together."""
-        at_cap = self.nstep >= self.max_iter
+        at_cap = self.iterations >= self.max_iter
         if self.stall is None and self.tol <= 0 and flow is None:
             return "nonfinite" if bool(bad.any()) else ("cap" if at_cap else None)
         crit = current if self.return_final else self.lowest[self.mode]
@@ -197,13 +150,13 @@ class _Tracker:
         stalled = self.stall.update(host[2]) if self.stall is not None else np.zeros(len(host[2]), bool)
         return stop_reason(nonfinite=bool(host[0].any()), converged=done, stalled=stalled, at_cap=at_cap)
 
-    def result(self, shape: torch.Size) -> SolverResult:
+    def result(self, shape: torch.Size) -> FixedPointResult:
         best = self.best.clone() if self.return_final else self.best  # don't pin a solver buffer
         final = best.reshape(shape)
         stalled = None if self.stall is None else torch.from_numpy(self.stall.stalled.copy())
         trajectory = [self.snapshots[s].reshape(shape) if s in self.snapshots else final for s in self.steps]
-        stats = SolverStats(
-            nstep=self.nstep,
+        stats = SolveStats(
+            iterations=self.iterations,
             abs_trace=torch.stack(self.traces["abs"], dim=1),
             rel_trace=torch.stack(self.traces["rel"], dim=1),
             abs_lowest=self.lowest["abs"],
@@ -212,7 +165,7 @@ class _Tracker:
             stalled=None if stalled is None else stalled.to(self.nonfinite.device),
             reason=self.reason,
         )
-        return SolverResult(z=final, trajectory=trajectory, stats=stats)
+        return FixedPointResult(z=final, trajectory=trajectory, stats=stats)
 
 
 def _flatten(f: Func, z0: Tensor) -> tuple[Func, Tensor]:
@@ -237,7 +190,7 @@ def _flatten(f: Func, z0: Tensor) -> tuple[Func, Tensor]:
 def fixed_point_iter(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "abs",
                      indexing: Sequence[int] | None = None, return_final: bool = False,
                      damping: float = 1.0, stall_window: int = 0, stall_margin: float = STALL_MARGIN,
-                     flow_stop: FlowStop | None = None) -> SolverResult:
+                     flow_stop: FlowStop | None = None) -> FixedPointResult:
     """Plain iteration z <- (1-d) z + d f(z) (the official `naive_solver` when d = 1)."""
     FixedPointOptions(damping=damping).validate()
     flat_f, x = _flatten(f, z0)
@@ -279,7 +232,7 @@ def _anderson_step(xw: Tensor, fw: Tensor, lam: float, beta: float, keep: Tensor
 def anderson(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "abs",
              indexing: Sequence[int] | None = None, return_final: bool = False,
              m: int = 6, lam: float = 1e-4, beta: float = 1.0, safeguard: float = 0.0, stall_window: int = 0,
-             stall_margin: float = STALL_MARGIN, flow_stop: FlowStop | None = None) -> SolverResult:
+             stall_margin: float = STALL_MARGIN, flow_stop: FlowStop | None = None) -> FixedPointResult:
     """Anderson acceleration: the next iterate mixes the last m (x, f(x)) pairs with weights alpha that
     minimise ||sum_i alpha_i g_i||^2 + reg ||alpha||^2 subject to sum_i alpha_i = 1, g_i = f(x_i) - x_i.
 
@@ -322,7 +275,7 @@ def anderson(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str =
 def broyden(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "abs",
             indexing: Sequence[int] | None = None, return_final: bool = False,
             memory: int = 0, stall_window: int = 0, stall_margin: float = STALL_MARGIN,
-            flow_stop: FlowStop | None = None) -> SolverResult:
+            flow_stop: FlowStop | None = None) -> FixedPointResult:
     """Limited-memory "good" Broyden on g(z) = f(z) - z, full steps (no line search).
 
     The inverse Jacobian of g is kept as -I + U V^T with at most `memory` rank-one terms (0: max_iter,

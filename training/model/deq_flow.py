@@ -16,10 +16,10 @@ from torch import nn
 
 from deqflow.errors import InputError
 from deqflow.padding import check_model_input_size
+from deqflow.solve_stats import SolveStats
 from deqflow.solver_spec import SolveOverrides, SolveSpec
 from training.config import ModelConfig
 from training.deq.core import DEQ
-from training.deq.solvers import SolverStats
 from training.deq.state import StatePacker
 from training.deq.weight_norm import apply_weight_norm, fold_weight_norm, reset_weight_norm
 from training.model.corr import CorrPyramid, accumulation_dtype
@@ -52,7 +52,7 @@ class FlowOutput:
     flow_low: torch.Tensor
     flow_up: torch.Tensor
     state: tuple[torch.Tensor, torch.Tensor]
-    stats: SolverStats
+    stats: SolveStats
 
 
 def coords_grid(n: int, h: int, w: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
