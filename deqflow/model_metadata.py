@@ -53,6 +53,8 @@ class ModelMetadata:
     stall_window / stall_margin: split: the host loop's stagnation exit (0 = off); always 0 for unrolled and
     loop files, whose graphs cannot do it (`stop_exits` lists what ends their solve).
     flow_tol: split: the host loop's flow-step exit (StopRule.flow_tol; 0 = off, also when a file lacks it).
+    warm_flow_tol: split: the model's own flow-step exit of warm-started solves (StopRule.warm_flow_tol; 0 = none:
+    warm starts follow the cold rule, also when a file lacks it).
     context_names: split: encoder outputs that the step graph takes unchanged (besides net, coords1).
     shape_hints: dynamic exports: {'min'|'opt'|'max': {input name: shape}}; static: the fixed shapes.
     """
@@ -67,6 +69,7 @@ class ModelMetadata:
     stall_window: int = 0
     stall_margin: float = 0.01
     flow_tol: float = 0.0
+    warm_flow_tol: float = 0.0
     stop_exits: list[str] = field(default_factory=list)
     precision: str = "fp32"
     lookup: str = "gather"
@@ -119,7 +122,8 @@ class ModelMetadata:
         split = self.layout == "split"
         return StopRule(tol=self.tolerance if self.layout != "unrolled" else 0.0, stop_mode=self.stop_mode,
                         max_iter=self.iterations, stall_window=self.stall_window if split else 0,
-                        stall_margin=self.stall_margin, flow_tol=self.flow_tol if split else 0.0)
+                        stall_margin=self.stall_margin, flow_tol=self.flow_tol if split else 0.0,
+                        warm_flow_tol=self.warm_flow_tol if split else 0.0)
 
     def sibling_paths(self, path: str | os.PathLike) -> dict[str, Path]:
         """Split layout: {part: path} of the three files, resolved next to `path`."""

@@ -145,6 +145,7 @@ def _metadata(model: DEQFlow, cfg: ExportConfig, iters: int, stop_mode: str, sha
         stall_window=model.cfg.deq.stall_window if cfg.layout == "split" else 0,
         stall_margin=model.cfg.deq.stall_margin, stop_exits=list(STOP_EXITS[cfg.layout]),
         flow_tol=float(model.cfg.deq.flow_tol) if cfg.layout == "split" else 0.0,
+        warm_flow_tol=float(model.cfg.deq.warm_flow_tol) if cfg.layout == "split" else 0.0,
         lookup=cfg.lookup, opset=cfg.opset, dynamic=cfg.dynamic, batch=cfg.batch, height=cfg.height,
         width=cfg.width, shape_hints=shape_hints, flow_init=cfg.flow_init, hidden_dim=model.cfg.hidden_dim,
         corr_levels=model.cfg.corr_levels, corr_radius=model.cfg.corr_radius, parts=parts, context_names=context,

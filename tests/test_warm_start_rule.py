@@ -153,3 +153,39 @@ def test_tiny_model_host_and_torch_agree_on_warm_start_iterations(tmp_path, meth
     assert its["torch", 0.0] == its["onnxruntime", 0.0], its
     assert its["onnxruntime", 0.1][0] == its["onnxruntime", 0.0][0]  # the cold first pair: the same rule
     assert its["onnxruntime", 0.1][1:] == [1, 1, 1] and min(its["onnxruntime", 0.0][1:]) >= 2, its  # measured 2
+
+
+def test_the_models_own_warm_exit_travels_with_checkpoint_and_export(tmp_path):
+    """A warm-start flow tolerance stamped into a checkpoint reaches the torch backend, is written into a split
+    export's metadata and reaches the ONNX Runtime backend there; both then stop the warm starts of the tiny
+    video after one step, as with the explicit setting above; --warm-flow-tol 0 (SolveOverrides) turns it off."""
+    from export import export_onnx
+    from runtime import create_backend
+    from runtime.pipeline import FlowEstimator
+    from training.data.synthetic import make_synthetic_video
+
+    rule = StopRule(tol=1e-2, stop_mode="rel", max_iter=25, warm_flow_tol=0.1)
+    src = save_tiny_checkpoint(tmp_path / "tiny.pth", **TINY_ONNX_MODEL)
+    stamp_stop_rule(src, tmp_path / "own.pth", rule)
+    onnx = tmp_path / "own.onnx"
+    export_onnx(tmp_path / "own.pth", onnx, layout="split", height=TINY_ONNX_SIZE[0], width=TINY_ONNX_SIZE[1],
+                iters=25, levels=TINY_ONNX_MODEL["corr_levels"])
+    step = tmp_path / "own.step.onnx"
+    assert ModelMetadata.from_props(load_props(step)).stop_rule().warm_flow_tol == 0.1
+    video = make_synthetic_video(5, TINY_ONNX_SIZE, seed=2)
+    for name, path in (("torch", tmp_path / "own.pth"), ("onnxruntime", onnx)):
+        for settings, first_warm in ((None, [1, 1, 1]), (SolveOverrides(warm_flow_tol=0.0), None)):
+            with create_backend(name, path, settings=settings, threads=1) as be:
+                assert be.resolved.stop.warm_flow_tol == (0.1 if settings is None else 0.0), name
+                est = FlowEstimator(be, warm_start=True)
+                its = [est(video.frames[i], video.frames[i + 1]).iterations for i in range(4)]
+            if first_warm is not None:
+                assert its[1:] == first_warm, (name, its)
+            else:
+                assert min(its[1:]) >= 2, (name, its)  # the cold rule for the warm starts: measured 2
+
+
+def load_props(path) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}

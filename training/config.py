@@ -89,8 +89,9 @@ class ModelConfig:
         out = asdict(self)
         out["encoder_dims"] = list(self.encoder_dims)
         out["deq"] = self.deq.to_dict()
-        if not out["deq"]["flow_tol"]:  # written only when on, so older toolkits still read the file
-            del out["deq"]["flow_tol"]
+        for key in ("flow_tol", "warm_flow_tol"):  # written only when on, so older toolkits still read the file
+            if not out["deq"][key]:
+                del out["deq"][key]
         return out
 
     @classmethod

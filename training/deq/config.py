@@ -67,6 +67,7 @@ class DEQConfig:
     stall_window: int = 0  # evaluation only: stop once no residual improvement over this many steps; 0 = off
     stall_margin: float = 0.01  # relative improvement that counts (see deqflow.solver_spec.StopRule)
     flow_tol: float = 0.0  # evaluation only: also stop once the flow step is below this (px at 1/8); 0 = off
+    warm_flow_tol: float = 0.0  # evaluation only: flow_tol of warm-started solves (the model's own); 0 = none
 
     def __post_init__(self) -> None:
         for solver, options_type in SOLVER_OPTIONS.items():
@@ -167,13 +168,14 @@ class DEQConfig:
         """The evaluation stop rule (tolerance, mode, cap, stagnation and flow-step exits) as plain data."""
         return StopRule(tol=float(self.f_tol), stop_mode=self.f_stop_mode, stall_window=int(self.stall_window),
                         max_iter=int(self.eval_max_iter if max_iter is None else max_iter),
-                        stall_margin=float(self.stall_margin), flow_tol=float(self.flow_tol))
+                        stall_margin=float(self.stall_margin), flow_tol=float(self.flow_tol),
+                        warm_flow_tol=float(self.warm_flow_tol))
 
     def with_stop_rule(self, rule: StopRule) -> DEQConfig:
         """A copy whose evaluation solves follow `rule` (f_tol and f_stop_mode also apply in training)."""
         return replace(self, f_tol=float(rule.tol), f_stop_mode=rule.stop_mode, eval_f_max_iter=int(rule.max_iter),
                        stall_window=int(rule.stall_window), stall_margin=float(rule.stall_margin),
-                       flow_tol=float(rule.flow_tol))
+                       flow_tol=float(rule.flow_tol), warm_flow_tol=float(rule.warm_flow_tol))
 
     def forward_solve(self, solve: SolveSpec | SolveOverrides | None = None, training: bool = False) -> SolveSpec:
         """The forward solve's spec: this config's (cap f_max_iter in training, eval_max_iter otherwise), changed
