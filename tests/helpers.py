@@ -15,12 +15,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from deqflow.checkpoint import SHIPPED_CHECKPOINT
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 OFFICIAL_DIR = FIXTURES / "official"  # the official-format DEQ-Flow-T fixture (see its README.md)
 OFFICIAL_CKPT = OFFICIAL_DIR / "official-T-seed2.pth"
 OFFICIAL_GOLDEN = FIXTURES / "golden" / "motorcycle-128x160-official-T-seed2-it8.npz"
-SHIPPED_CKPT = ROOT / "checkpoints" / "deqflow-T-synthetic.pth"
+SHIPPED_CKPT = ROOT / SHIPPED_CHECKPOINT
 SHIPPED_GOLDEN = FIXTURES / "golden" / "motorcycle-128x160-deqflow-T-synthetic-it8.npz"
 
 # The narrow encoders every tiny test model uses.
