@@ -29,7 +29,7 @@ import numpy as np
 
 from deqflow.errors import InputError
 from deqflow.solve_stats import SolveStats, as_numpy
-from deqflow.solver_spec import SolveSpec, StallMonitor, converged, flow_step, stop_reason
+from deqflow.solver_spec import SolveSpec, StallMonitor, batch_reason, converged, flow_step, sample_stop_reasons
 
 HOST_METHODS = ("fixed_point", "anderson")
 """What the host loop runs; broyden runs in the torch backend only."""
@@ -122,19 +122,19 @@ def initial_state(coords0: np.ndarray, hidden_dim: int, flow_init: np.ndarray | 
 
 
 class _Packer:
-    """(net, coords1) in the caller's native form <-> one (N, D) host array per sample (Anderson, best iterate)."""
+    """(net, coords1) in the caller's native form <-> one (N, D) host array per sample (Anderson, returned
+    iterates); any number of samples N."""
 
     def __init__(self, parts: StepParts, net: np.ndarray, coords1: np.ndarray) -> None:
-        self.parts, self.shapes, self.split = parts, (net.shape, coords1.shape), net[0].size
+        self.parts, self.shapes, self.split = parts, (net.shape[1:], coords1.shape[1:]), net[0].size
 
     def pack(self, net: Any, coords1: Any) -> np.ndarray:
-        n = self.shapes[0][0]
-        return np.concatenate([self.parts.to_host(net).reshape(n, -1), self.parts.to_host(coords1).reshape(n, -1)],
-                              axis=1)
+        net, coords1 = self.parts.to_host(net), self.parts.to_host(coords1)
+        return np.concatenate([net.reshape(len(net), -1), coords1.reshape(len(coords1), -1)], axis=1)
 
     def unpack(self, x: np.ndarray) -> tuple[Any, Any]:
-        net = np.ascontiguousarray(x[:, :self.split].reshape(self.shapes[0]))
-        coords1 = np.ascontiguousarray(x[:, self.split:].reshape(self.shapes[1]))
+        net = np.ascontiguousarray(x[:, :self.split].reshape(len(x), *self.shapes[0]))
+        coords1 = np.ascontiguousarray(x[:, self.split:].reshape(len(x), *self.shapes[1]))
         return self.parts.from_host(net), self.parts.from_host(coords1)
 
 
@@ -163,55 +163,82 @@ class _Anderson:
             self.keep[:, slot] = 1
             self.previous = res
         self.k += 1
-        return anderson_mix(self.xs, self.fs, min(self.k, self.m), self.lam, self.beta, self.keep)
+        with np.errstate(invalid="ignore"):  # a sample gone NaN mixes to NaN alone (it has stopped already)
+            return anderson_mix(self.xs, self.fs, min(self.k, self.m), self.lam, self.beta, self.keep)
+
+    def drop(self, keep: np.ndarray) -> None:
+        """Keep only the histories of the samples at positions `keep` (the others have stopped)."""
+        self.xs, self.fs, self.previous = self.xs[keep], self.fs[keep], self.previous[keep]
+        self.keep = None if self.keep is None else self.keep[keep]
 
 
 class _Residuals:
-    """Residual traces, the stop rule and (optionally) each sample's lowest-residual iterate."""
+    """Per-sample residual traces, stop rule and returned iterates: every sample stops by its own rule, exactly
+    as it would alone in a batch of one, and keeps its own count, reason and iterate (last or lowest-residual).
+    Traces are (N,) per batch step, NaN where a sample no longer counts."""
 
     def __init__(self, n: int, spec: SolveSpec) -> None:
         self.n, self.rule, self.return_final = n, spec.stop, spec.return_final
         self.traces: dict[str, list[np.ndarray]] = {"abs": [], "rel": [], "flow": []}
         self.lowest = np.full(n, np.inf)  # in the stop mode
         self.best: np.ndarray | None = None  # packed (N, D) when tracking the lowest residual
-        self.bad = False
+        self.active = np.arange(n)  # the samples still solving
+        self.counts = np.zeros(n, np.int64)
+        self.reasons = [""] * n
+        self.nonfinite = np.zeros(n, bool)
         window = self.rule.stall_window
         self.stall = StallMonitor(n, window, self.rule.stall_margin) if window > 0 else None
-        self.reason: str | None = None
+        self.steps = 0
 
     @property
     def keep_best(self) -> bool:
         return not self.return_final
 
-    def add(self, res: Any, rel: Any, fx: np.ndarray | None, flow: np.ndarray | None = None) -> None:
-        """Book one step: residuals (N,), the packed f(x) when kept, the (N,) flow steps when tested."""
-        res, rel = np.asarray(res, np.float64).reshape(self.n), np.asarray(rel, np.float64).reshape(self.n)
-        self.traces["abs"].append(res)
-        self.traces["rel"].append(rel)
-        if flow is not None:
-            self.traces["flow"].append(np.asarray(flow, np.float64))
+    def _book(self, name: str, values: np.ndarray) -> None:
+        full = np.full(self.n, np.nan)
+        full[self.active] = values
+        self.traces[name].append(full)
+
+    def add(self, rows: np.ndarray, res: Any, rel: Any, fx: np.ndarray | None, flow: np.ndarray | None) -> np.ndarray:
+        """Book one step of the arrays' rows (`rows`: their samples, ascending; samples that stopped before are
+        not booked); returns the positions (into `rows`) of the samples that stop on this step."""
+        pos = np.searchsorted(rows, self.active)
+        res = np.asarray(res, np.float64).reshape(len(rows))[pos]
+        rel = np.asarray(rel, np.float64).reshape(len(rows))[pos]
+        flow = None if flow is None else np.asarray(flow, np.float64).reshape(len(rows))[pos]
+        for name, values in (("abs", res), ("rel", rel), ("flow", flow)):
+            if values is not None:
+                self._book(name, values)
         current = res if self.rule.stop_mode == "abs" else rel
-        improved = current < self.lowest
-        self.lowest = np.where(improved, current, self.lowest)
+        improved = current < self.lowest[self.active]
+        self.lowest[self.active] = np.where(improved, current, self.lowest[self.active])
         if self.keep_best:
-            self.best = fx.copy() if self.best is None else np.where(improved[:, None], fx, self.best)
-        self.bad = not np.isfinite(res).all()
-        crit = current if self.return_final else self.lowest
+            self.best = fx.copy() if self.best is None else self.best  # the first step books every sample
+            self.best[self.active] = np.where(improved[:, None], fx[pos], self.best[self.active])
+        bad = ~np.isfinite(res)
+        self.nonfinite[self.active] |= bad
+        self.steps += 1
+        crit = current if self.return_final else self.lowest[self.active]
         done = converged(crit, self.rule.tol, flow, self.rule.flow_tol)
-        stalled = self.stall.update(current) if self.stall is not None else np.zeros(self.n, bool)
-        self.reason = stop_reason(nonfinite=self.bad, converged=done, stalled=stalled,
-                                  at_cap=len(self.traces["abs"]) >= self.rule.max_iter)
+        stalled = self.stall.update(current, self.active) if self.stall is not None else np.zeros(len(pos), bool)
+        reasons = sample_stop_reasons(nonfinite=bad, converged=done, stalled=stalled,
+                                      at_cap=self.steps >= self.rule.max_iter)
+        stop = np.array([r is not None for r in reasons], bool)
+        for j in np.flatnonzero(stop):
+            self.reasons[self.active[j]], self.counts[self.active[j]] = reasons[j], self.steps
+        stopping = pos[stop]
+        self.active = self.active[~stop]
+        return stopping
 
     def done(self) -> bool:
-        """The cap, a NaN/Inf residual, or every sample below the tolerance (current or lowest residual) or
-        stalled."""
-        return self.reason is not None
+        return len(self.active) == 0
 
     def stats(self) -> SolveStats:
         abs_trace, rel_trace = np.stack(self.traces["abs"], axis=1), np.stack(self.traces["rel"], axis=1)
-        return SolveStats(iterations=abs_trace.shape[1], abs_trace=abs_trace, rel_trace=rel_trace,
-                          abs_lowest=_lowest(abs_trace), rel_lowest=_lowest(rel_trace),
-                          nonfinite=~np.isfinite(abs_trace).all(axis=1), reason=self.reason or "",
+        return SolveStats(iterations=self.steps, abs_trace=abs_trace, rel_trace=rel_trace,
+                          abs_lowest=_lowest(abs_trace), rel_lowest=_lowest(rel_trace), nonfinite=self.nonfinite,
+                          reason=batch_reason(self.reasons), sample_iterations=self.counts.copy(),
+                          reasons=list(self.reasons),
                           stalled=None if self.stall is None else self.stall.stalled.copy(),
                           flow_trace=np.stack(self.traces["flow"], axis=1) if self.traces["flow"] else None)
 
@@ -233,30 +260,61 @@ def check_spec(spec: SolveSpec) -> SolveSpec:
 
 def fixed_point_loop(parts: StepParts, ctx: Any, start: tuple[np.ndarray, np.ndarray],
                      spec: SolveSpec) -> tuple[Any, Any, SolveStats]:
-    """Iterate the step from the host state `start` = (net, coords1) until the stop rule holds; returns the
-    chosen iterate (native) and the statistics. `spec` as check_spec accepts it."""
+    """Iterate the step from the host state `start` = (net, coords1) until every sample has stopped by its own
+    rule; returns each sample's iterate (native) and the statistics. `spec` as check_spec accepts it.
+
+    Parts whose `compactable` is true (a step graph with a dynamic batch axis; they offer `select(ctx, rows)` and
+    `take(x, positions)`) are compacted: only the samples still solving are stepped. Others are stepped whole
+    (masked: a constant shape, as CUDA graphs and fixed TensorRT profiles want): a sample that has stopped is
+    still computed but no longer booked, which costs what a batch cost before and answers the same."""
     packer = _Packer(parts, *start)
     residuals = _Residuals(start[0].shape[0], spec)
     mixer = None
     if spec.method == "anderson":
         o = spec.options
         mixer = _Anderson(min(o.m, spec.stop.max_iter), o.lam, o.beta, o.safeguard)
+    compact = bool(getattr(parts, "compactable", False))
+    rows, step_ctx, chosen = np.arange(residuals.n), ctx, None
     net, coords1 = parts.from_host(start[0]), parts.from_host(start[1])
     while True:
-        fnet, fcoords, res, rel = parts.step(ctx, net, coords1)
+        fnet, fcoords, res, rel = parts.step(step_ctx, net, coords1)
         fx = packer.pack(fnet, fcoords) if (mixer is not None or residuals.keep_best) else None
         flow = flow_step(parts.to_host(fcoords) - parts.to_host(coords1)) if spec.stop.flow_tol > 0 else None
-        residuals.add(res, rel, fx, flow)
-        stop = residuals.done()
-        if stop or mixer is None:
+        stopping = residuals.add(rows, res, rel, fx, flow)
+        if residuals.done() or len(stopping):  # the returned iterates of the samples stopping now
+            chosen = _keep_returned(chosen, residuals, packer, rows, stopping, fx, (fnet, fcoords))
+        if residuals.done():
+            break
+        if mixer is None:
             net, coords1 = fnet, fcoords
         else:
             net, coords1 = packer.unpack(mixer.next(packer.pack(net, coords1), fx, res))
-        if stop:
-            break
+        if compact and len(stopping):
+            keep = np.setdiff1d(np.arange(len(rows)), stopping)
+            rows, step_ctx = rows[keep], parts.select(ctx, rows[keep])
+            net, coords1 = parts.take(net, keep), parts.take(coords1, keep)
+            if mixer is not None:
+                mixer.drop(keep)
     if residuals.best is not None:
-        net, coords1 = packer.unpack(residuals.best)
-    return net, coords1, residuals.stats()
+        return (*packer.unpack(residuals.best), residuals.stats())
+    if isinstance(chosen, tuple):
+        return (*chosen, residuals.stats())
+    return (*packer.unpack(chosen), residuals.stats())
+
+
+def _keep_returned(chosen: Any, residuals: _Residuals, packer: _Packer, rows: np.ndarray, stopping: np.ndarray,
+                   fx: np.ndarray | None, last: tuple[Any, Any]) -> Any:
+    """The last iterates of the samples stopping now, kept until every sample has stopped: the native state
+    itself when the whole batch stops on one step (no copy), else packed host rows (N, D)."""
+    if residuals.keep_best:
+        return None  # residuals.best holds them
+    if chosen is None and len(stopping) == residuals.n:
+        return last
+    packed = fx if fx is not None else packer.pack(*last)
+    if chosen is None:
+        chosen = np.zeros((residuals.n, packed.shape[1]), np.float32)
+    chosen[rows[stopping]] = packed[stopping]
+    return chosen
 
 
 def solve(parts: StepParts, image1: np.ndarray, image2: np.ndarray, spec: SolveSpec,

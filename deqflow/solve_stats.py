@@ -32,27 +32,49 @@ def json_floats(x: Any) -> list[float | None]:
 class SolveStats:
     """Convergence record of one solve (or of consecutive solves: training.deq.solvers.concat_stats).
 
-    Traces are (N, iterations): ||f(z) - z|| ("abs") and that over ||f(z)|| + REL_EPS ("rel") at every
-    evaluation; the lowest values never count a NaN. `reason` is one of deqflow.solver_spec.STOP_REASONS."""
+    Every sample stops by its own rule, as it would alone: `sample_iterations` and `reasons` are its own
+    (deqflow.solver_spec.STOP_REASONS); `iterations` and `reason` summarise the batch (its longest solve, its
+    worst reason). Traces are (N, iterations): row i holds sample i's ||f(z) - z|| ("abs") and that over
+    ||f(z)|| + REL_EPS ("rel") at each of its evaluations in order, NaN after its last; the lowest values never
+    count a NaN."""
 
-    iterations: int  # evaluations of f
+    iterations: int  # steps of the batch: the most evaluations of f any sample took
     abs_trace: Any  # (N, iterations)
     rel_trace: Any  # (N, iterations)
     abs_lowest: Any  # (N,)
     rel_lowest: Any  # (N,)
-    nonfinite: Any  # (N,) bool: the sample met NaN/Inf and the solve stopped there
+    nonfinite: Any  # (N,) bool: the sample met NaN/Inf and its solve stopped there
     reason: str = ""
+    sample_iterations: np.ndarray | None = None  # (N,) evaluations of f per sample (None: `iterations` each)
+    reasons: list[str] | None = None  # (N,) why each sample's solve ended
     stalled: Any | None = None  # (N,) bool when the stagnation test ran
     flow_trace: Any | None = None  # (N, iterations) flow steps, when a flow tolerance was tested
     sradius: Any | None = None  # (N,) Jacobian spectral radius at the fixed point, when estimated
 
+    def __post_init__(self) -> None:
+        n = len(self.abs_trace)
+        if self.sample_iterations is None:
+            self.sample_iterations = np.full(n, int(self.iterations), np.int64)
+        if self.reasons is None:
+            self.reasons = [self.reason] * n
+
+    @property
+    def sample_work(self) -> int:
+        """Evaluations of f summed over the samples: the work a solve that steps only unfinished samples does."""
+        return int(np.sum(self.sample_iterations))
+
+    def _last(self, trace: Any) -> Any:
+        """Each sample's value at its own last evaluation (lists index numpy arrays and tensors alike)."""
+        last = [max(int(k), 1) - 1 for k in self.sample_iterations]
+        return trace[list(range(len(last))), last]
+
     @property
     def final_abs(self) -> Any:
-        return self.abs_trace[:, -1]
+        return self._last(self.abs_trace)
 
     @property
     def final_rel(self) -> Any:
-        return self.rel_trace[:, -1]
+        return self._last(self.rel_trace)
 
     @property
     def has_nonfinite(self) -> bool:
@@ -70,6 +92,8 @@ class SolveStats:
             "nonfinite": self.has_nonfinite,
             "stalled": None if self.stalled is None else [bool(v) for v in as_numpy(self.stalled).tolist()],
             "stop_reason": self.reason,
+            "sample_iterations": [int(k) for k in self.sample_iterations],
+            "stop_reasons": list(self.reasons),
         }
         if traces:
             out["abs_trace"] = [json_floats(row) for row in as_numpy(self.abs_trace)]

@@ -309,16 +309,18 @@ class StallMonitor:
         self.since = np.zeros(n, np.int64)
         self.stalled = np.zeros(n, bool)
 
-    def update(self, residual: np.ndarray) -> np.ndarray:
-        """Book one step's residuals; returns the (N,) stalled flags."""
-        residual = np.asarray(residual, np.float64).reshape(self.reference.shape)
-        improved = residual < self.reference * self.factor
-        improved |= np.isinf(self.reference) & np.isfinite(residual)
-        self.reference = np.where(improved, residual, self.reference)
-        self.since = np.where(improved, 0, self.since + 1)
+    def update(self, residual: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Book one step's residuals of the samples `rows` (default: all); returns their stalled flags."""
+        rows = slice(None) if rows is None else np.asarray(rows)
+        reference = self.reference[rows]
+        residual = np.asarray(residual, np.float64).reshape(reference.shape)
+        improved = residual < reference * self.factor
+        improved |= np.isinf(reference) & np.isfinite(residual)
+        self.reference[rows] = np.where(improved, residual, reference)
+        self.since[rows] = np.where(improved, 0, self.since[rows] + 1)
         if self.window > 0:
-            self.stalled |= self.since >= self.window
-        return self.stalled
+            self.stalled[rows] |= self.since[rows] >= self.window
+        return self.stalled[rows]
 
 
 def flow_step(delta: np.ndarray) -> np.ndarray:
@@ -337,6 +339,25 @@ def converged(residual: np.ndarray, tol: float, flow: np.ndarray | None = None, 
     if flow_tol > 0 and flow is not None:
         out = out | (np.asarray(flow, np.float64).reshape(out.shape) < flow_tol)
     return out
+
+
+def sample_stop_reasons(*, nonfinite: np.ndarray, converged: np.ndarray, stalled: np.ndarray,
+                        at_cap: bool) -> list[str | None]:
+    """Why each sample stops after a step (STOP_REASONS), or None for the ones that go on: every sample follows
+    its own rule, exactly as it would alone in a batch of one."""
+    out: list[str | None] = []
+    for bad, done, stuck in zip(np.asarray(nonfinite, bool), np.asarray(converged, bool), np.asarray(stalled, bool)):
+        out.append("nonfinite" if bad else "tolerance" if done else "stalled" if stuck else "cap" if at_cap else None)
+    return out
+
+
+def batch_reason(reasons: list[str]) -> str:
+    """The batch's summary of its samples' stop reasons: the worst of them (nonfinite, cap, stalled, tolerance),
+    which is what a solve that stopped every sample together would report."""
+    for reason in ("nonfinite", "cap", "stalled", "tolerance"):
+        if reason in reasons:
+            return reason
+    return ""
 
 
 def stop_reason(*, nonfinite: bool, converged: np.ndarray, stalled: np.ndarray, at_cap: bool) -> str | None:

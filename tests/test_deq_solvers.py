@@ -91,15 +91,17 @@ def test_traces_and_lowest(name):
     f, _, z0 = linear_problem(0.8)
     s = run(name, f, z0, max_iter=200, tol=1e-9).stats
     assert s.abs_trace.shape == (3, s.iterations) and s.rel_trace.shape == (3, s.iterations)
-    assert torch.equal(s.abs_lowest, s.abs_trace.amin(dim=1))
-    assert torch.equal(s.rel_lowest, s.rel_trace.amin(dim=1))
-    assert torch.equal(s.final_abs, s.abs_trace[:, -1])
+    assert torch.equal(s.abs_lowest, s.abs_trace.nan_to_num(nan=math.inf).amin(dim=1))  # NaN: after its stop
+    assert torch.equal(s.rel_lowest, s.rel_trace.nan_to_num(nan=math.inf).amin(dim=1))
+    last = torch.as_tensor(s.sample_iterations) - 1  # each sample stops by its own rule
+    assert torch.equal(s.final_abs, s.abs_trace[torch.arange(3), last]) and bool((s.final_abs < 1e-9).all())
+    assert s.iterations == max(s.sample_iterations) and s.reasons == ["tolerance"] * 3
     # converging overall, and never blowing up along the way
-    assert bool((s.abs_trace[:, -1] < 1e-6 * s.abs_trace[:, 0]).all())
-    assert bool((s.abs_trace <= 10 * s.abs_trace[:, :1]).all())
+    assert bool((s.final_abs < 1e-6 * s.abs_trace[:, 0]).all())
+    assert bool((s.abs_trace.nan_to_num() <= 10 * s.abs_trace[:, :1]).all())
     if name == "fixed_point":  # r_{k+1} = A r_k with ||A|| = 0.8: strictly decreasing
         ratios = s.abs_trace[:, 1:] / s.abs_trace[:, :-1]
-        assert float(ratios.max()) <= 0.8 + 1e-4  # rounding once residuals reach ~1e-10
+        assert float(ratios.nan_to_num().max()) <= 0.8 + 1e-4  # rounding once residuals reach ~1e-10
 
 
 def test_relative_residual_definition():
@@ -193,6 +195,7 @@ def test_batch_is_per_sample(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_nan_is_reported_not_iterated(name):
+    """A NaN stops its own sample (never iterated on); the others go on to their own stop."""
     f, _, z0 = linear_problem(0.5)
     calls = []
 
@@ -205,13 +208,14 @@ def test_nan_is_reported_not_iterated(name):
         return out
 
     res = run(name, poisoned, z0, max_iter=50, tol=0.0)
-    assert res.stats.iterations == 4 and len(calls) == 4
+    assert res.stats.sample_iterations.tolist() == [50, 4, 50] and len(calls) == 50
+    assert res.stats.reasons == ["cap", "nonfinite", "cap"] and res.stats.reason == "nonfinite"
     assert res.stats.nonfinite.tolist() == [False, True, False]
     assert res.stats.has_nonfinite
     assert bool(torch.isfinite(res.z).all())  # the best finite estimate is kept
     assert torch.isfinite(res.stats.abs_lowest).all()
     assert json.dumps(res.stats.as_dict(traces=True))  # NaN becomes null, still valid JSON
-    assert res.stats.as_dict(traces=True)["abs_trace"][1][-1] is None
+    assert res.stats.as_dict(traces=True)["abs_trace"][1][3] is None
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -38,7 +38,7 @@ class InferenceResult:
 
     flow: np.ndarray  # (N,2,H,W) float32
     flow_low: np.ndarray | None  # (N,2,H/8,W/8)
-    iterations: int  # solver steps run (one count for the batch: it stops together)
+    iterations: int  # solver steps of the batch: its longest per-sample solve
     residual: np.ndarray  # (N,) final ||f(z) - z|| (abs), NaN when the model does not output it
     residual_rel: np.ndarray | None = None  # (N,) final relative residual
     residual_known: bool = True  # False when the model has no residual output (then `residual` is NaN)
@@ -48,7 +48,16 @@ class InferenceResult:
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     stalled: np.ndarray | None = None  # (N,) bool when the stagnation test ran (split layout / torch)
-    stop_reason: str = ""  # deqflow.solver_spec.STOP_REASONS; '' when a graph ran the whole solve
+    stop_reason: str = ""  # deqflow.solver_spec.STOP_REASONS (the batch's worst); '' when a graph ran the solve
+    sample_iterations: np.ndarray | None = None  # (N,) each pair's own solver steps (None: `iterations` each)
+    stop_reasons: list[str] | None = None  # (N,) why each pair's solve ended
+
+    def __post_init__(self) -> None:
+        n = len(self.flow)
+        if self.sample_iterations is None:
+            self.sample_iterations = np.full(n, int(self.iterations), np.int64)
+        if self.stop_reasons is None:
+            self.stop_reasons = [self.stop_reason] * n
 
     def outputs(self) -> dict[str, np.ndarray]:
         """Named outputs for comparison (same names as the ONNX graphs)."""
@@ -61,7 +70,7 @@ class InferenceResult:
         return out
 
     def stats(self) -> dict:
-        return {"iterations": int(self.iterations),
+        return {"iterations": int(self.iterations), "sample_iterations": [int(k) for k in self.sample_iterations],
                 "final_abs_residual": [float(v) for v in np.asarray(self.residual).ravel()],
                 "final_rel_residual": None if self.residual_rel is None
                 else [float(v) for v in np.asarray(self.residual_rel).ravel()],
@@ -279,7 +288,8 @@ class ExportedModelBackend(Backend):
         return InferenceResult(flow=r.flow, flow_low=r.flow_low, iterations=r.stats.iterations,
                                residual=r.stats.final_abs, residual_rel=r.stats.final_rel,
                                abs_trace=r.stats.abs_trace, rel_trace=r.stats.rel_trace, state=r.state,
-                               timings=r.timings, stalled=r.stats.stalled, stop_reason=r.stats.reason)
+                               timings=r.timings, stalled=r.stats.stalled, stop_reason=r.stats.reason,
+                               sample_iterations=r.stats.sample_iterations, stop_reasons=r.stats.reasons)
 
     def _graph_feeds(self, input_names, image1: np.ndarray, image2: np.ndarray,
                      flow_init: np.ndarray | None) -> dict[str, np.ndarray]:

@@ -200,6 +200,18 @@ class OrtStepParts:
     def from_host(self, x):
         return self.step_session.value(x) if self.step_session.io_binding else x
 
+    @property
+    def compactable(self) -> bool:
+        """The host loop steps only the samples still solving when the step graph's batch axis is dynamic and
+        the state is on the host (deqflow.host_solver.fixed_point_loop)."""
+        return not isinstance(self.step_session.inputs["net"].shape[0], int) and not self.step_session.io_binding
+
+    def select(self, ctx, rows):
+        return {name: value[rows] for name, value in ctx.items()}
+
+    def take(self, x, positions):
+        return x[positions]
+
 
 def run_split(parts: OrtStepParts, feed: dict[str, np.ndarray], spec: SolveSpec) -> dict[str, np.ndarray]:
     """A split export's outputs for `feed` under the host loop, named as the unrolled / Loop graphs name them

@@ -104,13 +104,14 @@ class TorchBackend(Backend):
             raise InputError(f"torch backend: {exc}") from None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        abs_trace = out.stats.abs_trace.double().cpu().numpy()
-        rel_trace = out.stats.rel_trace.double().cpu().numpy()
+        s = out.stats
+        abs_trace, rel_trace = s.abs_trace.double().cpu().numpy(), s.rel_trace.double().cpu().numpy()
         return InferenceResult(flow=out.flow_up.float().cpu().numpy(), flow_low=out.flow_low.float().cpu().numpy(),
-                               iterations=int(out.stats.iterations), residual=abs_trace[:, -1],
-                               residual_rel=rel_trace[:, -1], abs_trace=abs_trace, rel_trace=rel_trace,
-                               state=WarmState(out.state[0], out.state[1]), stop_reason=out.stats.reason,
-                               stalled=None if out.stats.stalled is None else out.stats.stalled.cpu().numpy())
+                               iterations=int(s.iterations), residual=s.final_abs.double().cpu().numpy(),
+                               residual_rel=s.final_rel.double().cpu().numpy(), abs_trace=abs_trace,
+                               rel_trace=rel_trace, state=WarmState(out.state[0], out.state[1]), stop_reason=s.reason,
+                               stalled=None if s.stalled is None else s.stalled.cpu().numpy(),
+                               sample_iterations=s.sample_iterations, stop_reasons=s.reasons)
 
     def close(self) -> None:
         self.model = None

@@ -27,14 +27,14 @@ def static_batch(backend) -> int | None:
 
 
 def infer_batch(backend, image1: np.ndarray, image2: np.ndarray) -> list[PairOutput]:
-    """(N,3,H,W) pairs in one solve (chunked to a static export's batch size). Every item of one solve stops
-    at the same iteration: with a tolerance, the solve runs until every item has converged."""
+    """(N,3,H,W) pairs in one solve (chunked to a static export's batch size). Every pair stops by its own rule
+    and reports its own iterations, as it would alone."""
     step = static_batch(backend) or len(image1)
     out: list[PairOutput] = []
     for i in range(0, len(image1), step):
         r = backend.infer(image1[i:i + step], image2[i:i + step])
         residual = np.asarray(r.residual, np.float32).reshape(-1)
-        out += [PairOutput(np.asarray(r.flow[k], np.float32), int(r.iterations), float(residual[k]))
+        out += [PairOutput(np.asarray(r.flow[k], np.float32), int(r.sample_iterations[k]), float(residual[k]))
                 for k in range(len(r.flow))]
     return out
 

@@ -95,7 +95,7 @@ class TritonPythonModel:
 
         r = solve(self.parts, image1, image2, self.spec, state=state)
         return r, {"flow": r.flow.astype(np.float32),
-                   "iterations": np.full((len(image1), 1), r.stats.iterations, np.int32),
+                   "iterations": np.asarray(r.stats.sample_iterations, np.int32).reshape(-1, 1),
                    "residual": r.stats.final_abs.astype(np.float32).reshape(-1, 1)}
 
     def _pair(self, request) -> dict[str, np.ndarray]:

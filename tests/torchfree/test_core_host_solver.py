@@ -83,13 +83,18 @@ def test_runs_to_the_cap_with_exact_traces():
     assert r.state.hidden.shape == (2, 1, 1, 1) and set(r.timings) == {"encode_s", "solve_s", "decode_s"}
 
 
-@pytest.mark.parametrize("tol,steps", [(1.5, 3), (1.0, 4), (0.3, 5), (5.0, 1)])
-def test_abs_stop_counts_steps_and_compares_strictly(tol, steps):
-    # the batch stops together when its largest residual, 8 / 2^k, is below tol
+@pytest.mark.parametrize("tol,steps", [(1.5, (3, 2)), (1.0, (4, 3)), (0.3, (5, 4)), (5.0, (1, 1))])
+def test_abs_stop_counts_steps_per_sample_and_compares_strictly(tol, steps):
+    # each sample stops once its own residual (8 / 2^k, 4 / 2^k) is below tol, as it would alone, and keeps
+    # its own iterate; the batch summary is the longest solve
     r = _solve(Halving(), max_iter=20, tol=tol, stop_mode="abs")
-    assert r.stats.iterations == steps
-    np.testing.assert_allclose(r.stats.final_abs, [8 / 2 ** steps, 4 / 2 ** steps], rtol=1e-6)
-    np.testing.assert_allclose(r.flow[0, 0, 0, 0], 8 / 2 ** steps - 8, rtol=1e-6)
+    assert r.stats.sample_iterations.tolist() == list(steps) and r.stats.iterations == max(steps)
+    assert r.stats.reasons == ["tolerance", "tolerance"] and r.stats.sample_work == sum(steps)
+    np.testing.assert_allclose(r.stats.final_abs, [8 / 2 ** steps[0], 4 / 2 ** steps[1]], rtol=1e-6)
+    np.testing.assert_allclose(r.flow[:, :, 0, 0], [[8 / 2 ** steps[0] - 8, 0], [0, 4 / 2 ** steps[1] - 4]],
+                               rtol=1e-6)
+    if steps[0] != steps[1]:
+        assert np.isnan(r.stats.abs_trace[1, -1])  # sample 1 no longer counts after its stop
 
 
 def test_rel_stop_uses_the_relative_residual():
@@ -116,17 +121,20 @@ def test_lowest_residual_iterate_per_sample():
 
 
 def test_lowest_residual_stop_uses_the_lowest_so_far():
-    # with lowest-residual selection the batch stops once every sample's lowest residual is below tol:
-    # after step 3 the lowest are (1, 0.5); the current residuals (3, 0.5) never all are
-    assert _solve(Scripted(SCRIPT), max_iter=4, tol=1.5, return_final=False).stats.iterations == 3
-    assert _solve(Scripted(SCRIPT), max_iter=4, tol=1.5, return_final=True).stats.iterations == 4
+    # with lowest-residual selection a sample stops once its lowest residual is below tol: sample 0 after
+    # step 2 (1), sample 1 after step 3 (0.5); with the last iterate, on its current residual: the same steps here
+    best = _solve(Scripted(SCRIPT), max_iter=4, tol=1.5, return_final=False)
+    last = _solve(Scripted(SCRIPT), max_iter=4, tol=1.5, return_final=True)
+    assert best.stats.sample_iterations.tolist() == last.stats.sample_iterations.tolist() == [2, 3]
+    np.testing.assert_array_equal(last.state.hidden[:, 0, 0, 0], [2, 3])  # each sample's own last iterate
     # rel = abs / 10 in the script: the stop mode picks the trace
     assert _solve(Scripted(SCRIPT), max_iter=4, tol=0.15, stop_mode="rel", return_final=False).stats.iterations == 3
 
 
-def test_a_nonfinite_residual_stops_the_solve():
+def test_a_nonfinite_residual_stops_its_sample():
     r = _solve(Scripted([(5, 4), (np.nan, 3), (1, 1)]), max_iter=3, tol=0.0)
-    assert r.stats.iterations == 2 and r.stats.has_nonfinite
+    assert r.stats.sample_iterations.tolist() == [2, 3] and r.stats.reasons == ["nonfinite", "cap"]
+    assert r.stats.reason == "nonfinite" and r.stats.has_nonfinite and r.stats.nonfinite.tolist() == [True, False]
 
 
 def test_anderson_solves_a_uniform_contraction_in_three_steps():

@@ -36,29 +36,38 @@ from deqflow.solver_spec import (
     BroydenOptions,
     FixedPointOptions,
     StallMonitor,
+    batch_reason,
     check_stop_mode,
     converged,
-    stop_reason,
+    sample_stop_reasons,
 )
 
 Func = Callable[[Tensor], Tensor]
 
 
 def concat_stats(parts: Sequence[SolveStats]) -> SolveStats:
-    """Stats of consecutive solves (the segments of the sliced training core) as one record."""
+    """Stats of consecutive solves (the segments of the sliced training core) as one record: each sample's
+    evaluations in order (its row of the traces, NaN after its last), its counts summed, its last reason."""
     if len(parts) == 1:
         return parts[0]
+    counts = np.sum([p.sample_iterations for p in parts], axis=0)
     stalls = [p.stalled for p in parts if p.stalled is not None]
+
+    def joined(name: str) -> Tensor:
+        first = getattr(parts[0], name)
+        out = first.new_full((len(counts), int(counts.max())), math.nan)
+        for i in range(len(counts)):
+            row = torch.cat([getattr(p, name)[i, :int(p.sample_iterations[i])] for p in parts])
+            out[i, :len(row)] = row
+        return out
+
     return SolveStats(
-        iterations=sum(p.iterations for p in parts),
-        abs_trace=torch.cat([p.abs_trace for p in parts], dim=1),
-        rel_trace=torch.cat([p.rel_trace for p in parts], dim=1),
+        iterations=int(counts.max()), abs_trace=joined("abs_trace"), rel_trace=joined("rel_trace"),
         abs_lowest=torch.stack([p.abs_lowest for p in parts]).amin(0),
         rel_lowest=torch.stack([p.rel_lowest for p in parts]).amin(0),
-        sradius=parts[-1].sradius,
-        nonfinite=torch.stack([p.nonfinite for p in parts]).any(0),
-        stalled=torch.stack(stalls).any(0) if stalls else None,
-        reason=parts[-1].reason,
+        sradius=parts[-1].sradius, nonfinite=torch.stack([p.nonfinite for p in parts]).any(0),
+        stalled=torch.stack(stalls).any(0) if stalls else None, reason=parts[-1].reason,
+        sample_iterations=counts, reasons=list(parts[-1].reasons),
     )
 
 
@@ -83,7 +92,9 @@ class FlowStop:
 
 
 class _Tracker:
-    """Residual bookkeeping shared by the solvers: traces, per-sample best estimate, snapshots, stop test."""
+    """Residual bookkeeping shared by the solvers, per sample: traces, each sample's returned estimate, its own
+    evaluation count and stop reason, snapshots. After each evaluation it says which samples go on; the solvers
+    then step only those, so each sample's solve is the one it would have alone in a batch of one."""
 
     def __init__(self, x0: Tensor, *, max_iter: int, tol: float, stop_mode: str,
                  indexing: Sequence[int] | None, return_final: bool, stall_window: int = 0,
@@ -104,55 +115,79 @@ class _Tracker:
         self.max_iter, self.tol, self.mode = int(max_iter), float(tol), stop_mode
         self.return_final = return_final
         self.iterations = 0
+        self.active = np.arange(b)  # original indices of the samples still solving, in their row order
+        self.counts = np.zeros(b, np.int64)
+        self.reasons = [""] * b
         self.stall = StallMonitor(b, stall_window, stall_margin) if int(stall_window) > 0 else None
-        self.reason = ""
         self.flow = flow_stop
         if self.flow is not None and not (0 < self.flow.size <= x0.shape[1] and self.flow.size % 2 == 0):
             raise InputError(f"flow stop size must be even and within the state's {x0.shape[1]} entries, "
                              f"got {self.flow.size}")
 
-    def record(self, est: Tensor, fx: Tensor, x: Tensor) -> bool:
-        """Book one evaluation fx = f(x) against the estimate `est`; True means stop now."""
+    def _rows(self) -> slice | Tensor:
+        """Index of the active samples into whole-batch tensors (a slice while every sample is active)."""
+        if len(self.active) == len(self.counts):
+            return slice(None)
+        return torch.as_tensor(self.active, device=self.best.device)
+
+    def record(self, est: Tensor, fx: Tensor, x: Tensor) -> slice | Tensor | None:
+        """Book one evaluation fx = f(x) of the active samples (rows in `active` order) against the estimates
+        `est`. Returns the rows that go on (a slice: all of them), or None when every sample has stopped."""
+        rows = self._rows()
         absr = (fx - x).norm(dim=1)
         current = {"abs": absr, "rel": absr / (fx.norm(dim=1) + REL_EPS)}
         for mode, res in current.items():
-            self.traces[mode].append(res)
-            improved = res < self.lowest[mode]  # False for NaN: a NaN never replaces a finite best
-            self.lowest[mode] = torch.where(improved, res, self.lowest[mode])
+            full = torch.full_like(self.lowest[mode], math.nan)
+            full[rows] = res
+            self.traces[mode].append(full)
+            lowest = self.lowest[mode][rows]
+            improved = res < lowest  # False for NaN: a NaN never replaces a finite best
+            self.lowest[mode][rows] = torch.where(improved, res, lowest)
             if mode == self.mode:
-                self.best = est if self.return_final else torch.where(improved[:, None], est, self.best)
+                self.best[rows] = est if self.return_final else torch.where(improved[:, None], est, self.best[rows])
         self.iterations += 1
         if self.iterations in self.steps:
             self.snapshots[self.iterations] = self.best.clone()
         bad = ~torch.isfinite(absr)
-        self.nonfinite |= bad
-        self.reason = self._reason(bad, current[self.mode], self._flow_step(fx, x)) or ""
-        return bool(self.reason)
+        self.nonfinite[rows] |= bad
+        return self._go_on(bad, current[self.mode], self._flow_step(fx, x))
 
     def _flow_step(self, fx: Tensor, x: Tensor) -> Tensor | None:
-        """(B,) mean per-cell |delta flow| of this evaluation (deqflow.solver_spec.flow_step), in float64 as
+        """(A,) mean per-cell |delta flow| of this evaluation (deqflow.solver_spec.flow_step), in float64 as
         the host solver computes it; None without a flow stop."""
         if self.flow is None:
             return None
         delta = (fx[:, -self.flow.size:] - x[:, -self.flow.size:]).double().reshape(fx.shape[0], 2, -1)
         return delta.square().sum(dim=1).sqrt().mean(dim=1)
 
-    def _reason(self, bad: Tensor, current: Tensor, flow: Tensor | None) -> str | None:
-        """Why to stop after this evaluation (deqflow.solver_spec.stop_reason), or None. One device-to-host
-        copy per step: the NaN flags, the tolerance and flow tests' inputs and the residuals together."""
+    def _go_on(self, bad: Tensor, current: Tensor, flow: Tensor | None) -> slice | Tensor | None:
+        """Each active sample's stop test (deqflow.solver_spec.sample_stop_reasons); the stopped ones keep their
+        count and reason. One device-to-host copy per step: NaN flags, test inputs and residuals together."""
         at_cap = self.iterations >= self.max_iter
-        if self.stall is None and self.tol <= 0 and flow is None:
-            return "nonfinite" if bool(bad.any()) else ("cap" if at_cap else None)
-        crit = current if self.return_final else self.lowest[self.mode]
+        n = len(self.active)
+        if self.stall is None and self.tol <= 0 and flow is None and not at_cap and not bool(bad.any()):
+            return slice(None)  # nothing can stop a sample on this step: no copy of the residuals
+        crit = current if self.return_final else self.lowest[self.mode][self._rows()]
         rows = [bad.double(), crit.double(), current.double()] + ([] if flow is None else [flow])
         host = torch.stack(rows).cpu().numpy()
         done = converged(host[1], self.tol, None if flow is None else host[3], 0.0 if flow is None else self.flow.tol)
-        stalled = self.stall.update(host[2]) if self.stall is not None else np.zeros(len(host[2]), bool)
-        return stop_reason(nonfinite=bool(host[0].any()), converged=done, stalled=stalled, at_cap=at_cap)
+        stalled = self.stall.update(host[2], self.active) if self.stall is not None else np.zeros(n, bool)
+        reasons = sample_stop_reasons(nonfinite=host[0] > 0, converged=done, stalled=stalled, at_cap=at_cap)
+        stop = np.array([r is not None for r in reasons])
+        for pos in np.flatnonzero(stop):
+            self.reasons[self.active[pos]] = reasons[pos]
+            self.counts[self.active[pos]] = self.iterations
+        if stop.all():
+            self.active = self.active[:0]
+            return None
+        if not stop.any():
+            return slice(None)
+        keep = np.flatnonzero(~stop)
+        self.active = self.active[keep]
+        return torch.as_tensor(keep, device=bad.device)
 
     def result(self, shape: torch.Size) -> FixedPointResult:
-        best = self.best.clone() if self.return_final else self.best  # don't pin a solver buffer
-        final = best.reshape(shape)
+        final = self.best.reshape(shape)
         stalled = None if self.stall is None else torch.from_numpy(self.stall.stalled.copy())
         trajectory = [self.snapshots[s].reshape(shape) if s in self.snapshots else final for s in self.steps]
         stats = SolveStats(
@@ -163,27 +198,53 @@ class _Tracker:
             rel_lowest=self.lowest["rel"],
             nonfinite=self.nonfinite,
             stalled=None if stalled is None else stalled.to(self.nonfinite.device),
-            reason=self.reason,
+            reason=batch_reason(self.reasons),
+            sample_iterations=self.counts.copy(),
+            reasons=list(self.reasons),
         )
         return FixedPointResult(z=final, trajectory=trajectory, stats=stats)
 
 
-def _flatten(f: Func, z0: Tensor) -> tuple[Func, Tensor]:
-    """View f and z0 on flat (B, D) vectors; checks that f keeps the state's shape."""
-    if not isinstance(z0, Tensor) or z0.dim() < 2 or z0.shape[0] < 1:
-        raise InputError(f"z0 must be a tensor of shape (B, ...) with a batch dimension, got "
-                         f"{tuple(z0.shape) if isinstance(z0, Tensor) else type(z0).__name__}")
-    if not z0.is_floating_point():
-        raise InputError(f"z0 must be a floating-point tensor, got {z0.dtype}")
-    shape = z0.shape
+class _ActiveMap:
+    """f on the samples still solving, as flat (A, D) rows. Compacted when f offers `restrict(indices)` (a map of
+    the same equation on those samples only, as DEQFlow's step does): a converged sample costs nothing more.
+    Otherwise masked: f runs on the whole batch with the stopped samples' last states held, and their rows are
+    dropped; the answers are the same for any f whose samples do not interact."""
 
-    def flat_f(x: Tensor) -> Tensor:
-        out = f(x.view(shape))
-        if out.shape != shape:
-            raise InputError(f"f must return the state's shape {tuple(shape)}, got {tuple(out.shape)}")
-        return out.reshape(shape[0], -1)
+    def __init__(self, f: Func, z0: Tensor) -> None:
+        if not isinstance(z0, Tensor) or z0.dim() < 2 or z0.shape[0] < 1:
+            raise InputError(f"z0 must be a tensor of shape (B, ...) with a batch dimension, got "
+                             f"{tuple(z0.shape) if isinstance(z0, Tensor) else type(z0).__name__}")
+        if not z0.is_floating_point():
+            raise InputError(f"z0 must be a floating-point tensor, got {z0.dtype}")
+        self.f, self.shape = f, z0.shape
+        self.x0 = z0.detach().reshape(z0.shape[0], -1)
+        self.compact = callable(getattr(f, "restrict", None))
+        self.current: Func = f
+        self.held: Tensor | None = None  # masked mode: the whole batch's latest states
+        self.rows: np.ndarray | None = None  # original indices of the active samples (None: all)
 
-    return flat_f, z0.detach().reshape(shape[0], -1)
+    def __call__(self, x: Tensor) -> Tensor:
+        n = x.shape[0]
+        if self.rows is None or self.compact:
+            out = self.current(x.view(n, *self.shape[1:]))
+            if tuple(out.shape) != (n, *self.shape[1:]):
+                raise InputError(f"f must return the state's shape {(n, *self.shape[1:])}, got {tuple(out.shape)}")
+            return out.reshape(n, -1)
+        rows = torch.as_tensor(self.rows, device=x.device)
+        self.held[rows] = x
+        return self.f(self.held.view(self.shape)).reshape(self.shape[0], -1)[rows]
+
+    def keep(self, keep: slice | Tensor, active: np.ndarray) -> None:
+        """After a step that stopped some samples: `active` are the original indices still solving. Masked mode
+        holds the stopped samples at their start (any finite state of theirs serves: their rows are dropped)."""
+        if isinstance(keep, slice):
+            return
+        self.rows = active
+        if self.compact:
+            self.current = self.f.restrict(torch.as_tensor(active, device=self.x0.device))
+        elif self.held is None:
+            self.held = self.x0.clone()
 
 
 @torch.no_grad()
@@ -193,16 +254,19 @@ def fixed_point_iter(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mod
                      flow_stop: FlowStop | None = None) -> FixedPointResult:
     """Plain iteration z <- (1-d) z + d f(z) (the official `naive_solver` when d = 1)."""
     FixedPointOptions(damping=damping).validate()
-    flat_f, x = _flatten(f, z0)
+    step = _ActiveMap(f, z0)
+    x = step.x0
     track = _Tracker(x, max_iter=max_iter, tol=tol, stop_mode=stop_mode, indexing=indexing,
                      return_final=return_final, stall_window=stall_window, stall_margin=stall_margin,
                      flow_stop=flow_stop)
     while True:
-        fx = flat_f(x)
+        fx = step(x)
         nxt = fx if damping == 1 else torch.lerp(x, fx, damping)
-        if track.record(nxt, fx, x):
+        keep = track.record(nxt, fx, x)
+        if keep is None:
             break
-        x = nxt
+        step.keep(keep, track.active)
+        x = nxt[keep]
     return track.result(z0.shape)
 
 
@@ -241,10 +305,12 @@ def anderson(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str =
     (reg = lam), reg = lam * max_i ||g_i||^2 is relative: an absolute lam swamps G G^T once residuals
     fall below sqrt(lam) and turns the mixing into plain averaging, which can make Anderson slower than
     plain iteration on slowly contracting maps even at tol 1e-3. safeguard > 0: a sample whose residual
-    grew by more than that factor over its previous step forgets its history (AndersonOptions).
+    grew by more than that factor over its previous step forgets its history (AndersonOptions). The history
+    of a sample that stops is dropped with it.
     """
     AndersonOptions(m=m, lam=lam, beta=beta, safeguard=safeguard).validate()
-    flat_f, x = _flatten(f, z0)
+    step = _ActiveMap(f, z0)
+    x = step.x0
     track = _Tracker(x, max_iter=max_iter, tol=tol, stop_mode=stop_mode, indexing=indexing,
                      return_final=return_final, stall_window=stall_window, stall_margin=stall_margin,
                      flow_stop=flow_stop)
@@ -252,22 +318,27 @@ def anderson(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str =
     m = min(m, int(max_iter))
     xs = x.new_zeros(b, m, d)
     fs = x.new_zeros(b, m, d)
-    keep = x.new_ones(b, m) if safeguard > 0 else None
+    keep_slots = x.new_ones(b, m) if safeguard > 0 else None
     previous = x.new_full((b,), math.inf)
     k = 0
     while True:
-        fx = flat_f(x)
+        fx = step(x)
         xs[:, k % m], fs[:, k % m] = x, fx
-        if track.record(fs[:, k % m], fx, x):
+        rows = track.record(fs[:, k % m], fx, x)
+        if rows is None:
             break
-        if keep is not None:
+        if keep_slots is not None:
             res = (fx - x).norm(dim=1)
-            keep[res > safeguard * previous] = 0
-            keep[:, k % m] = 1
+            keep_slots[res > safeguard * previous] = 0
+            keep_slots[:, k % m] = 1
             previous = res
+        step.keep(rows, track.active)
+        if not isinstance(rows, slice):
+            xs, fs, previous = xs[rows], fs[rows], previous[rows]
+            keep_slots = None if keep_slots is None else keep_slots[rows]
         k += 1
         n = min(k, m)
-        x = _anderson_step(xs[:, :n], fs[:, :n], lam, beta, None if keep is None else keep[:, :n])
+        x = _anderson_step(xs[:, :n], fs[:, :n], lam, beta, None if keep_slots is None else keep_slots[:, :n])
     return track.result(z0.shape)
 
 
@@ -280,10 +351,12 @@ def broyden(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = 
 
     The inverse Jacobian of g is kept as -I + U V^T with at most `memory` rank-one terms (0: max_iter,
     i.e. never forgetting, as in the official code; older terms are overwritten cyclically).
-    The first step is a plain fixed-point step. An update whose denominator vanishes is skipped.
+    The first step is a plain fixed-point step. An update whose denominator vanishes is skipped. The terms
+    of a sample that stops are dropped with it.
     """
     BroydenOptions(memory=memory).validate()
-    flat_f, x = _flatten(f, z0)
+    step_f = _ActiveMap(f, z0)
+    x = step_f.x0
     track = _Tracker(x, max_iter=max_iter, tol=tol, stop_mode=stop_mode, indexing=indexing,
                      return_final=return_final, stall_window=stall_window, stall_margin=stall_margin,
                      flow_stop=flow_stop)
@@ -291,19 +364,22 @@ def broyden(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = 
     size = int(memory) or int(max_iter)
     us = x.new_zeros(b, d, size)
     vts = x.new_zeros(b, size, d)
-    fx = flat_f(x)
+    fx = step_f(x)
     gx = fx - x
-    stop = track.record(x, fx, x)
+    rows = track.record(x, fx, x)
     count = 0
-    step = gx  # -(inverse Jacobian) g with the initial guess -I
-    while not stop:
+    while rows is not None:
+        step_f.keep(rows, track.active)
+        x, gx, us, vts = x[rows], gx[rows], us[rows], vts[rows]
+        n = min(count, size)
+        step = gx - torch.einsum("bdl,bl->bd", us[:, :, :n], torch.einsum("bld,bd->bl", vts[:, :n], gx))
         x_new = x + step
-        fx = flat_f(x_new)
+        fx = step_f(x_new)
         g_new = fx - x_new
-        if track.record(x_new, fx, x_new):
+        rows = track.record(x_new, fx, x_new)
+        if rows is None:
             break
         dx, dg = x_new - x, g_new - gx
-        n = min(count, size)
         u_n, vt_n = us[:, :, :n], vts[:, :n]
         vt = -dx + torch.einsum("bl,bld->bd", torch.einsum("bd,bdl->bl", dx, u_n), vt_n)  # dx^T J^-1
         jdg = -dg + torch.einsum("bdl,bl->bd", u_n, torch.einsum("bld,bd->bl", vt_n, dg))  # J^-1 dg
@@ -312,8 +388,6 @@ def broyden(f: Func, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = 
         us[:, :, count % size] = torch.where(ok, u, 0.0)
         vts[:, count % size] = torch.where(ok, vt, 0.0)
         count += 1
-        n = min(count, size)
         x, gx = x_new, g_new
-        step = gx - torch.einsum("bdl,bl->bd", us[:, :, :n], torch.einsum("bld,bd->bl", vts[:, :n], gx))
     return track.result(z0.shape)
 

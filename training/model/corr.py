@@ -81,7 +81,15 @@ class CorrPyramid:
         if lookup not in LOOKUPS:
             raise ValueError(f"unknown correlation lookup {lookup!r}; choose one of {LOOKUPS}")
         self.levels, self.radius, self.lookup = levels, radius, lookup
+        self.batch = fmap1.shape[0]
         self.pyramid = build_pyramid(all_pairs_correlation(fmap1, fmap2), levels)
+
+    def select(self, rows: torch.Tensor) -> CorrPyramid:
+        """The pyramid of the pairs `rows` only (a solver stepping just the pairs still solving)."""
+        out = object.__new__(CorrPyramid)
+        out.levels, out.radius, out.lookup, out.batch = self.levels, self.radius, self.lookup, len(rows)
+        out.pyramid = [v.view(self.batch, -1, *v.shape[1:])[rows].reshape(-1, *v.shape[1:]) for v in self.pyramid]
+        return out
 
     def __call__(self, coords: torch.Tensor) -> torch.Tensor:
         n, _, h, w = coords.shape

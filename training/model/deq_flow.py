@@ -37,6 +37,25 @@ class PairContext:
     coords0: torch.Tensor  # pixel grid (N, 2, H/8, W/8), x then y
     attn: torch.Tensor | None = None  # GMA attention over the context, when enabled
 
+    def select(self, rows: torch.Tensor) -> PairContext:
+        """The context of the pairs `rows` only."""
+        return PairContext(corr=self.corr.select(rows), inp=self.inp[rows], coords0=self.coords0[rows],
+                           attn=None if self.attn is None else self.attn[rows])
+
+
+class StepMap:
+    """f of one batch of pairs on packed (hidden, coords1) states; `restrict(rows)` is the same f on those pairs
+    only, so the solvers step just the pairs still solving (training.deq.solvers)."""
+
+    def __init__(self, model: DEQFlow, ctx: PairContext, packer: StatePacker) -> None:
+        self.model, self.ctx, self.packer = model, ctx, packer
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return self.packer.pack(*self.model.step(self.ctx, *self.packer.unpack(z)))
+
+    def restrict(self, rows: torch.Tensor) -> StepMap:
+        return StepMap(self.model, self.ctx.select(rows), self.packer)
+
 
 @dataclass
 class FlowOutput:
@@ -91,6 +110,7 @@ class DEQFlow(nn.Module):
             apply_weight_norm(self.update_block)
         self.deq = DEQ(cfg.deq)
         self.memory_saving = memory_saving
+        self.batch_invariant = False
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -103,6 +123,18 @@ class DEQFlow(nn.Module):
     @memory_saving.setter
     def memory_saving(self, on: bool) -> None:
         self.fnet.memory_saving = self.cnet.memory_saving = bool(on)
+
+    @property
+    def batch_invariant(self) -> bool:
+        """Bit-identical answers for a pair whatever it is batched with (a run-time switch): the encoders run
+        pair by pair, and on the CPU the convolutions take PyTorch's native kernels, since oneDNN's results
+        depend on the batch size in the last bits (which Anderson and Broyden amplify). Slower per batch step
+        (docs/batching.md measures it); off by default."""
+        return self._batch_invariant
+
+    @batch_invariant.setter
+    def batch_invariant(self, on: bool) -> None:
+        self._batch_invariant = bool(on)
 
     def configure_deq(self, **changes) -> None:
         """Change the model's default solver settings (DEQConfig fields, e.g. f_solver, f_tol,
@@ -143,8 +175,13 @@ class DEQFlow(nn.Module):
         image2 = 2 * (image2 / 255.0) - 1.0
         n = image1.shape[0]
         with self._autocast(image1.device):
-            fmaps = self.fnet(torch.cat([image1, image2], dim=0))
-            inp = torch.relu(self.cnet(image1))
+            if self.batch_invariant and n > 1:
+                pairs = [self.fnet(torch.cat([image1[i:i + 1], image2[i:i + 1]], dim=0)) for i in range(n)]
+                fmaps = torch.cat([f[:1] for f in pairs] + [f[1:] for f in pairs], dim=0)
+                inp = torch.relu(torch.cat([self.cnet(image1[i:i + 1]) for i in range(n)], dim=0))
+            else:
+                fmaps = self.fnet(torch.cat([image1, image2], dim=0))
+                inp = torch.relu(self.cnet(image1))
             attn = self.attn(inp) if self.attn is not None else None
         dtype = accumulation_dtype(image1)  # the DEQ state and the correlation stay in (at least) float32
         corr = CorrPyramid(fmaps[:n], fmaps[n:], self.cfg.corr_levels, self.cfg.corr_radius, lookup=self.lookup)
@@ -194,10 +231,11 @@ class DEQFlow(nn.Module):
         model's DEQ config, which is never modified here. Training uses f_max_iter and the sampled-state
         schedule of the DEQ config; the stagnation and flow-step exits apply in evaluation only.
         """
-        ctx, packer, f, z0 = self.fixed_point_problem(image1, image2, flow_init, cached_state)
-        states, stats = self.deq(f, z0, training=self.training, solve=solve, flow_size=packer.sizes[-1])
-        decoded = [packer.unpack(z) for z in states]
-        flows = [self.decode(h, c - ctx.coords0) for h, c in decoded]
+        with _native_cpu_kernels(self.batch_invariant and image1.device.type == "cpu"):
+            ctx, packer, f, z0 = self.fixed_point_problem(image1, image2, flow_init, cached_state)
+            states, stats = self.deq(f, z0, training=self.training, solve=solve, flow_size=packer.sizes[-1])
+            decoded = [packer.unpack(z) for z in states]
+            flows = [self.decode(h, c - ctx.coords0) for h, c in decoded]
         net_final, coords_final = decoded[-1]
         flow_low = coords_final - ctx.coords0
         return FlowOutput(flow_predictions=flows, flow_low=flow_low, flow_up=flows[-1],
@@ -213,11 +251,7 @@ class DEQFlow(nn.Module):
         ctx = self.encode(image1, image2)
         net, coords1 = self.initial_state(ctx, flow_init, cached_state)
         packer = StatePacker([net, coords1])
-
-        def f(z: torch.Tensor) -> torch.Tensor:
-            return packer.pack(*self.step(ctx, *packer.unpack(z)))
-
-        return ctx, packer, f, packer.pack(net, coords1)
+        return ctx, packer, StepMap(self, ctx, packer), packer.pack(net, coords1)
 
     def check_inputs(self, image1: torch.Tensor, image2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Clear errors for inputs the network cannot handle (instead of NaN or a shape traceback)."""
@@ -247,6 +281,19 @@ class DEQFlow(nn.Module):
                 warnings.warn("images look like they are in 0..1, but DEQ-Flow expects 0..255; multiply by 255",
                               stacklevel=2)
         return image1, image2
+
+
+@contextmanager
+def _native_cpu_kernels(on: bool):
+    """PyTorch's own CPU convolutions instead of oneDNN's inside the block (DEQFlow.batch_invariant)."""
+    if not on or not torch.backends.mkldnn.enabled:
+        yield
+        return
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = True
 
 
 def _expect_shape(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
