@@ -202,15 +202,26 @@ class OrtStepParts:
 
     @property
     def compactable(self) -> bool:
-        """The host loop steps only the samples still solving when the step graph's batch axis is dynamic and
-        the state is on the host (deqflow.host_solver.fixed_point_loop)."""
-        return not isinstance(self.step_session.inputs["net"].shape[0], int) and not self.step_session.io_binding
+        """The host loop steps only the samples still solving (deqflow.host_solver.fixed_point_loop) when the
+        step graph's batch axis is dynamic and it runs on the CPU. On a GPU the batch keeps its shape (masked),
+        which CUDA graphs and fixed TensorRT profiles need; decided on paper, checked by scripts/gpu_acceptance.py."""
+        return not isinstance(self.step_session.inputs["net"].shape[0], int) and self.step_session.device == "cpu"
 
     def select(self, ctx, rows):
-        return {name: value[rows] for name, value in ctx.items()}
+        """The context of the samples `rows`: per-sample inputs by their batch axis, the flattened correlation
+        rows (batch x pixels first) by the same samples' blocks."""
+        n = int(self.to_host(ctx["coords0"]).shape[0])
+        return {name: self.from_host(_rows_of(self.to_host(value), n, rows)) for name, value in ctx.items()}
 
     def take(self, x, positions):
-        return x[positions]
+        return self.from_host(np.ascontiguousarray(self.to_host(x)[positions]))
+
+
+def _rows_of(x: np.ndarray, n: int, rows) -> np.ndarray:
+    """The samples `rows` of an array whose first axis is the batch (n) or n blocks of equal length."""
+    if x.shape[0] == n:
+        return np.ascontiguousarray(x[rows])
+    return np.ascontiguousarray(x.reshape(n, -1, *x.shape[1:])[rows].reshape(-1, *x.shape[1:]))
 
 
 def run_split(parts: OrtStepParts, feed: dict[str, np.ndarray], spec: SolveSpec) -> dict[str, np.ndarray]:
