@@ -26,13 +26,15 @@ def import_torch():
 
 class TorchBackend(Backend):
     """`torch` backend. model: checkpoint path (official or deqflow format) or a DEQFlow instance.
-    Options: device ('cpu', 'cuda', 'cuda:1'), threads (CPU), lookup ('grid_sample' | 'gather'), tf32."""
+    Options: device ('cpu', 'cuda', 'cuda:1'), threads (CPU), lookup ('grid_sample' | 'gather'), tf32,
+    batch_invariant (DEQFlow.batch_invariant: a pair's answer bit-identical whatever it is batched with)."""
 
     name = "torch"
     supports_warm_start = True
 
     def __init__(self, model: Any, *, settings: SolveOverrides | None = None, device: str = "cpu",
-                 threads: int | None = None, lookup: str = "grid_sample", tf32: bool = False) -> None:
+                 threads: int | None = None, lookup: str = "grid_sample", tf32: bool = False,
+                 batch_invariant: bool = False) -> None:
         super().__init__(model if isinstance(model, str | os.PathLike) else "<in-memory DEQFlow>", settings=settings)
         torch = import_torch()
         self.torch = torch
@@ -52,6 +54,7 @@ class TorchBackend(Backend):
         else:
             self.model, self.checkpoint_meta = model.to(self.device).eval(), {}
         self.levels = self.model.cfg.corr_levels
+        self.model.batch_invariant = batch_invariant
         self.configure(self.settings)
 
     def _resolve(self, settings: SolveOverrides) -> SolveSpec:

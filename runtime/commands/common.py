@@ -88,6 +88,9 @@ def add_backend_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=count_or_zero, default=0,
                    help="CPU threads (torch, onnxruntime CPU); 0: the library's automatic choice")
     g.add_argument("--cuda-graph", action="store_true", help="capture CUDA graphs (tensorrt, onnxruntime GPU)")
+    g.add_argument("--batch-invariant", action="store_true",
+                   help="torch: a pair's flow bit-identical whatever it is batched with (slower per step on the CPU; "
+                        "docs/batching.md)")
     g.add_argument("--cache-dir", default=None, help="TensorRT engine/timing cache folder (default: tensorrt "
                    "backend: $DEQFLOW_ENGINE_CACHE or ~/.cache/deqflow/engines; onnxruntime TensorRT provider: none)")
     g.add_argument("--fp16", action="store_true", help="onnxruntime TensorRT provider: trt_fp16_enable")
@@ -105,7 +108,8 @@ def backend_options(name: str, args: argparse.Namespace, extra: dict | None = No
     """Constructor options of backend `name` from the parsed flags (spec options in `extra` win)."""
     extra = dict(extra or {})
     if name == "torch":
-        opts = {"device": getattr(args, "device", "cpu"), "threads": getattr(args, "threads", 0) or None}
+        opts = {"device": getattr(args, "device", "cpu"), "threads": getattr(args, "threads", 0) or None,
+                "batch_invariant": getattr(args, "batch_invariant", False)}
     elif name == "onnxruntime":
         opts = {"provider": getattr(args, "provider", "cpu"), "device_id": getattr(args, "device_id", 0),
                 "threads": getattr(args, "threads", 0) or None, "cuda_graph": getattr(args, "cuda_graph", False),
