@@ -209,6 +209,39 @@ def test_concurrent_clients_are_batched(server, local):
 
 @needs_server
 @pytest.mark.slow
+def test_a_served_pair_gets_its_own_answer_whatever_its_batch(server, small_export):
+    """Mixed pairs sent at once (Triton batches them): each gets the iteration count, stop reason and flow it
+    gets alone (issue 23), not the batch's."""
+    from deqflow import middlebury
+    from runtime import FlowEstimator, SolveOverrides, create_backend
+
+    left, right, _, _ = middlebury.motorcycle()
+    corners = [(0, 0), (100, 200), (300, 400), (200, 550)]
+    pairs = [(left[y:y + 128, x:x + 160], right[y:y + 128, x:x + 160]) for y, x in corners]
+    with create_backend("onnxruntime", small_export, threads=1,
+                        settings=SolveOverrides(max_iter=40, tol=5e-3, stop_mode="rel")) as backend:
+        alone = [FlowEstimator(backend)(a, b) for a, b in pairs]
+    results: dict[int, object] = {}
+
+    def one(k: int) -> None:
+        with flow_client(server.http) as client:
+            results[k] = client.pair(*pairs[k])
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(len(pairs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert sorted(results) == list(range(len(pairs))) and max(int(r.batch[0]) for r in results.values()) > 1
+    assert len({ref.iterations for ref in alone}) == len(pairs)  # really mixed
+    for k, ref in enumerate(alone):
+        assert int(results[k].iterations[0]) == ref.iterations
+        assert results[k].stop_reasons == [ref.result.stop_reasons[0]]
+        assert np.abs(results[k].flow - ref.flow).max() <= 1e-5
+
+
+@needs_server
+@pytest.mark.slow
 def test_stream_is_warm_started(server, local):
     with flow_client(server.grpc) as client:
         stream = client.stream()

@@ -15,9 +15,10 @@ class PairOutput:
     """One batch item's outputs (padded size, as the model produced them)."""
 
     flow: np.ndarray  # (2,H,W) float32
-    iterations: int
+    iterations: int  # this pair's own solver steps
     residual: float
     state: WarmState | None = None
+    stop_reason: str = ""  # why this pair's solve ended (deqflow.solver_spec.STOP_REASONS)
 
 
 def static_batch(backend) -> int | None:
@@ -34,8 +35,8 @@ def infer_batch(backend, image1: np.ndarray, image2: np.ndarray) -> list[PairOut
     for i in range(0, len(image1), step):
         r = backend.infer(image1[i:i + step], image2[i:i + step])
         residual = np.asarray(r.residual, np.float32).reshape(-1)
-        out += [PairOutput(np.asarray(r.flow[k], np.float32), int(r.sample_iterations[k]), float(residual[k]))
-                for k in range(len(r.flow))]
+        out += [PairOutput(np.asarray(r.flow[k], np.float32), int(r.sample_iterations[k]), float(residual[k]),
+                           stop_reason=r.stop_reasons[k]) for k in range(len(r.flow))]
     return out
 
 
@@ -44,7 +45,7 @@ def infer_pair(backend, image1: np.ndarray, image2: np.ndarray, state: WarmState
     warm = state if backend.supports_warm_start else None
     r = backend.infer(image1[None], image2[None], state=warm)
     return PairOutput(np.asarray(r.flow[0], np.float32), int(r.iterations),
-                      float(np.asarray(r.residual, np.float32).reshape(-1)[0]), r.state)
+                      float(np.asarray(r.residual, np.float32).reshape(-1)[0]), r.state, r.stop_reasons[0])
 
 
 def levels_of(backend) -> int:

@@ -96,7 +96,8 @@ class TritonPythonModel:
         r = solve(self.parts, image1, image2, self.spec, state=state)
         return r, {"flow": r.flow.astype(np.float32),
                    "iterations": np.asarray(r.stats.sample_iterations, np.int32).reshape(-1, 1),
-                   "residual": r.stats.final_abs.astype(np.float32).reshape(-1, 1)}
+                   "residual": r.stats.final_abs.astype(np.float32).reshape(-1, 1),
+                   "stop_reason": np.array([[v.encode()] for v in r.stats.reasons], dtype=np.object_)}
 
     def _pair(self, request) -> dict[str, np.ndarray]:
         from runtime.serving.protocol import check_pair
@@ -124,7 +125,7 @@ class TritonPythonModel:
         if previous is None:
             state = None
             outputs = {"flow": np.zeros((1, 2, *frame.shape[2:]), np.float32), "iterations": np.zeros((1, 1), np.int32),
-                       "residual": np.zeros((1, 1), np.float32)}
+                       "residual": np.zeros((1, 1), np.float32), "stop_reason": np.array([[b""]], dtype=np.object_)}
         else:
             r, outputs = self._solve(previous[0], frame, previous[1])
             state = r.state

@@ -47,6 +47,14 @@ class ServedFlow:
     residual: np.ndarray  # (N,)
     batch: np.ndarray | None = None  # (N,) size of the solve each pair was part of
     warm: bool | None = None  # streams: whether the solve started from the stream's previous fixed point
+    stop_reasons: list[str] | None = None  # (N,) why each pair's solve ended (None: not reported)
+
+
+def texts(column: np.ndarray | None) -> list[str] | None:
+    """A bytes column as strings (None where the model has no such output)."""
+    if column is None:
+        return None
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in np.ravel(column)]
 
 
 class Client:
@@ -107,7 +115,7 @@ class Client:
         n = len(image1)  # a whole-graph model in NVIDIA's Triton has no iterations / batch outputs
         return ServedFlow(out["flow"], out.get("iterations", np.full(n, -1)).reshape(-1),
                           out.get("residual", np.full(n, np.nan)).reshape(-1),
-                          out.get("batch", np.full(n, -1)).reshape(-1))
+                          out.get("batch", np.full(n, -1)).reshape(-1), stop_reasons=texts(out.get("stop_reason")))
 
     def pair(self, image1: np.ndarray, image2: np.ndarray, pad_mode: str = "sintel") -> ServedFlow:
         """uint8 RGB (H,W,3) images (or lists of them) -> flow (H,W,2) ((N,H,W,2) for lists), as local inference."""
@@ -135,7 +143,7 @@ class Stream:
                                 sequence_start=not self.started, sequence_end=bool(last))
         self.started = True
         return ServedFlow(out["flow"], out["iterations"].reshape(-1), out["residual"].reshape(-1),
-                          warm=bool(out["warm"].ravel()[0]))
+                          warm=bool(out["warm"].ravel()[0]), stop_reasons=texts(out.get("stop_reason")))
 
     def send(self, frame: np.ndarray, last: bool = False) -> ServedFlow | None:
         first = not self.started

@@ -37,6 +37,11 @@ def error_response(message: str, n: int) -> dict[str, np.ndarray]:
     return {"error": np.array([[message.encode()]] * n, dtype=np.bytes_)}
 
 
+def reasons(values: list[str]) -> np.ndarray:
+    """Per-pair stop reasons as a (N, 1) bytes column ('' for a stream's first frame, which solves nothing)."""
+    return np.array([[v.encode()] for v in values], dtype=np.bytes_)
+
+
 def answer(responses: list[Any], errors: dict[int, str], n_items: list[int]) -> list[dict[str, np.ndarray]]:
     """Responses in request order; a lone bad request raises (a Triton error response)."""
     if len(responses) == 1 and 0 in errors:
@@ -77,6 +82,7 @@ class FlowModel:
                                 "iterations": _column([o.iterations for o in mine], np.int32),
                                 "residual": _column([o.residual for o in mine], np.float32),
                                 "batch": _column([len(image1)] * n, np.int32),
+                                "stop_reason": reasons([o.stop_reason for o in mine]),
                                 "error": np.array([[b""]] * n, dtype=np.bytes_)}
         return answer(responses, errors, [len(np.asarray(r["image1"])) if "image1" in r.data else 1
                                           for r in requests])
@@ -177,4 +183,5 @@ class StreamModel:
             self.store.put(key, Stream(frame.copy(), state, now))
         return {"flow": out.flow[None], "iterations": _column([out.iterations], np.int32),
                 "residual": _column([out.residual], np.float32), "warm": _column([int(warm)], np.int32),
+                "stop_reason": reasons([out.stop_reason]),
                 "error": np.array([[b""]], dtype=np.bytes_)}

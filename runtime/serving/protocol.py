@@ -18,8 +18,8 @@ IMAGE_INPUTS = ("image1", "image2")
 FRAME_INPUT = "frame"
 # Triton's sequence batcher writes these control tensors into every request of a sequence
 SEQUENCE_START, SEQUENCE_END, SEQUENCE_ID = "START", "END", "CORRID"
-FLOW_OUTPUTS = ("flow", "iterations", "residual", "error")
-STREAM_OUTPUTS = ("flow", "iterations", "residual", "warm", "error")
+FLOW_OUTPUTS = ("flow", "iterations", "residual", "stop_reason", "error")
+STREAM_OUTPUTS = ("flow", "iterations", "residual", "stop_reason", "warm", "error")
 ERROR_MARK = "RequestError: "  # how a request's error message starts inside Triton's error text
 MAX_CANDIDATE_SEQUENCES = 64  # streams the sequence batcher interleaves at once (others queue)
 

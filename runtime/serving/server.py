@@ -115,13 +115,13 @@ FLOW_SIGNATURE = {
     "inputs": [("image1", np.float32, (3, -1, -1), False), ("image2", np.float32, (3, -1, -1), False)],
     "outputs": [("flow", np.float32, (2, -1, -1), False), ("iterations", np.int32, (1,), False),
                 ("residual", np.float32, (1,), False), ("batch", np.int32, (1,), False),
-                ("error", np.bytes_, (1,), False)]}
+                ("stop_reason", np.bytes_, (1,), False), ("error", np.bytes_, (1,), False)]}
 STREAM_SIGNATURE = {
     "inputs": [(FRAME_INPUT, np.float32, (3, -1, -1), False), (SEQUENCE_START, np.int32, (1,), True),
                (SEQUENCE_END, np.int32, (1,), True), (SEQUENCE_ID, np.uint64, (1,), True)],
     "outputs": [("flow", np.float32, (2, -1, -1), False), ("iterations", np.int32, (1,), False),
                 ("residual", np.float32, (1,), False), ("warm", np.int32, (1,), False),
-                ("error", np.bytes_, (1,), False)]}
+                ("stop_reason", np.bytes_, (1,), False), ("error", np.bytes_, (1,), False)]}
 
 
 def reap_leftovers(workspace: Path, shm_prefix: str) -> list[str]:

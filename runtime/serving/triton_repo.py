@@ -198,11 +198,12 @@ def solver_parameters(file, options: RepoOptions, mode: str) -> dict[str, str]:
 
 def host_solver_models(repo: Path, file, options: RepoOptions) -> list[Path]:
     """deqflow_flow and deqflow_stream: python-backend models driving the three graphs through BLS."""
-    fp32, i32 = Enum("TYPE_FP32"), Enum("TYPE_INT32")
+    fp32, i32, text = Enum("TYPE_FP32"), Enum("TYPE_INT32"), Enum("TYPE_STRING")
     image = {"data_type": fp32, "dims": [3, -1, -1]}
     scalar = {"dims": [1]}
     common = [{"name": "flow", "data_type": fp32, "dims": [2, -1, -1]},
-              {"name": "iterations", "data_type": i32, **scalar}, {"name": "residual", "data_type": fp32, **scalar}]
+              {"name": "iterations", "data_type": i32, **scalar}, {"name": "residual", "data_type": fp32, **scalar},
+              {"name": "stop_reason", "data_type": text, **scalar}]
     model_py = {"model.py": Path(__file__).with_name("bls_model.py")}
     cpu = _instances(options, "KIND_CPU")
     flow = {"backend": "python", "max_batch_size": options.max_batch,
