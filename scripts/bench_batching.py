@@ -81,17 +81,21 @@ def run_case(be, image1, image2, batch: int, solo, repeats: int) -> dict:
             "counts_equal_solo": bool(same_counts), "max_abs_flow_deviation_px": deviation}
 
 
-def bench_backend(name: str, model: Path, image1, image2, repeats: int, invariant: bool = False) -> list[dict]:
+def bench_backend(name: str, model: Path, image1, image2, repeats: int, variant: str = "") -> list[dict]:
+    """Rows of one backend; `variant`: 'batch_invariant' (torch) or 'masked' (the split layout's step run on the
+    whole batch, as on a GPU, instead of compacted to the pairs still solving)."""
     from runtime import create_backend
 
-    options = {"batch_invariant": True} if invariant else {}
+    options = {"batch_invariant": True} if variant == "batch_invariant" else {}
     with create_backend(name, model, settings=SolveOverrides(**RULE), threads=1, **options) as be:
+        if variant == "masked":
+            be.parts.__class__ = type("MaskedParts", (type(be.parts),), {"compactable": False})
         solo = []
         for k in range(len(image1)):
             r = be.infer(image1[k:k + 1], image2[k:k + 1])
             solo.append((int(r.iterations), r.flow[0]))
         rows = [run_case(be, image1, image2, b, solo, repeats) for b in BATCHES]
-    label = name + (" (batch_invariant)" if invariant else "")
+    label = name + (f" ({variant})" if variant else "")
     return [{"backend": label, **row} for row in rows]
 
 
@@ -112,15 +116,15 @@ def main() -> None:
 
     args = parse_args()
     image1, image2 = crops()
-    cases = [("torch", False), ("torch", True), ("onnxruntime", False)]
+    cases = [("torch", ""), ("torch", "batch_invariant"), ("onnxruntime", ""), ("onnxruntime", "masked")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         onnx = Path(tmp) / "dyn.onnx"
         export_onnx(args.checkpoint, onnx, layout="split", height=128, width=160, iters=RULE["max_iter"],
                     dynamic=True, max_shape=f"{max(BATCHES)}x3x128x160")
-        for name, invariant in tqdm(cases, desc="bench_batching: 3 backends x 3 batch sizes"):
+        for name, variant in tqdm(cases, desc=f"bench_batching: {len(cases)} cases x {len(BATCHES)} batch sizes"):
             model = Path(args.checkpoint) if name == "torch" else onnx
-            rows += bench_backend(name, model, image1, image2, args.repeats, invariant)
+            rows += bench_backend(name, model, image1, image2, args.repeats, variant)
     result = {"script": "scripts/bench_batching.py", "rule": RULE, "pairs": len(image1), "size": [128, 160],
               "repeats": args.repeats, "threads": 1, "rows": rows}
     Path(args.output).with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
