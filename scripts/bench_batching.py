@@ -4,6 +4,7 @@ split export with a dynamic batch axis), against per-batch stopping (what deqflo
 batch runs until the slowest one stops, emulated by a fixed budget of that many steps).
 
     python scripts/bench_batching.py            # -> docs/batching.json, docs/batching.md (README block)
+    python scripts/bench_batching.py --gpu --output out/batching   # CUDA (scripts/gpu_acceptance.py runs it)
 
 The pairs are 128x160 crops of the real Middlebury pair (their solves need 11 to 39 steps at rel < 0.005).
 Each figure is the median of `--repeats` runs, measured one after the other on one thread.
@@ -34,6 +35,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--output", default="docs/batching")
+    p.add_argument("--gpu", action="store_true",
+                   help="torch on cuda, ONNX Runtime's CUDA provider: masked (its default there) against compacted")
     return p.parse_args()
 
 
@@ -81,21 +84,24 @@ def run_case(be, image1, image2, batch: int, solo, repeats: int) -> dict:
             "counts_equal_solo": bool(same_counts), "max_abs_flow_deviation_px": deviation}
 
 
-def bench_backend(name: str, model: Path, image1, image2, repeats: int, variant: str = "") -> list[dict]:
-    """Rows of one backend; `variant`: 'batch_invariant' (torch) or 'masked' (the split layout's step run on the
-    whole batch, as on a GPU, instead of compacted to the pairs still solving)."""
+def bench_backend(name: str, model: Path, image1, image2, repeats: int, variant: str = "",
+                  gpu: bool = False) -> list[dict]:
+    """Rows of one backend; `variant`: 'batch_invariant' (torch), 'masked' or 'compacted' (the split layout's
+    step run on the whole batch, or only on the pairs still solving, whatever the backend's default)."""
     from runtime import create_backend
 
     options = {"batch_invariant": True} if variant == "batch_invariant" else {}
+    if gpu:
+        options.update({"device": "cuda"} if name == "torch" else {"provider": "cuda"})
     with create_backend(name, model, settings=SolveOverrides(**RULE), threads=1, **options) as be:
-        if variant == "masked":
-            be.parts.__class__ = type("MaskedParts", (type(be.parts),), {"compactable": False})
+        if variant in ("masked", "compacted"):
+            be.parts.__class__ = type("Parts", (type(be.parts),), {"compactable": variant == "compacted"})
         solo = []
         for k in range(len(image1)):
             r = be.infer(image1[k:k + 1], image2[k:k + 1])
             solo.append((int(r.iterations), r.flow[0]))
         rows = [run_case(be, image1, image2, b, solo, repeats) for b in BATCHES]
-    label = name + (f" ({variant})" if variant else "")
+    label = name + (":cuda" if gpu else "") + (f" ({variant})" if variant else "")
     return [{"backend": label, **row} for row in rows]
 
 
@@ -117,6 +123,8 @@ def main() -> None:
     args = parse_args()
     image1, image2 = crops()
     cases = [("torch", ""), ("torch", "batch_invariant"), ("onnxruntime", ""), ("onnxruntime", "masked")]
+    if args.gpu:
+        cases = [("torch", ""), ("onnxruntime", "masked"), ("onnxruntime", "compacted")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         onnx = Path(tmp) / "dyn.onnx"
@@ -124,9 +132,11 @@ def main() -> None:
                     dynamic=True, max_shape=f"{max(BATCHES)}x3x128x160")
         for name, variant in tqdm(cases, desc=f"bench_batching: {len(cases)} cases x {len(BATCHES)} batch sizes"):
             model = Path(args.checkpoint) if name == "torch" else onnx
-            rows += bench_backend(name, model, image1, image2, args.repeats, variant)
-    result = {"script": "scripts/bench_batching.py", "rule": RULE, "pairs": len(image1), "size": [128, 160],
+            rows += bench_backend(name, model, image1, image2, args.repeats, variant, args.gpu)
+    result = {"script": "scripts/bench_batching.py", "device": "cuda" if args.gpu else "cpu", "rule": RULE,
+              "pairs": len(image1), "size": [128, 160],
               "repeats": args.repeats, "threads": 1, "rows": rows}
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     Path(args.output).with_suffix(".md").write_text(markdown(result))
     print(markdown(result))

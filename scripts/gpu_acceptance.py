@@ -9,7 +9,10 @@ Stages (each runs the deqflow CLI in a subprocess, so a crash in a GPU library f
 3. TensorRT engines (`deqflow build`: float32, and mixed16 built with the graph's own precision);
 4. accuracy: every candidate (TensorRT engines, ONNX Runtime CUDA / TensorRT providers, torch CUDA) against
    torch float32 on the real pairs, with the float32 / float16 tolerance tiers (`deqflow compare`);
-5. latency: every candidate against torch eager CUDA (`deqflow bench`: median, p90, memory).
+5. latency: every candidate against torch eager CUDA (`deqflow bench`: median, p90, memory);
+6. per-pair stopping in batches on CUDA (`scripts/bench_batching.py --gpu`): batch independence, and whether
+   ONNX Runtime's CUDA provider should step only the unfinished pairs (compacted) or keep the batch's shape
+   (masked, the default there, chosen on paper for CUDA graphs and fixed TensorRT profiles).
 On a machine without a CUDA GPU every stage is skipped with its reason and the script exits 0; on a GPU box
 it exits 1 when any stage that ran failed. Exports are only made when some stage will use them.
 """
@@ -206,6 +209,16 @@ class Acceptance:
         if report.is_file():
             stage.data = json.loads(report.read_text())
 
+    def batching(self) -> None:
+        if not self.env.cuda:
+            self.add(Stage("per-pair stopping in batches (cuda)", reason=self.env.cuda_reason))
+            return
+        out = self.out / "batching"
+        cmd = [sys.executable, str(ROOT / "scripts" / "bench_batching.py"), "--gpu", "--output", str(out)]
+        stage = self.add(Stage("per-pair stopping in batches (cuda)"), cmd, share=0.5)
+        if out.with_suffix(".json").is_file():
+            stage.data = json.loads(out.with_suffix(".json").read_text())
+
     def report(self) -> int:
         failed = [s for s in self.stages if s.status == "failed"]
         body = {"environment": asdict(self.env), "size": list(self.args.size), "checkpoint": str(self.args.checkpoint),
@@ -245,13 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.checkpoint.is_file():
         ap.error(f"checkpoint not found: {args.checkpoint}")
-    for stale in ("compare", "bench.json", "bench.md"):  # never report a previous run's results
+    for stale in ("compare", "bench.json", "bench.md", "batching.json", "batching.md"):  # never a previous run's
         target = args.output / stale
         shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
     os.environ.setdefault("PYTHONPATH", str(ROOT))
     acceptance = Acceptance(args, probe())
     for stage in (acceptance.gpu_tests, acceptance.export_all, acceptance.build_engines, acceptance.compare,
-                  acceptance.bench):
+                  acceptance.bench, acceptance.batching):
         stage()
     return acceptance.report()
 
