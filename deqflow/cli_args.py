@@ -195,6 +195,13 @@ def add_batch_arg(parser, *aliases: str, default: int | None = 1, help: str = "i
     return parser.add_argument("--batch", *aliases, type=count, default=default, dest=dest, metavar="N", help=help)
 
 
+def add_batch_invariant_arg(parser) -> argparse.Action:
+    """--batch-invariant: the torch model's answers bit-identical whatever a pair is batched with."""
+    return parser.add_argument("--batch-invariant", action="store_true",
+                               help="torch: a pair's flow bit-identical whatever it is batched with (slower per "
+                                    "step on the CPU; docs/batching.md)")
+
+
 # --- the solver group -----------------------------------------------------------------------------------------
 
 SOLVER_FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {

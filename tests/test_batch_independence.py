@@ -152,3 +152,19 @@ def test_onnxruntime_split_export_pairs_are_batch_independent_and_compacted(tmp_
         assert batched.sample_iterations.tolist() == [r.iterations for r in alone]
         for i, r in enumerate(alone):
             np.testing.assert_array_equal(batched.flow[i], r.flow[0])  # ONNX Runtime's CPU kernels: bit-identical
+
+
+def test_evaluate_with_batches_reports_the_batch_1_metrics():
+    """`deqflow evaluate --batch N`: every pair stops by its own rule, so the metrics equal batch 1's (bit for
+    bit with the batch-invariant kernels)."""
+    from training.checkpoint import load_model
+    from training.data import SyntheticFlowDataset
+    from training.evaluate import evaluate_dataset
+
+    model, _ = load_model(SHIPPED_CKPT)
+    model.configure_deq(f_tol=0.005, f_stop_mode="rel", eval_f_max_iter=40, stall_window=0)
+    model.batch_invariant = True
+    data = SyntheticFlowDataset(size=(128, 160), length=4, seed=11)
+    alone = evaluate_dataset(model, data, progress=False)
+    batched = evaluate_dataset(model, data, progress=False, batch=4)
+    assert batched == alone and alone["mean_iterations"] not in (1.0, 40.0)

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from deqflow.cli_args import (
+    add_batch_invariant_arg,
     add_device_arg,
     add_solver_group,
     count,
@@ -88,9 +89,7 @@ def add_backend_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=count_or_zero, default=0,
                    help="CPU threads (torch, onnxruntime CPU); 0: the library's automatic choice")
     g.add_argument("--cuda-graph", action="store_true", help="capture CUDA graphs (tensorrt, onnxruntime GPU)")
-    g.add_argument("--batch-invariant", action="store_true",
-                   help="torch: a pair's flow bit-identical whatever it is batched with (slower per step on the CPU; "
-                        "docs/batching.md)")
+    add_batch_invariant_arg(g)
     g.add_argument("--cache-dir", default=None, help="TensorRT engine/timing cache folder (default: tensorrt "
                    "backend: $DEQFLOW_ENGINE_CACHE or ~/.cache/deqflow/engines; onnxruntime TensorRT provider: none)")
     g.add_argument("--fp16", action="store_true", help="onnxruntime TensorRT provider: trt_fp16_enable")

@@ -7,7 +7,7 @@ def requires(args) -> tuple[str, ...]:
 
 
 def add_arguments(p) -> None:
-    from deqflow.cli_args import add_device_arg, add_solver_group, count
+    from deqflow.cli_args import add_batch_arg, add_batch_invariant_arg, add_device_arg, add_solver_group, count
     from training.deq.config import DEQConfig
 
     p.add_argument("--checkpoint", required=True, help="official DEQ-Flow .pth or deqflow checkpoint")
@@ -23,6 +23,9 @@ def add_arguments(p) -> None:
     p.add_argument("--max-samples", type=count, default=None, help="samples per set (default: all)")
     p.add_argument("--output", default=None, help="write the results as JSON here (default: only print them)")
     add_device_arg(p)
+    add_batch_arg(p, help="pairs solved together (runs of one image size); each stops by its own rule, so the "
+                          "metrics are those of batch 1")
+    add_batch_invariant_arg(p)
     official = DEQConfig()  # the official evaluation protocol's defaults
     add_solver_group(p, ("iters", "tol", "stop_mode", "solver", "stall_window"), defaults={"solver": "fixed_point"},
                      notes={"iters": "default: the checkpoint's evaluation cap, eval_f_thres or f_thres x "
@@ -51,13 +54,15 @@ def run(args) -> int:
     if args.stall_window is not None:
         changes["stall_window"] = args.stall_window
     model.configure_deq(**changes)
+    model.batch_invariant = args.batch_invariant
     sets = evaluation_sets(args)
     cap = args.iters or model.cfg.deq.eval_max_iter
     sizes = [len(s.dataset) if args.max_samples is None else min(args.max_samples, len(s.dataset)) for s in sets]
     print(f"evaluate: {sum(sizes)} sample(s) in {len(sets)} set(s) "
           f"({', '.join(f'{s.name} {n}' for s, n in zip(sets, sizes))}); stop: "
           f"{model.cfg.deq.stop_rule(cap).describe()}")
-    results = run_sets(model, sets, iters=args.iters, device=args.device, max_samples=args.max_samples)
+    results = run_sets(model, sets, iters=args.iters, device=args.device, max_samples=args.max_samples,
+                       batch=args.batch)
     print(format_table(results))
     print("EPE per-pixel = mean over all valid pixels (Sintel/Chairs/Things); per-image = mean of image means "
           "(KITTI); Fl-all = % of valid pixels with EPE > 3 px and > 5% of |gt|")
