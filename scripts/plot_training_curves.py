@@ -4,6 +4,9 @@ the previous phase ended with, so a phase's CPU hours are shifted by the CPU hou
 
     python scripts/plot_training_curves.py docs/training_curve_lowlr.json docs/training_curve_phase4.json \\
         --labels "phase 3" "phase 4" --output docs/training_curve_all.png
+
+`--parallel` draws runs that share a start instead (the arms of a comparison, e.g. two model widths trained
+from the same weights), each its own line on one CPU-hour axis from 0.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import json
 from pathlib import Path
 
 
-def chain(curves: list[dict]) -> tuple[list[float], list[list[tuple[float, dict]]]]:
+def chain(curves: list[dict], parallel: bool = False) -> tuple[list[float], list[list[tuple[float, dict]]]]:
     """Per phase, its start in cumulative CPU hours and its points as (cumulative CPU hours, point), sorted by
-    step; a later phase's step 0 (the same weights as the previous phase's last point) is dropped."""
+    step; a later phase's step 0 (the same weights as the previous phase's last point) is dropped. `parallel`:
+    every curve starts at 0 and keeps its step 0."""
     offset, starts, out = 0.0, [], []
     for k, curve in enumerate(curves):
         rows = sorted(curve["points"], key=lambda r: r["step"])
@@ -23,8 +27,8 @@ def chain(curves: list[dict]) -> tuple[list[float], list[list[tuple[float, dict]
             raise SystemExit(f"error: curve {k + 1} has points without CPU hours; rerun training_curve.py "
                              "with --cpu-seconds-per-step")
         starts.append(offset)
-        out.append([(offset + r["cpu_hours"], r) for r in rows if not (k and r["step"] == 0)])
-        offset += rows[-1]["cpu_hours"]
+        out.append([(offset + r["cpu_hours"], r) for r in rows if parallel or not (k and r["step"] == 0)])
+        offset += 0.0 if parallel else rows[-1]["cpu_hours"]
     return starts, out
 
 
@@ -33,6 +37,7 @@ def main() -> None:
     ap.add_argument("curves", nargs="+", help="curve JSON files, in training order")
     ap.add_argument("--labels", nargs="+", default=None, help="one name per curve (default: phase 1, 2, ...)")
     ap.add_argument("--output", default="docs/training_curve_all.png")
+    ap.add_argument("--parallel", action="store_true", help="runs from one start (arms), not consecutive phases")
     args = ap.parse_args()
     labels = args.labels or [f"phase {k + 1}" for k in range(len(args.curves))]
     if len(labels) != len(args.curves):
@@ -44,7 +49,8 @@ def main() -> None:
         except (OSError, ValueError) as exc:
             raise SystemExit(f"error: cannot read curve {path}: {exc}") from None
     sets, steps = curves[0]["sets"], curves[0]["steps"]
-    starts, phases = chain(curves)
+    starts, phases = chain(curves, args.parallel)
+    lines = list(zip(labels, phases)) if args.parallel else [("DEQ-Flow", [p for phase in phases for p in phase])]
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -53,11 +59,11 @@ def main() -> None:
     FigureCanvasAgg(fig)
     for i, name in enumerate(sets):
         ax = fig.add_subplot(1, len(sets), i + 1)
-        xs = [x for phase in phases for x, _ in phase]
-        for k in steps:
-            ys = [r[name][str(k)] for phase in phases for _, r in phase]
-            ax.plot(xs, ys, marker="o", markersize=3, label=f"DEQ-Flow, {k} iterations")
-        for label, start in zip(labels, starts):  # where each phase starts
+        for line, points in lines:
+            for k in steps:
+                ax.plot([x for x, _ in points], [r[name][str(k)] for _, r in points], marker="o", markersize=3,
+                        label=f"{line}, {k} iterations")
+        for label, start in zip(labels, starts) if not args.parallel else ():  # where each phase starts
             ax.axvline(start, color="grey", linewidth=0.6)
             ax.text(start, 0.02, f" {label}", fontsize=7, color="grey", transform=ax.get_xaxis_transform())
         dis = curves[0].get("baselines", {}).get(name, {}).get("dis_medium")

@@ -29,3 +29,11 @@ def test_phases_are_shifted_by_the_cpu_hours_before_them():
 def test_a_curve_without_cpu_hours_is_refused():
     with pytest.raises(SystemExit, match="curve 2 has points without CPU hours"):
         plot_training_curves.chain([_curve((0, 0.0, 1.0)), _curve((0, 0.0, 1.0), (100, None, 1.0))])
+
+
+def test_parallel_runs_share_the_origin():
+    a = _curve((0, 0.0, 3.0), (100, 0.5, 2.0))
+    b = _curve((100, 0.6, 1.8), (0, 0.0, 3.0))
+    starts, runs = plot_training_curves.chain([a, b], parallel=True)
+    assert starts == [0.0, 0.0]
+    assert [(x, r["step"]) for x, r in runs[1]] == [(0.0, 0), (0.6, 100)]  # step 0 kept, nothing shifted
