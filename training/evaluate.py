@@ -35,18 +35,18 @@ class EvalSet:
     headline: str  # the metric the benchmark calls "EPE": "epe_per_pixel" or "epe_per_image"
 
 
-def size_groups(dataset: Dataset, n: int, batch: int) -> list[list[int]]:
-    """Indices 0..n-1 in runs of at most `batch` consecutive samples of one image size (one solve each)."""
-    groups: list[list[int]] = []
-    shape = None
+def size_groups(dataset: Dataset, n: int, batch: int):
+    """Samples 0..n-1, each read once, in runs of at most `batch` consecutive samples of one image size (one
+    solve each)."""
+    group: list = []
     for i in range(n):
-        current = tuple(dataset[i][0].shape)
-        if groups and current == shape and len(groups[-1]) < batch:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-        shape = current
-    return groups
+        sample = dataset[i][:4]
+        if group and (len(group) == batch or sample[0].shape != group[0][0].shape):
+            yield group
+            group = []
+        group.append(sample)
+    if group:
+        yield group
 
 
 @torch.no_grad()
@@ -61,21 +61,28 @@ def evaluate_dataset(model: DEQFlow, dataset: Dataset, *, pad_mode: str = "sinte
         raise InputError(f"{desc}: the dataset is empty")
     acc = FlowMetricAccumulator()
     steps, residuals = [], []
-    for group in tqdm(size_groups(dataset, n, batch), desc=desc, disable=not progress, dynamic_ncols=True):
-        samples = [dataset[i][:4] for i in group]
-        padder = InputPadder(samples[0][0][None].shape, mode=pad_mode)
-        p1, p2 = padder.pad(torch.stack([s[0] for s in samples]).to(device),
-                            torch.stack([s[1] for s in samples]).to(device))
-        out = model(p1, p2, solve=None if iters is None else SolveOverrides(max_iter=iters))
-        preds = padder.unpad(out.flow_up).permute(0, 2, 3, 1).cpu().numpy()
-        for pred, (_, _, flow, valid) in zip(preds, samples):
-            acc.add(pred, flow.permute(1, 2, 0).numpy(), valid.numpy())
-        steps += [int(k) for k in out.stats.sample_iterations]
-        residuals += [float(v) for v in out.stats.final_abs]
+    with tqdm(total=n, desc=desc, disable=not progress, dynamic_ncols=True) as bar:
+        for samples in size_groups(dataset, n, batch):
+            bar.update(len(samples))
+            _evaluate_group(model, samples, pad_mode, iters, device, acc, steps, residuals)
     summary = {k: float(v) for k, v in acc.summary().items()}
     summary["mean_iterations"] = float(np.mean(steps))
     summary["mean_final_abs_residual"] = float(np.mean(residuals))
     return summary
+
+
+@torch.no_grad()
+def _evaluate_group(model, samples, pad_mode, iters, device, acc, steps, residuals) -> None:
+    """One solve of same-size samples; their metrics, per-pair iterations and final residuals booked."""
+    padder = InputPadder(samples[0][0][None].shape, mode=pad_mode)
+    p1, p2 = padder.pad(torch.stack([s[0] for s in samples]).to(device),
+                        torch.stack([s[1] for s in samples]).to(device))
+    out = model(p1, p2, solve=None if iters is None else SolveOverrides(max_iter=iters))
+    preds = padder.unpad(out.flow_up).permute(0, 2, 3, 1).cpu().numpy()
+    for pred, (_, _, flow, valid) in zip(preds, samples):
+        acc.add(pred, flow.permute(1, 2, 0).numpy(), valid.numpy())
+    steps += [int(k) for k in out.stats.sample_iterations]
+    residuals += [float(v) for v in out.stats.final_abs]
 
 
 def standard_sets(name: str, root: str | Path = "datasets", max_samples: int | None = None) -> list[EvalSet]:
