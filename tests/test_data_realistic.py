@@ -129,7 +129,10 @@ def test_pools_keep_heldout_photos_out_of_training():
     assert "stereo_motorcycle" not in PHOTO_NAMES
     extended = photo_pool("extended")
     assert len(extended) >= 12
-    for name in HELDOUT_PHOTOS:
+    from training.data.photos import TEST_PHOTOS
+
+    assert not set(TEST_PHOTOS) & set(HELDOUT_PHOTOS)
+    for name in HELDOUT_PHOTOS + TEST_PHOTOS:
         photo = load_photo_full(name)
         if photo is None:
             continue
@@ -139,7 +142,7 @@ def test_pools_keep_heldout_photos_out_of_training():
             level = pyramid[0]
             if abs(level.shape[0] / level.shape[1] - aspect) < 1e-2:  # same framing: compare the pixels
                 resized = cv2.resize(level, small.shape[1::-1], interpolation=cv2.INTER_AREA)
-                assert np.abs(resized - small).mean() > 5.0, f"held-out photo {name} is in the training pool"
+                assert np.abs(resized - small).mean() > 5.0, f"held-out/test photo {name} is in the training pool"
     with pytest.raises(InputError):
         photo_pool("nope")
 
