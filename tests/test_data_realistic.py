@@ -249,3 +249,28 @@ def test_train_cli_offers_exactly_the_presets():
     train.add_arguments(p)
     action = next(a for a in p._actions if a.dest == "synthetic_preset")
     assert sorted(action.choices) == sorted(SYNTHETIC_PRESETS)
+
+
+def test_real_test_set_is_exact_deterministic_and_apart_from_validation():
+    from training.data.test_real import RealTestConfig, real_test_pairs
+
+    cfg = RealTestConfig(size=(96, 128), motion_levels=(4.0,))
+    a, b = real_test_pairs(cfg), real_test_pairs(cfg)
+    assert [p.name for p in a] == [f"{n}-{k}-4px" for n in ("chelsea", "coins", "camera", "clock")
+                                   for k in ("homography", "deformed")]
+    np.testing.assert_array_equal(a[1].image1, b[1].image1)
+    np.testing.assert_array_equal(a[1].flow, b[1].flow)
+    assert cfg.seed != HeldoutRealConfig().seed
+    # the deformed pair's flow is the homography plus a smooth field: not a homography any more
+    deformed = a[1].flow
+    assert np.abs(deformed).max() <= 4.0 * (1 + cfg.deform_share) + 1e-3
+    ys, xs = np.mgrid[0:96, 0:128].astype(np.float32)
+    src = np.stack([xs, ys], -1).reshape(-1, 2)
+
+    def homography_misfit(flow: np.ndarray) -> float:
+        dst = src + flow.reshape(-1, 2)
+        hom, _ = cv2.findHomography(src, dst, 0)
+        fit = cv2.perspectiveTransform(src[None], hom)[0]
+        return float(np.abs(fit - dst).max())
+
+    assert homography_misfit(a[0].flow) < 1e-2 < 0.05 < homography_misfit(deformed)

@@ -46,16 +46,21 @@ class RealPair:
 
 
 def warped_photo_pair(photo: np.ndarray, rng: np.random.Generator, size: tuple[int, int], max_disp: float,
-                      cfg: HeldoutRealConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A pair from one photograph under a random homography -> (image1, image2 uint8, flow, valid)."""
+                      cfg: HeldoutRealConfig, deformation: np.ndarray | None = None,
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A pair from one photograph under a random homography, plus an optional smooth displacement field
+    (h, w, 2) on top of it -> (image1, image2 uint8, flow, valid). The flow stays exact: frame 1 samples the
+    photograph where each pixel's motion ends."""
     h, w = size
     ph, pw = photo.shape[:2]
-    margin = max_disp + 2
+    margin = max_disp + 2 + (float(np.abs(deformation).max()) if deformation is not None else 0.0)
     if ph < h + 2 * margin or pw < w + 2 * margin:
         raise InputError(f"photo {pw}x{ph} is too small for {w}x{h} pairs moving {max_disp} px")
     origin = np.array([rng.uniform(margin, pw - w - margin), rng.uniform(margin, ph - h - margin)], np.float32)
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     target = apply_homography(random_homography(rng, size, max_disp, cfg.homography), xs, ys)
+    if deformation is not None:
+        target = target + deformation
     img2 = cv2.remap(photo, xs + origin[0], ys + origin[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     img1 = cv2.remap(photo, target[..., 0] + origin[0], target[..., 1] + origin[1], cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_REFLECT_101)
