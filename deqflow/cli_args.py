@@ -113,6 +113,23 @@ def non_negative_number(text: str) -> float:
     return value
 
 
+def scale_factor(text: str) -> float:
+    """A shrink factor in (0, 1] (--scale: 1 keeps the full size)."""
+    value = _finite(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (a fraction of each side), got {text}")
+    return value
+
+
+def max_side(text: str) -> int:
+    """A longest side in pixels: a whole number of at least the feature stride (the model's own minimum, which
+    depends on its correlation levels, is checked when it is loaded)."""
+    value = _parse(text, int)
+    if value < SIZE_MULTIPLE:
+        raise argparse.ArgumentTypeError(f"must be a whole number of pixels >= {SIZE_MULTIPLE}, got {value}")
+    return value
+
+
 def fraction(text: str) -> float:
     """A finite number in [0, 1) (dropout probability)."""
     value = _finite(text)
@@ -200,6 +217,27 @@ def add_batch_invariant_arg(parser) -> argparse.Action:
     return parser.add_argument("--batch-invariant", action="store_true",
                                help="torch: a pair's flow bit-identical whatever it is batched with (slower per "
                                     "step on the CPU; docs/batching.md)")
+
+
+def add_resolution_args(parser, note: str = "") -> argparse._MutuallyExclusiveGroup:
+    """--scale F | --max-side N: run the model on a shrunk copy of the images and return the flow at the input
+    size (deqflow.resolution); one of the two at most."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--scale", type=scale_factor, default=None, metavar="F",
+                       help=_note("faster, less accurate: run the model at F x each side (0 < F <= 1, sides rounded "
+                                  "to multiples of 8) and upsample the flow to the input size, vectors scaled per "
+                                  "axis (docs/reduced_resolution.md); default: full size", note))
+    group.add_argument("--max-side", type=max_side, default=None, metavar="N",
+                       help=_note("like --scale, with the factor that brings the longer side to at most N pixels "
+                                  "(smaller images run at full size); default: full size", note))
+    return group
+
+
+def resolution_from_args(args):
+    """The deqflow.resolution.Resolution of a verb's --scale / --max-side."""
+    from deqflow.resolution import Resolution
+
+    return Resolution(scale=getattr(args, "scale", None), max_side=getattr(args, "max_side", None))
 
 
 # --- the solver group -----------------------------------------------------------------------------------------

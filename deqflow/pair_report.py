@@ -39,6 +39,8 @@ class PairRun:
     settings: dict = field(default_factory=dict)
     stop_rule: str = ""  # the rule the solve followed, e.g. 'rel < 0.005 or stalled over 6 or 60 iterations'
     stop_reason: str | None = None  # 'tolerance' | 'stalled' | 'cap' | 'nonfinite', when the solver reports it
+    model_size: tuple[int, int] | None = None  # (H, W) the model ran at, when smaller than the images
+    resolution: dict | None = None  # the reduced-resolution option (deqflow.resolution.Resolution.describe)
 
 
 def write_pair_report(out_dir: str | Path, run: PairRun, *, gt: tuple[np.ndarray, np.ndarray] | None = None,
@@ -113,6 +115,8 @@ def _summary(run: PairRun, label: str, out: Path) -> dict:
         summary.update(backend=run.backend, settings=run.settings)
     if run.stop_rule:
         summary.update(stop_rule=run.stop_rule, stop_reason=run.stop_reason)
+    if run.model_size is not None:
+        summary.update(model_size=list(run.model_size), resolution=run.resolution)
     return summary
 
 
@@ -137,7 +141,9 @@ def _write_ground_truth_pictures(out: Path, flow: np.ndarray, gt: tuple[np.ndarr
 def print_summary(s: dict, out: Path, written: list[str]) -> None:
     rel = "-" if s["final_rel_residual"] is None else f"{s['final_rel_residual']:.3g}"
     backend = f" ({s['backend']})" if s.get("backend") else ""
-    print(f"{s['label']}: {s['size'][0]}x{s['size'][1]}, {s['iterations']} solver iterations, final residual "
+    ran = f" (model run at {s['model_size'][0]}x{s['model_size'][1]})" if s.get("model_size") not in (None, s["size"]) \
+        else ""
+    print(f"{s['label']}: {s['size'][0]}x{s['size'][1]}{ran}, {s['iterations']} solver iterations, final residual "
           f"abs {s['final_abs_residual']:.3g} / rel {rel}, {s['seconds']:.2f} s{backend}")
     if s.get("stop_rule"):
         reason = f" (stopped: {s['stop_reason']})" if s.get("stop_reason") else ""

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from deqflow.errors import DeqflowError
+from deqflow.resolution import Resolution
 from runtime.manifest import FRAMES_LOG, SUMMARY_NAME, SequenceManifest, frame_outputs
 from runtime.video_writer import write_color_video
 
@@ -37,11 +38,16 @@ class SequenceOptions:
     overwrite: bool = False  # discard the folder's results instead of resuming them
     video_out: Path | None = None
     fps: float | None = None  # of the video (None: the input's, else DEFAULT_FPS)
+    resolution: Resolution = field(default_factory=Resolution)  # run the model on shrunk frames
 
     def processing(self) -> dict:
-        """The options that change the written frames: recorded in the manifest, compared on resume."""
-        return {"pad_mode": self.pad_mode, "warm_start": self.warm_start,
-                "warm_start_mode": self.warm_start_mode if self.warm_start else None, "max_flow": self.max_flow}
+        """The options that change the written frames: recorded in the manifest, compared on resume (the
+        resolution only when set, so manifests written before it existed still match a full-size rerun)."""
+        out = {"pad_mode": self.pad_mode, "warm_start": self.warm_start,
+               "warm_start_mode": self.warm_start_mode if self.warm_start else None, "max_flow": self.max_flow}
+        if self.resolution.active:
+            out["resolution"] = self.resolution.describe()
+        return out
 
 
 def process_sequence(source, backend, out_dir: Path, options: SequenceOptions, *, model_path: str,
@@ -54,7 +60,7 @@ def process_sequence(source, backend, out_dir: Path, options: SequenceOptions, *
     t_start = time.perf_counter()
     try:
         estimator = FlowEstimator(backend, pad_mode=options.pad_mode, warm_start=options.warm_start,
-                                  forward_warp=options.warm_start_mode == "forward")
+                                  forward_warp=options.warm_start_mode == "forward", resolution=options.resolution)
         manifest = sequence_manifest(backend, source, options, model_path)
         resumed = prepare_output(out_dir, manifest, options.overwrite)
         every = source.names()[:-1]  # the outputs of the pair (t, t+1) are named after frame t
@@ -65,6 +71,9 @@ def process_sequence(source, backend, out_dir: Path, options: SequenceOptions, *
         backend.close()
     summary = sequence_summary(input_name, manifest, options, records, reused, time.perf_counter() - t_start)
     summary["resumed"] = resumed
+    if options.resolution.active:
+        summary.update(resolution=options.resolution.describe(),
+                       model_size=None if estimator.model_size is None else list(estimator.model_size))
     color = [frame_outputs(out_dir, n, ["color"])["color"] for n in names] if options.video_out else []
     finish_sequence(options, out_dir, summary, color, options.fps or source.fps or DEFAULT_FPS)
     return summary

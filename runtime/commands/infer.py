@@ -31,7 +31,7 @@ FORMATS = tuple(FRAME_OUTPUTS)
 
 
 def add_arguments(p) -> None:
-    from deqflow.cli_args import count, non_negative_number, positive_number
+    from deqflow.cli_args import add_resolution_args, count, non_negative_number, positive_number
     from deqflow.solver_spec import WARM_FLOW_TOL
     from runtime.commands.common import add_backend_arg, add_backend_options, add_solver_args
 
@@ -80,6 +80,7 @@ def add_arguments(p) -> None:
                         f"on the 1/8 grid, px) is below PX; {WARM_FLOW_TOL:g} is the shipped model's recommendation, "
                         "see docs/warm_start.md; 0: off (default: the model's own rule, as for cold frames)")
     p.add_argument("--pad-mode", choices=["sintel", "kitti"], default="sintel", help="how images are padded")
+    add_resolution_args(p)
     add_solver_args(p)
     add_backend_options(p)
 
@@ -135,13 +136,14 @@ def run(args) -> int:
 
 
 def run_pair(args) -> int:
+    from deqflow.cli_args import resolution_from_args
     from deqflow.image_io import read_image as load_image
 
     img1, img2 = load_image(args.image1), load_image(args.image2)  # read before anything is created
     gt = read_ground_truth(args.gt, img1.shape[:2]) if args.gt else None
     kitti = "kitti" in [f.strip() for f in args.format.split(",")]
     report_pair(make_backend(args), img1, img2, Path(args.output), gt=gt, pad_mode=args.pad_mode,
-                max_flow=args.max_flow, kitti=kitti)
+                max_flow=args.max_flow, kitti=kitti, resolution=resolution_from_args(args))
     return 0
 
 
@@ -159,8 +161,9 @@ def read_ground_truth(path: str, size: tuple[int, int]):
 
 
 def report_pair(backend, image1, image2, out_dir: Path, *, gt=None, label: str = "pair", pad_mode: str = "sintel",
-                max_flow: float | None = None, kitti: bool = False) -> dict:
-    """Run `backend` on one uint8 RGB pair (and close it), then write the pair report (deqflow.pair_report)."""
+                max_flow: float | None = None, kitti: bool = False, resolution=None) -> dict:
+    """Run `backend` on one uint8 RGB pair (and close it), then write the pair report (deqflow.pair_report).
+    `resolution` (deqflow.resolution.Resolution): run the model on a shrunk copy, report the flow at full size."""
     import numpy as np
 
     from deqflow.pair_report import PairRun, write_pair_report
@@ -168,7 +171,7 @@ def report_pair(backend, image1, image2, out_dir: Path, *, gt=None, label: str =
 
     try:
         t0 = time.perf_counter()
-        pair = FlowEstimator(backend, pad_mode=pad_mode)(image1, image2)
+        pair = FlowEstimator(backend, pad_mode=pad_mode, resolution=resolution)(image1, image2)
         seconds = time.perf_counter() - t0
     finally:
         backend.close()
@@ -178,7 +181,8 @@ def report_pair(backend, image1, image2, out_dir: Path, *, gt=None, label: str =
                   abs_trace=None if r.abs_trace is None else r.abs_trace[0],
                   rel_trace=None if r.rel_trace is None else r.rel_trace[0], backend=backend.label,
                   settings=backend.solve_dict(), stop_rule=stop_rule_text(backend),
-                  stop_reason=getattr(r, "stop_reason", None))
+                  stop_reason=getattr(r, "stop_reason", None), model_size=pair.model_size,
+                  resolution=None if resolution is None else resolution.describe())
     return write_pair_report(out_dir, run, gt=gt, label=label, max_flow=max_flow, kitti=kitti)
 
 
@@ -192,6 +196,7 @@ def stop_rule_text(backend) -> str:
 
 def run_sequence(args, formats: list[str]) -> int:
     """The sequence of --folder / --video through runtime.sequence (resume, frames, summary, video)."""
+    from deqflow.cli_args import resolution_from_args
     from runtime.preprocessing import frame_source
     from runtime.sequence import SequenceOptions, process_sequence, summary_line
 
@@ -199,7 +204,8 @@ def run_sequence(args, formats: list[str]) -> int:
     options = SequenceOptions(formats=formats, pad_mode=args.pad_mode, warm_start=args.warm_start,
                               warm_start_mode=args.warm_start_mode, max_flow=args.max_flow,
                               max_frames=args.max_frames, overwrite=args.overwrite,
-                              video_out=Path(args.video_out) if args.video_out else None, fps=args.fps)
+                              video_out=Path(args.video_out) if args.video_out else None, fps=args.fps,
+                              resolution=resolution_from_args(args))
     out_dir = Path(args.output)
     summary = process_sequence(source, make_backend(args), out_dir, options,
                                model_path=args.checkpoint or args.model or args.server,
