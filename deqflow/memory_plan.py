@@ -414,3 +414,23 @@ def dims_from_metadata(meta, parameters: int = 0) -> ModelDims:
                      context_dim=meta.hidden_dim or hidden, corr_levels=meta.corr_levels,
                      corr_radius=meta.corr_radius, parameters=parameters, solver=meta.solver,
                      solver_history=6)
+
+
+ALLOCATION_FAILURES = ("can't allocate memory", "failed to allocate memory", "out of memory", "bad_alloc",
+                       "cannot allocate memory")
+"""How torch (DefaultCPUAllocator, CUDA), ONNX Runtime (BFCArena) and TensorRT word a failed allocation."""
+
+
+def allocation_failure(exc: BaseException) -> str | None:
+    """One line for an allocation that failed although the plan let the run start (None: not one): the
+    requested bytes when the library says them, and what to do."""
+    if not isinstance(exc, MemoryError):
+        text = str(exc).lower()
+        if not any(words in text for words in ALLOCATION_FAILURES):
+            return None
+    found = re.search(r"(?:allocate|size of|of size)\D{0,20}([0-9]{4,})\s*bytes?", str(exc)) or \
+        re.search(r"size of ([0-9]{4,})", str(exc))
+    asked = f" (it asked for {human(int(found.group(1)))})" if found else ""
+    return (f"out of memory{asked}: the run needed more memory than was free; use a smaller frame or batch, "
+            "--corr local, or set --memory-limit to what this machine can really give so the plan refuses "
+            "such a size up front")
