@@ -428,8 +428,7 @@ def allocation_failure(exc: BaseException) -> str | None:
         text = str(exc).lower()
         if not any(words in text for words in ALLOCATION_FAILURES):
             return None
-    found = re.search(r"(?:allocate|size of|of size)\D{0,20}([0-9]{4,})\s*bytes?", str(exc)) or \
-        re.search(r"size of ([0-9]{4,})", str(exc))
+    found = re.search(r"(?:allocate|size of|of size)\D{0,20}?([0-9]{4,})", str(exc))
     asked = f" (it asked for {human(int(found.group(1)))})" if found else ""
     return (f"out of memory{asked}: the run needed more memory than was free; use a smaller frame or batch, "
             "--corr local, or set --memory-limit to what this machine can really give so the plan refuses "

@@ -182,17 +182,32 @@ def plan_request(choice: BackendChoice, size: tuple[int, int], batch: int = 1):
     """(PlanRequest, fixed mode) of running `choice` on frames of `size` (padded here to multiples of 8), read
     from the model file's tensor shapes or metadata only (nothing heavy is loaded). The fixed mode is an export's
     (None for a checkpoint, whose mode the run chooses)."""
-    from deqflow.memory_plan import LOOKUP_MODES, PlanRequest, dims_from_checkpoint, dims_from_metadata
+    from deqflow.memory_plan import LOOKUP_MODES, PlanRequest, dims_from_metadata
 
     height, width = (-(-int(s) // 8) * 8 for s in size)
     if choice.name == "torch":
-        return PlanRequest(dims_from_checkpoint(choice.model), height, width, batch=batch, backend="torch"), None
+        return PlanRequest(checkpoint_dims(choice.model), height, width, batch=batch, backend="torch"), None
     meta, files = export_metadata(choice.model)
     dims = dims_from_metadata(meta, parameters=sum(p.stat().st_size for p in files if p.is_file()) // 4)
     precision = "mixed16" if meta.precision != "fp32" else "fp32"
     request = PlanRequest(dims, height, width, batch=batch, precision=precision, backend=choice.name,
                           lookup=meta.lookup)
     return request, LOOKUP_MODES.get(meta.lookup, "all-pairs")
+
+
+def checkpoint_dims(path: str):
+    """deqflow.memory_plan.dims_from_checkpoint; a file it cannot read gets the checkpoint reader's own verdict
+    (the same message as without the plan), and only when that reader accepts it, the shape reader's."""
+    from deqflow.errors import CheckpointError
+    from deqflow.memory_plan import dims_from_checkpoint
+
+    try:
+        return dims_from_checkpoint(path)
+    except CheckpointError:
+        from deqflow.checkpoint import read_checkpoint_file
+
+        read_checkpoint_file(path)
+        raise
 
 
 def export_metadata(path: str):
