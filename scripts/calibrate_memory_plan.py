@@ -21,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from deqflow.memory_plan import PlanRequest, dims_from_checkpoint, dims_from_metadata, estimate
 
-from deqflow.memory_plan import PlanRequest, dims_from_checkpoint, dims_from_metadata, estimate  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_pair(folder: Path, height: int, width: int, seed: int = 0) -> tuple[Path, Path]:
