@@ -13,6 +13,7 @@ from deqflow import __version__
 from deqflow.cli_args import CliParser, DefaultsHelpFormatter
 from deqflow.errors import DeqflowError
 from deqflow.extras import LIBRARIES, install_hint, optional
+from deqflow.memory_plan import allocation_failure
 
 # name -> module defining HELP, add_arguments(parser), run(args) -> int and optionally requires(args) -> modules
 COMMANDS: dict[str, str] = {
@@ -27,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "bench": "runtime.commands.bench",
     "serve": "runtime.commands.serve",
     "triton-repo": "runtime.commands.triton_repo",
+    "plan": "runtime.commands.plan",
 }
 
 INSTALL = {module: install_hint(module) for module in LIBRARIES}
@@ -92,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         if root not in INSTALL:
             raise
         print(f"{prefix} this command needs {INSTALL[root]}, which is not installed here", file=sys.stderr)
+        return 2
+    except Exception as exc:  # an allocation the plan did not foresee: one line, no traceback
+        message = allocation_failure(exc)
+        if message is None:
+            raise
+        print(f"{prefix} {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"deqflow {args.command}: interrupted", file=sys.stderr)

@@ -287,3 +287,33 @@ def add_solver_group(parser: argparse.ArgumentParser, flags: Iterable[str] = tup
             options["help"] = f"{options['help']}; {note}"
         group.add_argument(*names, *aliases.get(name, ()), **options)
     return group
+
+
+# --- the memory plan (deqflow.memory_plan) ---------------------------------------------------------------------
+
+
+def memory_size(text: str) -> int:
+    """--memory-limit: bytes, or a number with K/M/G/T (powers of 1024), e.g. 8G, 512M."""
+    from deqflow.memory_plan import parse_memory
+
+    try:
+        return parse_memory(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_memory_args(parser, note: str = "") -> None:
+    """--corr and --memory-limit: how the memory plan (checked before any model is loaded) chooses the
+    correlation and what it checks it against."""
+    from deqflow.memory_plan import ALL_PAIRS_HEADROOM, CORR_CHOICES
+
+    parser.add_argument("--corr", choices=CORR_CHOICES, default="auto",
+                        help=_note("correlation: all-pairs (builds the whole volume, memory grows with the square "
+                                   "of the pixel count) or local (on demand, grows with the pixel count); auto: "
+                                   f"all-pairs when its plan needs at most {ALL_PAIRS_HEADROOM * 100:.0f}%% of the memory "
+                                   "limit, else local; an ONNX export or engine keeps the mode it was exported with",
+                                   note))
+    parser.add_argument("--memory-limit", type=memory_size, default=None, metavar="BYTES",
+                        help="memory a run may use, e.g. 8G or 512M (default: the machine's available memory, or "
+                             "the process's address-space / cgroup limit when lower); a frame whose plan exceeds it "
+                             "is refused before any work")

@@ -32,3 +32,8 @@ class ProfileError(InputError):
 
 class EngineMismatchError(DeqflowError):
     """A TensorRT engine was built by another TensorRT version or for another GPU (or from another ONNX)."""
+
+
+class MemoryPlanError(InputError):
+    """A frame size whose estimated peak memory exceeds the memory available (refused before any work), or an
+    allocation that failed anyway."""

@@ -232,6 +232,15 @@ CASES = [
     Case("build: bit-rotted ONNX", ["build", "--onnx", "{rot_onnx}", "--output", "{dir}/r.engine"], 2,
          ("damaged",), subprocess=True),
     # --- infer (the cases that worked before this issue stay working) ------------------------------------------------
+    Case("infer: a frame whose memory plan exceeds --memory-limit", ["infer", "--checkpoint", "{tiny}", *PAIR,
+                                                                      "--output", "{dir}/i10", "--memory-limit", "100M"],
+         2, ("needs about", "the limit is 100.0 MB (--memory-limit", "--max-side")),
+    Case("infer: --memory-limit lots", ["infer", "--checkpoint", "{tiny}", *PAIR, "--output", "{dir}/i11",
+                                        "--memory-limit", "lots"], 2, ("--memory-limit", "not understood")),
+    Case("infer: --corr sideways", ["infer", "--checkpoint", "{tiny}", *PAIR, "--output", "{dir}/i12", "--corr",
+                                    "sideways"], 2, ("--corr", "invalid choice")),
+    Case("plan: no --size", ["plan", "--checkpoint", "{tiny}"], 2, ("--size",)),
+    Case("plan: missing checkpoint", ["plan", "--checkpoint", "{nonexistent}", "--size", "64x64"], 2, ("not found",)),
     Case("infer: missing checkpoint", ["infer", "--checkpoint", "{nonexistent}", *PAIR, "--output", "{dir}/i1"], 2,
          ("not found",)),
     Case("infer: corrupt checkpoint", ["infer", "--checkpoint", "{corrupt}", *PAIR, "--output", "{dir}/i2"], 2,
@@ -334,7 +343,7 @@ def _run(case: Case, files: dict[str, Path], capsys) -> tuple[int, str]:
 def test_the_table_is_large_and_covers_every_verb():
     verbs = {c.argv[0] for c in CASES}
     assert len(CASES) >= 60
-    assert verbs == {"train", "evaluate", "export", "build", "info", "demo", "infer", "compare", "bench"}
+    assert verbs == {"train", "evaluate", "export", "build", "info", "demo", "infer", "compare", "bench", "plan"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,40 @@ def test_a_bad_request_batched_with_good_ones_gets_its_error_and_they_their_flow
         model([FakeRequest(image1=good * np.nan, image2=good)])
 
 
+def test_oversized_requests_and_model_failures_get_one_clean_line():
+    from types import SimpleNamespace
+
+    from deqflow.memory_plan import MemoryLimit, ModelDims, PlanRequest, estimate
+    from runtime import InferenceResult
+    from runtime.serving.models import Admission, FlowModel
+
+    def infer(image1, image2):
+        n, _, h, w = image1.shape
+        if h == 136:  # a failure inside the model, as a library raises it
+            raise RuntimeError('File "/tmp/x/model.py", line 3: DefaultCPUAllocator: can\'t allocate memory: you '
+                               'tried to allocate 99999999999 bytes')
+        return InferenceResult(flow=np.ones((n, 2, h, w), np.float32), flow_low=None, iterations=3,
+                               residual=np.zeros(n, np.float32))
+
+    request = PlanRequest(ModelDims(variant="T", feature_dim=64, hidden_dim=32), 128, 160)
+    limit = MemoryLimit(int(estimate(replace(request, height=256, width=320)).total / 0.9) - 1, "test")
+    model = FlowModel.__new__(FlowModel)
+    model.backend, model.levels = SimpleNamespace(infer=infer, inputs=[]), 4
+    model.admission = Admission(request, limit, max_pixels=0)
+    good, big, failing = (np.zeros((1, 3, h, w), np.float32) for h, w in ((128, 160), (256, 320), (136, 160)))
+    out = model([FakeRequest(image1=good, image2=good), FakeRequest(image1=big, image2=big),
+                 FakeRequest(image1=failing, image2=failing)])
+    assert out[0]["flow"].shape == (1, 2, 128, 160)
+    oversized, failed = out[1]["error"][0, 0].decode(), out[2]["error"][0, 0].decode()
+    assert oversized.startswith("frame 256x320 (batch 1) needs about") and "one model instance" in oversized
+    assert failed == "the server ran out of memory on this request; send a smaller frame"
+    for text in (oversized, failed):
+        assert "\n" not in text and "Traceback" not in text and "/tmp/" not in text and ".py" not in text
+    model.admission = Admission(max_pixels=128 * 160)
+    with pytest.raises(RequestError, match=r"frame 136x160 has 21760 pixels, more than this server admits \(20480"):
+        model([FakeRequest(image1=failing, image2=failing)])
+
+
 def test_own_libpython_goes_first():
     import sysconfig
 
@@ -160,7 +195,7 @@ def server(small_export):
     from runtime.serving.process import ServerProcess
 
     proc = ServerProcess(["--model", str(small_export), "--max-batch", "8", "--max-queue-delay-us", "300000",
-                          "--threads", "1", "--stream-idle-timeout", "30", *SOLVER], root=ROOT,
+                          "--threads", "1", "--stream-idle-timeout", "30", "--max-size", "128x160", *SOLVER], root=ROOT,
                          env={"OMP_NUM_THREADS": "1"})
     with proc:
         yield proc
@@ -302,6 +337,41 @@ def test_bad_requests_are_refused_while_others_are_served(server, local):
         stop.set()
         worker.join(timeout=300)
     assert served and all(np.abs(s.flow - local["pair"].flow).max() <= 1e-5 for s in served)
+    with flow_client(server.http) as client:
+        assert client.ready()
+
+
+@needs_server
+@pytest.mark.slow
+def test_oversized_borderline_and_normal_requests_concurrently(server, local):
+    """--max-size 128x160: a larger frame gets one clean line naming its size and the limit; the borderline
+    (exactly 128x160) and normal ones sent at the same time get their flow, and the server keeps serving."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from runtime.serving.client import ServingError
+
+    big = np.zeros((1, 3, 256, 320), np.float32) + 100
+
+    def oversized(url: str) -> str:
+        with flow_client(url) as client:
+            try:
+                client.infer("deqflow_flow", {"image1": big, "image2": big})
+            except ServingError as exc:
+                return str(exc)
+        return "answered"
+
+    def normal(url: str):
+        with flow_client(url) as client:
+            return client.pair(local["frames"][0], local["frames"][1])
+
+    with ThreadPoolExecutor(6) as pool:
+        errors = [pool.submit(oversized, url) for url in (server.http, server.grpc, server.http)]
+        flows = [pool.submit(normal, url) for url in (server.grpc, server.http, server.grpc)]
+        errors, flows = [f.result(timeout=300) for f in errors], [f.result(timeout=300) for f in flows]
+    for text in errors:
+        assert "frame 256x320 has 81920 pixels, more than this server admits (20480" in text, text
+        assert "Traceback" not in text and "/tmp/" not in text and ".py" not in text and "\n" not in text
+    assert all(np.abs(f.flow - local["pair"].flow).max() <= 1e-5 for f in flows)
     with flow_client(server.http) as client:
         assert client.ready()
 

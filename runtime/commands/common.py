@@ -173,3 +173,72 @@ def model_defaults(paths: list[str]) -> dict[str, Any] | None:
             return {"max_iter": int(f.main.iterations), "tol": float(f.main.tolerance), "stop_mode": f.main.stop_mode,
                     "layout": f.layout}
     return None
+
+
+# --- the memory plan -------------------------------------------------------------------------------------------
+
+
+def plan_request(choice: BackendChoice, size: tuple[int, int], batch: int = 1):
+    """(PlanRequest, fixed mode) of running `choice` on frames of `size` (padded here to multiples of 8), read
+    from the model file's tensor shapes or metadata only (nothing heavy is loaded). The fixed mode is an export's
+    (None for a checkpoint, whose mode the run chooses)."""
+    from deqflow.memory_plan import LOOKUP_MODES, PlanRequest, dims_from_metadata
+
+    height, width = (-(-int(s) // 8) * 8 for s in size)
+    if choice.name == "torch":
+        return PlanRequest(checkpoint_dims(choice.model), height, width, batch=batch, backend="torch"), None
+    meta, files = export_metadata(choice.model)
+    dims = dims_from_metadata(meta, parameters=sum(p.stat().st_size for p in files if p.is_file()) // 4)
+    precision = "mixed16" if meta.precision != "fp32" else "fp32"
+    request = PlanRequest(dims, height, width, batch=batch, precision=precision, backend=choice.name,
+                          lookup=meta.lookup)
+    return request, LOOKUP_MODES.get(meta.lookup, "all-pairs")
+
+
+def checkpoint_dims(path: str):
+    """deqflow.memory_plan.dims_from_checkpoint; a file it cannot read gets the checkpoint reader's own verdict
+    (the same message as without the plan), and only when that reader accepts it, the shape reader's."""
+    from deqflow.errors import CheckpointError
+    from deqflow.memory_plan import dims_from_checkpoint
+
+    try:
+        return dims_from_checkpoint(path)
+    except CheckpointError:
+        from deqflow.checkpoint import read_checkpoint_file
+
+        read_checkpoint_file(path)
+        raise
+
+
+def export_metadata(path: str):
+    """(metadata, files) of an ONNX export (any layout, split by any name) or engine, without its weights."""
+    from pathlib import Path
+
+    from deqflow.model_metadata import ENGINE_SUFFIXES, read_metadata, split_paths
+
+    p = Path(path)
+    if p.suffix.lower() in ENGINE_SUFFIXES:
+        from runtime.modelfile import open_engine
+
+        found = open_engine(p)
+        return found.exported(), list(found.parts.values())
+    meta = read_metadata(p) if p.is_file() else None
+    if meta is not None and meta.layout != "split":
+        return meta, [p]
+    parts = split_paths(p)
+    return read_metadata(parts["step"]), list(parts.values())
+
+
+def plan_run(choice: BackendChoice, size: tuple[int, int], args: argparse.Namespace, batch: int = 1,
+             hint: str = ""):
+    """The memory plan of a run (deqflow.memory_plan.choose_plan with --corr and --memory-limit), checked
+    before the backend is opened: MemoryPlanError when no mode fits. A torch run that needs the on-demand
+    correlation gets it (the model's `lookup`); an export keeps its own."""
+    from deqflow.memory_plan import MODE_LOOKUP, available_memory, choose_plan
+
+    request, fixed = plan_request(choice, size, batch)
+    limit = available_memory(choice.name, getattr(args, "memory_limit", None))
+    plan = choose_plan(request, limit, getattr(args, "corr", "auto"), fixed=fixed, hint=hint)
+    if choice.name == "torch" and plan.request.corr != "all-pairs":
+        choice.options["lookup"] = MODE_LOOKUP[plan.request.corr]
+    return plan

@@ -28,10 +28,12 @@ HELP = ("estimate optical flow of an image pair, a folder of frames or a video w
         "tensorrt backend (warm start, resumable, .flo / KITTI .png / colour pictures or video)")
 
 FORMATS = tuple(FRAME_OUTPUTS)
+PLAN_HINT = " (e.g. infer at a reduced size with --max-side)"
+"""Where the memory plan's refusal points for a smaller frame."""
 
 
 def add_arguments(p) -> None:
-    from deqflow.cli_args import add_resolution_args, count, non_negative_number, positive_number
+    from deqflow.cli_args import add_memory_args, add_resolution_args, count, non_negative_number, positive_number
     from deqflow.solver_spec import WARM_FLOW_TOL
     from runtime.commands.common import add_backend_arg, add_backend_options, add_solver_args
 
@@ -83,15 +85,21 @@ def add_arguments(p) -> None:
     add_resolution_args(p)
     add_solver_args(p)
     add_backend_options(p)
+    add_memory_args(p.add_argument_group("memory"))
 
 
-def make_backend(args):
-    """The backend chosen by --server, or --backend / --checkpoint / --model with the solver flags."""
-    from runtime.commands.common import choose_backend, settings_from_args
+def make_backend(args, size: tuple[int, int]):
+    """The backend chosen by --server, or --backend / --checkpoint / --model with the solver flags, once the
+    memory plan for frames of `size` fits (runtime.commands.common.plan_run; a server plans its own). With
+    --scale / --max-side the plan is made at the size the model runs at."""
+    from deqflow.cli_args import resolution_from_args
+    from runtime.commands.common import choose_backend, plan_run, settings_from_args
 
     if args.server:
         return server_backend(args)
-    return choose_backend(args, settings_from_args(args), also=" (or --server, a running deqflow serve)").open()
+    choice = choose_backend(args, settings_from_args(args), also=" (or --server, a running deqflow serve)")
+    plan_run(choice, resolution_from_args(args).model_size(size), args, hint=PLAN_HINT)
+    return choice.open()
 
 
 def server_backend(args):
@@ -142,7 +150,7 @@ def run_pair(args) -> int:
     img1, img2 = load_image(args.image1), load_image(args.image2)  # read before anything is created
     gt = read_ground_truth(args.gt, img1.shape[:2]) if args.gt else None
     kitti = "kitti" in [f.strip() for f in args.format.split(",")]
-    report_pair(make_backend(args), img1, img2, Path(args.output), gt=gt, pad_mode=args.pad_mode,
+    report_pair(make_backend(args, img1.shape[:2]), img1, img2, Path(args.output), gt=gt, pad_mode=args.pad_mode,
                 max_flow=args.max_flow, kitti=kitti, resolution=resolution_from_args(args))
     return 0
 
@@ -207,8 +215,19 @@ def run_sequence(args, formats: list[str]) -> int:
                               video_out=Path(args.video_out) if args.video_out else None, fps=args.fps,
                               resolution=resolution_from_args(args))
     out_dir = Path(args.output)
-    summary = process_sequence(source, make_backend(args), out_dir, options,
+    summary = process_sequence(source, make_backend(args, first_frame_size(source)), out_dir, options,
                                model_path=args.checkpoint or args.model or args.server,
                                input_name=str(args.folder or args.video))
     print(summary_line(summary, out_dir))
     return 0
+
+
+def first_frame_size(source) -> tuple[int, int]:
+    """(H, W) of a sequence's first frame (every frame of a sequence has one size)."""
+    frames = iter(source)
+    try:
+        return tuple(next(frames).rgb.shape[:2])
+    finally:
+        close = getattr(frames, "close", None)
+        if close:
+            close()

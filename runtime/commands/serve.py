@@ -11,7 +11,7 @@ HELP = ("serve a model with NVIDIA's Triton Inference Server (PyTriton): image p
 
 
 def add_arguments(p) -> None:
-    from deqflow.cli_args import count
+    from deqflow.cli_args import add_memory_args, count, image_size
     from runtime.commands.common import add_backend_arg, add_backend_options, add_batching_args, add_solver_args
 
     g = p.add_argument_group("model")
@@ -26,6 +26,11 @@ def add_arguments(p) -> None:
     add_batching_args(s)
     s.add_argument("--workspace", default=None, help="PyTriton workspace folder (default: a temporary one)")
     s.add_argument("--verbose", action="store_true", help="print Triton's own log")
+    m = p.add_argument_group("memory (per model instance: the limit is shared by --instances)")
+    m.add_argument("--max-size", type=image_size, default=None, metavar="HxW",
+                   help="largest frame admitted, in pixels (H*W) (default: any whose memory plan fits one "
+                        "instance's share of the memory limit)")
+    add_memory_args(m, "torch backend: auto serves all-pairs")
     add_solver_args(p)
     add_backend_options(p)
 
@@ -34,7 +39,8 @@ def run(args) -> int:
     from runtime.commands.common import choose_backend
     from runtime.serving.server import ServeConfig, Server
 
-    config = ServeConfig(choose_backend(args), host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+    choice = choose_backend(args)
+    config = ServeConfig(choice, admission=admission(choice, args), host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                          metrics_port=args.metrics_port, max_batch=args.max_batch,
                          max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
                          stream_idle_timeout_s=args.stream_idle_timeout, workspace=args.workspace,
@@ -46,3 +52,23 @@ def run(args) -> int:
     server.wait(lambda signum: print(f"deqflow serve: signal {signum}: stopping", file=sys.stderr, flush=True))
     print("deqflow serve: stopped", flush=True)
     return 0
+
+
+def admission(choice, args):
+    """What each model instance admits: --max-size, and requests whose memory plan fits its share of the
+    limit (the machine's available memory or --memory-limit, divided by --instances). Checked before the
+    backends are opened: a --max-size frame that cannot fit is refused now, not at its first request."""
+    from deqflow.memory_plan import MODE_LOOKUP, MemoryLimit, available_memory, choose_plan
+    from runtime.commands.common import plan_request
+    from runtime.serving.models import Admission
+
+    size = args.max_size or (128, 128)
+    request, fixed = plan_request(choice, size, batch=1)
+    total = available_memory(choice.name, args.memory_limit)
+    limit = MemoryLimit(total.bytes // args.instances, f"{total.source}, shared by {args.instances} instance(s)")
+    corr = "all-pairs" if args.corr == "auto" and fixed is None else args.corr
+    plan = choose_plan(request, limit, corr, fixed=fixed)
+    if choice.name == "torch" and plan.request.corr != "all-pairs":
+        choice.options["lookup"] = MODE_LOOKUP[plan.request.corr]
+    max_pixels = args.max_size[0] * args.max_size[1] if args.max_size else 0
+    return Admission(plan.request, limit, max_pixels)

@@ -8,9 +8,10 @@ with an error, so a group holding one bad request runs the good ones and gives t
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,49 @@ from runtime.serving.protocol import (
     check_image,
     check_pair,
 )
+
+
+LOG = logging.getLogger("deqflow.serve")
+
+
+@dataclass
+class Admission:
+    """Which frames a model instance accepts: at most `max_pixels` per frame (0: any), and only requests whose
+    memory plan (deqflow.memory_plan, `request` re-sized to theirs) fits `limit`, one instance's share."""
+
+    request: Any = None  # deqflow.memory_plan.PlanRequest of the served model, or None (no plan)
+    limit: Any = None  # deqflow.memory_plan.MemoryLimit
+    max_pixels: int = 0
+
+    def check(self, height: int, width: int, batch: int = 1) -> None:
+        from deqflow.memory_plan import estimate, human
+
+        if self.max_pixels and height * width > self.max_pixels:
+            raise RequestError(f"frame {height}x{width} has {height * width} pixels, more than this server "
+                               f"admits ({self.max_pixels}, --max-size); send a smaller frame")
+        if self.request is None or self.limit is None:
+            return
+        plan = estimate(replace(self.request, height=height, width=width, batch=batch), self.limit)
+        if not plan.fits:
+            raise RequestError(f"frame {height}x{width} (batch {batch}) needs about {human(plan.total)} with "
+                               f"{plan.request.corr} correlation, more than one model instance may use "
+                               f"({human(self.limit.bytes)}); send a smaller frame or fewer pairs per request")
+
+
+def failure_message(exc: BaseException) -> str:
+    """What a client reads when the model fails on its request: one line, no traceback, no server path (the
+    full traceback goes to the server's log)."""
+    from deqflow.errors import DeqflowError
+    from deqflow.memory_plan import allocation_failure
+
+    LOG.error("request failed", exc_info=exc)
+    text = allocation_failure(exc)
+    if text:
+        return "the server ran out of memory on this request; send a smaller frame"
+    if isinstance(exc, DeqflowError):
+        first = (str(exc).splitlines() or [""])[0]
+        return first if "/" not in first and ".py" not in first else type(exc).__name__
+    return f"the model failed on this request ({type(exc).__name__}); the server log has the details"
 
 
 def _column(values, dtype) -> np.ndarray:
@@ -53,9 +97,10 @@ class FlowModel:
     """`deqflow_flow`: image1/image2 (N,3,H,W) float32 -> flow (N,2,H,W), iterations, residual, batch (the
     number of pairs solved together), error. Requests of one size are solved as one batch."""
 
-    def __init__(self, choice: BackendChoice) -> None:
+    def __init__(self, choice: BackendChoice, admission: Admission | None = None) -> None:
         self.backend = choice.open()
         self.levels = adapter.levels_of(self.backend)
+        self.admission = admission or Admission()
 
     def __call__(self, requests: list[Any]) -> list[dict[str, np.ndarray]]:
         errors: dict[int, str] = {}
@@ -65,6 +110,7 @@ class FlowModel:
                 image1, image2 = (np.asarray(request[name]) for name in IMAGE_INPUTS)
                 for a, b in zip(image1, image2):
                     check_pair(a, b, self.levels)
+                getattr(self, "admission", Admission()).check(*image1.shape[2:], batch=len(image1))
             except RequestError as exc:
                 errors[i] = str(exc)
                 continue
@@ -73,7 +119,11 @@ class FlowModel:
         for members in groups.values():
             image1 = np.concatenate([requests[i]["image1"] for i in members])
             image2 = np.concatenate([requests[i]["image2"] for i in members])
-            outputs = adapter.infer_batch(self.backend, image1, image2)
+            try:
+                outputs = adapter.infer_batch(self.backend, image1, image2)
+            except Exception as exc:  # the model failed: these requests get one clean line, the server goes on
+                errors.update({i: failure_message(exc) for i in members})
+                continue
             start = 0
             for i in members:
                 n = len(requests[i]["image1"])
@@ -136,10 +186,11 @@ class StreamModel:
     batcher) -> the flow from the previous frame, its iterations, residual and whether it was warm-started.
     The first frame of a sequence returns zero flow and 0 iterations."""
 
-    def __init__(self, choice: BackendChoice, store: StreamStore) -> None:
+    def __init__(self, choice: BackendChoice, store: StreamStore, admission: Admission | None = None) -> None:
         self.backend = choice.open()
         self.levels = adapter.levels_of(self.backend)
         self.store = store
+        self.admission = admission or Admission()
 
     def __call__(self, requests: list[Any]) -> list[dict[str, np.ndarray]]:
         self.store.expire()
@@ -150,6 +201,8 @@ class StreamModel:
                 responses[i] = self._frame(request)
             except RequestError as exc:
                 errors[i] = str(exc)
+            except Exception as exc:  # the model failed: one clean line for this request, the server goes on
+                errors[i] = failure_message(exc)
         return answer(responses, errors, [1] * len(requests))
 
     def _frame(self, request: Any) -> dict[str, np.ndarray]:
@@ -163,6 +216,7 @@ class StreamModel:
             raise RequestError(f"a stream request carries one frame, got a batch of {len(frames)}")
         frame = frames[0]
         check_image(FRAME_INPUT, frame, self.levels)
+        getattr(self, "admission", Admission()).check(*frame.shape[1:])
         now = time.monotonic()
         stream = None if start else self.store.get(key)
         if not start and stream is None:

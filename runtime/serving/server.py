@@ -25,7 +25,7 @@ import numpy as np
 from deqflow.errors import InputError
 from deqflow.extras import require
 from runtime.backends import BackendChoice
-from runtime.serving.models import FlowModel, StreamModel, StreamStore
+from runtime.serving.models import Admission, FlowModel, StreamModel, StreamStore
 from runtime.serving.protocol import (
     FLOW_MODEL,
     FRAME_INPUT,
@@ -53,6 +53,7 @@ class ServeConfig:
     exit_timeout_s: int = 30
     workspace: str | None = None
     verbose: bool = False
+    admission: Admission | None = None  # per model instance: largest frame and memory plan (None: no limit)
 
     def __post_init__(self) -> None:
         for name in ("http_port", "grpc_port", "metrics_port"):
@@ -175,8 +176,8 @@ class Server:
         from pytriton.model_config import DynamicBatcher, ModelConfig
 
         c = self.config
-        flows = [FlowModel(c.choice) for _ in range(c.instances)]
-        streams = [StreamModel(c.choice, self.store) for _ in range(c.instances)]
+        flows = [FlowModel(c.choice, c.admission) for _ in range(c.instances)]
+        streams = [StreamModel(c.choice, self.store, c.admission) for _ in range(c.instances)]
         batcher = DynamicBatcher(max_queue_delay_microseconds=c.max_queue_delay_us)
         triton.bind(FLOW_MODEL, flows, inputs=tensors(FLOW_SIGNATURE["inputs"]),
                     outputs=tensors(FLOW_SIGNATURE["outputs"]), strict=False,
