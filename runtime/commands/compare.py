@@ -36,6 +36,9 @@ def add_arguments(p) -> None:
                         "as another candidate was compared and passed; by default a skipped candidate fails the run")
     add_solver_args(p)
     add_backend_options(p)
+    from runtime.commands.compare_trace import add_trace_arguments
+
+    add_trace_arguments(p)
 
 
 def run(args) -> int:
@@ -48,6 +51,10 @@ def run(args) -> int:
     from runtime.compare import compare, load_golden
 
     check_output_dir(args.output)
+    if args.trace:
+        from runtime.commands.compare_trace import run_trace
+
+        return run_trace(args)
     if args.save_golden:
         check_output_file(args.save_golden, "--save-golden", "golden.npz")
     specs = [parse_spec(s) for s in args.candidate]
