@@ -78,6 +78,7 @@ class Trajectory:
     flows: list[np.ndarray]
     coords0: np.ndarray
     context: dict[str, np.ndarray] | None = None
+    requested: int = 0  # iterations asked for (more than ran when a NaN/Inf residual stopped the solve)
 
     @property
     def iterations(self) -> int:
@@ -101,7 +102,8 @@ def record(parts: StepParts, image1: np.ndarray, image2: np.ndarray, iterations:
     stats = result.stats
     return Trajectory(label=label, residual=np.asarray(stats.abs_trace, np.float64)[0],
                       residual_rel=np.asarray(stats.rel_trace, np.float64)[0], states=recorder.states,
-                      flows=recorder.flows, coords0=recorder.coords0, context=recorder.context)
+                      flows=recorder.flows, coords0=recorder.coords0, context=recorder.context,
+                      requested=int(iterations))
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -146,10 +148,10 @@ def fixed_point_verdict(ref: Trajectory, cand: Trajectory) -> dict[str, Any]:
     within step_K / (1 - q) of its fixed point (step_K = the last residual ||z_K - z_{K-1}||), so two solves
     of one fixed point end at most the sum of those radii apart; further apart means different fixed points.
     Undetermined when either solve is not contracting (q >= 1) or is non-finite."""
-    k = ref.iterations
+    k = min(ref.iterations, cand.iterations)
     distance = _finite_or_none(np.linalg.norm(cand.packed(k) - ref.packed(k)))
-    rates = {"reference": contraction_rate(ref.residual), "candidate": contraction_rate(cand.residual)}
-    steps = {"reference": _finite_or_none(ref.residual[-1]), "candidate": _finite_or_none(cand.residual[-1])}
+    rates = {"reference": contraction_rate(ref.residual[:k]), "candidate": contraction_rate(cand.residual[:k])}
+    steps = {"reference": _finite_or_none(ref.residual[k - 1]), "candidate": _finite_or_none(cand.residual[k - 1])}
     out = {"distance": distance, "rate": rates, "last_step": steps, "radius": None,
            "distance_in_steps": None if distance is None or not steps["reference"]
            else distance / steps["reference"]}
@@ -172,6 +174,7 @@ class TraceComparison:
     tier: str
     rows: list[dict]
     fixed_point: dict
+    iterations: int  # asked for; a solve that met NaN/Inf stopped before (rows: the iterations both ran)
     context: dict | None = None  # encoder outputs compared by name (both exported graphs), else None
     nodes: dict | None = None  # runtime.node_diff's localisation, when run
     notes: list[str] = field(default_factory=list)
@@ -192,6 +195,8 @@ class TraceComparison:
             return "nothing compared: no iterations"
         if self.compared == 0:
             return "nothing compared: every iteration is NaN/Inf"
+        if len(self.rows) < self.iterations:
+            return f"a solve met NaN/Inf and stopped after {len(self.rows)} of {self.iterations} iterations"
         if not self.rows[-1]["within_tier"]:
             return f"the last iterate is outside the {self.tier} tier (first outside at iteration {self.first_outside})"
         if self.fixed_point["verdict"] == "different":
@@ -200,14 +205,14 @@ class TraceComparison:
 
 
 def compare_trajectories(ref: Trajectory, cand: Trajectory, tier: str) -> TraceComparison:
-    """Iteration-by-iteration deviation, the encoder outputs (when both are named) and the fixed-point verdict."""
-    if ref.iterations != cand.iterations:
-        raise InputError(f"trajectories differ in length: {ref.iterations} and {cand.iterations} iterations")
+    """Iteration-by-iteration deviation, the encoder outputs (when both are named) and the fixed-point verdict,
+    over the iterations both solves ran (the host solver stops a solve at a NaN/Inf residual)."""
     if ref.states[0][0].shape != cand.states[0][0].shape or ref.coords0.shape != cand.coords0.shape:
         raise InputError(f"the reference and the candidate solve different shapes: hidden {ref.states[0][0].shape} "
                          f"vs {cand.states[0][0].shape}, grid {ref.coords0.shape} vs {cand.coords0.shape}")
-    rows = [iteration_row(ref, cand, k, tier) for k in range(1, ref.iterations + 1)]
+    rows = [iteration_row(ref, cand, k, tier) for k in range(1, min(ref.iterations, cand.iterations) + 1)]
     return TraceComparison(tier=tier, rows=rows, fixed_point=fixed_point_verdict(ref, cand),
+                           iterations=max(ref.requested, cand.requested, ref.iterations),
                            context=context_deviation(ref.context, cand.context))
 
 
