@@ -142,3 +142,84 @@ def test_canonical_names_drop_the_mixed16_wrapper_scope(name, expected):
     from runtime.node_diff import canonical_name
 
     assert canonical_name(name) == expected
+
+
+class _FakeTrt:
+    """Stands in for polygraphy.backend.trt: 'builds' the marked network by running the ONNX model on ONNX
+    Runtime, so the TensorRT node runner's wiring (marking, feeds, outputs) is exercised without a GPU."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def NetworkFromOnnxBytes(self, data, strongly_typed=None):  # noqa: N802 - Polygraphy's names
+        self.calls.append(f"parse strongly_typed={strongly_typed}")
+        return onnx.load_from_string(data)
+
+    def ModifyNetworkOutputs(self, network, outputs=None):  # noqa: N802
+        self.calls.append(f"mark {outputs}")
+        return network
+
+    def CreateConfig(self):  # noqa: N802
+        return None
+
+    def EngineFromNetwork(self, network, config):  # noqa: N802
+        return network
+
+    def TrtRunner(self, engine):  # noqa: N802
+        from runtime.node_diff import onnxruntime_outputs
+
+        class Runner:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+            def get_input_metadata(self):
+                return {i.name: None for i in engine.graph.input}
+
+            def infer(self, feeds):
+                assert set(feeds) == {i.name for i in engine.graph.input}
+                return onnxruntime_outputs(engine, feeds)
+
+        return Runner()
+
+
+def test_the_tensorrt_node_runner_marks_every_tensor_and_compares_like_onnxruntime(monkeypatch):
+    import runtime.node_diff as nd
+
+    fake = _FakeTrt()
+    monkeypatch.setattr(nd, "require", lambda module, *a, **k: fake if module == "polygraphy.backend.trt"
+                        else __import__("importlib").import_module(module))
+    model = nd.load_graph(TINY_ONNX.with_name(f"{TINY_ONNX.stem}.encoder.onnx"))
+    rng = np.random.default_rng(0)
+    feeds = {"image1": rng.uniform(0, 255, (1, 3, 64, 96)).astype(np.float32),
+             "image2": rng.uniform(0, 255, (1, 3, 64, 96)).astype(np.float32),
+             "flow_init": np.zeros((1, 2, 8, 12), np.float32)}
+    report, outputs = nd.compare_nodes(model, model, feeds, "float32", runner="tensorrt")
+    assert fake.calls == ["parse strongly_typed=True", "mark mark-all"]
+    assert report["runner"] == "tensorrt" and report["departed"] == 0 and report["compared"] > 50
+    assert report["worst"][0]["max_abs_error"] == 0.0 and "coords0" in outputs
+
+
+def test_gpu_acceptance_trace_stage_command_parses_and_skips_without_a_gpu(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import gpu_acceptance as ga
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    from argparse import Namespace
+
+    from deqflow.cli import build_parser
+
+    args = Namespace(output=tmp_path, budget_s=60.0, checkpoint=ROOT / "ckpt.pth", size=(128, 160), runs=1)
+    cpu = ga.Acceptance(args, ga.Environment(False, "no CUDA device", "", None, []))
+    cpu.trace_mixed16()
+    assert cpu.stages[-1].status == "skipped" and cpu.stages[-1].reason == "no CUDA device"
+    gpu = ga.Acceptance(args, ga.Environment(True, "", "fake GPU", "10.0", []))
+    assert gpu.trace_command() is None  # no exports yet
+    gpu.exports = {("split", "fp32"): tmp_path / "split-fp32.onnx", ("split", "mixed16"): tmp_path / "m16.onnx"}
+    cmd = gpu.trace_command()
+    parsed = build_parser(["compare"]).parse_args(cmd[3:])
+    assert parsed.trace and parsed.candidate == [f"tensorrt={tmp_path / 'm16.onnx'}"]
+    assert parsed.node_reference == str(tmp_path / "split-fp32.onnx") and parsed.tier == "float16"
