@@ -144,10 +144,11 @@ def contraction_rate(residual: np.ndarray, window: int = RATE_WINDOW) -> float |
 
 
 def fixed_point_verdict(ref: Trajectory, cand: Trajectory) -> dict[str, Any]:
-    """Do both solves head for the same fixed point? For a contraction of rate q, the last state z_K lies
-    within step_K / (1 - q) of its fixed point (step_K = the last residual ||z_K - z_{K-1}||), so two solves
-    of one fixed point end at most the sum of those radii apart; further apart means different fixed points.
-    Undetermined when either solve is not contracting (q >= 1) or is non-finite."""
+    """Do both solves end at the same fixed point? The distance between the final states is compared with the
+    step size (the last residual ||z_K - z_{K-1}||): closer than one step of either solve, they are the same
+    point at the resolution the solves reach. Farther apart, and both contracting at rate q (the last residual
+    ratios), each z_K lies within step_K / (1 - q) of its own fixed point, so one shared fixed point puts them at
+    most the sum of those radii apart: beyond it they are different fixed points. Otherwise undetermined."""
     k = min(ref.iterations, cand.iterations)
     distance = _finite_or_none(np.linalg.norm(cand.packed(k) - ref.packed(k)))
     rates = {"reference": contraction_rate(ref.residual[:k]), "candidate": contraction_rate(cand.residual[:k])}
@@ -155,11 +156,14 @@ def fixed_point_verdict(ref: Trajectory, cand: Trajectory) -> dict[str, Any]:
     out = {"distance": distance, "rate": rates, "last_step": steps, "radius": None,
            "distance_in_steps": None if distance is None or not steps["reference"]
            else distance / steps["reference"]}
-    if distance is None or None in steps.values() or None in rates.values():
-        return {**out, "verdict": "undetermined", "why": "a solve is non-finite or has no residual trend"}
-    if max(rates.values()) >= 1.0:
-        return {**out, "verdict": "undetermined",
-                "why": f"not contracting at the end (residual ratio {max(rates.values()):.3g} >= 1)"}
+    if distance is None or None in steps.values():
+        return {**out, "verdict": "undetermined", "why": "a solve is non-finite"}
+    if distance <= max(steps.values()):
+        return {**out, "verdict": "same", "why": f"final states {distance:.3g} apart, less than one step "
+                                                 f"({max(steps.values()):.3g}) of the solves"}
+    if None in rates.values() or max(rates.values()) >= 1.0:
+        return {**out, "verdict": "undetermined", "why": f"final states {distance:.3g} apart, more than one step, "
+                                                         "and a solve is not contracting (residual ratio >= 1)"}
     radius = sum(steps[n] / (1.0 - rates[n]) for n in steps)
     same = distance <= radius
     return {**out, "radius": radius, "verdict": "same" if same else "different",

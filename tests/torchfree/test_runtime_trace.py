@@ -223,3 +223,28 @@ def test_gpu_acceptance_trace_stage_command_parses_and_skips_without_a_gpu(tmp_p
     parsed = build_parser(["compare"]).parse_args(cmd[3:])
     assert parsed.trace and parsed.candidate == [f"tensorrt={tmp_path / 'm16.onnx'}"]
     assert parsed.node_reference == str(tmp_path / "split-fp32.onnx") and parsed.tier == "float16"
+
+
+def _trajectory(residual, hidden_value: float):
+    from runtime.trace import Trajectory
+
+    k = len(residual)
+    states = [(np.full((1, 1, 1, 1), hidden_value, np.float32), np.zeros((1, 2, 1, 1), np.float32))] * (k + 1)
+    return Trajectory("t", np.asarray(residual, np.float64), np.asarray(residual, np.float64), states,
+                      [np.zeros((1, 2, 8, 8), np.float32)] * k, np.zeros((1, 2, 1, 1), np.float32), requested=k)
+
+
+@pytest.mark.parametrize("residual,offset,verdict,radius", [
+    ([8, 4, 2, 1], 0.5, "same", None),  # closer than one step (1)
+    ([8, 4, 2, 1], 3.0, "same", 4.0),  # rate 0.5: each within 1 / (1 - 0.5) = 2 of its fixed point
+    ([8, 4, 2, 1], 5.0, "different", 4.0),
+    ([1, 1, 1, 1], 2.0, "undetermined", None),  # not contracting
+])
+def test_fixed_point_verdict_compares_the_distance_with_the_step_and_the_contraction(residual, offset, verdict,
+                                                                                      radius):
+    from runtime.trace import fixed_point_verdict
+
+    got = fixed_point_verdict(_trajectory(residual, 0.0), _trajectory(residual, offset))
+    assert got["verdict"] == verdict and got["distance"] == pytest.approx(offset)
+    assert got["radius"] == (pytest.approx(radius) if radius else None)
+    assert got["distance_in_steps"] == pytest.approx(offset / residual[-1])
