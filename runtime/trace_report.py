@@ -99,10 +99,10 @@ def nodes_markdown(nodes: dict | None, skipped: str) -> list[str]:
                   "error / allowed | fp16 overflow |", "|---|---:|---|---|---|---|---|---|---|---|"]
         for which in ("first", "worst"):
             for r in found[which]:
-                rng = r["candidate"]
+                rng, overflow = r["candidate"], "yes" if r["fp16_overflow"] else ""
                 lines.append(f"| {which} | {r['order']} | `{r['node']}` | {r['op']} | {r['dtype']} | "
                              f"{_fmt(rng['min'])} / {_fmt(rng['max'])} | {_fmt(r['reference']['absmax'])} | "
-                             f"{_fmt(r['max_abs_error'])} | {_fmt(r['ratio'])} | {'yes' if r['fp16_overflow'] else ''} |")
+                             f"{_fmt(r['max_abs_error'])} | {_fmt(r['ratio'])} | {overflow} |")
         lines.append("")
     return lines
 

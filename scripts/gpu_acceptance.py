@@ -281,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.checkpoint.is_file():
         ap.error(f"checkpoint not found: {args.checkpoint}")
-    for stale in ("compare", "trace", "bench.json", "bench.md", "batching.json", "batching.md"):  # never a previous run's
+    # never a previous run's
+    for stale in ("compare", "trace", "bench.json", "bench.md", "batching.json", "batching.md"):
         target = args.output / stale
         shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
     os.environ.setdefault("PYTHONPATH", str(ROOT))

@@ -13,7 +13,6 @@ float32 export as node reference (the same graph structure as mixed16, so node n
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 from pathlib import Path

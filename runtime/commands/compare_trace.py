@@ -88,28 +88,24 @@ def check_trace_args(args, specs: list) -> None:
                          "export)")
 
 
-def run_trace(args) -> int:
+def run_trace(args, spec: tuple, settings, pair: tuple, label: str) -> int:
+    """Both trajectories on `pair`, the comparison, the node localisation, the reports; the exit status."""
     from deqflow.fileio import save_results
     from runtime.backends import parse_spec
     from runtime.commands.common import spec_choice
-    from runtime.commands.compare import input_pairs, resolved_settings
     from runtime.compare import auto_tier
     from runtime.preprocessing import prepare
     from runtime.trace import compare_trajectories, record
     from runtime.trace_report import TraceReport, plot_trace
 
-    specs = [parse_spec(s) for s in args.candidate]
-    check_trace_args(args, specs)
-    settings = resolved_settings(args, specs, None)
     if not settings.max_iter:
         raise InputError("compare --trace needs an iteration count: pass --iters N")
-    pairs, label = input_pairs(args, specs, None)
-    batch = prepare(*pairs[0], args.pad_mode)
+    batch = prepare(*pair, args.pad_mode)
     ref_spec = parse_spec(args.reference) if args.reference else ("torch", {}, args.checkpoint)
     reference = spec_choice(ref_spec, args, settings).open()
     candidate = None
     try:
-        candidate = spec_choice(specs[0], args, settings).open()
+        candidate = spec_choice(spec, args, settings).open()
         tier = auto_tier(candidate) if args.tier == "auto" else args.tier
         ref_t = record(step_parts_of(reference), batch.image1, batch.image2, settings.max_iter, reference.label)
         cand_t = record(step_parts_of(candidate), batch.image1, batch.image2, settings.max_iter, candidate.label)

@@ -103,7 +103,7 @@ def test_a_clean_candidate_passes_with_zero_deviation(tmp_path):
 
 def test_nothing_compared_fails_closed(tmp_path, capsys):
     cand = candidate_copy(tmp_path)
-    plant(cand["step"], "/update_block/encoder/convc1/Conv", value=3e38)  # finite weights, an Inf/NaN state from the first step on
+    plant(cand["step"], "/update_block/encoder/convc1/Conv", value=3e38)  # finite weights; Inf/NaN from step 1
     rc, report = trace(tmp_path, cand["base"], "--nodes", "0")
     assert rc == 1 and not report["passed"]
     assert report["verdict"].startswith("FAIL: nothing compared: every iteration is NaN/Inf")
