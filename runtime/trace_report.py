@@ -19,6 +19,12 @@ def _fmt(x) -> str:
     return f"{x:.3g}" if isinstance(x, float) else str(x)
 
 
+def _named(backend: dict) -> str:
+    """'onnxruntime:cpu (split) mixed16': the label and, for an export, its precision."""
+    precision = backend.get("precision")
+    return f"{backend.get('label')}" + (f" {precision}" if precision else "")
+
+
 @dataclass
 class TraceReport:
     reference: dict
@@ -64,7 +70,7 @@ class TraceReport:
     def to_markdown(self) -> str:
         c, fp = self.comparison, self.comparison.fixed_point
         lines = ["# deqflow compare --trace", "",
-                 f"Reference **{self.reference.get('label')}**, candidate **{self.candidate.get('label')}**; "
+                 f"Reference **{_named(self.reference)}**, candidate **{_named(self.candidate)}**; "
                  f"inputs: {self.inputs.get('source')} ({self.inputs.get('size')}); {self.iterations} plain "
                  f"fixed-point iterations each, no early stop; tier {c.tier} ({json.dumps(TIERS[c.tier])}).", "",
                  f"**{self.verdict()}**", "",
