@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
-# .venv gets deqflow with the `train`, `serve` and `dev` extras (`pip install deqflow` alone is the torch-free runtime);
+# .venv gets deqflow with the `train`, `serve`, `dev` and `debug` extras (`pip install deqflow` alone is the
+# torch-free runtime);
 # the CPU build of PyTorch is installed first unless CUDA=1 (then pip picks the default, CUDA, build).
 PYTHON ?= python3
 VENV   ?= .venv
@@ -24,7 +25,7 @@ $(STAMP): pyproject.toml
 	else \
 	  $(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS); \
 	fi
-	$(BIN)/python -m pip install --quiet -e ".[train,serve,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[train,serve,dev,debug]"
 	touch $(STAMP)
 
 # Three runs: tests/torchfree with `import torch` blocked (the torch-free packages on a machine without

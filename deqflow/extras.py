@@ -3,7 +3,8 @@ library, and the one way to import an optional library, so a command that needs 
 line what to install.
 
 `pip install deqflow` is the runtime only (numpy, OpenCV, onnx, ONNX Runtime); PyTorch and everything behind
-training, evaluation and export come with `train`, TensorRT with `gpu`, Triton serving with `serve`.
+training, evaluation and export come with `train`, TensorRT with `gpu`, Triton serving with `serve`, Polygraphy
+and onnx-graphsurgeon (compare --trace's node comparison) with `debug`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ TRAIN = "pip install 'deqflow[train]'"
 GPU = "pip install 'deqflow[gpu]'"
 PYCUDA = "pip install 'deqflow[pycuda]'"
 SERVE = "pip install 'deqflow[serve]'"
+DEBUG = "pip install 'deqflow[debug]'"
 
 LIBRARIES: dict[str, tuple[str, str]] = {
     "torch": ("PyTorch", TRAIN),
@@ -31,6 +33,8 @@ LIBRARIES: dict[str, tuple[str, str]] = {
     "pycuda": ("pycuda", PYCUDA),
     "pytriton": ("PyTriton (Triton Inference Server)", SERVE),
     "tritonclient": ("tritonclient", SERVE),
+    "polygraphy": ("Polygraphy", DEBUG),
+    "onnx_graphsurgeon": ("onnx-graphsurgeon", DEBUG),
     "onnxruntime": ("ONNX Runtime", "pip install onnxruntime (CPU), or onnxruntime-gpu instead of it (CUDA/TensorRT "
                                     "providers; both provide the `onnxruntime` module)"),
     "onnx": ("onnx", "pip install onnx"),

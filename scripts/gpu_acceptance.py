@@ -219,6 +219,29 @@ class Acceptance:
         if out.with_suffix(".json").is_file():
             stage.data = json.loads(out.with_suffix(".json").read_text())
 
+    def trace_mixed16(self) -> None:
+        """compare --trace of the split mixed16 export on TensorRT (untested on a GPU so far)."""
+        name = "trace tensorrt split mixed16 against float32"
+        cmd = self.trace_command()
+        if cmd is None:
+            reason = self.env.cuda_reason if not self.env.cuda else "tensorrt is not installed" \
+                if not self.env.tensorrt else "the split float32 / mixed16 exports are missing"
+            self.add(Stage(name, reason=reason))
+            return
+        stage = self.add(Stage(name), cmd, share=0.5)
+        report = self.out / "trace" / "trace.json"
+        if report.is_file():
+            stage.data = json.loads(report.read_text())
+
+    def trace_command(self) -> list[str] | None:
+        """The command of the trace stage, or None when this box cannot run it."""
+        fp32, mixed16 = self.exports.get(("split", "fp32")), self.exports.get(("split", "mixed16"))
+        if not (self.env.cuda and self.env.tensorrt and fp32 and mixed16):
+            return None
+        return [*self.deqflow, "compare", "--trace", "--checkpoint", str(self.args.checkpoint), "--candidate",
+                f"tensorrt={mixed16}", "--node-reference", str(fp32), "--inputs", "real", "--tier", "float16",
+                "--output", str(self.out / "trace")]
+
     def report(self) -> int:
         failed = [s for s in self.stages if s.status == "failed"]
         body = {"environment": asdict(self.env), "size": list(self.args.size), "checkpoint": str(self.args.checkpoint),
@@ -258,13 +281,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.checkpoint.is_file():
         ap.error(f"checkpoint not found: {args.checkpoint}")
-    for stale in ("compare", "bench.json", "bench.md", "batching.json", "batching.md"):  # never a previous run's
+    # never a previous run's
+    for stale in ("compare", "trace", "bench.json", "bench.md", "batching.json", "batching.md"):
         target = args.output / stale
         shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
     os.environ.setdefault("PYTHONPATH", str(ROOT))
     acceptance = Acceptance(args, probe())
     for stage in (acceptance.gpu_tests, acceptance.export_all, acceptance.build_engines, acceptance.compare,
-                  acceptance.bench, acceptance.batching):
+                  acceptance.bench, acceptance.batching, acceptance.trace_mixed16):
         stage()
     return acceptance.report()
 

@@ -14,7 +14,8 @@ from deqflow.extras import LIBRARIES, TRAIN
 
 CORE = {"numpy": "numpy", "opencv-python-headless": "cv2", "onnx": "onnx", "onnxruntime": "onnxruntime"}
 # Imported by deqflow/runtime only inside a function, for a backend or a feature that names its extra when absent.
-OPTIONAL = {"torch", "training", "tensorrt", "cuda", "pycuda", "skimage", "pytriton", "tritonclient"}
+OPTIONAL = {"torch", "training", "tensorrt", "cuda", "pycuda", "skimage", "pytriton", "tritonclient",
+            "polygraphy", "matplotlib"}  # compare --trace: its node comparison (debug extra) and its plot
 IN_TRITON_ONLY = {"triton_python_backend_utils"}  # exists only inside Triton's python backend (bls_model.py)
 
 
@@ -35,6 +36,7 @@ def test_the_plain_install_is_the_runtime(project):
     assert {"torch", "scikit-image", "matplotlib", "tqdm", "onnxslim"} <= _requirements(extras["train"])
     assert _requirements(extras["gpu"]) == {"tensorrt", "cuda-python"}  # onnxruntime-gpu replaces, never joins
     assert "pycuda" not in _requirements(extras["gpu"])
+    assert _requirements(extras["debug"]) == {"polygraphy", "onnx-graphsurgeon"}  # compare --trace's nodes
 
 
 def _third_party_imports(package: str) -> dict[str, set[str]]:

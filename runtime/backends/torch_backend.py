@@ -16,7 +16,7 @@ import numpy as np
 from deqflow.errors import InputError
 from deqflow.extras import missing, require
 from deqflow.host_solver import WarmState
-from deqflow.solver_spec import SolveOverrides, SolveSpec
+from deqflow.solver_spec import REL_EPS, SolveOverrides, SolveSpec
 from runtime.backends.base import Backend, InferenceResult, TensorSpec
 
 
@@ -116,6 +116,45 @@ class TorchBackend(Backend):
                                stalled=None if s.stalled is None else s.stalled.cpu().numpy(),
                                sample_iterations=s.sample_iterations, stop_reasons=s.reasons)
 
+    def step_parts(self) -> TorchStepParts:
+        """The model's encode / step / decode as deqflow.host_solver.StepParts (deqflow compare --trace)."""
+        return TorchStepParts(self.model, self.device)
+
     def close(self) -> None:
         self.model = None
         super().close()
+
+
+class TorchStepParts:
+    """deqflow.host_solver.StepParts over a DEQFlow model: the host loop drives the model's own step, so a
+    trajectory of the torch reference is recorded exactly as an export's (runtime.trace). The residuals are
+    the step graph's: ||f(z) - z|| and that over ||f(z)|| + REL_EPS on the packed state."""
+
+    def __init__(self, model, device) -> None:
+        self.torch, self.model, self.device = import_torch(), model, device
+        self.hidden_dim = int(model.cfg.hidden_dim)
+
+    def encode(self, image1, image2):
+        with self.torch.no_grad():
+            ctx = self.model.encode(self.from_host(image1), self.from_host(image2))
+        return ctx, self.to_host(ctx.coords0)
+
+    def step(self, ctx, net, coords1):
+        with self.torch.no_grad():
+            net_next, coords_next = self.model.step(ctx, net, coords1)
+        n = net.shape[0]
+        step = self.torch.cat([(net_next - net).reshape(n, -1), (coords_next - coords1).reshape(n, -1)], 1)
+        norm = self.torch.cat([net_next.reshape(n, -1), coords_next.reshape(n, -1)], 1).norm(dim=1)
+        residual = step.norm(dim=1)
+        return net_next, coords_next, self.to_host(residual), self.to_host(residual / (norm + REL_EPS))
+
+    def decode(self, ctx, net, coords1):
+        with self.torch.no_grad():
+            flow_low = coords1 - ctx.coords0
+            return self.to_host(self.model.decode(net, flow_low)), self.to_host(flow_low)
+
+    def to_host(self, x):
+        return x.detach().float().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+    def from_host(self, x):
+        return self.torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device)

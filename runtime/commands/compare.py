@@ -36,6 +36,9 @@ def add_arguments(p) -> None:
                         "as another candidate was compared and passed; by default a skipped candidate fails the run")
     add_solver_args(p)
     add_backend_options(p)
+    from runtime.commands.compare_trace import add_trace_arguments
+
+    add_trace_arguments(p)
 
 
 def run(args) -> int:
@@ -48,6 +51,8 @@ def run(args) -> int:
     from runtime.compare import compare, load_golden
 
     check_output_dir(args.output)
+    if args.trace:
+        return trace(args)
     if args.save_golden:
         check_output_file(args.save_golden, "--save-golden", "golden.npz")
     specs = [parse_spec(s) for s in args.candidate]
@@ -89,6 +94,18 @@ def run(args) -> int:
     print(f"wrote {out / 'compare.json'} and {out / 'compare.md'}")
     print(f"compare: {report.verdict()}")  # last, where a CI log is read
     return 0 if report.passed else 1
+
+
+def trace(args) -> int:
+    """--trace: the candidate's trajectory against the reference's on the first pair (compare_trace)."""
+    from runtime.backends import parse_spec
+    from runtime.commands.compare_trace import check_trace_args, run_trace
+
+    specs = [parse_spec(s) for s in args.candidate]
+    check_trace_args(args, specs)
+    settings = resolved_settings(args, specs, None)
+    pairs, label = input_pairs(args, specs, None)
+    return run_trace(args, specs[0], settings, pairs[0], label)
 
 
 def save_reference(args, reference, pairs, settings, label: str):
