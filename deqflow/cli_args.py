@@ -310,8 +310,9 @@ def add_memory_args(parser, note: str = "") -> None:
     parser.add_argument("--corr", choices=CORR_CHOICES, default="auto",
                         help=_note("correlation: all-pairs (builds the whole volume, memory grows with the square "
                                    "of the pixel count) or local (on demand, grows with the pixel count); auto: "
-                                   f"all-pairs when its plan needs at most {ALL_PAIRS_HEADROOM * 100:.0f}%% of the memory "
-                                   "limit, else local; an ONNX export or engine keeps the mode it was exported with",
+                                   f"all-pairs when its plan needs at most {ALL_PAIRS_HEADROOM * 100:.0f}%% of "
+                                   "the memory limit, else local; an ONNX export or engine keeps the mode it was "
+                                   "exported with",
                                    note))
     parser.add_argument("--memory-limit", type=memory_size, default=None, metavar="BYTES",
                         help="memory a run may use, e.g. 8G or 512M (default: the machine's available memory, or "

@@ -323,7 +323,8 @@ def choose_plan(request: PlanRequest, limit: MemoryLimit, corr: str = "auto", fi
         if plan.fits:
             return plan
         advice = (f"re-export it with `deqflow export --lookup local` (local needs about "
-                  f"{human(plans['local'].total)} here), or use {smaller}" if fixed == "all-pairs" else f"use {smaller}")
+                  f"{human(plans['local'].total)} here), or use {smaller}" if fixed == "all-pairs"
+                  else f"use {smaller}")
         raise MemoryPlanError(f"frame {request.size}: this model file's {_needs(plan)} but {_limit_text(limit)}; "
                               f"{advice}")
     if corr != "auto":

@@ -117,7 +117,18 @@ def _summary(run: PairRun, label: str, out: Path) -> dict:
         summary.update(stop_rule=run.stop_rule, stop_reason=run.stop_reason)
     if run.model_size is not None:
         summary.update(model_size=list(run.model_size), resolution=run.resolution)
+    summary["peak_rss_bytes"] = peak_rss_bytes()
     return summary
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident memory so far (what the memory plan is checked against); None where the
+    platform does not say."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # kilobytes on Linux
 
 
 def _add_metrics(summary: dict, flow: np.ndarray, gt: tuple[np.ndarray, np.ndarray]) -> None:
@@ -144,7 +155,8 @@ def print_summary(s: dict, out: Path, written: list[str]) -> None:
     ran = f" (model run at {s['model_size'][0]}x{s['model_size'][1]})" if s.get("model_size") not in (None, s["size"]) \
         else ""
     print(f"{s['label']}: {s['size'][0]}x{s['size'][1]}{ran}, {s['iterations']} solver iterations, final residual "
-          f"abs {s['final_abs_residual']:.3g} / rel {rel}, {s['seconds']:.2f} s{backend}")
+          f"abs {s['final_abs_residual']:.3g} / rel {rel}, {s['seconds']:.2f} s{backend}"
+          + (f", peak memory {s['peak_rss_bytes'] / 2**30:.2f} GiB" if s.get("peak_rss_bytes") else ""))
     if s.get("stop_rule"):
         reason = f" (stopped: {s['stop_reason']})" if s.get("stop_reason") else ""
         print(f"  stop: {s['stop_rule']}{reason}")

@@ -232,8 +232,8 @@ CASES = [
     Case("build: bit-rotted ONNX", ["build", "--onnx", "{rot_onnx}", "--output", "{dir}/r.engine"], 2,
          ("damaged",), subprocess=True),
     # --- infer (the cases that worked before this issue stay working) ------------------------------------------------
-    Case("infer: a frame whose memory plan exceeds --memory-limit", ["infer", "--checkpoint", "{tiny}", *PAIR,
-                                                                      "--output", "{dir}/i10", "--memory-limit", "100M"],
+    Case("infer: a frame whose memory plan exceeds --memory-limit",
+         ["infer", "--checkpoint", "{tiny}", *PAIR, "--output", "{dir}/i10", "--memory-limit", "100M"],
          2, ("needs about", "the limit is 100.0 MB (--memory-limit", "--max-side")),
     Case("infer: --memory-limit lots", ["infer", "--checkpoint", "{tiny}", *PAIR, "--output", "{dir}/i11",
                                         "--memory-limit", "lots"], 2, ("--memory-limit", "not understood")),

@@ -242,3 +242,11 @@ def plan_run(choice: BackendChoice, size: tuple[int, int], args: argparse.Namesp
     if choice.name == "torch" and plan.request.corr != "all-pairs":
         choice.options["lookup"] = MODE_LOOKUP[plan.request.corr]
     return plan
+
+
+def add_max_size_arg(group, default_text: str) -> None:
+    """--max-size HxW of the serving verbs: the largest frame a server admits, in pixels (H*W)."""
+    from deqflow.cli_args import image_size
+
+    group.add_argument("--max-size", type=image_size, default=None, metavar="HxW",
+                       help=f"largest frame admitted, in pixels (H*W) (default: {default_text})")

@@ -81,5 +81,6 @@ def table(report: dict) -> list[str]:
                      + f"{human(plan['total']):>12}  {'yes ' if plan['fits'] else 'no  '}  "
                      + (f"{big[0]}x{big[1]}" if big else "none"))
     chosen = report["chosen"]
-    lines.append(f"  --corr {report['corr']}: " + (f"runs with {chosen}" if chosen else f"refused: {report['refusal']}"))
+    outcome = f"runs with {chosen}" if chosen else f"refused: {report['refusal']}"
+    lines.append(f"  --corr {report['corr']}: {outcome}")
     return lines

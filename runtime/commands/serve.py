@@ -11,8 +11,14 @@ HELP = ("serve a model with NVIDIA's Triton Inference Server (PyTriton): image p
 
 
 def add_arguments(p) -> None:
-    from deqflow.cli_args import add_memory_args, count, image_size
-    from runtime.commands.common import add_backend_arg, add_backend_options, add_batching_args, add_solver_args
+    from deqflow.cli_args import add_memory_args, count
+    from runtime.commands.common import (
+        add_backend_arg,
+        add_backend_options,
+        add_batching_args,
+        add_max_size_arg,
+        add_solver_args,
+    )
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, help="ONNX export (a split export by its base name) or TensorRT engine")
@@ -27,9 +33,7 @@ def add_arguments(p) -> None:
     s.add_argument("--workspace", default=None, help="PyTriton workspace folder (default: a temporary one)")
     s.add_argument("--verbose", action="store_true", help="print Triton's own log")
     m = p.add_argument_group("memory (per model instance: the limit is shared by --instances)")
-    m.add_argument("--max-size", type=image_size, default=None, metavar="HxW",
-                   help="largest frame admitted, in pixels (H*W) (default: any whose memory plan fits one "
-                        "instance's share of the memory limit)")
+    add_max_size_arg(m, "any whose memory plan fits one instance's share of the memory limit")
     add_memory_args(m, "torch backend: auto serves all-pairs")
     add_solver_args(p)
     add_backend_options(p)
@@ -40,7 +44,8 @@ def run(args) -> int:
     from runtime.serving.server import ServeConfig, Server
 
     choice = choose_backend(args)
-    config = ServeConfig(choice, admission=admission(choice, args), host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+    config = ServeConfig(choice, admission=admission(choice, args), host=args.host, http_port=args.http_port,
+                         grpc_port=args.grpc_port,
                          metrics_port=args.metrics_port, max_batch=args.max_batch,
                          max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
                          stream_idle_timeout_s=args.stream_idle_timeout, workspace=args.workspace,

@@ -8,7 +8,7 @@ HELP = ("write a model repository (config.pbtxt checked against Triton's schema)
 
 
 def add_arguments(p) -> None:
-    from runtime.commands.common import add_batching_args, add_solver_args
+    from runtime.commands.common import add_batching_args, add_max_size_arg, add_solver_args
 
     p.add_argument("--model", required=True, help="ONNX export (a split export by its base name)")
     p.add_argument("--output", required=True, help="repository folder to write")
@@ -20,6 +20,7 @@ def add_arguments(p) -> None:
                    help="split layout: serve the three graphs with Triton's onnxruntime backend (NVIDIA's container) "
                         "or with ONNX Runtime inside the python backend (servers without it)")
     add_batching_args(p.add_argument_group("batching (as in deqflow serve)"))
+    add_max_size_arg(p, "any; the split layout's host-solver models refuse larger frames with a one-line error")
     add_solver_args(p)
 
 
@@ -29,7 +30,8 @@ def run(args) -> int:
 
     options = RepoOptions(max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us,
                           instances=args.instances, device=args.device, parts=args.parts, plan=args.plan,
-                          stream_idle_timeout_s=args.stream_idle_timeout, settings=settings_from_args(args))
+                          stream_idle_timeout_s=args.stream_idle_timeout, settings=settings_from_args(args),
+                          max_pixels=args.max_size[0] * args.max_size[1] if args.max_size else 0)
     configs = write_repository(args.model, args.output, options)
     print(f"wrote {len(configs)} models into {args.output}: " + ", ".join(c.parent.name for c in configs))
     return 0

@@ -5,7 +5,9 @@ decode models through BLS calls. Parameter `mode`: 'pair' (deqflow_flow: image p
 point, which is freed at the sequence end or after the idle timeout).
 
 Needs deqflow importable in the server's Python (`pip install --no-deps deqflow` plus numpy in NVIDIA's
-container). Bad requests get a per-request Triton error; the other requests of the batch are answered.
+container). Bad requests get a per-request Triton error; the other requests of the batch are answered. Every
+error a client reads is one line without a traceback or a server path (runtime.serving.protocol.failure_message),
+and frames above the `max_pixels` parameter (0: any) are refused before any work.
 """
 
 from __future__ import annotations
@@ -70,10 +72,11 @@ class TritonPythonModel:
         self.spec = SolveSpec(method=params["method"], stop=StopRule(
             tol=float(params["tol"]), stop_mode=params["stop_mode"], max_iter=int(params["max_iter"])))
         self.idle_timeout_s = float(params["idle_timeout_s"])
+        self.max_pixels = int(params.get("max_pixels", "0"))
         self.streams: dict[int, tuple] = {}  # sequence id -> (frame, WarmState, last seen)
 
     def execute(self, requests):
-        from runtime.serving.protocol import RequestError
+        from runtime.serving.protocol import failure_message
 
         pb = _pb()
         now = time.monotonic()
@@ -83,9 +86,18 @@ class TritonPythonModel:
             try:
                 outputs = self._pair(request) if self.mode == "pair" else self._frame(request, now)
                 responses.append(pb.InferenceResponse(output_tensors=[pb.Tensor(k, v) for k, v in outputs.items()]))
-            except RequestError as exc:
-                responses.append(pb.InferenceResponse(output_tensors=[], error=pb.TritonError(str(exc))))
+            except Exception as exc:  # every failure reaches the client as one clean line; the server keeps serving
+                message = str(exc) if type(exc).__name__ == "RequestError" else failure_message(exc)
+                responses.append(pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message)))
         return responses
+
+    def _admit(self, image: np.ndarray) -> None:
+        from runtime.serving.protocol import RequestError
+
+        h, w = image.shape[-2:]
+        if self.max_pixels and h * w > self.max_pixels:
+            raise RequestError(f"frame {h}x{w} has {h * w} pixels, more than this server admits ({self.max_pixels}, "
+                               "--max-size); send a smaller frame")
 
     def _input(self, request, name: str) -> np.ndarray:
         return np.array(_pb().get_input_tensor_by_name(request, name).as_numpy())
@@ -105,6 +117,7 @@ class TritonPythonModel:
         image1, image2 = self._input(request, "image1"), self._input(request, "image2")
         for a, b in zip(image1, image2):
             check_pair(a, b, self.levels)
+            self._admit(a)
         return self._solve(image1, image2)[1]
 
     def _frame(self, request, now: float) -> dict[str, np.ndarray]:
@@ -117,6 +130,7 @@ class TritonPythonModel:
         if len(frame) != 1:
             raise RequestError(f"a stream request carries one frame, got a batch of {len(frame)}")
         check_image("frame", frame[0], self.levels)
+        self._admit(frame[0])
         previous = None if start else self.streams.get(key)
         if not start and previous is None:
             raise RequestError(f"sequence {key} is unknown, ended or expired: start it with sequence_start")

@@ -8,7 +8,6 @@ with an error, so a group holding one bad request runs the good ones and gives t
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -27,10 +26,8 @@ from runtime.serving.protocol import (
     RequestError,
     check_image,
     check_pair,
+    failure_message,
 )
-
-
-LOG = logging.getLogger("deqflow.serve")
 
 
 @dataclass
@@ -55,22 +52,6 @@ class Admission:
             raise RequestError(f"frame {height}x{width} (batch {batch}) needs about {human(plan.total)} with "
                                f"{plan.request.corr} correlation, more than one model instance may use "
                                f"({human(self.limit.bytes)}); send a smaller frame or fewer pairs per request")
-
-
-def failure_message(exc: BaseException) -> str:
-    """What a client reads when the model fails on its request: one line, no traceback, no server path (the
-    full traceback goes to the server's log)."""
-    from deqflow.errors import DeqflowError
-    from deqflow.memory_plan import allocation_failure
-
-    LOG.error("request failed", exc_info=exc)
-    text = allocation_failure(exc)
-    if text:
-        return "the server ran out of memory on this request; send a smaller frame"
-    if isinstance(exc, DeqflowError):
-        first = (str(exc).splitlines() or [""])[0]
-        return first if "/" not in first and ".py" not in first else type(exc).__name__
-    return f"the model failed on this request ({type(exc).__name__}); the server log has the details"
 
 
 def _column(values, dtype) -> np.ndarray:

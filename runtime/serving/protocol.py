@@ -7,6 +7,8 @@ pads with runtime.prepare, exactly as local inference does), so a response's flo
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from deqflow.errors import InputError
@@ -21,6 +23,7 @@ SEQUENCE_START, SEQUENCE_END, SEQUENCE_ID = "START", "END", "CORRID"
 FLOW_OUTPUTS = ("flow", "iterations", "residual", "stop_reason", "error")
 STREAM_OUTPUTS = ("flow", "iterations", "residual", "stop_reason", "warm", "error")
 ERROR_MARK = "RequestError: "  # how a request's error message starts inside Triton's error text
+LOG = logging.getLogger("deqflow.serve")
 MAX_CANDIDATE_SEQUENCES = 64  # streams the sequence batcher interleaves at once (others queue)
 
 
@@ -80,3 +83,19 @@ def error_message(text: str) -> str:
     if ERROR_MARK in text:
         return text.split(ERROR_MARK, 1)[1].strip().splitlines()[0]
     return text.strip().splitlines()[0] if text.strip() else text
+
+
+def failure_message(exc: BaseException) -> str:
+    """What a client reads when the model fails on its request: one line, no traceback, no server path (the
+    full traceback goes to the server's log)."""
+    from deqflow.errors import DeqflowError
+    from deqflow.memory_plan import allocation_failure
+
+    LOG.error("request failed", exc_info=exc)
+    text = allocation_failure(exc)
+    if text:
+        return "the server ran out of memory on this request; send a smaller frame"
+    if isinstance(exc, DeqflowError):
+        first = (str(exc).splitlines() or [""])[0]
+        return first if "/" not in first and ".py" not in first else type(exc).__name__
+    return f"the model failed on this request ({type(exc).__name__}); the server log has the details"

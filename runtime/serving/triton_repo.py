@@ -45,6 +45,7 @@ class RepoOptions:
     parts: str = "onnxruntime"  # split layout: how the three graphs are served
     plan: str | None = None  # TensorRT engine of a whole-graph export (tensorrt_plan)
     stream_idle_timeout_s: float = 60.0
+    max_pixels: int = 0  # host-solver models refuse larger frames (0: any)
     settings: SolveOverrides = field(default_factory=SolveOverrides)
 
     def __post_init__(self) -> None:
@@ -193,6 +194,7 @@ def solver_parameters(file, options: RepoOptions, mode: str) -> dict[str, str]:
     return {"mode": mode, "max_iter": str(s.stop.max_iter), "tol": str(s.stop.tol), "stop_mode": s.stop.stop_mode,
             "method": s.method, "hidden_dim": str(meta.hidden_dim), "context_names": json.dumps(meta.context_names),
             "levels": str(meta.corr_levels), "idle_timeout_s": str(options.stream_idle_timeout_s),
+            "max_pixels": str(options.max_pixels),
             **{f"{part}_model": name for part, name in PART_MODELS.items()}}
 
 

@@ -1,0 +1,259 @@
+"""High-resolution benchmark (issue 22): peak memory against frame size for both correlation modes on both CPU
+backends, time per solver iteration (local against all-pairs), and a 4K pair with known motion end to end.
+
+Every memory and end-to-end figure is one fresh `deqflow infer` subprocess (peak = the child's ru_maxrss) under an
+address-space limit, so a size that does not fit fails inside the process instead of meeting the kernel's
+out-of-memory killer. A case whose memory plan exceeds --budget is not run: its row carries the plan's estimate.
+Per-iteration times are taken in this process, as the difference of two fixed iteration counts (no early stop),
+so the encoder and the correlation set-up cancel out.
+
+    python scripts/bench_highres.py            # -> docs/highres.json, docs/highres.md, docs/highres_memory.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from calibrate_memory_plan import measure_infer  # the script's own folder is on sys.path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SIZES = ((256, 320), (440, 1024), (720, 1280), (1080, 1920), (1440, 2560), (2160, 3840))
+TIMING_SIZES = ((440, 1024), (1080, 1920))
+MODES = ("all-pairs", "local")
+LOOKUP_OF_EXPORT = {"all-pairs": "gather", "local": "local"}
+K1, K2 = 2, 8  # per-iteration time = (t(K2) - t(K1)) / (K2 - K1)
+
+
+def export_split(checkpoint: str, mode: str, folder: Path) -> str:
+    """A dynamic split export of `checkpoint` in correlation mode `mode`, covering every benchmarked size."""
+    out = folder / f"model-{mode}.onnx"
+    cmd = [sys.executable, "-m", "deqflow", "export", "--checkpoint", checkpoint, "--layout", "split", "--dynamic",
+           "--lookup", LOOKUP_OF_EXPORT[mode], "--height", "440", "--width", "1024", "--min-shape", "128x128",
+           "--max-shape", "2160x3840", "--output", str(out)]
+    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True)
+    return str(out)
+
+
+def plan_estimate(model_args: list[str], size: tuple[int, int], mode: str) -> int:
+    """The memory plan's peak for this case (deqflow plan --json)."""
+    h, w = size
+    cmd = [sys.executable, "-m", "deqflow", "plan", *model_args, "--size", f"{h}x{w}", "--memory-limit", "1T",
+           "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          check=True)
+    return int(json.loads(done.stdout)["sizes"][0]["plans"][mode]["total"])
+
+
+def memory_rows(cases: dict, sizes, budget: int) -> list[dict]:
+    rows = []
+    for (backend, mode), model_args in cases.items():
+        corr = ["--corr", mode] if backend == "torch" else []
+        for size in sizes:
+            est = plan_estimate(model_args, size, mode)
+            row = {"backend": backend, "mode": mode, "size": list(size), "estimate_bytes": est}
+            if est > budget:
+                row["status"] = f"not run: the plan's estimate exceeds the {budget / 2**30:.0f} GiB budget"
+            else:
+                run = measure_infer(model_args, *size, as_limit=budget + (4 << 30),
+                                    extra=[*corr, "--memory-limit", "1T", "--threads", "2"])
+                ok = run["returncode"] == 0
+                row.update(peak_bytes=run["peak_bytes"] if ok else None,
+                           status="ok" if ok else f"failed: {run['stderr'].strip().splitlines()[-1:]}")
+                if ok:
+                    row["estimate_over_peak"] = round(est / run["peak_bytes"], 3)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def _backend(kind: str, path: str, mode: str, iters: int):
+    from deqflow.solver_spec import SolveOverrides
+
+    settings = SolveOverrides(max_iter=iters, tol=0.0)
+    if kind == "torch":
+        from runtime.backends.torch_backend import TorchBackend
+
+        lookup = "grid_sample" if mode == "all-pairs" else "local"
+        return TorchBackend(path, settings=settings, threads=2, lookup=lookup)
+    from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend(path, settings=settings, threads=2)
+
+
+def iteration_time(kind: str, path: str, mode: str, size: tuple[int, int], repeats: int) -> dict:
+    """Seconds per solver iteration: median over `repeats` of t(K2) - t(K1), interleaved."""
+    from runtime.pipeline import FlowEstimator
+
+    rng = np.random.default_rng(0)
+    h, w = size
+    base = rng.integers(0, 256, (h, w + 4, 3), dtype=np.uint8)
+    img1, img2 = np.ascontiguousarray(base[:, :w]), np.ascontiguousarray(base[:, 4:])
+    estimators = {k: FlowEstimator(_backend(kind, path, mode, k)) for k in (K1, K2)}
+    estimators[K1](img1, img2)  # warm-up (allocator, ORT arena)
+    times = {K1: [], K2: []}
+    for _ in range(repeats):
+        for k, est in estimators.items():
+            t0 = time.perf_counter()
+            est(img1, img2)
+            times[k].append(time.perf_counter() - t0)
+    for est in estimators.values():
+        est.backend.close()
+    diffs = [(b - a) / (K2 - K1) for a, b in zip(times[K1], times[K2])]
+    return {"backend": kind, "mode": mode, "size": list(size), "seconds_per_iteration": statistics.median(diffs),
+            "seconds_at_k1": statistics.median(times[K1]), "repeats": repeats}
+
+
+def pair_4k(folder: Path) -> tuple[Path, Path, Path]:
+    """A 2160x3840 pair with known motion: a photograph enlarged 7x, warped by a homography moving up to 40 px,
+    with the validation set's photometric changes (training.data.heldout_real)."""
+    import cv2
+
+    from deqflow.flow_io import write_flow
+    from deqflow.image_io import write_image
+    from training.data.heldout_real import HeldoutRealConfig, warped_photo_pair
+    from training.data.photos import load_photo_full
+
+    photo = cv2.resize(load_photo_full("coffee"), None, fx=7.0, fy=7.0, interpolation=cv2.INTER_CUBIC)
+    img1, img2, flow, _ = warped_photo_pair(photo, np.random.default_rng(4096), (2160, 3840), 40.0,
+                                            HeldoutRealConfig())
+    paths = folder / "4k_1.png", folder / "4k_2.png", folder / "4k_gt.flo"
+    write_image(paths[0], img1)
+    write_image(paths[1], img2)
+    write_flow(paths[2], flow)
+    return paths
+
+
+def end_to_end_4k(cases: dict, folder: Path) -> list[dict]:
+    """`deqflow infer` with defaults (--corr auto, the model's stop rule) on the 4K pair, per backend/export."""
+    a, b, gt = pair_4k(folder)
+    rows = []
+    for label, model_args in cases.items():
+        out = folder / f"out-{label}"
+        code = ("import resource, subprocess, sys, time; t = time.perf_counter(); done = subprocess.run(sys.argv[1:]);"
+                " print(time.perf_counter() - t); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss);"
+                " sys.exit(done.returncode)")
+        cmd = [sys.executable, "-c", code, "prlimit", "--as=24000000000", sys.executable, "-m", "deqflow", "infer",
+               *model_args, "--image1", str(a), "--image2", str(b), "--gt", str(gt), "--output", str(out)]
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        lines = done.stdout.strip().splitlines()
+        row = {"case": label, "returncode": done.returncode, "wall_seconds": float(lines[-2]),
+               "peak_bytes": int(lines[-1]) * 1024}
+        if done.returncode == 0:
+            s = json.loads((out / "summary.json").read_text())
+            row.update(iterations=s.get("iterations"), epe=s.get("metrics", {}).get("epe"),
+                       solve_seconds=s.get("seconds"))
+        else:
+            row["message"] = done.stderr.strip().splitlines()[-1:]
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def _gb(b) -> str:
+    return "-" if b is None else f"{b / 2**30:.2f}"
+
+
+def markdown(r: dict) -> str:
+    lines = ["### Peak memory against frame size (GiB; measured peak RSS, the plan's estimate in brackets)", "",
+             "| frame | " + " | ".join(f"{b} {m}" for b, m in r["memory_cases"]) + " |",
+             "|---|" + "---:|" * len(r["memory_cases"])]
+    for size in r["sizes"]:
+        cells = []
+        for b, m in r["memory_cases"]:
+            row = next(x for x in r["memory"] if x["backend"] == b and x["mode"] == m and x["size"] == size)
+            shown = _gb(row.get("peak_bytes")) if row["status"] == "ok" else "not run" if "not run" in row["status"] \
+                else "failed"
+            cells.append(f"{shown} ({_gb(row['estimate_bytes'])})")
+        lines.append(f"| {size[0]}x{size[1]} | " + " | ".join(cells) + " |")
+    lines += ["", f"### Time per solver iteration (s; t({K2}) - t({K1}) over {K2 - K1} iterations, median)", "",
+              "| backend | frame | all-pairs | local | local / all-pairs |", "|---|---|---:|---:|---:|"]
+    for b in ("torch", "onnxruntime"):
+        for size in r["timing_sizes"]:
+            t = {x["mode"]: x["seconds_per_iteration"] for x in r["timing"]
+                 if x["backend"] == b and x["size"] == size}
+            if len(t) == 2:
+                lines.append(f"| {b} | {size[0]}x{size[1]} | {t['all-pairs']:.3f} | {t['local']:.3f} | "
+                             f"{t['local'] / t['all-pairs']:.2f} |")
+    lines += ["", "### A 2160x3840 pair with known motion, `deqflow infer` with defaults", "",
+              "| backend / model | result | wall time (s) | iterations | EPE (px) | peak memory (GiB) |",
+              "|---|---|---:|---:|---:|---:|"]
+    for x in r["end_to_end_4k"]:
+        ok = x["returncode"] == 0
+        result = "ran" if ok else "refused: " + " ".join(x.get("message", []))[:160]
+        epe = f"{x['epe']:.3f}" if ok and x.get("epe") is not None else "-"
+        lines.append(f"| {x['case']} | {result} | {x['wall_seconds']:.1f} | {x.get('iterations', '-')} | {epe} | "
+                     f"{_gb(x['peak_bytes'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for b, m in r["memory_cases"]:
+        rows = [x for x in r["memory"] if x["backend"] == b and x["mode"] == m]
+        px = [x["size"][0] * x["size"][1] / 1e6 for x in rows]
+        line, = ax.plot([p for p, x in zip(px, rows) if x.get("peak_bytes")],
+                        [x["peak_bytes"] / 2**30 for x in rows if x.get("peak_bytes")], marker="o", label=f"{b} {m}")
+        ax.plot(px, [x["estimate_bytes"] / 2**30 for x in rows], ls="--", color=line.get_color(), alpha=0.6)
+    ax.axhline(24, color="grey", lw=0.8)
+    ax.set(xscale="log", yscale="log", xlabel="megapixels per frame", ylabel="peak memory (GiB)",
+           title="peak memory (solid: measured, dashed: memory plan)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "deqflow-T-synthetic.pth"))
+    p.add_argument("--budget", type=float, default=18.0, help="GiB: cases whose plan exceeds it are not run")
+    p.add_argument("--repeats", type=int, default=3, help="timing repeats per case")
+    p.add_argument("--skip", nargs="*", default=[], choices=["memory", "timing", "4k"])
+    p.add_argument("--output", default=str(ROOT / "docs" / "highres.json"))
+    args = p.parse_args()
+    out = Path(args.output)
+    result = json.loads(out.read_text()) if out.is_file() else {}
+    with tempfile.TemporaryDirectory(prefix="deqflow-highres-") as tmp:
+        exports = {m: export_split(args.checkpoint, m, Path(tmp)) for m in MODES}
+        cases = {("torch", m): ["--checkpoint", args.checkpoint] for m in MODES}
+        cases.update({("onnxruntime", m): ["--model", exports[m]] for m in MODES})
+        result.update(checkpoint=args.checkpoint, sizes=[list(s) for s in SIZES],
+                      timing_sizes=[list(s) for s in TIMING_SIZES], memory_cases=[list(c) for c in cases],
+                      machine=f"{os.cpu_count()} CPU cores")
+        if "memory" not in args.skip:
+            result["memory"] = memory_rows(cases, SIZES, int(args.budget * 2**30))
+        if "timing" not in args.skip:
+            result["timing"] = [iteration_time(b, args.checkpoint if b == "torch" else exports[m], m, s,
+                                               args.repeats) for s in TIMING_SIZES for (b, m) in cases]
+            for row in result["timing"]:
+                print(json.dumps(row), flush=True)
+        if "4k" not in args.skip:
+            result["end_to_end_4k"] = end_to_end_4k(
+                {"torch (checkpoint)": ["--checkpoint", args.checkpoint],
+                 "onnxruntime (split export, local)": ["--model", exports["local"]],
+                 "onnxruntime (split export, all-pairs)": ["--model", exports["all-pairs"]]}, Path(tmp))
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
+    plot(result, out.with_name("highres_memory.png"))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
