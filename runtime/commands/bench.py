@@ -41,6 +41,9 @@ def add_arguments(p) -> None:
                         "a bad model file) or nothing in the baseline is comparable; by default either fails the "
                         "run, so a CI gate never passes on nothing measured. A run that measured nothing fails always")
     add_backend_options(p)
+    from deqflow.cli_args import add_memory_args
+
+    add_memory_args(p.add_argument_group("memory"), "torch candidates are planned per --size")
 
 
 def run(args) -> int:
@@ -135,7 +138,7 @@ def bench_cases(args, specs: list, sizes: list, iters: int) -> list:
 
     from deqflow.solver_spec import SolveOverrides
     from runtime.bench import BenchCase
-    from runtime.commands.common import spec_choice
+    from runtime.commands.common import plan_run, spec_choice
     from runtime.modelfile import open_model_file
 
     cases, seen = [], set()
@@ -143,13 +146,15 @@ def bench_cases(args, specs: list, sizes: list, iters: int) -> list:
         name, _, path = spec
         full_graph = name != "torch" and open_model_file(path).layout in ("unrolled", "loop")
         settings = SolveOverrides(max_iter=iters) if full_graph else SolveOverrides(max_iter=iters, tol=0.0)
-        choice = spec_choice(spec, args, settings)
-        label = choice.label
+        label = spec_choice(spec, args, settings).label
         if label in seen:
             label = f"{label} {Path(path).stem}"
         seen.add(label)
-        for size in sizes:
-            cases.append(BenchCase(label, choice.open, size, args.batch, {"spec": f"{name}={path}"}))
+        for size in sizes:  # each size planned before anything is timed; a torch run may take local correlation
+            choice = spec_choice(spec, args, settings)
+            plan = plan_run(choice, size, args, batch=args.batch)
+            cases.append(BenchCase(label, choice.open, size, args.batch,
+                                   {"spec": f"{name}={path}", "corr": plan.request.corr}))
     return cases
 
 

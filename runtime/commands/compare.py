@@ -36,6 +36,9 @@ def add_arguments(p) -> None:
                         "as another candidate was compared and passed; by default a skipped candidate fails the run")
     add_solver_args(p)
     add_backend_options(p)
+    from deqflow.cli_args import add_memory_args
+
+    add_memory_args(p.add_argument_group("memory"), "the reference and every candidate are planned at the pairs' size")
     from runtime.commands.compare_trace import add_trace_arguments
 
     add_trace_arguments(p)
@@ -47,7 +50,7 @@ def run(args) -> int:
     from deqflow.errors import DeqflowError, InputError
     from deqflow.fileio import check_output_dir, check_output_file, save_results
     from runtime.backends import parse_spec
-    from runtime.commands.common import spec_choice
+    from runtime.commands.common import plan_run, spec_choice
     from runtime.compare import compare, load_golden
 
     check_output_dir(args.output)
@@ -63,15 +66,19 @@ def run(args) -> int:
         raise InputError("nothing to compare: add --candidate SPEC (or --save-golden FILE to only save the reference)")
     settings = resolved_settings(args, specs, golden)
     pairs, label = input_pairs(args, specs, golden)
+    size = pairs[0][0].shape[:2]
     reference = None
     if golden is None:
         spec = parse_spec(args.reference) if args.reference else ("torch", {}, args.checkpoint)
-        reference = spec_choice(spec, args, settings).open()
+        choice = spec_choice(spec, args, settings)
+        plan_run(choice, size, args)
+        reference = choice.open()
     candidates, skipped = [], []
     try:
         for spec in specs:
             choice = spec_choice(spec, args, settings)
             try:
+                plan_run(choice, size, args)
                 candidates.append(choice.open())
             except DeqflowError as exc:  # a candidate that cannot be loaded is reported, and fails the gate
                 skipped.append({"label": choice.label, "spec": f"{choice.name}={choice.model}", "passed": False,
