@@ -11,8 +11,8 @@ zero-padded by 2r+2, packed per sample as channels-last rows (N, positions, C); 
 each patch position (one Gather on axis 0) and dots them with the pixel's first-image feature.
 
 Memory: the patch positions are processed in a fixed number of chunks (`chunk` positions at a time, a static
-count in traced graphs), so the working set is about chunk x the first feature map, never
-pixels x levels x (2r+2)^2 x C; memory grows with the pixel count, not its square. While autograd records, each
+count in traced graphs), so the working set is about chunk x the first feature map (eager PyTorch also splits the
+pixels into blocks of at most `block_bytes` of gathered features), never pixels x levels x (2r+2)^2 x C; memory grows with the pixel count, not its square. While autograd records, each
 chunk is recomputed in the backward pass (activation checkpointing) instead of keeping its gathered features.
 Everything is computed in float32 (float64 stays float64), also under autocast.
 """
@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from training.model.corr import accumulation_dtype
 
 DEFAULT_CHUNK = 10  # patch positions per gather: (2r+2) for the default radius 4, one patch column
+DEFAULT_BLOCK_BYTES = 2 << 20  # eager PyTorch: gathered features per chunk and pixel block (cache-sized)
 
 
 def stack_sizes(values: list) -> Tensor:
@@ -98,31 +99,46 @@ def local_context(fmap1: Tensor, fmap2: Tensor, levels: int, radius: int) -> tup
 
 
 def _dot_chunk(rows: Tensor, f1: Tensor, idx: Tensor) -> Tensor:
-    """<f1(p), rows[idx(p, j)]> for a chunk of patch positions j: f1 (B, C, 1), idx (B, k) -> (B, k)."""
+    """<f1(p), rows[idx(p, j)]> for a chunk of patch positions j: f1 (B, 1, C), idx (B, k) -> (B, k)."""
     b, k = idx.shape
     gathered = torch.index_select(rows, 0, idx.reshape(-1)).reshape(b, k, -1)
-    return torch.bmm(gathered, f1).reshape(b, k)
+    return (gathered * f1).sum(-1)  # a multiply and a sum: faster on CPUs than a batch of (k,C)x(C,1) products
+
+
+def _patch_samples(rows: Tensor, f1: Tensor, idx: Tensor, chunk: int, recompute: bool) -> Tensor:
+    """Correlation at every patch position of idx (B, P), `chunk` positions at a time -> (B, P)."""
+    parts = []
+    for j in range(0, idx.shape[1], chunk):
+        part = idx[:, j:j + chunk]
+        parts.append(checkpoint(_dot_chunk, rows, f1, part, use_reentrant=False) if recompute
+                     else _dot_chunk(rows, f1, part))
+    return torch.cat(parts, dim=1)
 
 
 def local_lookup(f1: Tensor, f2: Tensor, coords: Tensor, levels: int, radius: int,
-                 chunk: int = DEFAULT_CHUNK) -> Tensor:
-    """The all-pairs lookup's (N, L*(2r+1)^2, H, W) windows from `local_context` tensors, patch positions `chunk`
-    at a time (a static chunk count; shapes are read from tensors, so --dynamic exports stay correct)."""
+                 chunk: int = DEFAULT_CHUNK, block_bytes: int = DEFAULT_BLOCK_BYTES) -> Tensor:
+    """The all-pairs lookup's (N, L*(2r+1)^2, H, W) windows from `local_context` tensors.
+
+    Patch positions go `chunk` at a time (a static count in traced graphs; shapes are read from tensors, so
+    --dynamic exports stay correct); eager PyTorch also splits the pixels into blocks whose gathered chunk stays
+    under `block_bytes` (a cache-sized working set is faster than one large pass)."""
     n, _, h, w = coords.shape
     s = 2 * radius + 2
     idx, fx, fy = patch_index(coords, levels, radius)
     batch_start = (torch.arange(n) * f2.shape[1]).reshape(n, 1, 1)  # int64: no float rounding at any size
     idx = (idx.reshape(n, h * w, levels * s * s) + batch_start).reshape(n * h * w, levels * s * s)
     rows = f2.reshape(-1, f2.shape[2])
-    f1 = f1.reshape(n * h * w, f1.shape[2], 1)
-    recompute = torch.is_grad_enabled() and (f1.requires_grad or rows.requires_grad) and not _tracing()
-    parts = []
+    f1 = f1.reshape(n * h * w, 1, f1.shape[2])
+    tracing = _tracing()
+    recompute = torch.is_grad_enabled() and (f1.requires_grad or rows.requires_grad) and not tracing
     with torch.autocast(coords.device.type, enabled=False):
-        for j in range(0, levels * s * s, chunk):
-            part = idx[:, j:j + chunk]
-            parts.append(checkpoint(_dot_chunk, rows, f1, part, use_reentrant=False) if recompute
-                         else _dot_chunk(rows, f1, part))
-    patch = torch.cat(parts, dim=1).reshape(n * h * w * levels, s, s)
+        if tracing:
+            patch = _patch_samples(rows, f1, idx, chunk, recompute)
+        else:
+            block = max(1, block_bytes // (chunk * rows.shape[1] * rows.element_size()))
+            patch = torch.cat([_patch_samples(rows, f1[p:p + block], idx[p:p + block], chunk, recompute)
+                               for p in range(0, idx.shape[0], block)])
+    patch = patch.reshape(n * h * w * levels, s, s)
     return window_lerp(patch, fx.to(patch.dtype), fy.to(patch.dtype), coords.shape, levels, radius)
 
 
