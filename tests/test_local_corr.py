@@ -181,8 +181,8 @@ def test_local_exports_match_torch_and_pass_the_tensorrt_check(tmp_path_factory,
 
 
 def test_host_solver_runs_a_dynamic_split_local_export_with_compaction(tmp_path):
-    from runtime import create_backend
     from deqflow.solver_spec import SolveOverrides
+    from runtime import create_backend
     from tests.test_batch_independence import motorcycle_crops
 
     image1, image2 = (x[:2] for x in motorcycle_crops(2))
@@ -199,6 +199,13 @@ def test_host_solver_runs_a_dynamic_split_local_export_with_compaction(tmp_path)
     assert counts == [r.iterations for r in alone] and counts[0] != counts[1]  # one sample stopped first
     for i, r in enumerate(alone):
         assert float(np.abs(batched.flow[i] - r.flow[0]).max()) <= 1e-4
+    # the dynamic graphs at another size (pyramid levels 17x25 -> 8x12 -> 4x6 -> 2x3) match PyTorch's all-pairs
+    i1, i2 = padded_real_pair(136, 200)
+    parts = {read_metadata(p).part: p for p in result.paths}
+    feed = {"image1": i1.numpy(), "image2": i2.numpy(), "flow_init": np.zeros((1, 2, 17, 25), np.float32)}
+    got = run_export(parts, feed, SolveSpec.of(max_iter=6, tol=0.0, stop_mode="abs"), ONE_THREAD)
+    ref = torch_flow(reference_model(load_model(SHIPPED)[0], "grid_sample"), i1, i2, 6)
+    assert float(np.abs(got["flow"] - ref["flow"]).max()) <= FLOW_TOL
 
 
 @pytest.mark.slow  # traces float16 convolutions on the CPU

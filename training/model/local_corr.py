@@ -10,10 +10,11 @@ integer patch followed by one lerp along x and one along y (the same patch addre
 zero-padded by 2r+2, packed per sample as channels-last rows (N, positions, C); a step gathers the C-vectors of
 each patch position (one Gather on axis 0) and dots them with the pixel's first-image feature.
 
-Memory: the patch positions are processed in a fixed number of chunks (`chunk` positions at a time, a static
-count in traced graphs), so the working set is about chunk x the first feature map (eager PyTorch also splits the
-pixels into blocks of at most `block_bytes` of gathered features), never pixels x levels x (2r+2)^2 x C; memory grows with the pixel count, not its square. While autograd records, each
-chunk is recomputed in the backward pass (activation checkpointing) instead of keeping its gathered features.
+Memory: the patch positions are processed in chunks (`chunk` positions at a time, a static count in traced
+graphs), and eager PyTorch also splits the pixels into blocks of at most `block_bytes` of gathered features; the
+working set is a few chunks of pixels x chunk x C, never pixels x levels x (2r+2)^2 x C, and memory grows with the
+pixel count, not its square. While autograd records, each chunk is recomputed in the backward pass (activation
+checkpointing) instead of keeping its gathered features.
 Everything is computed in float32 (float64 stays float64), also under autocast.
 """
 
@@ -26,7 +27,9 @@ from torch.utils.checkpoint import checkpoint
 
 from training.model.corr import accumulation_dtype
 
-DEFAULT_CHUNK = 10  # patch positions per gather: (2r+2) for the default radius 4, one patch column
+DEFAULT_CHUNK = 10  # eager PyTorch: patch positions per gather ((2r+2) for the default radius 4)
+TRACED_CHUNK = 5  # exported graphs (no pixel blocks there): smaller chunks run faster on ONNX Runtime, larger ones
+# give fewer nodes (an unrolled graph repeats them every iteration)
 DEFAULT_BLOCK_BYTES = 2 << 20  # eager PyTorch: gathered features per chunk and pixel block (cache-sized)
 
 
@@ -116,12 +119,12 @@ def _patch_samples(rows: Tensor, f1: Tensor, idx: Tensor, chunk: int, recompute:
 
 
 def local_lookup(f1: Tensor, f2: Tensor, coords: Tensor, levels: int, radius: int,
-                 chunk: int = DEFAULT_CHUNK, block_bytes: int = DEFAULT_BLOCK_BYTES) -> Tensor:
+                 chunk: int | None = None, block_bytes: int = DEFAULT_BLOCK_BYTES) -> Tensor:
     """The all-pairs lookup's (N, L*(2r+1)^2, H, W) windows from `local_context` tensors.
 
-    Patch positions go `chunk` at a time (a static count in traced graphs; shapes are read from tensors, so
-    --dynamic exports stay correct); eager PyTorch also splits the pixels into blocks whose gathered chunk stays
-    under `block_bytes` (a cache-sized working set is faster than one large pass)."""
+    Patch positions go `chunk` at a time (default DEFAULT_CHUNK, TRACED_CHUNK while tracing: a static count;
+    shapes are read from tensors, so --dynamic exports stay correct); eager PyTorch also splits the pixels into
+    blocks whose gathered chunk stays under `block_bytes` (a cache-sized working set is faster than one pass)."""
     n, _, h, w = coords.shape
     s = 2 * radius + 2
     idx, fx, fy = patch_index(coords, levels, radius)
@@ -130,6 +133,7 @@ def local_lookup(f1: Tensor, f2: Tensor, coords: Tensor, levels: int, radius: in
     rows = f2.reshape(-1, f2.shape[2])
     f1 = f1.reshape(n * h * w, 1, f1.shape[2])
     tracing = _tracing()
+    chunk = chunk or (TRACED_CHUNK if tracing else DEFAULT_CHUNK)
     recompute = torch.is_grad_enabled() and (f1.requires_grad or rows.requires_grad) and not tracing
     with torch.autocast(coords.device.type, enabled=False):
         if tracing:
@@ -151,16 +155,16 @@ class LocalCorr:
     each lookup on demand from the feature maps: memory linear in the pixel count."""
 
     def __init__(self, fmap1: Tensor, fmap2: Tensor, levels: int = 4, radius: int = 4,
-                 chunk: int = DEFAULT_CHUNK) -> None:
-        self.levels, self.radius, self.lookup, self.chunk = levels, radius, "local", int(chunk)
+                 chunk: int | None = None) -> None:
+        self.levels, self.radius, self.lookup, self.chunk = levels, radius, "local", chunk
         self.batch = fmap1.shape[0]
         self.f1, self.f2 = local_context(fmap1, fmap2, levels, radius)
 
     @classmethod
-    def from_context(cls, f1: Tensor, f2: Tensor, levels: int, radius: int, chunk: int = DEFAULT_CHUNK) -> LocalCorr:
+    def from_context(cls, f1: Tensor, f2: Tensor, levels: int, radius: int, chunk: int | None = None) -> LocalCorr:
         """From `local_context` tensors (the split export's encoder outputs)."""
         out = cls.__new__(cls)
-        out.levels, out.radius, out.lookup, out.chunk, out.batch = levels, radius, "local", int(chunk), f1.shape[0]
+        out.levels, out.radius, out.lookup, out.chunk, out.batch = levels, radius, "local", chunk, f1.shape[0]
         out.f1, out.f2 = f1, f2
         return out
 
