@@ -34,7 +34,8 @@ def add_arguments(p) -> None:
                         "correlation, lookups, upsampling softmax and residual in float32")
     p.add_argument("--lookup", choices=LOOKUPS, default="gather",
                    help="correlation lookup: gather (GatherElements) or grid_sample (GridSample, native in "
-                        "TensorRT)")
+                        "TensorRT) in the all-pairs volume, or local (computed on demand: memory linear in the "
+                        "pixel count, for large frames)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset, 17-19")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch/height/width")
     p.add_argument("--min-shape", help="dynamic: smallest input, HxW or BxHxW or Bx3xHxW (default: the opt shape)")

@@ -19,7 +19,8 @@ from deqflow.shapes import ImageShape, ShapeHints
 from deqflow.solver_spec import STOP_MODES
 
 PRECISIONS = ("fp32", "mixed16")
-LOOKUPS = ("gather", "grid_sample")
+LOOKUPS = ("gather", "grid_sample", "local")
+"""gather and grid_sample: all-pairs volume (exports default to gather); local: on-demand, memory linear in pixels."""
 OPSET_MIN, OPSET_MAX, DEFAULT_OPSET = 17, 19, 17
 DEFAULT_SIZE = (440, 1024)  # (H, W): Sintel/KITTI-like; one graph (and TensorRT engine) per resolution
 

@@ -83,6 +83,7 @@ def _dynamic_axes(names: list[str], levels: int) -> dict[str, dict[int, str]]:
     low = {0: "batch", 2: "height_8", 3: "width_8"}
     table = {"image1": {0: "batch", 2: "height", 3: "width"}, "image2": {0: "batch", 2: "height", 3: "width"},
              "flow": {0: "batch", 2: "height", 3: "width"}, "corr_rows": {0: "pixels", 1: "corr_row_length"},
+             "corr_fmap1": {0: "batch", 1: "pixels_8"}, "corr_fmap2": {0: "batch", 1: "corr_positions"},
              "residual": {0: "batch"}, "residual_rel": {0: "batch"}, "residual0": {0: "batch"},
              "attn": {0: "batch", 2: "hw_8", 3: "hw_8"}}
     for i in range(levels):

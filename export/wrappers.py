@@ -101,7 +101,11 @@ class EncoderPart(nn.Module):
         return ["image1", "image2", *(["flow_init"] if self.flow_init else [])]
 
     def forward(self, image1: Tensor, image2: Tensor, flow_init: Tensor | None = None):
-        ctx = self.model.encode(image1, image2)
+        saved, self.model.lookup = self.model.lookup, self.lookup  # local: LocalCorr; else the (same) pyramid
+        try:
+            ctx = self.model.encode(image1, image2)
+        finally:
+            self.model.lookup = saved
         net, coords1 = self.model.initial_state(ctx, flow_init if self.flow_init else None)
         extra = [ctx.attn] if ctx.attn is not None else []
         zeros = torch.zeros(image1.shape[0], dtype=torch.float32)  # initial residual, (N,)

@@ -26,7 +26,7 @@ def import_torch():
 
 class TorchBackend(Backend):
     """`torch` backend. model: checkpoint path (official or deqflow format) or a DEQFlow instance.
-    Options: device ('cpu', 'cuda', 'cuda:1'), threads (CPU), lookup ('grid_sample' | 'gather'), tf32,
+    Options: device ('cpu', 'cuda', 'cuda:1'), threads (CPU), lookup ('grid_sample' | 'gather' | 'local'), tf32,
     batch_invariant (DEQFlow.batch_invariant: a pair's answer bit-identical whatever it is batched with)."""
 
     name = "torch"

@@ -3,7 +3,8 @@
 The volume is computed in float32 even under autocast (fp16 cannot hold pixel coordinates or the
 correlation sums precisely); lookups use align_corners=True pixel coordinates and zero padding, as the
 official code. Two lookup implementations give identical numbers: `grid_sample` (one GridSample per
-level) and `gather` (explicit bilinear weights and index gathers; export-friendly, no GridSample op).
+level) and `gather` (explicit bilinear weights and index gathers; export-friendly, no GridSample op). The third
+mode, `local` (training.model.local_corr), gives the same numbers without building the volume.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LOOKUPS = ("grid_sample", "gather")
+ALL_PAIRS_LOOKUPS = ("grid_sample", "gather")
+LOOKUPS = (*ALL_PAIRS_LOOKUPS, "local")
+"""grid_sample and gather look up in the all-pairs volume; local computes each lookup on demand."""
 
 
 def accumulation_dtype(t: torch.Tensor) -> torch.dtype:
@@ -78,8 +81,8 @@ class CorrPyramid:
 
     def __init__(self, fmap1: torch.Tensor, fmap2: torch.Tensor, levels: int = 4, radius: int = 4,
                  lookup: str = "grid_sample") -> None:
-        if lookup not in LOOKUPS:
-            raise ValueError(f"unknown correlation lookup {lookup!r}; choose one of {LOOKUPS}")
+        if lookup not in ALL_PAIRS_LOOKUPS:
+            raise ValueError(f"unknown all-pairs correlation lookup {lookup!r}; choose one of {ALL_PAIRS_LOOKUPS}")
         self.levels, self.radius, self.lookup = levels, radius, lookup
         self.batch = fmap1.shape[0]
         self.pyramid = build_pyramid(all_pairs_correlation(fmap1, fmap2), levels)

@@ -22,8 +22,9 @@ from training.config import ModelConfig
 from training.deq.core import DEQ
 from training.deq.state import StatePacker
 from training.deq.weight_norm import apply_weight_norm, fold_weight_norm, reset_weight_norm
-from training.model.corr import CorrPyramid, accumulation_dtype
+from training.model.corr import LOOKUPS, CorrPyramid, accumulation_dtype
 from training.model.extractor import Encoder
+from training.model.local_corr import LocalCorr
 from training.model.update import UpdateBlock
 from training.model.upsample import convex_upsample
 
@@ -32,7 +33,7 @@ from training.model.upsample import convex_upsample
 class PairContext:
     """What the solver needs from one image pair; computed once, reused by every step."""
 
-    corr: CorrPyramid
+    corr: CorrPyramid | LocalCorr  # all-pairs pyramid, or the on-demand correlation (lookup 'local')
     inp: torch.Tensor  # context features after ReLU (input injection), (N, cdim, H/8, W/8)
     coords0: torch.Tensor  # pixel grid (N, 2, H/8, W/8), x then y
     attn: torch.Tensor | None = None  # GMA attention over the context, when enabled
@@ -184,7 +185,11 @@ class DEQFlow(nn.Module):
                 inp = torch.relu(self.cnet(image1))
             attn = self.attn(inp) if self.attn is not None else None
         dtype = accumulation_dtype(image1)  # the DEQ state and the correlation stay in (at least) float32
-        corr = CorrPyramid(fmaps[:n], fmaps[n:], self.cfg.corr_levels, self.cfg.corr_radius, lookup=self.lookup)
+        if self.lookup not in LOOKUPS:
+            raise InputError(f"unknown correlation lookup {self.lookup!r}; choose one of {', '.join(LOOKUPS)}")
+        levels, radius = self.cfg.corr_levels, self.cfg.corr_radius
+        corr = LocalCorr(fmaps[:n], fmaps[n:], levels, radius) if self.lookup == "local" else \
+            CorrPyramid(fmaps[:n], fmaps[n:], levels, radius, lookup=self.lookup)
         _, _, h, w = inp.shape
         return PairContext(corr=corr, inp=inp, coords0=coords_grid(n, h, w, image1.device, dtype), attn=attn)
 
