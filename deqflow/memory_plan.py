@@ -45,8 +45,11 @@ once by scripts/calibrate_memory_plan.py)."""
 ADDRESS_SPACE_EXTRA = {"torch": 1500 << 20, "onnxruntime": 700 << 20, "tensorrt": 3000 << 20}
 """Address space a backend reserves beyond its resident memory (shared libraries, thread stacks, allocator
 arenas): subtracted from an address-space limit (RLIMIT_AS), which counts reservations, not resident pages."""
-ENCODER_COPIES = 3.0
-"""Full-width activations of the 1/2-resolution encoder stage alive at once (conv, norm, residual)."""
+ENCODER_COPIES = {"torch": 5.5, "onnxruntime": 6.0, "tensorrt": 3.0}
+"""Full-width activations of the 1/2-resolution encoder stage alive at once, fitted to the measured peaks of the
+on-demand mode, where the encoders are the peak (docs/highres.json): torch frees each layer's input as it goes;
+ONNX Runtime's arena and memory pattern keep most of the encoder graph's buffers. TensorRT's value is a guess until
+the GPU acceptance script measures it."""
 IMAGE_BYTES_PER_PIXEL = 60
 """Per pixel of one frame pair: the decoded uint8 images, their float32 padded copies and the model's inputs."""
 UPSAMPLE_FLOATS_PER_PIXEL = 30
@@ -182,7 +185,7 @@ def correlation_bytes(r: PlanRequest) -> tuple[int, int]:
 
 def encoder_bytes(r: PlanRequest) -> int:
     """The encoders' 1/2-resolution activations (feature encoder on both frames); halved under mixed16."""
-    act = 2 * (r.batch * r.height * r.width / 4) * r.dims.encoder_dims[0] * FLOAT * ENCODER_COPIES
+    act = 2 * (r.batch * r.height * r.width / 4) * r.dims.encoder_dims[0] * FLOAT * ENCODER_COPIES[r.backend]
     return int(act / 2 if r.precision == "mixed16" else act)
 
 

@@ -76,6 +76,15 @@ def memory_rows(cases: dict, sizes, budget: int) -> list[dict]:
     return rows
 
 
+def refresh_estimates(rows: list[dict], cases: dict) -> None:
+    """Recompute each kept row's estimate with the current memory plan (after a recalibration)."""
+    for row in rows:
+        row["estimate_bytes"] = est = plan_estimate(cases[(row["backend"], row["mode"])], tuple(row["size"]),
+                                                    row["mode"])
+        if row.get("peak_bytes"):
+            row["estimate_over_peak"] = round(est / row["peak_bytes"], 3)
+
+
 def _backend(kind: str, path: str, mode: str, iters: int):
     from deqflow.solver_spec import SolveOverrides
 
@@ -113,19 +122,73 @@ def iteration_time(kind: str, path: str, mode: str, size: tuple[int, int], repea
             "seconds_at_k1": statistics.median(times[K1]), "repeats": repeats}
 
 
-def pair_4k(folder: Path) -> tuple[Path, Path, Path]:
-    """A 2160x3840 pair with known motion: a photograph enlarged 7x, warped by a homography moving up to 40 px,
-    with the validation set's photometric changes (training.data.heldout_real)."""
+PARITY_ITERS = 12
+
+
+def parity_rows(checkpoint: str, exports: dict) -> list[dict]:
+    """Local against all-pairs flows (max abs, px) after PARITY_ITERS plain iterations from the same start, on
+    the real motorcycle pair at full size and a 1080p pair, per backend where both modes fit this machine."""
+    from deqflow.middlebury import motorcycle
+
+    left, right, _, _ = motorcycle()
+    big = _known_motion_pair((1080, 1920), scale=3.5, seed=1080)
+    rows = []
+    for label, (img1, img2) in (("motorcycle (full size)", (left, right)), ("1080x1920", big[:2])):
+        for kind in ("torch", "onnxruntime"):
+            if kind == "onnxruntime" and img1.shape[0] >= 1080:
+                continue  # the all-pairs export needs more than this machine has at 1080p (its plan says so)
+            flows = {}
+            for mode in MODES:
+                from runtime.pipeline import FlowEstimator
+
+                backend = _backend(kind, checkpoint if kind == "torch" else exports[mode], mode, PARITY_ITERS)
+                flows[mode] = FlowEstimator(backend)(np.ascontiguousarray(img1), np.ascontiguousarray(img2)).flow
+                backend.close()
+            diff = float(np.abs(flows["local"] - flows["all-pairs"]).max())
+            rows.append({"pair": label, "size": list(img1.shape[:2]), "backend": kind, "iterations": PARITY_ITERS,
+                         "max_abs_px": diff, "flow_max_px": float(np.abs(flows["all-pairs"]).max())})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _known_motion_pair(size: tuple[int, int], scale: float, seed: int):
+    """A pair of `size` with known motion: a photograph enlarged `scale` times, warped by a homography moving up to
+    a hundredth of the longer side, with the validation set's photometric changes (training.data.heldout_real)."""
     import cv2
 
-    from deqflow.flow_io import write_flow
-    from deqflow.image_io import write_image
     from training.data.heldout_real import HeldoutRealConfig, warped_photo_pair
     from training.data.photos import load_photo_full
 
-    photo = cv2.resize(load_photo_full("coffee"), None, fx=7.0, fy=7.0, interpolation=cv2.INTER_CUBIC)
-    img1, img2, flow, _ = warped_photo_pair(photo, np.random.default_rng(4096), (2160, 3840), 40.0,
-                                            HeldoutRealConfig())
+    photo = cv2.resize(load_photo_full("coffee"), None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    img1, img2, flow, valid = warped_photo_pair(photo, np.random.default_rng(seed), size, max(size) / 96,
+                                                HeldoutRealConfig())
+    return img1, img2, flow, valid
+
+
+def timing_rows(args, cases: dict, exports: dict, budget: int) -> list[dict]:
+    """iteration_time per case and timing size; a case whose memory plan exceeds the budget is not run (this
+    runs in-process: an allocation beyond physical memory would meet the out-of-memory killer)."""
+    rows = []
+    for size in args.timing_sizes:
+        for (kind, mode), model_args in cases.items():
+            est = plan_estimate(model_args, tuple(size), mode)
+            if est > budget:
+                row = {"backend": kind, "mode": mode, "size": list(size), "estimate_bytes": est,
+                       "status": "not run: the plan's estimate exceeds the budget"}
+            else:
+                row = iteration_time(kind, args.checkpoint if kind == "torch" else exports[mode], mode, size,
+                                     args.repeats)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def pair_4k(folder: Path) -> tuple[Path, Path, Path]:
+    """The 2160x3840 pair with known motion (up to 40 px) written as PNGs and a .flo."""
+    from deqflow.flow_io import write_flow
+    from deqflow.image_io import write_image
+
+    img1, img2, flow, _ = _known_motion_pair((2160, 3840), scale=7.0, seed=4096)
     paths = folder / "4k_1.png", folder / "4k_2.png", folder / "4k_gt.flo"
     write_image(paths[0], img1)
     write_image(paths[1], img2)
@@ -170,7 +233,10 @@ def markdown(r: dict) -> str:
     for size in r["sizes"]:
         cells = []
         for b, m in r["memory_cases"]:
-            row = next(x for x in r["memory"] if x["backend"] == b and x["mode"] == m and x["size"] == size)
+            row = next((x for x in r.get("memory", []) if x["backend"] == b and x["mode"] == m and x["size"] == size),
+                       None)
+            if row is None:
+                continue
             shown = _gb(row.get("peak_bytes")) if row["status"] == "ok" else "not run" if "not run" in row["status"] \
                 else "failed"
             cells.append(f"{shown} ({_gb(row['estimate_bytes'])})")
@@ -179,15 +245,23 @@ def markdown(r: dict) -> str:
               "| backend | frame | all-pairs | local | local / all-pairs |", "|---|---|---:|---:|---:|"]
     for b in ("torch", "onnxruntime"):
         for size in r["timing_sizes"]:
-            t = {x["mode"]: x["seconds_per_iteration"] for x in r["timing"]
+            t = {x["mode"]: x.get("seconds_per_iteration") for x in r.get("timing", [])
                  if x["backend"] == b and x["size"] == size}
+            if None in t.values() and len(t) == 2:
+                shown = {m: "not run (memory)" if v is None else f"{v:.3f}" for m, v in t.items()}
+                lines.append(f"| {b} | {size[0]}x{size[1]} | {shown['all-pairs']} | {shown['local']} | - |")
+                continue
             if len(t) == 2:
                 lines.append(f"| {b} | {size[0]}x{size[1]} | {t['all-pairs']:.3f} | {t['local']:.3f} | "
                              f"{t['local'] / t['all-pairs']:.2f} |")
+    lines += ["", f"### Local against all-pairs flows ({PARITY_ITERS} plain iterations each, same start)", "",
+              "| pair | backend | max abs difference (px) | largest flow (px) |", "|---|---|---:|---:|"]
+    for x in r.get("parity", []):
+        lines.append(f"| {x['pair']} | {x['backend']} | {x['max_abs_px']:.2e} | {x['flow_max_px']:.1f} |")
     lines += ["", "### A 2160x3840 pair with known motion, `deqflow infer` with defaults", "",
               "| backend / model | result | wall time (s) | iterations | EPE (px) | peak memory (GiB) |",
               "|---|---|---:|---:|---:|---:|"]
-    for x in r["end_to_end_4k"]:
+    for x in r.get("end_to_end_4k", []):
         ok = x["returncode"] == 0
         result = "ran" if ok else "refused: " + " ".join(x.get("message", []))[:160]
         epe = f"{x['epe']:.3f}" if ok and x.get("epe") is not None else "-"
@@ -204,7 +278,7 @@ def plot(r: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for b, m in r["memory_cases"]:
-        rows = [x for x in r["memory"] if x["backend"] == b and x["mode"] == m]
+        rows = [x for x in r.get("memory", []) if x["backend"] == b and x["mode"] == m]
         px = [x["size"][0] * x["size"][1] / 1e6 for x in rows]
         line, = ax.plot([p for p, x in zip(px, rows) if x.get("peak_bytes")],
                         [x["peak_bytes"] / 2**30 for x in rows if x.get("peak_bytes")], marker="o", label=f"{b} {m}")
@@ -220,11 +294,15 @@ def plot(r: dict, path: Path) -> None:
 
 
 def main() -> int:
+    from deqflow.cli_args import image_size
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "deqflow-T-synthetic.pth"))
     p.add_argument("--budget", type=float, default=18.0, help="GiB: cases whose plan exceeds it are not run")
     p.add_argument("--repeats", type=int, default=3, help="timing repeats per case")
-    p.add_argument("--skip", nargs="*", default=[], choices=["memory", "timing", "4k"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["memory", "timing", "parity", "4k"])
+    p.add_argument("--sizes", type=image_size, nargs="+", default=list(SIZES), help="memory sizes HxW")
+    p.add_argument("--timing-sizes", type=image_size, nargs="+", default=list(TIMING_SIZES))
     p.add_argument("--output", default=str(ROOT / "docs" / "highres.json"))
     args = p.parse_args()
     out = Path(args.output)
@@ -233,16 +311,20 @@ def main() -> int:
         exports = {m: export_split(args.checkpoint, m, Path(tmp)) for m in MODES}
         cases = {("torch", m): ["--checkpoint", args.checkpoint] for m in MODES}
         cases.update({("onnxruntime", m): ["--model", exports[m]] for m in MODES})
-        result.update(checkpoint=args.checkpoint, sizes=[list(s) for s in SIZES],
-                      timing_sizes=[list(s) for s in TIMING_SIZES], memory_cases=[list(c) for c in cases],
+        result.update(checkpoint=args.checkpoint, sizes=[list(s) for s in args.sizes],
+                      timing_sizes=[list(s) for s in args.timing_sizes], memory_cases=[list(c) for c in cases],
                       machine=f"{os.cpu_count()} CPU cores")
         if "memory" not in args.skip:
-            result["memory"] = memory_rows(cases, SIZES, int(args.budget * 2**30))
+            result["memory"] = memory_rows(cases, args.sizes, int(args.budget * 2**30))
+            out.write_text(json.dumps(result, indent=2) + "\n")  # each section is kept as soon as it is measured
+        else:  # measurements kept: the estimates follow the current plan
+            refresh_estimates(result.get("memory", []), cases)
         if "timing" not in args.skip:
-            result["timing"] = [iteration_time(b, args.checkpoint if b == "torch" else exports[m], m, s,
-                                               args.repeats) for s in TIMING_SIZES for (b, m) in cases]
-            for row in result["timing"]:
-                print(json.dumps(row), flush=True)
+            result["timing"] = timing_rows(args, cases, exports, int(args.budget * 2**30))
+            out.write_text(json.dumps(result, indent=2) + "\n")
+        if "parity" not in args.skip:
+            result["parity"] = parity_rows(args.checkpoint, exports)
+            out.write_text(json.dumps(result, indent=2) + "\n")
         if "4k" not in args.skip:
             result["end_to_end_4k"] = end_to_end_4k(
                 {"torch (checkpoint)": ["--checkpoint", args.checkpoint],

@@ -80,6 +80,21 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tmp_path):
     assert trainer.step == 20
 
 
+def test_training_with_local_correlation_takes_the_same_steps_as_all_pairs(tmp_path):
+    """--corr local: the same loss and, after one optimizer step, the same weights (within float rounding)."""
+    batch = _fixed_batch(size=(128, 128))
+    runs = {}
+    for corr in ("all-pairs", "local"):
+        torch.manual_seed(0)
+        trainer = Trainer(_cfg(tmp_path, name=corr, corr=corr))
+        assert trainer.model.lookup == ("local" if corr == "local" else "grid_sample")
+        trainer.train_mode()
+        loss = trainer.train_step(batch)["loss"]
+        runs[corr] = loss, torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    assert runs["local"][0] == pytest.approx(runs["all-pairs"][0], rel=1e-4)
+    assert torch.allclose(runs["local"][1], runs["all-pairs"][1], rtol=0, atol=1e-5)
+
+
 # --------------------------------------------------------------------------------------------- resume
 
 

@@ -67,6 +67,9 @@ class TrainConfig:
     # peak memory for more CPU time per step (measured in docs/bench_train_memory_saving.md). Off by
     # default: CPU runs are bound by time, not memory; turn it on where memory limits the batch or crop.
     memory_saving: bool = False
+    # Correlation while training: "all-pairs" (the volume, memory grows with the square of the crop's pixel
+    # count) or "local" (computed on demand, the same numbers and gradients; for crops whose volume does not fit).
+    corr: str = "all-pairs"
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def resolved(self) -> TrainConfig:
@@ -142,7 +145,8 @@ class Trainer:
         stage = STAGES[cfg.stage]
         mcfg = cfg.model
         mcfg.all_grad = mcfg.all_grad or stage.all_grad
-        self.model = DEQFlow(mcfg, memory_saving=cfg.memory_saving).to(self.device)
+        self.model = DEQFlow(mcfg, memory_saving=cfg.memory_saving,
+                             lookup="local" if cfg.corr == "local" else "grid_sample").to(self.device)
         self.optimizer, self.scheduler = _build_optimizer(self.model, cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=mcfg.mixed_precision and self.device.type == "cuda")
         self.step, self.epoch = 0, 0

@@ -153,8 +153,8 @@ def bench_cases(args, specs: list, sizes: list, iters: int) -> list:
         for size in sizes:  # each size planned before anything is timed; a torch run may take local correlation
             choice = spec_choice(spec, args, settings)
             plan = plan_run(choice, size, args, batch=args.batch)
-            cases.append(BenchCase(label, choice.open, size, args.batch,
-                                   {"spec": f"{name}={path}", "corr": plan.request.corr}))
+            corr = {"corr": plan.request.corr} if plan is not None else {}
+            cases.append(BenchCase(label, choice.open, size, args.batch, {"spec": f"{name}={path}", **corr}))
     return cases
 
 

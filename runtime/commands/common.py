@@ -232,11 +232,15 @@ def export_metadata(path: str):
 def plan_run(choice: BackendChoice, size: tuple[int, int], args: argparse.Namespace, batch: int = 1,
              hint: str = ""):
     """The memory plan of a run (deqflow.memory_plan.choose_plan with --corr and --memory-limit), checked
-    before the backend is opened: MemoryPlanError when no mode fits. A torch run that needs the on-demand
+    before the backend is opened: MemoryPlanError when no mode fits; None when the model file cannot be read. A torch run that needs the on-demand
     correlation gets it (the model's `lookup`); an export keeps its own."""
+    from deqflow.errors import DeqflowError
     from deqflow.memory_plan import MODE_LOOKUP, available_memory, choose_plan
 
-    request, fixed = plan_request(choice, size, batch)
+    try:
+        request, fixed = plan_request(choice, size, batch)
+    except DeqflowError:
+        return None  # a model file the plan cannot read: opening the backend reports it in the loader's words
     limit = available_memory(choice.name, getattr(args, "memory_limit", None))
     plan = choose_plan(request, limit, getattr(args, "corr", "auto"), fixed=fixed, hint=hint)
     if choice.name == "torch" and plan.request.corr != "all-pairs":
