@@ -232,8 +232,9 @@ def export_metadata(path: str):
 def plan_run(choice: BackendChoice, size: tuple[int, int], args: argparse.Namespace, batch: int = 1,
              hint: str = ""):
     """The memory plan of a run (deqflow.memory_plan.choose_plan with --corr and --memory-limit), checked
-    before the backend is opened: MemoryPlanError when no mode fits; None when the model file cannot be read. A torch run that needs the on-demand
-    correlation gets it (the model's `lookup`); an export keeps its own."""
+    before the backend is opened: MemoryPlanError when no mode fits; None when the model file cannot be read
+    (opening it then says why). A torch run that needs the on-demand correlation gets it (the model's `lookup`);
+    an export keeps its own."""
     from deqflow.errors import DeqflowError
     from deqflow.memory_plan import MODE_LOOKUP, available_memory, choose_plan
 
