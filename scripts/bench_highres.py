@@ -214,12 +214,30 @@ def end_to_end_4k(cases: dict, folder: Path) -> list[dict]:
         if done.returncode == 0:
             s = json.loads((out / "summary.json").read_text())
             row.update(iterations=s.get("iterations"), epe=s.get("metrics", {}).get("epe"),
-                       solve_seconds=s.get("seconds"))
+                       solve_seconds=s.get("seconds"), zero_flow_epe=s.get("zero_flow_epe"),
+                       stop_reason=s.get("stop_reason"), model_size=s.get("model_size"))
         else:
             row["message"] = done.stderr.strip().splitlines()[-1:]
         print(json.dumps(row), flush=True)
         rows.append(row)
+    rows.append(_dis_row(a, b, gt))
     return rows
+
+
+def _dis_row(a: Path, b: Path, gt: Path) -> dict:
+    """OpenCV's DIS (medium preset) on the same pair: the classical baseline of the model card."""
+    from deqflow.baselines import opencv_flow
+    from deqflow.flow_io import read_flow
+    from deqflow.image_io import read_image
+    from deqflow.metrics import flow_metrics
+
+    img1, img2 = read_image(a), read_image(b)
+    t0 = time.perf_counter()
+    flow = opencv_flow("dis_medium", img1, img2)
+    seconds = time.perf_counter() - t0
+    gt_flow, valid = read_flow(gt)
+    return {"case": "OpenCV DIS (medium), for scale", "returncode": 0, "wall_seconds": seconds,
+            "peak_bytes": None, "iterations": None, "epe": float(flow_metrics(flow, gt_flow, valid)["epe"])}
 
 
 def _gb(b) -> str:
@@ -227,7 +245,7 @@ def _gb(b) -> str:
 
 
 def markdown(r: dict) -> str:
-    lines = ["### Peak memory against frame size (GiB; measured peak RSS, the plan's estimate in brackets)", "",
+    lines = ["**Peak memory against frame size** (GiB; measured peak RSS, the plan's estimate in brackets)", "",
              "| frame | " + " | ".join(f"{b} {m}" for b, m in r["memory_cases"]) + " |",
              "|---|" + "---:|" * len(r["memory_cases"])]
     for size in r["sizes"]:
@@ -241,7 +259,7 @@ def markdown(r: dict) -> str:
                 else "failed"
             cells.append(f"{shown} ({_gb(row['estimate_bytes'])})")
         lines.append(f"| {size[0]}x{size[1]} | " + " | ".join(cells) + " |")
-    lines += ["", f"### Time per solver iteration (s; t({K2}) - t({K1}) over {K2 - K1} iterations, median)", "",
+    lines += ["", f"**Time per solver iteration** (s; t({K2}) - t({K1}) over {K2 - K1} iterations, median)", "",
               "| backend | frame | all-pairs | local | local / all-pairs |", "|---|---|---:|---:|---:|"]
     for b in ("torch", "onnxruntime"):
         for size in r["timing_sizes"]:
@@ -254,20 +272,27 @@ def markdown(r: dict) -> str:
             if len(t) == 2:
                 lines.append(f"| {b} | {size[0]}x{size[1]} | {t['all-pairs']:.3f} | {t['local']:.3f} | "
                              f"{t['local'] / t['all-pairs']:.2f} |")
-    lines += ["", f"### Local against all-pairs flows ({PARITY_ITERS} plain iterations each, same start)", "",
+    lines += ["", f"**Local against all-pairs flows** ({PARITY_ITERS} plain iterations each, same start)", "",
               "| pair | backend | max abs difference (px) | largest flow (px) |", "|---|---|---:|---:|"]
     for x in r.get("parity", []):
         lines.append(f"| {x['pair']} | {x['backend']} | {x['max_abs_px']:.2e} | {x['flow_max_px']:.1f} |")
-    lines += ["", "### A 2160x3840 pair with known motion, `deqflow infer` with defaults", "",
+    lines += ["", "**A 2160x3840 pair with known motion**, `deqflow infer` with defaults (a photograph enlarged 7x, "
+              "moving up to 40 px)", "",
               "| backend / model | result | wall time (s) | iterations | EPE (px) | peak memory (GiB) |",
               "|---|---|---:|---:|---:|---:|"]
     for x in r.get("end_to_end_4k", []):
         ok = x["returncode"] == 0
         result = "ran" if ok else "refused: " + " ".join(x.get("message", []))[:160]
         epe = f"{x['epe']:.3f}" if ok and x.get("epe") is not None else "-"
-        lines.append(f"| {x['case']} | {result} | {x['wall_seconds']:.1f} | {x.get('iterations', '-')} | {epe} | "
+        lines.append(f"| {x['case']} | {result} | {x['wall_seconds']:.1f} | {x.get('iterations') or '-'} | {epe} | "
                      f"{_gb(x['peak_bytes'])} |")
+    lines += _zero_flow_note(r)
     return "\n".join(lines) + "\n"
+
+
+def _zero_flow_note(r: dict) -> list[str]:
+    zero = next((x["zero_flow_epe"] for x in r.get("end_to_end_4k", []) if x.get("zero_flow_epe")), None)
+    return ["", f"Zero flow on this pair: EPE {zero:.3f} px."] if zero else []
 
 
 def plot(r: dict, path: Path) -> None:
@@ -328,6 +353,8 @@ def main() -> int:
         if "4k" not in args.skip:
             result["end_to_end_4k"] = end_to_end_4k(
                 {"torch (checkpoint)": ["--checkpoint", args.checkpoint],
+                 "torch (checkpoint), --max-side 1920": ["--checkpoint", args.checkpoint, "--max-side", "1920"],
+                 "torch (checkpoint), --max-side 960": ["--checkpoint", args.checkpoint, "--max-side", "960"],
                  "onnxruntime (split export, local)": ["--model", exports["local"]],
                  "onnxruntime (split export, all-pairs)": ["--model", exports["all-pairs"]]}, Path(tmp))
     out.write_text(json.dumps(result, indent=2) + "\n")
