@@ -314,6 +314,11 @@ def add_memory_args(parser, note: str = "") -> None:
                                    "the memory limit, else local; an ONNX export or engine keeps the mode it was "
                                    "exported with",
                                    note))
+    add_memory_limit_arg(parser)
+
+
+def add_memory_limit_arg(parser) -> None:
+    """--memory-limit: what the memory plan is checked against."""
     parser.add_argument("--memory-limit", type=memory_size, default=None, metavar="BYTES",
                         help="memory a run may use, e.g. 8G or 512M (default: the machine's available memory, or "
                              "the process's address-space / cgroup limit when lower); a frame whose plan exceeds it "

@@ -53,6 +53,9 @@ def add_arguments(p) -> None:
     add_variant_arg(p, "expected variant; a checkpoint of another variant is refused (default: any)")
     p.add_argument("--verify", action="store_true",
                    help="run the export on ONNX Runtime (CPU) and compare the flow with PyTorch")
+    from deqflow.cli_args import add_memory_limit_arg
+
+    add_memory_limit_arg(p)  # tracing runs the model at the export's size: planned before the model is loaded
 
 
 def run(args) -> int:
@@ -84,6 +87,7 @@ def run(args) -> int:
                        dynamic=args.dynamic, min_shape=args.min_shape, opt_shape=args.opt_shape,
                        max_shape=args.max_shape, tolerance=args.tol, stop_mode=args.stop_mode,
                        flow_init=args.flow_init, simplify=args.simplify, variant=args.variant, verify=args.verify)
+    plan_export(args.checkpoint, cfg, args.memory_limit)
     from export.exporter import export_onnx
 
     result = export_onnx(args.checkpoint, args.output, cfg)
@@ -103,3 +107,21 @@ def run(args) -> int:
         print("deqflow export: the file was written but fails the TensorRT compatibility check (see above)")
         return 1
     return 0
+
+
+def plan_export(checkpoint: str, cfg, memory_limit: int | None = None) -> None:
+    """Refuse, before the model is loaded, an export whose trace cannot fit in memory: tracing runs the model
+    at the example size (the opt shape) with the export's correlation (deqflow.memory_plan, torch backend)."""
+    from deqflow.errors import DeqflowError
+    from deqflow.memory_plan import LOOKUP_MODES, PlanRequest, available_memory, choose_plan, dims_from_checkpoint
+
+    try:
+        dims = dims_from_checkpoint(checkpoint)
+    except DeqflowError:
+        return  # the checkpoint loader reports an unreadable file in its own words
+    hints = cfg.shape_hints()
+    b, h, w = (hints.opt.batch, hints.opt.height, hints.opt.width) if hints else (cfg.batch, cfg.height, cfg.width)
+    mode = LOOKUP_MODES[cfg.lookup]
+    request = PlanRequest(dims, h, w, batch=b, corr=mode, lookup=cfg.lookup)
+    choose_plan(request, available_memory("torch", memory_limit), mode, fixed=mode,
+                hint=" (--height/--width or --opt-shape)")

@@ -232,6 +232,9 @@ CASES = [
     Case("build: bit-rotted ONNX", ["build", "--onnx", "{rot_onnx}", "--output", "{dir}/r.engine"], 2,
          ("damaged",), subprocess=True),
     # --- infer (the cases that worked before this issue stay working) ------------------------------------------------
+    Case("export: a size whose all-pairs trace cannot fit in memory",
+         ["export", "--checkpoint", "{tiny}", "--output", "{dir}/e4k.onnx", "--height", "2160", "--width", "3840"],
+         2, ("2160x3840", "needs about", "--lookup local")),
     Case("infer: a frame whose memory plan exceeds --memory-limit",
          ["infer", "--checkpoint", "{tiny}", *PAIR, "--output", "{dir}/i10", "--memory-limit", "100M"],
          2, ("needs about", "the limit is 100.0 MB (--memory-limit", "--max-side")),

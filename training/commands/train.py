@@ -65,10 +65,11 @@ def add_arguments(p) -> None:
     p.add_argument("--memory-saving", action="store_true",
                    help="recompute the encoders' activations in backward instead of keeping them: same gradients, "
                    "less peak memory, more time per step (measured in docs/bench_train_memory_saving.md)")
-    p.add_argument("--corr", choices=["all-pairs", "local"], default="all-pairs",
+    p.add_argument("--corr", choices=["auto", "all-pairs", "local"], default="auto",
                    help="correlation: all-pairs (the whole volume; memory grows with the square of the crop's pixel "
                         "count) or local (on demand, same numbers and gradients, memory linear in the pixel count; "
-                        "slower per step, docs/local_correlation.md)")
+                        "slower per step, docs/local_correlation.md); auto: all-pairs (training does not plan the "
+                        "memory of its crops)")
     _add_model_arguments(p)
 
 
@@ -121,6 +122,6 @@ def run(args) -> int:
                       synthetic_preset=args.synthetic_preset, drift_weight=args.drift_weight,
                       val_real=args.val_real,
                       tensorboard=args.tensorboard, device=args.device, memory_saving=args.memory_saving,
-                      corr=args.corr, model=model_cfg)
+                      corr="local" if args.corr == "local" else "all-pairs", model=model_cfg)
     train(cfg)
     return 0
