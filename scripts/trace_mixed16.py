@@ -1,10 +1,11 @@
 """The mixed16 split export's trajectory against float32 on the real Middlebury motorcycle pair, recorded in
 docs/ so that a change in fp16 behaviour shows as a change in this curve.
 
-    python scripts/trace_mixed16.py [--checkpoint PATH] [--size 256x384] [--iters N] [--output docs/trace_mixed16]
+    python scripts/trace_mixed16.py [--checkpoint PATH] [--size 504x744] [--iters N] [--output docs/trace_mixed16]
 
-Exports the checkpoint's split layout in float32 and mixed16 at --size (a reduced size of the pair, resized /
-cropped as `deqflow compare --inputs real` does; the default keeps the run to about a minute on two CPU cores),
+Exports the checkpoint's split layout in float32 and mixed16 at --size (the pair resized / cropped as
+`deqflow compare --inputs real` does; the default is its full size padded to multiples of 8, under a minute on
+two CPU cores),
 then runs `deqflow compare --trace` with the torch float32 reference, the mixed16 export as candidate and the
 float32 export as node reference (the same graph structure as mixed16, so node names match). Writes
 <output>.json, .md and .png; exits with compare --trace's status.
@@ -34,7 +35,8 @@ def parse_size(text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default=str(ROOT / SHIPPED_CHECKPOINT))
-    ap.add_argument("--size", type=parse_size, default=(256, 384), help="padded size HxW of the pair")
+    ap.add_argument("--size", type=parse_size, default=(504, 744),
+                    help="padded size HxW of the pair (default: the motorcycle pair's full size)")
     ap.add_argument("--iters", type=int, default=None, help="fixed iterations (default: the export's own)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--output", default=str(ROOT / "docs" / "trace_mixed16"), help="path stem of the reports")
