@@ -13,6 +13,12 @@ Stages (each runs the deqflow CLI in a subprocess, so a crash in a GPU library f
 6. per-pair stopping in batches on CUDA (`scripts/bench_batching.py --gpu`): batch independence, and whether
    ONNX Runtime's CUDA provider should step only the unfinished pairs (compacted) or keep the batch's shape
    (masked, the default there, chosen on paper for CUDA graphs and fixed TensorRT profiles).
+7. `compare --trace` of the split mixed16 export on TensorRT (issue 25);
+8. high resolution on the GPU (issue 22): a 2160x3840 pair with known motion through `deqflow infer` with
+   defaults on torch CUDA and on TensorRT from a dynamic split export with on-demand correlation
+   (`--lookup local`), recording time, iterations, EPE and peak device memory. It settles what was decided on
+   paper: whether the local graphs build and run as TensorRT engines, and how far the memory plan's host-side
+   limit (it does not plan device memory) is from a GPU's real peak.
 On a machine without a CUDA GPU every stage is skipped with its reason and the script exits 0; on a GPU box
 it exits 1 when any stage that ran failed. Exports are only made when some stage will use them.
 """
@@ -242,6 +248,39 @@ class Acceptance:
                 f"tensorrt={mixed16}", "--node-reference", str(fp32), "--inputs", "real", "--tier", "float16",
                 "--output", str(self.out / "trace")]
 
+    def highres(self) -> None:
+        """Stage 8: the 4K pair through `deqflow infer` with defaults on torch CUDA and TensorRT (local export)."""
+        names = ("4k infer torch cuda", "export split local dynamic", "4k infer tensorrt split local")
+        if not self.env.cuda:
+            for name in names:
+                self.add(Stage(name, reason=self.env.cuda_reason))
+            return
+        commands = self.highres_commands(self.out / "highres")
+        for name, cmd in zip(names, commands):
+            if name.startswith("4k infer tensorrt") and not self.env.tensorrt:
+                self.add(Stage(name, reason="tensorrt is not installed"))
+                continue
+            stage = self.add(Stage(name), cmd, share=0.3)
+            summary = Path(cmd[cmd.index("--output") + 1]) / "summary.json" if "infer" in cmd else None
+            if summary is not None and summary.is_file():
+                stage.data = json.loads(summary.read_text())
+
+    def highres_commands(self, folder: Path) -> list[list[str]]:
+        """torch CUDA infer, the local split export, TensorRT infer: each on the 4K pair written into `folder`."""
+        from bench_highres import pair_4k  # the script's own folder is on sys.path
+
+        folder.mkdir(parents=True, exist_ok=True)
+        a, b, gt = pair_4k(folder)
+        pair = ["--image1", str(a), "--image2", str(b), "--gt", str(gt)]
+        onnx = folder / "split-local.onnx"
+        return [[*self.deqflow, "infer", "--checkpoint", str(self.args.checkpoint), "--device", "cuda", *pair,
+                 "--output", str(folder / "torch-cuda")],
+                [*self.deqflow, "export", "--checkpoint", str(self.args.checkpoint), "--output", str(onnx), "--layout",
+                 "split", "--lookup", "local", "--dynamic", "--height", "1080", "--width", "1920", "--min-shape",
+                 "128x128", "--max-shape", "2160x3840"],
+                [*self.deqflow, "infer", "--model", str(onnx), "--backend", "tensorrt", *pair,
+                 "--output", str(folder / "tensorrt")]]
+
     def report(self) -> int:
         failed = [s for s in self.stages if s.status == "failed"]
         body = {"environment": asdict(self.env), "size": list(self.args.size), "checkpoint": str(self.args.checkpoint),
@@ -282,13 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.checkpoint.is_file():
         ap.error(f"checkpoint not found: {args.checkpoint}")
     # never a previous run's
-    for stale in ("compare", "trace", "bench.json", "bench.md", "batching.json", "batching.md"):
+    for stale in ("compare", "trace", "highres", "bench.json", "bench.md", "batching.json", "batching.md"):
         target = args.output / stale
         shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
     os.environ.setdefault("PYTHONPATH", str(ROOT))
     acceptance = Acceptance(args, probe())
     for stage in (acceptance.gpu_tests, acceptance.export_all, acceptance.build_engines, acceptance.compare,
-                  acceptance.bench, acceptance.batching, acceptance.trace_mixed16):
+                  acceptance.bench, acceptance.batching, acceptance.trace_mixed16, acceptance.highres):
         stage()
     return acceptance.report()
 
