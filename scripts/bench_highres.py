@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from calibrate_memory_plan import measure_infer  # the script's own folder is on sys.path
+from calibrate_memory_plan import measure_infer, plan_for  # the script's own folder is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,13 +45,9 @@ def export_split(checkpoint: str, mode: str, folder: Path) -> str:
 
 
 def plan_estimate(model_args: list[str], size: tuple[int, int], mode: str) -> int:
-    """The memory plan's peak for this case (deqflow plan --json)."""
-    h, w = size
-    cmd = [sys.executable, "-m", "deqflow", "plan", *model_args, "--size", f"{h}x{w}", "--memory-limit", "1T",
-           "--json"]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                          check=True)
-    return int(json.loads(done.stdout)["sizes"][0]["plans"][mode]["total"])
+    """The memory plan's peak for this case (`--checkpoint PATH` or `--model PATH`)."""
+    backend = "torch" if model_args[0] == "--checkpoint" else "onnxruntime"
+    return plan_for(backend, model_args[1], *size, corr=mode)
 
 
 def memory_rows(cases: dict, sizes, budget: int) -> list[dict]:

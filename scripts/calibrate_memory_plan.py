@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deqflow.memory_plan import PlanRequest, dims_from_checkpoint, dims_from_metadata, estimate
+from deqflow.memory_plan import LOOKUP_MODES, PlanRequest, dims_from_checkpoint, dims_from_metadata, estimate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,15 +53,19 @@ def measure_infer(model_args: list[str], height: int, width: int, *, iters: int 
             "peak_bytes": int(lines[-1]) * 1024 if lines else 0}
 
 
-def plan_for(backend: str, path: str, height: int, width: int) -> int:
+def plan_for(backend: str, path: str, height: int, width: int, corr: str | None = None) -> int:
+    """The plan's peak bytes for a checkpoint (torch) or an export (its own lookup decides the mode unless `corr`
+    names one)."""
     if backend == "torch":
         dims, lookup = dims_from_checkpoint(path), "grid_sample"
-    else:
-        from deqflow.model_metadata import read_metadata, split_paths
+    else:  # the metadata and parameter count exactly as the verbs' plan reads them
+        from runtime.commands.common import export_metadata
 
-        meta = read_metadata(split_paths(path)["encoder"] if not Path(path).is_file() else path)
-        dims, lookup = dims_from_metadata(meta), meta.lookup
-    return estimate(PlanRequest(dims, height, width, backend=backend, lookup=lookup)).total
+        meta, files = export_metadata(path)
+        dims = dims_from_metadata(meta, parameters=sum(f.stat().st_size for f in files if f.is_file()) // 4)
+        lookup = meta.lookup
+    mode = corr or LOOKUP_MODES.get(lookup, "all-pairs")
+    return estimate(PlanRequest(dims, height, width, corr=mode, backend=backend, lookup=lookup)).total
 
 
 def main() -> int:
