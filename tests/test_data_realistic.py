@@ -232,6 +232,41 @@ def test_realistic_mix_draws_classic_scenes_at_its_share(monkeypatch):
     np.testing.assert_array_equal(got.image2, ref.image2)
 
 
+@pytest.mark.parametrize("index", range(4))
+def test_stereo_scenes_are_horizontal_one_signed_bounded_and_exact(index):
+    """A rectified stereo scene: no vertical motion at all, one sign of disparity over the frame, at most
+    max_displacement, nearer layers moving more, and the flow still exact (frame 2 warped back is frame 1)."""
+    cfg = exact_config()
+    cfg = replace(cfg, realism=replace(cfg.realism, stereo_share=1.0))
+    s = render_pair(np.random.default_rng([13, index]), (128, 160), cfg)
+    assert np.all(s.flow[..., 1] == 0)
+    fx = s.flow[..., 0]
+    assert np.all(fx >= 0) or np.all(fx <= 0)
+    assert 0.5 < np.abs(fx).max() <= cfg.max_displacement + 1e-4
+    diff = np.abs(warp_back(s.image2, s.flow) - s.image1).mean(axis=2)
+    assert s.noc.mean() > 0.3 and np.median(diff[s.noc]) < 3.0
+
+
+def test_stereo_share_splits_the_scenes(monkeypatch):
+    """realistic-stereo renders about a quarter of its photograph-like scenes as stereo pairs (the classic share
+    aside); at share 0 (the other presets) no scene is."""
+    import training.data.realistic as realistic
+
+    calls = []
+    real_maps = realistic._stereo_maps
+    monkeypatch.setattr(realistic, "_stereo_maps", lambda *a: calls.append(1) or real_maps(*a))
+    cfg = replace(synthetic_preset("realistic-stereo"), photometric=False)
+    cfg = replace(cfg, realism=replace(cfg.realism, classic_share=0.0))
+    for i in range(80):
+        render_pair(np.random.default_rng([17, i]), (32, 40), cfg)
+    assert 10 <= len(calls) <= 30, len(calls)  # binomial(80, 0.25): mean 20, sd 3.9
+    before = len(calls)
+    precise = replace(synthetic_preset("realistic-precise"), photometric=False)
+    for i in range(20):
+        render_pair(np.random.default_rng([17, i]), (32, 40), precise)
+    assert len(calls) == before
+
+
 def test_classic_share_must_be_a_probability():
     with pytest.raises(InputError, match="classic_share must be a probability"):
         RealismConfig(classic_share=1.5)

@@ -45,10 +45,12 @@ def add_arguments(p) -> None:
     p.add_argument("--ckpt-every", type=count, default=200, help="save <output>/last.pth every N steps")
     p.add_argument("--snapshot-every", type=count_or_zero, default=0,
                    help="also keep the weights every N steps under <output>/snapshots (0: never)")
-    p.add_argument("--synthetic-preset", choices=["classic", "realistic", "realistic-mix", "realistic-precise"],
+    p.add_argument("--synthetic-preset", choices=["classic", "realistic", "realistic-mix", "realistic-precise",
+                                                         "realistic-stereo"],
                    default="classic", help="scene options of the synthetic stage (classic: layered scenes; realistic: "
                    f"photograph-like; realistic-mix: that with {REALISTIC_MIX_CLASSIC_SHARE * 100:g}%% classic scenes; "
-                   "realistic-precise: realistic-mix with half the photograph-like scenes moving 0.2-3 px)")
+                   "realistic-precise: realistic-mix with half the photograph-like scenes moving 0.2-3 px; "
+                   "realistic-stereo: that with a quarter rectified stereo scenes, large horizontal disparities)")
     p.add_argument("--val-real", action="store_true",
                    help="validation also scores the held-out real-photograph set (after "
                         f"{' and '.join(map(str, VAL_REAL_STEPS))} iterations)")

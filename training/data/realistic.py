@@ -1,5 +1,6 @@
 """Photograph-like synthetic pairs with exact flow: a camera homography, rigid plus smooth non-rigid
-object motion, a share of small and sub-pixel scenes, and camera effects that differ between the frames.
+object motion, a share of small and sub-pixel scenes, optionally a share of rectified stereo scenes (slanted
+planes moving horizontally), and camera effects that differ between the frames.
 
 Rendering is anchored in frame 2: each layer k is placed in frame 2 at its texture origin, and frame 1
 samples the layer at D_k(p), where D_k is any smooth map from frame-1 pixels to frame-2 positions (a
@@ -63,6 +64,30 @@ def _layer_map(rng: np.random.Generator, layer: Layer, camera: np.ndarray, win: 
     return pos.astype(np.float32)
 
 
+def _stereo_maps(rng: np.random.Generator, layers: list[Layer], size: tuple[int, int], max_disp: float) -> list:
+    """(window, D_k) per layer of a rectified stereo pair: D_k(p) = p + s (d_k(p), 0), where d_k is a slanted
+    plane's disparity (affine in p), nearer layers (later in the list) have larger disparities, and one sign s
+    holds for the scene; 0 <= d_k <= max_disp."""
+    h, w = size
+    sign = float(rng.choice([-1.0, 1.0]))
+    background = rng.uniform(0.05, 0.6) * max_disp
+    levels = [background, *np.sort(rng.uniform(background, max_disp, len(layers) - 1))]
+    maps = []
+    for layer, level in zip(layers, levels):
+        win = _window(layer, size, max_disp)
+        if win is None:
+            maps.append(None)
+            continue
+        xs, ys = (g[win] for g in pixel_grid(size))
+        extent = float(np.hypot(h, w)) if not layer.is_object else float(max(layer.mask.shape))
+        angle = rng.uniform(0, 2 * np.pi)
+        slope = rng.uniform(0, 0.25) * max_disp / extent  # the plane's disparity change per pixel
+        d = level + slope * (np.cos(angle) * (xs - layer.center[0]) + np.sin(angle) * (ys - layer.center[1]))
+        d = np.clip(d, 0.0, max_disp).astype(np.float32)
+        maps.append((win, np.stack([xs + np.float32(sign) * d, ys], -1)))
+    return maps
+
+
 def _sample(src: np.ndarray, pos: np.ndarray, origin: np.ndarray, border: int) -> np.ndarray:
     mx = np.ascontiguousarray(pos[..., 0] - np.float32(origin[0]))
     my = np.ascontiguousarray(pos[..., 1] - np.float32(origin[1]))
@@ -96,15 +121,22 @@ def render_realistic_pair(rng: np.random.Generator, size: tuple[int, int], cfg: 
     """One photograph-like scene at `size` (H, W) -> (image1, image2 uint8, flow, noc)."""
     real: RealismConfig = cfg.realism
     max_disp = cfg.max_displacement
-    if rng.random() < real.small_motion_prob:
+    stereo = real.stereo_share > 0 and rng.random() < real.stereo_share  # no draw at share 0: streams kept
+    if stereo:
+        max_disp = max_disp * rng.uniform(0.5, 1.0)
+    elif rng.random() < real.small_motion_prob:
         max_disp = min(max_disp, rng.uniform(*real.small_motion_max))
     layers = build_layers(rng, size, cfg, margin=int(min(max_disp, 32)) + 2)
-    nonrigid_room = real.nonrigid_amplitude * max_disp
-    camera = random_homography(rng, size, max(max_disp - 1.5 * nonrigid_room, 0.25 * max_disp), real.homography)
-    maps = []
-    for layer in layers:
-        win = _window(layer, size, max_disp)
-        maps.append(None if win is None else (win, _layer_map(rng, layer, camera, win, size, max_disp, cfg)))
+    if stereo:
+        maps = _stereo_maps(rng, layers, size, max_disp)
+    else:
+        nonrigid_room = real.nonrigid_amplitude * max_disp
+        camera = random_homography(rng, size, max(max_disp - 1.5 * nonrigid_room, 0.25 * max_disp),
+                                   real.homography)
+        maps = []
+        for layer in layers:
+            win = _window(layer, size, max_disp)
+            maps.append(None if win is None else (win, _layer_map(rng, layer, camera, win, size, max_disp, cfg)))
     img1, label1, flow = _render_frame1(layers, maps, size)
     img2, label2 = render_layers(layers, [np.eye(2, 3)] * len(layers), size)
     noc = visible_mask(label1, label2, flow)
