@@ -3,7 +3,7 @@
 its own stop rule and after fixed iteration counts, OpenCV's DIS (medium), Farneback and zero flow, and the
 pair-by-pair wins against DIS. Writes JSON and a Markdown table next to it.
 
-    python scripts/test_report.py --checkpoint checkpoints/deqflow-T-synthetic.pth --output docs/test_set_v2.json
+    python scripts/test_report.py --checkpoint checkpoints/deqflow-T-synthetic.pth --output docs/test_set_v3.json
 """
 
 from __future__ import annotations
