@@ -1,5 +1,6 @@
 """Held-out real-photograph accuracy against training CPU hours: scores every weight snapshot of a run
-(`<run>/snapshots/step_*.pth`, written by `deqflow train --snapshot-every`) and optionally the starting
+(`<run>/snapshots/step_*.pth`, written by `deqflow train --snapshot-every`; `--snapshots snapshots_ema` for the
+weight average of `--ema-decay`) and optionally the starting
 weights, after a few iteration counts, on the held-out set of training/data/heldout_real.py. Resumable: steps
 already in the JSON are skipped, so it can be rerun while the run goes on. Writes JSON and a picture next to it.
 
@@ -66,6 +67,9 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="run folder holding snapshots/")
+    ap.add_argument("--snapshots", default="snapshots",
+                    help="the snapshot folder inside the run: snapshots (raw weights) or snapshots_ema (the weight "
+                         "average of deqflow train --ema-decay)")
     ap.add_argument("--start", default=None, help="the weights the run started from (scored as step 0)")
     ap.add_argument("--iterations", type=int, nargs="+", default=[16, 60])
     ap.add_argument("--cpu-seconds-per-step", type=float, default=None,
@@ -80,7 +84,7 @@ def main() -> None:
     results.setdefault("baselines", baseline_scores(sets))
     done = {r["step"] for r in results["points"]}
     todo = [(0, Path(args.start))] if args.start else []
-    todo += [(int(p.stem.split("_")[1]), p) for p in sorted(Path(args.run, "snapshots").glob("step_*.pth"))]
+    todo += [(int(p.stem.split("_")[1]), p) for p in sorted(Path(args.run, args.snapshots).glob("step_*.pth"))]
     for step, path in todo:
         if step in done:
             continue

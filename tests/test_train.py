@@ -345,3 +345,58 @@ def test_validation_can_score_the_heldout_real_set(tmp_path, monkeypatch):
     logged = json.loads((Path(cfg.output) / "val_log.jsonl").read_text().splitlines()[-1])
     assert logged["step"] == 1 and 0 < logged["real_homography_epe_k60"] < 100
     assert "real_homography_epe_k16" in logged and "synthetic_epe" in logged
+
+
+def _float_state(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
+
+
+def test_weight_average_follows_the_ema_recursion_and_survives_resume(tmp_path):
+    decay = 0.75
+    cfg = _cfg(tmp_path, num_steps=3, ckpt_every=1, snapshot_every=2, ema_decay=decay)
+    trainer = Trainer(cfg)
+    raw = [_float_state(trainer.model)]  # the weights (and BatchNorm statistics) before each step and after
+    original = trainer.train_step
+
+    def step(batch):
+        out = original(batch)
+        raw.append(_float_state(trainer.model))
+        return out
+
+    trainer.train_step = step
+    trainer.fit()
+    expected = dict(raw[0])
+    for state in raw[1:]:  # e_t = decay * e_{t-1} + (1 - decay) * w_t, e_0 = w_0
+        expected = {k: decay * expected[k] + (1 - decay) * state[k] for k in expected}
+    out = Path(cfg.output)
+    final_ema = torch.load(out / "final_ema.pth", weights_only=True)
+    final_raw = torch.load(out / "final.pth", weights_only=True)
+    assert final_ema["meta"]["weights"] == "ema" and final_raw["meta"]["weights"] == "raw"
+    moved = 0
+    for k, value in expected.items():
+        torch.testing.assert_close(final_ema["state_dict"][k], value, rtol=1e-5, atol=1e-6, msg=k)
+        torch.testing.assert_close(final_raw["state_dict"][k], raw[-1][k], rtol=0, atol=0, msg=k)
+        moved += not torch.allclose(value, raw[-1][k])
+    assert moved > 0  # the average really differs from the last weights
+    assert (out / "snapshots_ema" / "step_000002.pth").is_file() and (out / "snapshots" / "step_000002.pth").is_file()
+    load_model(out / "final_ema.pth")  # a normal weights file for every command
+
+    # the average travels in last.pth and comes back on resume
+    resumed = Trainer(replace(cfg, num_steps=3, resume="auto"))
+    for k, value in _float_state(trainer.ema).items():
+        assert torch.equal(_float_state(resumed.ema)[k], value), k
+    # a run without an average resumes it from the weights of a checkpoint that holds none
+    plain = _cfg(tmp_path, name="plain", num_steps=2, ckpt_every=1)
+    Trainer(plain).fit()
+    later = Trainer(replace(plain, num_steps=2, resume="auto", ema_decay=decay))
+    for k, value in _float_state(later.model).items():
+        assert torch.equal(_float_state(later.ema.module)[k], value), k
+    with pytest.raises(InputError, match="ema_decay"):
+        Trainer(replace(cfg, ema_decay=1.0))
+
+
+def test_train_cli_rejects_an_ema_decay_outside_0_1(tmp_path, capsys):
+    assert main(["train", "--ema-decay", "1.5", "--output", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "--ema-decay: must be in [0, 1), got 1.5" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()

@@ -61,6 +61,10 @@ class TrainConfig:
     init: str | None = None  # start from these weights (new optimizer), e.g. the chairs result for things
     synthetic_preset: str = "classic"  # scene options of the synthetic stage (scene_config.SYNTHETIC_PRESETS)
     drift_weight: float = 0.0  # penalty on a sampled state worse than the one before it (loss.py)
+    # > 0: also keep an exponential moving average of the weights (and BatchNorm statistics) with this decay per
+    # step. Snapshots and the final weights are written twice: raw (snapshots/, final.pth) and averaged
+    # (snapshots_ema/, final_ema.pth), so one run shows whether the average is better than its raw snapshots.
+    ema_decay: float = 0.0
     tensorboard: bool = False
     device: str = "cpu"
     # Activation checkpointing of the encoders (DEQFlow.memory_saving): same outputs and gradients, less
@@ -76,6 +80,8 @@ class TrainConfig:
         """Fill stage defaults for every option left at None."""
         if self.stage not in STAGES:
             raise InputError(f"unknown stage {self.stage!r}; choose one of {sorted(STAGES)}")
+        if not 0 <= self.ema_decay < 1:
+            raise InputError(f"ema_decay must be in [0, 1) (0: no average), got {self.ema_decay}")
         if self.drift_weight < 0 or self.snapshot_every < 0:
             raise InputError(f"drift_weight and snapshot_every must be >= 0, got {self.drift_weight} and "
                              f"{self.snapshot_every}")
@@ -157,6 +163,7 @@ class Trainer:
         if cfg.init:
             state, _, _ = split_checkpoint(read_checkpoint_file(cfg.init), cfg.init)
             load_state_dict_strict(self.model, state, cfg.init)
+        self.ema = _averaged(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         resume = self._resume_path()
         if resume is not None:
             self._load_resume(resume)
@@ -198,6 +205,13 @@ class Trainer:
         self.scheduler.load_state_dict(obj["scheduler"])
         if "scaler" in obj and obj["scaler"]:
             self.scaler.load_state_dict(obj["scaler"])
+        if self.ema is not None:
+            if obj.get("ema"):
+                self.ema.load_state_dict(obj["ema"])
+            else:
+                self.ema = _averaged(self.model, self.cfg.ema_decay)
+                if self.is_main:
+                    print(f"{path} holds no weight average: the average (--ema-decay) starts from its weights")
         self.step = int(obj["step"])
         self.epoch = int(obj.get("epoch", 0)) + 1
         self.cpu_before = float(obj.get("cpu_seconds", 0.0))
@@ -212,19 +226,33 @@ class Trainer:
         """CPU time of the whole run so far (all resumed processes; this process's threads), in hours."""
         return (self.cpu_before + time.process_time() - self._cpu_start) / 3600.0
 
-    def save(self, name: str = "last.pth", metrics: dict | None = None, training_state: bool = True) -> Path:
-        """Write a checkpoint under the run folder; without training_state only the weights (snapshots)."""
+    def save(self, name: str = "last.pth", metrics: dict | None = None, training_state: bool = True,
+             averaged: bool = False) -> Path:
+        """Write a checkpoint under the run folder; without training_state only the weights (snapshots);
+        averaged: the weight average's weights instead of the raw ones."""
         cfg_dict = asdict(self.cfg)
         cfg_dict["model"] = self.cfg.model.to_dict()
         meta = {"variant": self.cfg.model.variant, "stage": self.cfg.stage, "step": self.step,
-                "cpu_hours": round(self.cpu_hours(), 4),
+                "cpu_hours": round(self.cpu_hours(), 4), "weights": "ema" if averaged else "raw",
                 "train_config": json.loads(json.dumps(cfg_dict, default=list)), "metrics": metrics or {}}
         extra = dict(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                      scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {},
+                     ema=self.ema.state_dict() if self.ema is not None else {},
                      step=self.step, epoch=self.epoch,
                      cpu_seconds=self.cpu_hours() * 3600.0) if training_state else {}
-        payload = make_payload(self.model.state_dict(), self.cfg.model.to_dict(), meta, **extra)
+        weights = self.ema.module if averaged else self.model
+        payload = make_payload(weights.state_dict(), self.cfg.model.to_dict(), meta, **extra)
         return write_checkpoint(self.out / name, payload)
+
+    def save_weights(self, name: str, metrics: dict) -> None:
+        """The weights alone under snapshots-style names: raw in <folder>/<file>, the average (when kept) in
+        <folder>_ema/<file>, or <stem>_ema.pth for a file at the top of the run folder."""
+        self.save(name, metrics=metrics, training_state=False)
+        if self.ema is not None:
+            path = Path(name)
+            ema_name = (Path(f"{path.parent}_ema") / path.name if str(path.parent) != "."
+                        else path.with_name(f"{path.stem}_ema{path.suffix}"))
+            self.save(str(ema_name), metrics=metrics, training_state=False, averaged=True)
 
     def _tensorboard(self):
         tensorboard = require("torch.utils.tensorboard", "--tensorboard", package="tensorboard")
@@ -285,6 +313,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scheduler.step()
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         self.step += 1
         metrics.update(loss=loss.item(), grad_norm=float(grad_norm), lr=self.scheduler.get_last_lr()[0],
                        nstep=float(out.stats.iterations), abs_residual=float(out.stats.abs_lowest.mean()))
@@ -343,7 +373,7 @@ class Trainer:
                 if self.is_main:
                     self.save("last.pth", metrics=last)
                     if cfg.snapshot_every and self.step % cfg.snapshot_every == 0:
-                        self.save(f"snapshots/step_{self.step:06d}.pth", metrics=last, training_state=False)
+                        self.save_weights(f"snapshots/step_{self.step:06d}.pth", last)
                     if self.distributed:
                         (self.out / "replicas.json").write_text(json.dumps({"step": self.step,
                                                                              "checksum_spread": spread}))
@@ -352,7 +382,7 @@ class Trainer:
                 self._validate()
         bar.close()
         if self.is_main:
-            self.save("final.pth", metrics=last)
+            self.save_weights("final.pth", last)
         if self.writer is not None:
             self.writer.close()
         return last
@@ -413,6 +443,16 @@ class Trainer:
         tqdm.write(f"step {self.step} validation: " + ", ".join(f"{k} {v:.3f}" for k, v in results.items()
                                                                if isinstance(v, float)))
         self.train_mode()
+
+
+def _averaged(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """torch's exponential moving average of the weights; BatchNorm statistics are averaged with them (buffers),
+    so the averaged model is evaluated with statistics that belong to its weights."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema.update_parameters(model)  # the first update copies: the average starts at the starting weights
+    return ema
 
 
 def truncate_log(path: Path, step: int) -> None:

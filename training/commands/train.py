@@ -19,6 +19,7 @@ def add_arguments(p) -> None:
         add_device_arg,
         count,
         count_or_zero,
+        fraction,
         multiple_of_8,
         non_negative_number,
         positive_number,
@@ -56,6 +57,9 @@ def add_arguments(p) -> None:
                         f"{' and '.join(map(str, VAL_REAL_STEPS))} iterations)")
     p.add_argument("--drift-weight", type=non_negative_number, default=0.0,
                    help="loss penalty on a sampled DEQ state that is worse than the state before it")
+    p.add_argument("--ema-decay", type=fraction, default=0.0,
+                   help="also keep an exponential moving average of the weights with this decay per step (e.g. "
+                        "0.999), written beside the raw weights as snapshots_ema/ and final_ema.pth (0: none)")
     p.add_argument("--val-every", type=count, default=1000, help="validate every N steps")
     p.add_argument("--val-samples", type=count, default=16, help="samples per validation set")
     p.add_argument("--log-every", type=count, default=10, help="print the losses every N steps")
@@ -122,6 +126,7 @@ def run(args) -> int:
                       val_every=args.val_every, val_samples=args.val_samples, log_every=args.log_every,
                       resume=args.resume, init=args.init, snapshot_every=args.snapshot_every,
                       synthetic_preset=args.synthetic_preset, drift_weight=args.drift_weight,
+                      ema_decay=args.ema_decay,
                       val_real=args.val_real,
                       tensorboard=args.tensorboard, device=args.device, memory_saving=args.memory_saving,
                       corr="local" if args.corr == "local" else "all-pairs", model=model_cfg)
