@@ -19,12 +19,11 @@ def add_arguments(p) -> None:
         add_device_arg,
         count,
         count_or_zero,
-        fraction,
         multiple_of_8,
         non_negative_number,
         positive_number,
     )
-    from training.stages import REALISTIC_MIX_CLASSIC_SHARE, STAGES, VAL_REAL_STEPS
+    from training.stages import STAGES, VAL_REAL_STEPS
 
     p.add_argument("--stage", choices=sorted(STAGES), default="synthetic",
                    help="training stage; options marked 'the stage's' take its recipe")
@@ -46,20 +45,10 @@ def add_arguments(p) -> None:
     p.add_argument("--ckpt-every", type=count, default=200, help="save <output>/last.pth every N steps")
     p.add_argument("--snapshot-every", type=count_or_zero, default=0,
                    help="also keep the weights every N steps under <output>/snapshots (0: never)")
-    p.add_argument("--synthetic-preset", choices=["classic", "realistic", "realistic-mix", "realistic-precise",
-                                                         "realistic-stereo"],
-                   default="classic", help="scene options of the synthetic stage (classic: layered scenes; realistic: "
-                   f"photograph-like; realistic-mix: that with {REALISTIC_MIX_CLASSIC_SHARE * 100:g}%% classic scenes; "
-                   "realistic-precise: realistic-mix with half the photograph-like scenes moving 0.2-3 px; "
-                   "realistic-stereo: that with a quarter rectified stereo scenes, large horizontal disparities)")
     p.add_argument("--val-real", action="store_true",
                    help="validation also scores the held-out real-photograph set (after "
                         f"{' and '.join(map(str, VAL_REAL_STEPS))} iterations)")
-    p.add_argument("--drift-weight", type=non_negative_number, default=0.0,
-                   help="loss penalty on a sampled DEQ state that is worse than the state before it")
-    p.add_argument("--ema-decay", type=fraction, default=0.0,
-                   help="also keep an exponential moving average of the weights with this decay per step (e.g. "
-                        "0.999), written beside the raw weights as snapshots_ema/ and final_ema.pth (0: none)")
+    _add_data_and_loss_arguments(p)
     p.add_argument("--val-every", type=count, default=1000, help="validate every N steps")
     p.add_argument("--val-samples", type=count, default=16, help="samples per validation set")
     p.add_argument("--log-every", type=count, default=10, help="print the losses every N steps")
@@ -77,6 +66,24 @@ def add_arguments(p) -> None:
                         "slower per step, docs/local_correlation.md); auto: all-pairs (training does not plan the "
                         "memory of its crops)")
     _add_model_arguments(p)
+
+
+def _add_data_and_loss_arguments(p) -> None:
+    """What the synthetic data, the loss and the kept weights are (the knobs of a training recipe)."""
+    from deqflow.cli_args import fraction, non_negative_number
+    from training.stages import REALISTIC_MIX_CLASSIC_SHARE
+
+    p.add_argument("--synthetic-preset", choices=["classic", "realistic", "realistic-mix", "realistic-precise",
+                                                         "realistic-stereo"],
+                   default="classic", help="scene options of the synthetic stage (classic: layered scenes; realistic: "
+                   f"photograph-like; realistic-mix: that with {REALISTIC_MIX_CLASSIC_SHARE * 100:g}%% classic scenes; "
+                   "realistic-precise: realistic-mix with half the photograph-like scenes moving 0.2-3 px; "
+                   "realistic-stereo: that with a quarter rectified stereo scenes, large horizontal disparities)")
+    p.add_argument("--drift-weight", type=non_negative_number, default=0.0,
+                   help="loss penalty on a sampled DEQ state that is worse than the state before it")
+    p.add_argument("--ema-decay", type=fraction, default=0.0,
+                   help="also keep an exponential moving average of the weights with this decay per step (e.g. "
+                        "0.999), written beside the raw weights as snapshots_ema/ and final_ema.pth (0: none)")
 
 
 def _add_model_arguments(p) -> None:
