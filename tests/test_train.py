@@ -372,6 +372,7 @@ def test_weight_average_follows_the_ema_recursion_and_survives_resume(tmp_path):
     final_ema = torch.load(out / "final_ema.pth", weights_only=True)
     final_raw = torch.load(out / "final.pth", weights_only=True)
     assert final_ema["meta"]["weights"] == "ema" and final_raw["meta"]["weights"] == "raw"
+    assert "optimizer" in final_raw and "optimizer" not in final_ema  # final.pth keeps the training state
     moved = 0
     for k, value in expected.items():
         torch.testing.assert_close(final_ema["state_dict"][k], value, rtol=1e-5, atol=1e-6, msg=k)

@@ -244,15 +244,12 @@ class Trainer:
         payload = make_payload(weights.state_dict(), self.cfg.model.to_dict(), meta, **extra)
         return write_checkpoint(self.out / name, payload)
 
-    def save_weights(self, name: str, metrics: dict) -> None:
-        """The weights alone under snapshots-style names: raw in <folder>/<file>, the average (when kept) in
-        <folder>_ema/<file>, or <stem>_ema.pth for a file at the top of the run folder."""
-        self.save(name, metrics=metrics, training_state=False)
+    def save_snapshot(self, metrics: dict) -> None:
+        """The weights alone at this step: raw in snapshots/, the average (when kept) in snapshots_ema/."""
+        name = f"step_{self.step:06d}.pth"
+        self.save(f"snapshots/{name}", metrics=metrics, training_state=False)
         if self.ema is not None:
-            path = Path(name)
-            ema_name = (Path(f"{path.parent}_ema") / path.name if str(path.parent) != "."
-                        else path.with_name(f"{path.stem}_ema{path.suffix}"))
-            self.save(str(ema_name), metrics=metrics, training_state=False, averaged=True)
+            self.save(f"snapshots_ema/{name}", metrics=metrics, training_state=False, averaged=True)
 
     def _tensorboard(self):
         tensorboard = require("torch.utils.tensorboard", "--tensorboard", package="tensorboard")
@@ -373,7 +370,7 @@ class Trainer:
                 if self.is_main:
                     self.save("last.pth", metrics=last)
                     if cfg.snapshot_every and self.step % cfg.snapshot_every == 0:
-                        self.save_weights(f"snapshots/step_{self.step:06d}.pth", last)
+                        self.save_snapshot(last)
                     if self.distributed:
                         (self.out / "replicas.json").write_text(json.dumps({"step": self.step,
                                                                              "checksum_spread": spread}))
@@ -382,7 +379,9 @@ class Trainer:
                 self._validate()
         bar.close()
         if self.is_main:
-            self.save_weights("final.pth", last)
+            self.save("final.pth", metrics=last)  # with the training state, as before
+            if self.ema is not None:
+                self.save("final_ema.pth", metrics=last, training_state=False, averaged=True)
         if self.writer is not None:
             self.writer.close()
         return last
