@@ -163,10 +163,12 @@ class Trainer:
         if cfg.init:
             state, _, _ = split_checkpoint(read_checkpoint_file(cfg.init), cfg.init)
             load_state_dict_strict(self.model, state, cfg.init)
-        self.ema = _averaged(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         resume = self._resume_path()
-        if resume is not None:
-            self._load_resume(resume)
+        saved_average = self._load_resume(resume) if resume is not None else None
+        # the average starts at the weights training starts from, or continues the one last.pth carries
+        self.ema = _averaged(self.model, cfg.ema_decay, saved_average) if cfg.ema_decay > 0 else None
+        if self.ema is not None and resume is not None and not saved_average and self.is_main:
+            print(f"{resume} holds no weight average: the average (--ema-decay) starts from its weights")
         self.ddp = (torch.nn.parallel.DistributedDataParallel(
             self.model, device_ids=[self.local_rank] if self.device.type == "cuda" else None)
             if self.distributed else self.model)
@@ -187,7 +189,8 @@ class Trainer:
             raise CheckpointError(f"--resume {path}: no such checkpoint")
         return path
 
-    def _load_resume(self, path: Path) -> None:
+    def _load_resume(self, path: Path) -> dict | None:
+        """Restore model, optimizer, scheduler, step and CPU time; return the weight average's state, if saved."""
         obj = read_checkpoint_file(path)
         state, _, meta = split_checkpoint(obj, str(path))
         for key in ("optimizer", "scheduler", "step"):
@@ -205,13 +208,6 @@ class Trainer:
         self.scheduler.load_state_dict(obj["scheduler"])
         if "scaler" in obj and obj["scaler"]:
             self.scaler.load_state_dict(obj["scaler"])
-        if self.ema is not None:
-            if obj.get("ema"):
-                self.ema.load_state_dict(obj["ema"])
-            else:
-                self.ema = _averaged(self.model, self.cfg.ema_decay)
-                if self.is_main:
-                    print(f"{path} holds no weight average: the average (--ema-decay) starts from its weights")
         self.step = int(obj["step"])
         self.epoch = int(obj.get("epoch", 0)) + 1
         self.cpu_before = float(obj.get("cpu_seconds", 0.0))
@@ -221,6 +217,7 @@ class Trainer:
             for log in ("train_log.jsonl", "val_log.jsonl"):
                 truncate_log(self.out / log, self.step)
             print(f"resumed from {path} at step {self.step}")
+        return obj.get("ema") or None
 
     def cpu_hours(self) -> float:
         """CPU time of the whole run so far (all resumed processes; this process's threads), in hours."""
@@ -444,13 +441,17 @@ class Trainer:
         self.train_mode()
 
 
-def _averaged(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+def _averaged(model: torch.nn.Module, decay: float,
+              saved: dict | None = None) -> torch.optim.swa_utils.AveragedModel:
     """torch's exponential moving average of the weights; BatchNorm statistics are averaged with them (buffers),
-    so the averaged model is evaluated with statistics that belong to its weights."""
+    so the averaged model is evaluated with statistics that belong to its weights. `saved`: a state to continue."""
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-    ema.update_parameters(model)  # the first update copies: the average starts at the starting weights
+    if saved:
+        ema.load_state_dict(saved)
+    else:
+        ema.update_parameters(model)  # the first update copies: the average starts at the model's weights
     return ema
 
 
