@@ -127,7 +127,7 @@ def parity_rows(checkpoint: str, exports: dict) -> list[dict]:
     from deqflow.middlebury import motorcycle
 
     left, right, _, _ = motorcycle()
-    big = _known_motion_pair((1080, 1920), scale=3.5, seed=1080)
+    big = known_motion_pair((1080, 1920), scale=3.5, seed=1080)
     rows = []
     for label, (img1, img2) in (("motorcycle (full size)", (left, right)), ("1080x1920", big[:2])):
         for kind in ("torch", "onnxruntime"):
@@ -147,18 +147,22 @@ def parity_rows(checkpoint: str, exports: dict) -> list[dict]:
     return rows
 
 
-def _known_motion_pair(size: tuple[int, int], scale: float, seed: int):
-    """A pair of `size` with known motion: a photograph enlarged `scale` times, warped by a homography moving up to
-    a hundredth of the longer side, with the validation set's photometric changes (training.data.heldout_real)."""
+def known_motion_pair(size: tuple[int, int], scale: float | None, seed: int, photo: str = "coffee",
+                      max_disp: float | None = None):
+    """A pair of `size` with known motion: a held-out photograph enlarged `scale` times (None: just enough to fill
+    the frame with a margin), warped by a homography moving up to `max_disp` px (None: a hundredth of the longer
+    side), with the validation set's photometric changes (training.data.heldout_real)."""
     import cv2
 
     from training.data.heldout_real import HeldoutRealConfig, warped_photo_pair
     from training.data.photos import load_photo_full
 
-    photo = cv2.resize(load_photo_full("coffee"), None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
-    img1, img2, flow, valid = warped_photo_pair(photo, np.random.default_rng(seed), size, max(size) / 96,
-                                                HeldoutRealConfig())
-    return img1, img2, flow, valid
+    image = load_photo_full(photo)
+    if scale is None:
+        scale = 1.1 * max(size[0] / image.shape[0], size[1] / image.shape[1])
+    image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    return warped_photo_pair(image, np.random.default_rng(seed), size,
+                             max(size) / 96 if max_disp is None else max_disp, HeldoutRealConfig())
 
 
 def timing_rows(args, cases: dict, exports: dict, budget: int) -> list[dict]:
@@ -184,7 +188,7 @@ def pair_4k(folder: Path) -> tuple[Path, Path, Path]:
     from deqflow.flow_io import write_flow
     from deqflow.image_io import write_image
 
-    img1, img2, flow, _ = _known_motion_pair((2160, 3840), scale=7.0, seed=4096)
+    img1, img2, flow, _ = known_motion_pair((2160, 3840), scale=7.0, seed=4096)
     paths = folder / "4k_1.png", folder / "4k_2.png", folder / "4k_gt.flo"
     write_image(paths[0], img1)
     write_image(paths[1], img2)

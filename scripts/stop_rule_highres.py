@@ -20,7 +20,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from bench_stop_rule import Problem, apply_rule, trace_pair  # the script's own folder is on sys.path
+from bench_highres import known_motion_pair  # the script's own folder is on sys.path
+from bench_stop_rule import Problem, apply_rule, trace_pair
 
 from deqflow.checkpoint import SHIPPED_CHECKPOINT
 
@@ -43,16 +44,7 @@ def parse_args(argv=None):
 
 
 def highres_pair(name: str, size: tuple[int, int], motion: float, seed: int) -> dict:
-    import cv2
-
-    from training.data.heldout_real import HeldoutRealConfig, warped_photo_pair
-    from training.data.photos import load_photo_full
-
-    photo = load_photo_full(name)
-    scale = 1.1 * max(size[0] / photo.shape[0], size[1] / photo.shape[1])  # the frame inside the warped photo
-    photo = cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
-    img1, img2, flow, valid = warped_photo_pair(photo, np.random.default_rng(seed), size, motion,
-                                                HeldoutRealConfig())
+    img1, img2, flow, valid = known_motion_pair(size, None, seed, photo=name, max_disp=motion)
     return {"set": "highres", "name": f"{name}-{motion:g}px", "image1": img1, "image2": img2, "flow": flow,
             "valid": valid}
 
